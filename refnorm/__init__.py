@@ -1,0 +1,19 @@
+"""refnorm: the ground-truth implementation of LSTM cells with batch and layer normalization.
+
+    cell = refnorm.LNLSTM(input_size, hidden_size, seed=0)
+    hs, (hT, cT), cache = cell.forward(x)          # x (T, B, D), time-major
+    grads = cell.backward(dhs, cache)              # every parameter and x, h0, c0
+
+Cells: LSTM, BNLSTM (Cooijmans et al. 2016), SeqBNLSTM (Laurent et al. 2016), LNLSTM (Ba et al.
+2016). Equations and their derivations: derivations/ in the source tree.
+"""
+from .backends import available as available_backends
+from .cells import BNLSTM, LNLSTM, LSTM, SeqBNLSTM
+from .gradcheck import gradcheck, numerical_gradient, relative_error
+
+__version__ = "0.1.0"
+
+CELLS = {"lstm": LSTM, "bn_lstm": BNLSTM, "seq_bn_lstm": SeqBNLSTM, "ln_lstm": LNLSTM}
+
+__all__ = ["LSTM", "BNLSTM", "SeqBNLSTM", "LNLSTM", "CELLS", "gradcheck", "numerical_gradient",
+           "relative_error", "available_backends", "__version__"]

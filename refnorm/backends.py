@@ -1,0 +1,27 @@
+"""Backend registry: a backend is a package exporting `<stem>_forward` / `<stem>_backward` for
+every cell stem, with the same signatures and cache classes' fields as refnorm.numpy_ref."""
+import importlib
+
+BACKENDS = {
+    "numpy": "refnorm.numpy_ref",
+}
+
+
+def get(name):
+    """The backend module for `name`; ValueError for an unknown name, ImportError (with the
+    reason) for a known backend whose dependencies are missing."""
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {sorted(BACKENDS)}, got {name!r}")
+    return importlib.import_module(BACKENDS[name])
+
+
+def available():
+    """Names of the backends that import on this machine."""
+    names = []
+    for name in BACKENDS:
+        try:
+            get(name)
+        except ImportError:
+            continue
+        names.append(name)
+    return names

@@ -1,0 +1,440 @@
+"""The user-facing cells: parameters, argument checks, population statistics, and dispatch to a
+backend (refnorm.numpy_ref by default). The math lives in the backends.
+
+    hs, (hT, cT), cache = cell.forward(x, h0=None, c0=None, mask=None, training=True)
+    grads = cell.backward(dhs, cache, dhT=None, dcT=None)
+
+Shapes are time-major: x (T, B, D), hs (T, B, H), h0/c0/hT/cT (B, H), mask (T, B). Parameters use
+the canonical layout z = x Wx + h Wh + b with Wx (D, 4H), Wh (H, 4H), b (4H) and gate blocks
+i, f, g, o. forward copies the parameters and x into the cache, so backward computes the
+gradient of the forward that made the cache even if cell.params is edited in between.
+"""
+import numbers
+
+import numpy as np
+
+from . import _checks, backends
+from .numpy_ref.bn_lstm import BNLSTMCache
+from .numpy_ref.ln_lstm import LNLSTMCache
+from .numpy_ref.lstm import LSTMCache
+from .numpy_ref.seq_bn_lstm import SeqBNLSTMCache
+from .config import (BN_GAMMA_INIT, BN_LSTM_MOMENTUM, DEFAULT_EPS, LN_GAMMA_INIT,
+                     SEQ_BN_GAMMA_INIT, SEQ_BN_LSTM_MOMENTUM)
+
+
+def uniform_init(rng, shape, hidden_size):
+    """PyTorch's default LSTM init: U(-1/sqrt(H), 1/sqrt(H))."""
+    k = 1.0 / np.sqrt(hidden_size)
+    return rng.uniform(-k, k, size=shape)
+
+
+def orthogonal_init(rng, shape):
+    """A (rows, cols) matrix with orthonormal columns (rows >= cols) or rows (rows < cols),
+    from the QR decomposition of a Gaussian matrix (sign-corrected so it is uniformly drawn)."""
+    rows, cols = shape
+    a = rng.standard_normal((max(rows, cols), min(rows, cols)))
+    q, r = np.linalg.qr(a)
+    q = q * np.sign(np.diag(r))
+    return q if rows >= cols else q.T
+
+
+class _Cell:
+    """Shared machinery. Subclasses set `stem` (the backend function prefix) and define
+    `_param_shapes`, `_init_params` and `_forward`."""
+
+    stem = None
+    cache_class = None
+
+    def __init__(self, input_size, hidden_size, *, seed=None, dtype="float64", backend="numpy"):
+        self.input_size = _checks.positive_int(input_size, "input_size")
+        self.hidden_size = _checks.positive_int(hidden_size, "hidden_size")
+        self.dtype = _checks.dtype(dtype)
+        backends.get(backend)                    # ValueError now for an unknown name
+        self.backend = backend
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
+                                 or seed < 0):
+            raise ValueError(f"seed must be None or a non-negative integer, got {seed!r}")
+        rng = np.random.default_rng(seed)
+        self.params = {name: np.ascontiguousarray(value, dtype=self.dtype)
+                       for name, value in self._init_params(rng).items()}
+
+    @property
+    def _impl(self):
+        """The backend module (looked up by name, so cells stay picklable and copyable)."""
+        return backends.get(self.backend)
+
+    # -- parameters -------------------------------------------------------------------------
+    def _param_shapes(self):
+        D, H = self.input_size, self.hidden_size
+        return {"Wx": (D, 4 * H), "Wh": (H, 4 * H), "b": (4 * H,)}
+
+    def _check_params(self):
+        """cell.params may be edited by the user: check names, shapes, dtype and values."""
+        shapes = self._param_shapes()
+        if set(self.params) != set(shapes):
+            raise ValueError(f"params must have exactly the keys {sorted(shapes)}, "
+                             f"got {sorted(self.params)}")
+        for name, shape in shapes.items():
+            _checks.float_array(self.params[name], f"params[{name!r}]", shape, self.dtype)
+
+    # -- forward / backward -----------------------------------------------------------------
+    def forward(self, x, h0=None, c0=None, mask=None, training=True, *, lengths=None, t0=0,
+                update_stats=None):
+        """Run the cell over a sequence.
+
+        x (T, B, D); h0, c0 (B, H) or None for zeros; mask (T, B) of 0/1 (or bool), or
+        lengths (B,) of ints, or neither (all valid). Masked steps carry the state unchanged and
+        output 0, so hT, cT are each sequence's last valid state. training selects batch (True)
+        or population (False) statistics in the BN cells. t0 is the absolute time index of
+        x[0]: it picks the population-statistics slots of BNLSTM. update_stats (default: equal
+        to training) lets a training pass update the running population statistics.
+
+        Returns hs (T, B, H), (hT, cT), cache. Nothing passed in is modified.
+        """
+        D, H = self.input_size, self.hidden_size
+        self._check_params()
+        x = _checks.float_array(x, "x", (None, None, D), self.dtype)
+        T, B, _ = x.shape
+        h0 = self._state(h0, "h0", B)
+        c0 = self._state(c0, "c0", B)
+        m = _checks.mask_array(mask, lengths, T, B, self.dtype)
+        if not isinstance(training, (bool, np.bool_)):
+            raise ValueError(f"training must be True or False, got {training!r}")
+        if isinstance(t0, bool) or not isinstance(t0, numbers.Integral) or t0 < 0:
+            raise ValueError(f"t0 must be a non-negative integer, got {t0!r}")
+        if update_stats is None:
+            update_stats = training
+        params = {name: value.copy() for name, value in self.params.items()}
+        hs, hT, cT, cache = self._forward(x.copy(), h0, c0, m, params, bool(training), int(t0),
+                                          bool(update_stats))
+        return hs, (hT, cT), cache
+
+    def backward(self, dhs, cache, dhT=None, dcT=None):
+        """Gradients of L = Σ dhs⊙hs + Σ dhT⊙hT + Σ dcT⊙cT (BPTT 1) for the forward that made
+        `cache`: a dict with every parameter name and "x", "h0", "c0". None means zeros."""
+        if not isinstance(cache, self.cache_class):
+            raise ValueError(f"cache must be the cache returned by this {type(self).__name__}'s "
+                             f"forward, got {type(cache).__name__}")
+        T, B, _ = cache.x.shape
+        H = self.hidden_size
+        dhs = self._grad(dhs, "dhs", (T, B, H))
+        dhT = self._grad(dhT, "dhT", (B, H))
+        dcT = self._grad(dcT, "dcT", (B, H))
+        return getattr(self._impl, self.stem + "_backward")(dhs, dhT, dcT, cache)
+
+    def _state(self, value, name, B):
+        if value is None:
+            return np.zeros((B, self.hidden_size), dtype=self.dtype)
+        return _checks.float_array(value, name, (B, self.hidden_size), self.dtype)
+
+    def _grad(self, value, name, shape):
+        if value is None:
+            return np.zeros(shape, dtype=self.dtype)
+        return _checks.float_array(value, name, shape, self.dtype)
+
+    def __repr__(self):
+        return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "
+                f"dtype={self.dtype.name!r}, backend={self.backend!r})")
+
+
+def _normalized_param_shapes(D, H):
+    """Params of BNLSTM and LNLSTM: the LSTM's plus the gains of both gate terms and the gain
+    and shift of the cell normalisation."""
+    return {"Wx": (D, 4 * H), "Wh": (H, 4 * H), "b": (4 * H,), "gamma_x": (4 * H,),
+            "gamma_h": (4 * H,), "gamma_c": (H,), "beta_c": (H,)}
+
+
+class LSTM(_Cell):
+    """The canonical LSTM, (LSTM 1)-(LSTM 4). Params Wx (D, 4H), Wh (H, 4H), b (4H), all drawn
+    from U(-1/sqrt(H), 1/sqrt(H)) as in torch.nn.LSTM. `training` has no effect."""
+
+    stem = "lstm"
+    cache_class = LSTMCache
+
+    def _init_params(self, rng):
+        return {name: uniform_init(rng, shape, self.hidden_size)
+                for name, shape in self._param_shapes().items()}
+
+    def _forward(self, x, h0, c0, m, params, training, t0, update_stats):
+        return self._impl.lstm_forward(x, h0, c0, m, params)
+
+
+class _BatchNormCell(_Cell):
+    """Population statistics shared by BNLSTM and SeqBNLSTM.
+
+    `cell.stats` maps names to arrays of shape (slots, F) for BNLSTM and (F,) for SeqBNLSTM.
+    They are state, not trained parameters. A training forward (update_stats=True) blends the
+    statistics of every slot whose batch had at least two valid rows into them (BN 13):
+        pop <- (1 - momentum) * pop + momentum * batch
+    with the variance stored biased (default, as in Cooijmans' code and Keras) or multiplied by
+    n/(n-1) (unbiased_var=True, as PyTorch stores it). eps is added once, at use.
+    estimate_stats replaces them by the exact average over a pass of batches (BN 14).
+    """
+
+    def __init__(self, input_size, hidden_size, *, eps, momentum, unbiased_var, **kw):
+        self.eps = _checks.positive_float(eps, "eps")
+        self.momentum = _checks.unit_interval(momentum, "momentum")
+        if not isinstance(unbiased_var, (bool, np.bool_)):
+            raise ValueError(f"unbiased_var must be True or False, got {unbiased_var!r}")
+        self.unbiased_var = bool(unbiased_var)
+        super().__init__(input_size, hidden_size, **kw)
+
+    def _stat_widths(self):
+        raise NotImplementedError
+
+    def _batch_stats(self, cache, t0):
+        """(slots (K,), counts (K,), {name: (K, F)}) of a training cache."""
+        raise NotImplementedError
+
+    def _stored_var(self, var, n):
+        return var * (n / (n - 1)) if self.unbiased_var else var
+
+    def _record(self, cache, t0):
+        slots, counts, batch = self._batch_stats(cache, t0)
+        a = self.momentum
+        for k, (slot, n) in enumerate(zip(slots, counts)):
+            if n < 2:            # one row carries no spread, none carries nothing: keep the slot
+                continue
+            for key in self._stat_widths():
+                new = batch[key][k]
+                if key.startswith("var"):
+                    new = self._stored_var(new, n)
+                pop = self._slot_view(key)
+                pop[slot] = (1 - a) * pop[slot] + a * new                       # (BN 13)
+
+    def estimate_stats(self, batches):
+        """The exact population estimator (BN 14): run a training forward over every batch with
+        the weights frozen and set each slot's statistics to the plain average of the batch
+        statistics of the batches that had at least two valid rows there. Slots that no batch
+        reached keep their value. `batches` yields arrays x or dicts of forward's keyword
+        arguments (x, h0, c0, mask, lengths, t0). Returns the number of batches averaged per slot.
+        """
+        sums, totals = None, None
+        for item in batches:
+            kwargs = dict(item) if isinstance(item, dict) else {"x": item}
+            t0 = kwargs.get("t0", 0)
+            *_, cache = self.forward(training=True, update_stats=False, **kwargs)
+            slots, counts, batch = self._batch_stats(cache, t0)
+            if sums is None:
+                sums = {key: {} for key in self._stat_widths()}
+                totals = {}
+            for k, (slot, n) in enumerate(zip(slots, counts)):
+                if n < 2:
+                    continue
+                totals[slot] = totals.get(slot, 0) + 1
+                for key in self._stat_widths():
+                    new = batch[key][k]
+                    if key.startswith("var"):
+                        new = self._stored_var(new, n)
+                    sums[key][slot] = sums[key].get(slot, 0) + new
+        if not totals:
+            raise ValueError("batches gave no step with at least two valid rows to average")
+        self._ensure_slots(max(totals) + 1)
+        for key in self._stat_widths():
+            pop = self._slot_view(key)
+            for slot, count in totals.items():
+                pop[slot] = sums[key][slot] / count                             # (BN 14)
+        per_slot = np.zeros(self._n_slots(), dtype=int)
+        for slot, count in totals.items():
+            per_slot[slot] = count
+        return per_slot
+
+    def reset_stats(self):
+        """Population means to 0 and variances to 1."""
+        for key in self._stat_widths():
+            self.stats[key][...] = 0.0 if key.startswith("mean") else 1.0
+
+    def _fresh_stats(self, slots):
+        shape = (lambda F: (slots, F)) if slots is not None else (lambda F: (F,))
+        return {key: (np.zeros if key.startswith("mean") else np.ones)(shape(F), dtype=self.dtype)
+                for key, F in self._stat_widths().items()}
+
+
+class BNLSTM(_BatchNormCell):
+    """Recurrent batch normalization, Cooijmans et al. 2016 eqs. 6-8: (BN-LSTM 1)-(BN-LSTM 4).
+
+    Params: Wx (D, 4H) and Wh (H, 4H) orthogonal, b (4H) zeros (paper sec. 4), gamma_x, gamma_h
+    (4H) and gamma_c (H) = gamma_init (0.1, paper), beta_c (H) zeros. β_x = β_h = 0: b plays
+    their role. The raw cell c̃_t is carried; BN(c̃_t) feeds only the output tanh.
+
+    Training: statistics per time step over the valid rows of that step (biased variance),
+    gradients flow through them. A step with one valid row normalises to ẑ = 0 (its BN output is
+    β; gradients through that BN are 0); a step with no valid row carries the state. Batch size
+    1 is an error in training (no batch to take statistics over), as in PyTorch.
+
+    Inference (training=False): population statistics, one slot per time step (`cell.stats`,
+    arrays (slots, F) named mean_x, var_x, mean_h, var_h (F = 4H), mean_c, var_c (F = H)).
+    Absolute step t = t0 + local index uses slot min(t, slots - 1) (BN-LSTM 5): steps at or past
+    T_max use the last slot. With max_steps=None the slots grow to the longest training sequence
+    seen (new slots start at mean 0, var 1); with max_steps set there are exactly that many and
+    training past them is an error.
+    """
+
+    stem = "bn_lstm"
+    cache_class = BNLSTMCache
+
+    def __init__(self, input_size, hidden_size, *, eps=DEFAULT_EPS, momentum=BN_LSTM_MOMENTUM,
+                 max_steps=None, unbiased_var=False, gamma_init=BN_GAMMA_INIT, **kw):
+        self.max_steps = None if max_steps is None else _checks.positive_int(max_steps,
+                                                                             "max_steps")
+        self.gamma_init = _checks.positive_float(gamma_init, "gamma_init")
+        super().__init__(input_size, hidden_size, eps=eps, momentum=momentum,
+                         unbiased_var=unbiased_var, **kw)
+        self.stats = self._fresh_stats(self.max_steps or 0)
+
+    def _param_shapes(self):
+        return _normalized_param_shapes(self.input_size, self.hidden_size)
+
+    def _init_params(self, rng):
+        shapes = self._param_shapes()
+        return {"Wx": orthogonal_init(rng, shapes["Wx"]), "Wh": orthogonal_init(rng, shapes["Wh"]),
+                "b": np.zeros(shapes["b"]), "gamma_x": np.full(shapes["gamma_x"], self.gamma_init),
+                "gamma_h": np.full(shapes["gamma_h"], self.gamma_init),
+                "gamma_c": np.full(shapes["gamma_c"], self.gamma_init),
+                "beta_c": np.zeros(shapes["beta_c"])}
+
+    def _stat_widths(self):
+        H = self.hidden_size
+        return {"mean_x": 4 * H, "var_x": 4 * H, "mean_h": 4 * H, "var_h": 4 * H,
+                "mean_c": H, "var_c": H}
+
+    def _n_slots(self):
+        return self.stats["mean_x"].shape[0]
+
+    def _slot_view(self, key):
+        return self.stats[key]
+
+    def _ensure_slots(self, slots):
+        if slots <= self._n_slots():
+            return
+        if self.max_steps is not None:
+            raise ValueError(f"training reaches time step {slots - 1} but max_steps="
+                             f"{self.max_steps}: population statistics exist for steps "
+                             f"0..{self.max_steps - 1} only (raise max_steps or use t0)")
+        grown = self._fresh_stats(slots)
+        for key, old in self.stats.items():
+            grown[key][:old.shape[0]] = old
+        self.stats = grown
+
+    def _batch_stats(self, cache, t0):
+        T = cache.count.shape[0]
+        return (np.arange(t0, t0 + T), cache.count,
+                {key: getattr(cache, key) for key in self._stat_widths()})
+
+    def _forward(self, x, h0, c0, m, params, training, t0, update_stats):
+        T, B, _ = x.shape
+        if training:
+            if B == 1:
+                raise ValueError("BNLSTM in training needs a batch of at least 2 rows: batch "
+                                 "statistics of batch size 1 are meaningless (use "
+                                 "training=False, SeqBNLSTM or LNLSTM)")
+            if update_stats:
+                self._ensure_slots(t0 + T)        # before the pass: errors leave nothing half done
+            out = self._impl.bn_lstm_forward(x, h0, c0, m, params, training=True, eps=self.eps)
+            if update_stats:
+                self._record(out[3], t0)
+            return out
+        slots = self._n_slots()
+        if slots == 0:
+            raise ValueError("BNLSTM has no population statistics yet: train it, call "
+                             "estimate_stats, or construct it with max_steps")
+        idx = np.minimum(np.arange(t0, t0 + T), slots - 1)                     # (BN-LSTM 5)
+        pop = {key: self.stats[key][idx] for key in self._stat_widths()}
+        return self._impl.bn_lstm_forward(x, h0, c0, m, params, training=False, eps=self.eps,
+                                          pop=pop)
+
+
+class SeqBNLSTM(_BatchNormCell):
+    """Sequence-wise batch norm of the input term (Laurent et al. 2016): (SEQBN-LSTM 1)-(3).
+
+    Params: Wx, Wh, b as LSTM (U(-1/sqrt(H), 1/sqrt(H))), gamma_x (4H) = gamma_init (1.0).
+    One set of statistics over every valid (t, b) frame of the batch, so batch size 1 works in
+    training; inference uses the running statistics `cell.stats` = {mean_x, var_x} (4H,),
+    updated with PyTorch's momentum convention (momentum 0.1).
+    """
+
+    stem = "seq_bn_lstm"
+    cache_class = SeqBNLSTMCache
+
+    def __init__(self, input_size, hidden_size, *, eps=DEFAULT_EPS,
+                 momentum=SEQ_BN_LSTM_MOMENTUM, unbiased_var=False,
+                 gamma_init=SEQ_BN_GAMMA_INIT, **kw):
+        self.gamma_init = _checks.positive_float(gamma_init, "gamma_init")
+        super().__init__(input_size, hidden_size, eps=eps, momentum=momentum,
+                         unbiased_var=unbiased_var, **kw)
+        self.stats = self._fresh_stats(None)
+
+    def _param_shapes(self):
+        return {**super()._param_shapes(), "gamma_x": (4 * self.hidden_size,)}
+
+    def _init_params(self, rng):
+        shapes = self._param_shapes()
+        params = {name: uniform_init(rng, shapes[name], self.hidden_size)
+                  for name in ("Wx", "Wh", "b")}
+        params["gamma_x"] = np.full(shapes["gamma_x"], self.gamma_init)
+        return params
+
+    def _stat_widths(self):
+        return {"mean_x": 4 * self.hidden_size, "var_x": 4 * self.hidden_size}
+
+    def _n_slots(self):
+        return 1
+
+    def _slot_view(self, key):
+        return self.stats[key].reshape(1, -1)      # a view: writes go to self.stats[key]
+
+    def _ensure_slots(self, slots):
+        pass
+
+    def _batch_stats(self, cache, t0):
+        return ([0], [cache.count],
+                {key: getattr(cache, key)[None] for key in self._stat_widths()})
+
+    def _forward(self, x, h0, c0, m, params, training, t0, update_stats):
+        if training:
+            out = self._impl.seq_bn_lstm_forward(x, h0, c0, m, params, training=True,
+                                                 eps=self.eps)
+            if update_stats:
+                self._record(out[3], t0)
+            return out
+        return self._impl.seq_bn_lstm_forward(x, h0, c0, m, params, training=False,
+                                              eps=self.eps, pop=self.stats)
+
+
+class LNLSTM(_Cell):
+    """Layer-normalised LSTM, Ba et al. 2016 supplementary eqs. 20-22: (LN-LSTM 1)-(LN-LSTM 4).
+
+    Params as BNLSTM: Wx, Wh (U(-1/sqrt(H), 1/sqrt(H))), b zeros, gamma_x, gamma_h (4H),
+    gamma_c (H) = gamma_init (1.0, paper sec. 6), beta_c (H) zeros. LN over the joint 4H vector
+    of each term, or over each H-wide gate block with per_gate=True. Identical in training and
+    inference, and each row is independent of the rest of the batch.
+    """
+
+    stem = "ln_lstm"
+    cache_class = LNLSTMCache
+
+    def __init__(self, input_size, hidden_size, *, eps=DEFAULT_EPS, per_gate=False,
+                 gamma_init=LN_GAMMA_INIT, **kw):
+        self.eps = _checks.positive_float(eps, "eps")
+        if not isinstance(per_gate, (bool, np.bool_)):
+            raise ValueError(f"per_gate must be True or False, got {per_gate!r}")
+        self.per_gate = bool(per_gate)
+        self.gamma_init = _checks.positive_float(gamma_init, "gamma_init")
+        super().__init__(input_size, hidden_size, **kw)
+
+    def _param_shapes(self):
+        return _normalized_param_shapes(self.input_size, self.hidden_size)
+
+    def _init_params(self, rng):
+        shapes = self._param_shapes()
+        return {"Wx": uniform_init(rng, shapes["Wx"], self.hidden_size),
+                "Wh": uniform_init(rng, shapes["Wh"], self.hidden_size),
+                "b": np.zeros(shapes["b"]),
+                "gamma_x": np.full(shapes["gamma_x"], self.gamma_init),
+                "gamma_h": np.full(shapes["gamma_h"], self.gamma_init),
+                "gamma_c": np.full(shapes["gamma_c"], self.gamma_init),
+                "beta_c": np.zeros(shapes["beta_c"])}
+
+    def _forward(self, x, h0, c0, m, params, training, t0, update_stats):
+        return self._impl.ln_lstm_forward(x, h0, c0, m, params, eps=self.eps,
+                                          per_gate=self.per_gate)

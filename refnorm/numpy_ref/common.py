@@ -1,0 +1,80 @@
+"""Pieces shared by every cell of the NumPy reference: the gate nonlinearities and the masked
+carry of the state. Equation tags refer to derivations/lstm.md and derivations/bptt.md."""
+import numpy as np
+
+
+def sigmoid(z):
+    """Numerically stable logistic function: never exponentiates a positive number."""
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(z.dtype, copy=False)
+
+
+def split_gates(a):
+    """(..., 4H) -> four (..., H) views in the order i, f, g, o."""
+    H = a.shape[-1] // 4
+    return a[..., 0:H], a[..., H:2 * H], a[..., 2 * H:3 * H], a[..., 3 * H:4 * H]
+
+
+def gates_forward(z):
+    """(LSTM 2) i = σ(z^i), f = σ(z^f), g = tanh(z^g), o = σ(z^o). Returns (B, 4H) in i,f,g,o."""
+    zi, zf, zg, zo = split_gates(z)
+    return np.concatenate([sigmoid(zi), sigmoid(zf), np.tanh(zg), sigmoid(zo)], axis=-1)
+
+
+def gates_backward(di, df, dg, do, gates):
+    """(LSTM 8) dz from the gradients of the activated gates: σ' = σ(1-σ), tanh' = 1 - tanh²."""
+    i, f, g, o = split_gates(gates)
+    return np.concatenate([di * i * (1 - i),
+                           df * f * (1 - f),
+                           dg * (1 - g * g),
+                           do * o * (1 - o)], axis=-1)
+
+
+def carry(m, new, old):
+    """(BPTT 2) state_t = m ⊙ new + (1 - m) ⊙ old, with m (B,) of 0/1 broadcast over H.
+
+    Written as a selection, not a blend, so padded rows keep old bit for bit."""
+    return np.where(m[:, None] > 0, new, old)
+
+
+def scan_forward(step, U, h0, c0, mask):
+    """Run `step` over t = 0 .. T-1, threading the state (h, c) through it.
+
+    step(t, u_t, h_prev, c_prev, m_t) -> (y_t, h_t, c_t, cache_t) where cache_t is a dict of
+    per-step arrays. Returns hs (T, B, H), h (T+1, B, H), c (T+1, B, H) -- the states h_0 .. h_T
+    after the masked carry (BPTT 2) -- and the step caches stacked along a leading time axis.
+    """
+    hs, h, c, caches = [], [h0], [c0], []
+    for t in range(U.shape[0]):
+        y_t, h_t, c_t, cache_t = step(t, U[t], h[t], c[t], mask[t])
+        hs.append(y_t)
+        h.append(h_t)
+        c.append(c_t)
+        caches.append(cache_t)
+    stacked = {k: np.stack([ct[k] for ct in caches]) for k in caches[0]}
+    return np.stack(hs), np.stack(h), np.stack(c), stacked
+
+
+def scan_backward(step_backward, dhs, dhT, dcT):
+    """Backpropagation through time: visit t = T-1 .. 0 carrying dH_t and dC_t.
+
+    step_backward(t, dy_t, dH_t, dC_t) -> (du_t, dH_{t-1}, dC_{t-1}, dparams_t) where du_t is the
+    gradient w.r.t. the step's input term u_t and dparams_t a dict of per-step contributions.
+    dH_T = dhT and dC_T = dcT start the recursion; what is left at the end is dh_0, dc_0 (BPTT 9).
+    """
+    T = dhs.shape[0]
+    dH, dC = dhT, dcT
+    dU, dparams = [None] * T, {}
+    for t in reversed(range(T)):
+        dU[t], dH, dC, dparams_t = step_backward(t, dhs[t], dH, dC)
+        for name, g in dparams_t.items():
+            dparams[name] = dparams.get(name, 0) + g                    # (BPTT 7)
+    return np.stack(dU), dH, dC, dparams
+
+
+def input_projection_backward(x, dU, Wx):
+    """(BPTT 8) U = X Wx over all T·B frames: dWx = X_flatᵀ dU_flat, dX = dU Wxᵀ."""
+    D, G = Wx.shape
+    dWx = x.reshape(-1, D).T @ dU.reshape(-1, G)     # (D, 4H)
+    dx = dU @ Wx.T                                   # (T, B, D)
+    return dWx, dx
