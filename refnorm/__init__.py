@@ -9,11 +9,11 @@ Cells: LSTM, BNLSTM (Cooijmans et al. 2016), SeqBNLSTM (Laurent et al. 2016), LN
 """
 from .backends import available as available_backends
 from .cells import BNLSTM, LNLSTM, LSTM, SeqBNLSTM
-from .gradcheck import gradcheck, numerical_gradient, relative_error
+from .gradcheck import gradcheck, numerical_gradient, randomize, relative_error
 
 __version__ = "0.1.0"
 
 CELLS = {"lstm": LSTM, "bn_lstm": BNLSTM, "seq_bn_lstm": SeqBNLSTM, "ln_lstm": LNLSTM}
 
 __all__ = ["LSTM", "BNLSTM", "SeqBNLSTM", "LNLSTM", "CELLS", "gradcheck", "numerical_gradient",
-           "relative_error", "available_backends", "__version__"]
+           "relative_error", "randomize", "available_backends", "__version__"]

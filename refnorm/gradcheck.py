@@ -39,6 +39,20 @@ def relative_error(a, b):
     return 0.0 if diff == 0 else float(diff / scale)
 
 
+def randomize(cell, seed=0):
+    """Redraw every parameter of `cell` in place so that no bug can hide behind a zero or a one:
+    weights, biases and shifts ~ N(0, 0.5²), gains ~ U(0.5, 1.5); population statistics (BN
+    cells) means ~ N(0, 0.5²) and variances ~ U(0.5, 1.5). Returns the cell."""
+    rng = np.random.default_rng(seed)
+    for name, value in cell.params.items():
+        value[...] = (rng.uniform(0.5, 1.5, value.shape) if name.startswith("gamma")
+                      else 0.5 * rng.standard_normal(value.shape))
+    for name, value in getattr(cell, "stats", {}).items():
+        value[...] = (rng.uniform(0.5, 1.5, value.shape) if name.startswith("var")
+                      else 0.5 * rng.standard_normal(value.shape))
+    return cell
+
+
 def random_inputs(cell, T=4, B=3, seed=0):
     """x (T, B, D) ~ N(0, 1) and h0, c0 (B, H) ~ N(0, 0.5²): random and non-zero."""
     rng = np.random.default_rng(seed)

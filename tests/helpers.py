@@ -2,6 +2,7 @@
 import numpy as np
 
 import refnorm
+from refnorm.gradcheck import randomize
 
 # Tolerances, each with its reason.
 TOL = {
@@ -20,29 +21,12 @@ CELL_NAMES = ("lstm", "bn_lstm", "seq_bn_lstm", "ln_lstm")
 
 
 def make_cell(name, D=3, H=3, *, seed=0, dtype="float64", **options):
-    """A cell with every parameter redrawn at random and non-zero: weights ~ N(0, 0.5²),
-    biases ~ N(0, 0.5²), gains ~ U(0.5, 1.5), shifts ~ N(0, 0.5²); BN population statistics
-    (when the cell has them) random means and variances in (0.5, 1.5)."""
-    rng = np.random.default_rng(1000 + seed)
-    cls = refnorm.CELLS[name]
+    """A cell with every parameter (and BN population statistic) redrawn at random and non-zero
+    by refnorm.gradcheck.randomize; BNLSTM gets max_steps=6 unless told otherwise."""
     if name == "bn_lstm":
         options.setdefault("max_steps", 6)
-    cell = cls(D, H, seed=seed, dtype=dtype, **options)
-    for key, value in cell.params.items():
-        if key.startswith("gamma"):
-            value[...] = rng.uniform(0.5, 1.5, value.shape)
-        else:
-            value[...] = 0.5 * rng.standard_normal(value.shape)
-    randomize_stats(cell, rng)
-    return cell
-
-
-def randomize_stats(cell, rng):
-    for key, value in getattr(cell, "stats", {}).items():
-        if key.startswith("var"):
-            value[...] = rng.uniform(0.5, 1.5, value.shape)
-        else:
-            value[...] = 0.5 * rng.standard_normal(value.shape)
+    cell = refnorm.CELLS[name](D, H, seed=seed, dtype=dtype, **options)
+    return randomize(cell, seed=1000 + seed)
 
 
 def random_data(cell, T=4, B=3, *, seed=0, dtype=None):

@@ -1,0 +1,139 @@
+"""Finite-difference proof of every backward pass, and proof that the checker itself works."""
+import numpy as np
+import pytest
+
+import refnorm
+import refnorm.numpy_ref.bn_lstm
+from refnorm import cli
+from refnorm.gradcheck import numerical_gradient, relative_error
+
+from helpers import CELL_NAMES, TOL, make_cell, ragged_mask
+
+
+# -- the checker on functions with known derivatives -------------------------------------------
+def test_numerical_gradient_of_known_function():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((3, 4))
+    x = rng.standard_normal((3, 4))
+
+    def f(v):
+        return np.sum(w * np.sin(v)) + 0.5 * np.sum(v ** 3)
+
+    exact = w * np.cos(x) + 1.5 * x ** 2
+    # central differences: truncation step²·f'''/6 ≈ 1e-12, round-off ≈ 1e-16·|f|/step ≈ 1e-10
+    assert relative_error(numerical_gradient(f, x), exact) < 1e-8
+
+
+def test_numerical_gradient_leaves_its_argument_alone():
+    x = np.arange(6.0).reshape(2, 3) + 0.5
+    before = x.copy()
+    seen = []
+    numerical_gradient(lambda v: seen.append(v is x) or np.sum(v ** 2), x)
+    assert np.array_equal(x, before)
+    assert not any(seen), "f must get fresh copies, never the caller's array"
+
+
+def test_relative_error():
+    a = np.array([1.0, -2.0, 4.0])
+    assert relative_error(a, a) == 0.0
+    assert relative_error(a, a + np.array([0, 0, 4e-6])) == pytest.approx(1e-6, rel=1e-5)
+    assert relative_error(np.zeros(3), np.zeros(3)) == 0.0
+    assert relative_error(np.zeros(3), np.array([0, 1e-9, 0])) == 1.0
+
+
+def test_gradcheck_catches_a_wrong_backward(monkeypatch):
+    """Drop the mean-of-gradient term of (BN 10), a classic BN backward bug: the check must fail
+    for the parameters upstream of the batch statistics, and pass again once restored."""
+    original = refnorm.numpy_ref.bn_lstm.batchnorm_backward
+
+    def without_mean_term(dy, zhat, var, m, gamma, eps, training):
+        dz, dgamma, dbeta = original(dy, zhat, var, m, gamma, eps, training)
+        dzhat = dy * gamma
+        w = m[:, None]
+        return dz + w * (w * dzhat).sum(0) / max(m.sum(), 1) / np.sqrt(var + eps), dgamma, dbeta
+
+    cell = make_cell("bn_lstm")
+    monkeypatch.setattr(refnorm.numpy_ref.bn_lstm, "batchnorm_backward", without_mean_term)
+    broken = refnorm.gradcheck(cell, training=True, wrt=["Wx", "Wh"])
+    assert min(broken.values()) > 1e-3
+    monkeypatch.undo()
+    assert max(refnorm.gradcheck(cell, training=True, wrt=["Wx", "Wh"]).values()) < TOL["gradcheck"]
+
+
+def test_gradcheck_catches_a_wrong_sign_in_one_gate(monkeypatch):
+    """Flip the sign of the forget-gate derivative in (LSTM 8): caught in every cell."""
+    import refnorm.numpy_ref.common as common
+    original = common.gates_backward
+
+    def wrong(di, df, dg, do, gates):
+        return original(di, -df, dg, do, gates)
+
+    for module in ("lstm", "bn_lstm", "ln_lstm"):     # seq_bn_lstm reuses lstm's step
+        monkeypatch.setattr(f"refnorm.numpy_ref.{module}.gates_backward", wrong)
+    for stem in CELL_NAMES:
+        errors = refnorm.gradcheck(make_cell(stem), training=True, wrt=["b"])
+        assert errors["b"] > 1e-3, stem
+
+
+# -- every cell, every mode -------------------------------------------------------------------
+MASKS = {"no mask": None, "ragged": [5, 3, 0, 1]}
+
+
+@pytest.mark.parametrize("stem,options", [(s, {}) for s in CELL_NAMES]
+                         + [("ln_lstm", {"per_gate": True})])
+@pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
+@pytest.mark.parametrize("mask", list(MASKS), ids=list(MASKS))
+def test_every_gradient_matches_finite_differences(stem, options, training, mask):
+    cell = make_cell(stem, **options)
+    lengths = MASKS[mask]
+    kwargs = {"T": 5, "B": 4, "seed": 3}
+    if lengths is not None:
+        kwargs["mask"] = ragged_mask(5, 4, lengths)
+    if stem == "bn_lstm" and not training:
+        kwargs["t0"] = 3             # slots 3, 4, 5, 5, 5 of max_steps = 6: clamping exercised
+    errors = refnorm.gradcheck(cell, training=training, **kwargs)
+    assert set(errors) == set(cell.params) | {"x", "h0", "c0"}
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= TOL["gradcheck"], (worst, errors)
+
+
+def test_gradcheck_leaves_the_cell_alone():
+    cell = make_cell("bn_lstm", max_steps=None)
+    cell.forward(np.random.default_rng(0).standard_normal((4, 3, 3)))   # grows 4 slots
+    params = {k: v.copy() for k, v in cell.params.items()}
+    stats = {k: v.copy() for k, v in cell.stats.items()}
+    refnorm.gradcheck(cell, training=True)
+    refnorm.gradcheck(cell, training=False)
+    for k in params:
+        assert np.array_equal(cell.params[k], params[k])
+    for k in stats:
+        assert np.array_equal(cell.stats[k], stats[k])
+
+
+def test_gradcheck_rejects_float32():
+    with pytest.raises(ValueError, match="float64"):
+        refnorm.gradcheck(refnorm.LSTM(2, 2, dtype="float32"))
+
+
+# -- the command ------------------------------------------------------------------------------
+def test_refnorm_check_command_passes(capsys):
+    assert cli.main(["check"]) == 0
+    out = capsys.readouterr().out
+    assert "PASS" in out.splitlines()[-1]
+    for label in ("lstm", "bn_lstm", "seq_bn_lstm", "ln_lstm per_gate"):
+        assert f" {label} " in out
+    assert out.count(" ok") >= 80
+
+
+def test_refnorm_check_command_fails_on_a_wrong_backward(monkeypatch, capsys):
+    import refnorm.numpy_ref.lstm as lstm
+    original = lstm.lstm_step_backward
+
+    def leaky(dy, dH, dC, t, cache):       # forgets the carry of dC through masked steps
+        dz, dh_prev, dc_prev, parts = original(dy, dH, dC, t, cache)
+        return dz, dh_prev, dc_prev * 0.999, parts
+
+    monkeypatch.setattr(lstm, "lstm_step_backward", leaky)
+    assert cli.main(["check", "--backend", "numpy"]) == 1
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert "FAIL" in last

@@ -1,0 +1,137 @@
+"""The four cells written again from the equations in PyTorch float64, so that autograd gives a
+backward pass independent of refnorm's hand-written BPTT. Nothing here calls or copies refnorm.
+
+Shapes are time-major: x (T, B, D), mask (T, B) of 0/1, h0, c0 (B, H); params is a dict of
+tensors with the names of refnorm's cell.params. Each function returns hs (T, B, H), hT, cT.
+
+    (LSTM 1)       z_t = x_t Wx + h_{t-1} Wh + b                 blocks i, f, g, o
+    (LSTM 2)       i = σ(z^i), f = σ(z^f), g = tanh(z^g), o = σ(z^o)
+    (LSTM 3)       c̃_t = f ⊙ c_{t-1} + i ⊙ g
+    (LSTM 4)       h̃_t = o ⊙ tanh(c̃_t)
+    (BPTT 2)       h_t = h̃_t where m_t = 1, else h_{t-1};  c_t likewise
+    (BPTT 3)       hs_t = m_t ⊙ h̃_t
+    (BN-LSTM 2)    z_t = BN_t(h_{t-1} Wh; γ_h, 0) + BN_t(x_t Wx; γ_x, 0) + b      Cooijmans eq. 6
+    (BN-LSTM 3)    c̃_t by (LSTM 3), raw c̃_t carried                              Cooijmans eq. 7
+    (BN-LSTM 4)    h̃_t = o ⊙ tanh(BN_t(c̃_t; γ_c, β_c))                           Cooijmans eq. 8
+    (SEQBN-LSTM)   z_t = BN_S(x_t Wx; γ_x, 0) + h_{t-1} Wh + b, one set of statistics over every
+                   valid (t, b) frame                                   Laurent et al. 2016
+    (LN-LSTM 2-4)  as BN-LSTM with LN over each row (the 4H vector, or each H-wide gate block)
+                   in place of BN_t                                     Ba et al. 2016, eqs. 20-22
+
+Batch norm in training: over the valid rows r (m_r = 1), n = Σ m_r,
+    μ = Σ m_r z_r / n,   v = Σ m_r (z_r − μ)² / n,   ẑ_r = m_r (z_r − μ) / sqrt(v + eps)
+(padded rows get ẑ = 0; their outputs are discarded by the carry anyway). In inference μ, v are
+the given population statistics.
+"""
+import torch
+
+
+def masked_stats(z, m):
+    """Mean and biased two-pass variance of the rows of z (N, F) with weight m (N,) in {0, 1}."""
+    w = m[:, None]
+    n = m.sum()
+    mean = (w * z).sum(0) / n
+    var = (w * (z - mean) ** 2).sum(0) / n
+    return mean, var
+
+
+def batch_norm(z, m, gamma, beta, eps, stats=None):
+    """γ ⊙ ẑ + β with ẑ from the batch (stats None, gradients through them) or from stats.
+    Returns the output and the (mean, var) used."""
+    mean, var = masked_stats(z, m) if stats is None else stats
+    z_hat = (z - mean) / torch.sqrt(var + eps)
+    if stats is None:
+        z_hat = m[:, None] * z_hat
+    return gamma * z_hat + beta, (mean, var)
+
+
+def layer_norm(z, gamma, beta, eps, groups=1):
+    """Per row of z (B, F): normalise each of `groups` equal blocks over its own features."""
+    B, F = z.shape
+    zg = z.reshape(B, groups, F // groups)
+    mean = zg.mean(-1, keepdim=True)
+    var = ((zg - mean) ** 2).mean(-1, keepdim=True)
+    z_hat = ((zg - mean) / torch.sqrt(var + eps)).reshape(B, F)
+    return gamma * z_hat + beta
+
+
+def cell_update(z, c_prev, H):
+    """(LSTM 2), (LSTM 3): the activated gate o and the new raw cell c̃."""
+    i, f, g, o = (z[:, k * H:(k + 1) * H] for k in range(4))
+    c_new = torch.sigmoid(f) * c_prev + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o), c_new
+
+
+def carry(m_t, h_new, c_new, h, c, out):
+    """(BPTT 2), (BPTT 3): keep the old state where m_t = 0, output m_t ⊙ h̃_t."""
+    keep = m_t[:, None] > 0
+    out.append(m_t[:, None] * h_new)
+    return torch.where(keep, h_new, h), torch.where(keep, c_new, c)
+
+
+def lstm(x, h0, c0, mask, params):
+    """(LSTM 1)-(LSTM 4) with the masked carry."""
+    H = h0.shape[1]
+    h, c, out = h0, c0, []
+    for x_t, m_t in zip(x.unbind(0), mask.unbind(0)):
+        z = x_t @ params["Wx"] + h @ params["Wh"] + params["b"]
+        o, c_new = cell_update(z, c, H)
+        h, c = carry(m_t, o * torch.tanh(c_new), c_new, h, c, out)
+    return torch.stack(out), h, c
+
+
+def bn_lstm(x, h0, c0, mask, params, *, training, eps, pop=None, record=None):
+    """(BN-LSTM 1)-(BN-LSTM 4). Training: per-step statistics over the valid rows of step t.
+    Inference: pop[name][t] (names mean_x, var_x, mean_h, var_h, mean_c, var_c), the slot already
+    chosen for local step t. A dict `record` receives the statistics used, {name: (T, F)}."""
+    p, H = params, h0.shape[1]
+    h, c, out = h0, c0, []
+    used = {key: [] for key in ("mean_x", "var_x", "mean_h", "var_h", "mean_c", "var_c")}
+
+    def bn(z, m_t, t, site, gamma, beta):
+        stats = None if training else (pop["mean_" + site][t], pop["var_" + site][t])
+        y, (mean, var) = batch_norm(z, m_t, gamma, beta, eps, stats)
+        used["mean_" + site].append(mean)
+        used["var_" + site].append(var)
+        return y
+
+    for t, (x_t, m_t) in enumerate(zip(x.unbind(0), mask.unbind(0))):
+        z = (bn(h @ p["Wh"], m_t, t, "h", p["gamma_h"], 0.0)
+             + bn(x_t @ p["Wx"], m_t, t, "x", p["gamma_x"], 0.0) + p["b"])
+        o, c_new = cell_update(z, c, H)
+        h_new = o * torch.tanh(bn(c_new, m_t, t, "c", p["gamma_c"], p["beta_c"]))
+        h, c = carry(m_t, h_new, c_new, h, c, out)
+    if record is not None:
+        record.update({key: torch.stack(v) for key, v in used.items()})
+    return torch.stack(out), h, c
+
+
+def seq_bn_lstm(x, h0, c0, mask, params, *, training, eps, pop=None, record=None):
+    """(SEQBN-LSTM 1)-(3): BN_S of x_t Wx over every valid frame, then the LSTM recurrence.
+    Inference: pop = {"mean_x", "var_x"} (4H,). A dict `record` receives the statistics used."""
+    T, B, D = x.shape
+    H = h0.shape[1]
+    stats = None if training else (pop["mean_x"], pop["var_x"])
+    u, (mean, var) = batch_norm(x.reshape(T * B, D) @ params["Wx"], mask.reshape(T * B),
+                         params["gamma_x"], 0.0, eps, stats)
+    h, c, out = h0, c0, []
+    for u_t, m_t in zip(u.reshape(T, B, 4 * H).unbind(0), mask.unbind(0)):
+        o, c_new = cell_update(u_t + h @ params["Wh"] + params["b"], c, H)
+        h, c = carry(m_t, o * torch.tanh(c_new), c_new, h, c, out)
+    if record is not None:
+        record.update(mean_x=mean, var_x=var)
+    return torch.stack(out), h, c
+
+
+def ln_lstm(x, h0, c0, mask, params, *, eps, per_gate):
+    """(LN-LSTM 1)-(LN-LSTM 4): LN over the joint 4H row, or over each gate block (per_gate)."""
+    p, H = params, h0.shape[1]
+    groups = 4 if per_gate else 1
+    h, c, out = h0, c0, []
+    for x_t, m_t in zip(x.unbind(0), mask.unbind(0)):
+        z = (layer_norm(h @ p["Wh"], p["gamma_h"], 0.0, eps, groups)
+             + layer_norm(x_t @ p["Wx"], p["gamma_x"], 0.0, eps, groups) + p["b"])
+        o, c_new = cell_update(z, c, H)
+        h_new = o * torch.tanh(layer_norm(c_new, p["gamma_c"], p["beta_c"], eps))
+        h, c = carry(m_t, h_new, c_new, h, c, out)
+    return torch.stack(out), h, c
