@@ -3,7 +3,8 @@ every cell stem, with the same signatures and cache classes' fields as refnorm.n
 import importlib
 
 BACKENDS = {
-    "numpy": "refnorm.numpy_ref",
+    "numpy": "refnorm.numpy_ref",     # the book: readable, never optimised
+    "numba": "refnorm.numba_cpu",     # the same math, step loops compiled by Numba
 }
 
 

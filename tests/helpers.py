@@ -19,6 +19,9 @@ TOL = {
 
 CELL_NAMES = ("lstm", "bn_lstm", "seq_bn_lstm", "ln_lstm")
 
+# The CPU backends every proof runs on (the CUDA backend has its own simulator/GPU tests).
+BACKENDS = ("numpy", "numba")
+
 
 def make_cell(name, D=3, H=3, *, seed=0, dtype="float64", **options):
     """A cell with every parameter (and BN population statistic) redrawn at random and non-zero

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import refnorm
-from helpers import TOL, make_cell, ragged_mask, random_data
+from helpers import BACKENDS, TOL, make_cell, ragged_mask, random_data
 import torch_reference
 
 T, B, D, H = 5, 4, 3, 3
@@ -57,8 +57,9 @@ def torch_forward(name, cell, x, h0, c0, mask, params, training, t0, record):
 @pytest.mark.parametrize("masked", [False, True], ids=["full", "ragged"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("name, options", CASES, ids=CASE_IDS)
-def test_cell_matches_torch_autograd(name, options, training, masked):
-    cell = make_cell(name, D, H, seed=3, **options)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cell_matches_torch_autograd(backend, name, options, training, masked):
+    cell = make_cell(name, D, H, seed=3, backend=backend, **options)
     data = random_data(cell, T, B, seed=4)
     mask = ragged_mask(T, B, LENGTHS) if masked else None
     t0 = BN_T0 if (name == "bn_lstm" and not training) else 0
@@ -113,9 +114,10 @@ def torch_lstm(cell, rng):
 
 
 @pytest.mark.parametrize("lengths", [None, (5, 2, 3, 1)], ids=["equal", "packed"])
-def test_lstm_matches_torch_nn_lstm(lengths):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lstm_matches_torch_nn_lstm(backend, lengths):
     # pack_padded_sequence rejects length 0, so the empty sequence is covered by the test above
-    cell = make_cell("lstm", D, H, seed=5)
+    cell = make_cell("lstm", D, H, seed=5, backend=backend)
     data = random_data(cell, T, B, seed=6)
     net = torch_lstm(cell, np.random.default_rng(7))
     x, h0, c0 = (tensor(data[key], grad=True) for key in ("x", "h0", "c0"))

@@ -7,7 +7,7 @@ import refnorm.numpy_ref.bn_lstm
 from refnorm import cli
 from refnorm.gradcheck import numerical_gradient, relative_error
 
-from helpers import CELL_NAMES, TOL, make_cell, ragged_mask
+from helpers import BACKENDS, CELL_NAMES, TOL, make_cell, ragged_mask
 
 
 # -- the checker on functions with known derivatives -------------------------------------------
@@ -83,8 +83,9 @@ MASKS = {"no mask": None, "ragged": [5, 3, 0, 1]}
                          + [("ln_lstm", {"per_gate": True})])
 @pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
 @pytest.mark.parametrize("mask", list(MASKS), ids=list(MASKS))
-def test_every_gradient_matches_finite_differences(stem, options, training, mask):
-    cell = make_cell(stem, **options)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_gradient_matches_finite_differences(backend, stem, options, training, mask):
+    cell = make_cell(stem, backend=backend, **options)
     lengths = MASKS[mask]
     kwargs = {"T": 5, "B": 4, "seed": 3}
     if lengths is not None:
@@ -122,6 +123,8 @@ def test_refnorm_check_command_passes(capsys):
     assert "PASS" in out.splitlines()[-1]
     for label in ("lstm", "bn_lstm", "seq_bn_lstm", "ln_lstm per_gate"):
         assert f" {label} " in out
+    for backend in BACKENDS:
+        assert out.count(f"\n{backend} ") >= 80, backend
     assert out.count(" ok") >= 80
 
 

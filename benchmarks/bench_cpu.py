@@ -1,0 +1,283 @@
+"""CPU benchmark of the Numba backend against the anchors measured in the same run.
+
+    python benchmarks/bench_cpu.py              # full table (several minutes on 2 cores)
+    python benchmarks/bench_cpu.py --quick      # smallest shapes only, fewer repeats
+
+Anchors, all in this process, on the same threads:
+  * torch.nn.LSTM forward+backward and forward alone (oneDNN in float32, native in float64);
+  * the BLAS floor: the matrix products an LSTM's BPTT must do, alone (input projection, one
+    (B,H)·(H,4H) product per step forward and one (B,4H)·(4H,H) backward, dWx, dWh, dx), through
+    the same BLAS calls refnorm uses (NumPy's for whole-sequence products, Numba's np.dot, i.e.
+    SciPy's BLAS, inside the step loop);
+  * the same normalised-cell equations in PyTorch eager with autograd, written the fast way
+    (input projection once, time axis by unbind).
+Ratios < 1 mean refnorm is faster. Medians of repeated runs after a warm-up.
+"""
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import tracemalloc
+
+import numpy as np
+import scipy.linalg.cython_blas  # noqa: F401  (load SciPy's BLAS before limiting threads)
+import torch
+from numba import njit
+
+import refnorm
+from refnorm.gradcheck import randomize
+
+SHAPES = [(16, 64), (32, 128), (64, 256), (128, 512)]
+T_DEFAULT = 100
+
+
+def median_time(fn, repeats, warmup=1):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# -- refnorm ---------------------------------------------------------------------------------
+def refnorm_case(stem, T, B, H, dtype, backend="numba"):
+    cell = randomize(refnorm.CELLS[stem](H, H, seed=0, dtype=dtype, backend=backend), seed=1)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, B, H)).astype(dtype)
+    dhs = rng.standard_normal((T, B, H)).astype(dtype)
+    kwargs = {"update_stats": False} if stem in ("bn_lstm", "seq_bn_lstm") else {}
+
+    def fwd():
+        return cell.forward(x, **kwargs)
+
+    def fwd_bwd():
+        hs, _, cache = cell.forward(x, **kwargs)
+        return cell.backward(dhs, cache)
+
+    return fwd, fwd_bwd
+
+
+# -- the BLAS floor --------------------------------------------------------------------------
+@njit(cache=True)
+def _step_products(h, Wh, WhT, dz, out_f, out_b):
+    for t in range(h.shape[0]):
+        np.dot(h[t], Wh, out_f)            # forward recurrent product
+        np.dot(dz[t], WhT, out_b)          # backward recurrent product
+
+
+def blas_floor_case(T, B, H, dtype):
+    rng = np.random.default_rng(0)
+    D, G = H, 4 * H
+    x = rng.standard_normal((T, B, D)).astype(dtype)
+    Wx = rng.standard_normal((D, G)).astype(dtype)
+    Wh = rng.standard_normal((H, G)).astype(dtype)
+    WhT = np.ascontiguousarray(Wh.T)
+    h = rng.standard_normal((T, B, H)).astype(dtype)
+    dz = rng.standard_normal((T, B, G)).astype(dtype)
+    out_f, out_b = np.empty((B, G), dtype), np.empty((B, H), dtype)
+
+    def products():
+        x.reshape(-1, D) @ Wx                               # input projection
+        _step_products(h, Wh, WhT, dz, out_f, out_b)        # T forward + T backward products
+        x.reshape(-1, D).T @ dz.reshape(-1, G)              # dWx
+        h.reshape(-1, H).T @ dz.reshape(-1, G)              # dWh
+        dz @ Wx.T                                           # dx
+
+    return products
+
+
+# -- torch -----------------------------------------------------------------------------------
+def torch_lstm_case(T, B, H, dtype):
+    tdt = getattr(torch, dtype)
+    lstm = torch.nn.LSTM(H, H).to(tdt)
+    x = torch.randn(T, B, H, dtype=tdt, requires_grad=True)
+    dhs = torch.randn(T, B, H, dtype=tdt)
+
+    def fwd():
+        with torch.no_grad():
+            return lstm(x)
+
+    def fwd_bwd():
+        out, _ = lstm(x)
+        out.backward(dhs)
+
+    return fwd, fwd_bwd
+
+
+def _bn(z, gamma, beta, eps):
+    mean = z.mean(0)
+    var = ((z - mean) ** 2).mean(0)
+    return gamma * (z - mean) / torch.sqrt(var + eps) + beta
+
+
+def _ln(z, gamma, beta, eps):
+    mean = z.mean(-1, keepdim=True)
+    var = ((z - mean) ** 2).mean(-1, keepdim=True)
+    return gamma * (z - mean) / torch.sqrt(var + eps) + beta
+
+
+def torch_eager_cell(stem, x, p, eps=1e-5):
+    """The cell's equations in PyTorch eager, the fast way: the input projection once, the time
+    axis by unbind (indexing x[t] makes backward allocate a full zero tensor per step)."""
+    T, B, _ = x.shape
+    H = p["Wh"].shape[0]
+    h = x.new_zeros(B, H)
+    c = x.new_zeros(B, H)
+    U = x @ p["Wx"]
+    if stem == "seq_bn_lstm":
+        U = _bn(U.reshape(T * B, -1), p["gamma_x"], 0.0, eps).reshape(T, B, -1)
+    outs = []
+    for u in U.unbind(0):
+        a = h @ p["Wh"]
+        if stem == "bn_lstm":
+            z = _bn(a, p["gamma_h"], 0.0, eps) + _bn(u, p["gamma_x"], 0.0, eps) + p["b"]
+        elif stem == "ln_lstm":
+            z = _ln(a, p["gamma_h"], 0.0, eps) + _ln(u, p["gamma_x"], 0.0, eps) + p["b"]
+        else:
+            z = a + u + p["b"]
+        i, f, g, o = z.chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        cn = c
+        if stem == "bn_lstm":
+            cn = _bn(c, p["gamma_c"], p["beta_c"], eps)
+        elif stem == "ln_lstm":
+            cn = _ln(c, p["gamma_c"], p["beta_c"], eps)
+        h = torch.sigmoid(o) * torch.tanh(cn)
+        outs.append(h)
+    return torch.stack(outs)
+
+
+def torch_eager_case(stem, T, B, H, dtype):
+    cell = randomize(refnorm.CELLS[stem](H, H, seed=0, dtype=dtype), seed=1)
+    p = {k: torch.tensor(v, requires_grad=True) for k, v in cell.params.items()}
+    x = torch.randn(T, B, H, dtype=getattr(torch, dtype), requires_grad=True)
+    dhs = torch.randn(T, B, H, dtype=getattr(torch, dtype))
+
+    def fwd_bwd():
+        torch_eager_cell(stem, x, p).backward(dhs)
+
+    return fwd_bwd
+
+
+# -- tables ----------------------------------------------------------------------------------
+def row(cells):
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def table_vs_torch(shapes, T, repeats, out):
+    print("\n## LSTM: refnorm numba vs torch.nn.LSTM and the BLAS floor "
+          f"(T={T}, D=H, ms, median of {repeats})\n", file=out)
+    print(row(["dtype", "B", "H", "refnorm fwd+bwd", "torch fwd+bwd", "ratio",
+               "BLAS floor", "ratio", "refnorm fwd", "torch fwd", "ratio"]), file=out)
+    print(row(["---"] * 11), file=out)
+    for dtype in ("float64", "float32"):
+        for B, H in shapes:
+            fwd, fb = refnorm_case("lstm", T, B, H, dtype)
+            tf, tfb = torch_lstm_case(T, B, H, dtype)
+            floor = blas_floor_case(T, B, H, dtype)
+            r_fb, t_fb = median_time(fb, repeats), median_time(tfb, repeats)
+            fl = median_time(floor, repeats)
+            r_f, t_f = median_time(fwd, repeats), median_time(tf, repeats)
+            print(row([dtype, B, H, f"{r_fb * 1e3:.2f}", f"{t_fb * 1e3:.2f}",
+                       f"{r_fb / t_fb:.2f}", f"{fl * 1e3:.2f}", f"{r_fb / fl:.2f}",
+                       f"{r_f * 1e3:.2f}", f"{t_f * 1e3:.2f}", f"{r_f / t_f:.2f}"]), file=out)
+            out.flush()
+
+
+def table_norm_cells(shapes, T, repeats, out):
+    print("\n## Normalised cells on numba: fwd+bwd vs refnorm's LSTM and vs the same equations "
+          f"in PyTorch eager (T={T}, ms)\n", file=out)
+    print(row(["dtype", "B", "H", "cell", "refnorm", "vs refnorm LSTM", "torch eager",
+               "speed-up vs eager"]), file=out)
+    print(row(["---"] * 8), file=out)
+    for dtype in ("float64", "float32"):
+        for B, H in shapes:
+            base = median_time(refnorm_case("lstm", T, B, H, dtype)[1], repeats)
+            for stem in ("bn_lstm", "seq_bn_lstm", "ln_lstm"):
+                mine = median_time(refnorm_case(stem, T, B, H, dtype)[1], repeats)
+                eager = median_time(torch_eager_case(stem, T, B, H, dtype), repeats)
+                print(row([dtype, B, H, stem, f"{mine * 1e3:.2f}", f"{mine / base:.2f}",
+                           f"{eager * 1e3:.2f}", f"{eager / mine:.1f}x"]), file=out)
+                out.flush()
+
+
+def table_linear_in_T(B, H, repeats, out):
+    print(f"\n## Time vs T (LSTM fwd+bwd, float64, B={B}, H={H})\n", file=out)
+    print(row(["T", "ms", "µs per step"]), file=out)
+    print(row(["---"] * 3), file=out)
+    for T in (10, 30, 100, 300, 1000):
+        t = median_time(refnorm_case("lstm", T, B, H, "float64")[1], repeats)
+        print(row([T, f"{t * 1e3:.2f}", f"{t / T * 1e6:.1f}"]), file=out)
+
+
+def table_memory(B, H, T, out):
+    """Bytes of the cache (all arrays it holds that forward allocated) vs what BPTT must keep:
+    the states h, c (T+1, B, H), the gates (T, B, 4H) and tanh(c) (T, B, H) for the LSTM; the
+    normalised cells also need â, û (T, B, 4H), ĉ (T, B, H) and the statistics."""
+    print(f"\n## Peak memory of a forward (T={T}, B={B}, H={H}, float64)\n", file=out)
+    print(row(["cell", "peak traced MB", "cache MB", "BPTT minimum MB", "peak / minimum"]),
+          file=out)
+    print(row(["---"] * 5), file=out)
+    for stem in ("lstm", "bn_lstm", "seq_bn_lstm", "ln_lstm"):
+        fwd, _ = refnorm_case(stem, T, B, H, "float64")
+        fwd()
+        tracemalloc.start()
+        _, _, cache = fwd()
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        arrays = {k: v for k, v in vars(cache).items() if isinstance(v, np.ndarray)}
+        size = sum(v.nbytes for v in arrays.values())
+        minimum = sum(v.nbytes for k, v in arrays.items() if k not in ("x", "mask"))
+        print(row([stem, f"{peak / 1e6:.1f}", f"{size / 1e6:.1f}", f"{minimum / 1e6:.1f}",
+                   f"{peak / minimum:.2f}"]), file=out)
+
+
+def first_call_seconds():
+    """A fresh process with the on-disk cache warm: import refnorm + first forward+backward of
+    every cell on numba."""
+    code = ("import time; t = time.perf_counter(); import numpy as np, refnorm\n"
+            "x = np.ones((3, 2, 4))\n"
+            "for C in refnorm.CELLS.values():\n"
+            "    c = C(4, 4, seed=0, backend='numba', **({'max_steps': 3} if C is refnorm.BNLSTM else {}))\n"
+            "    hs, _, k = c.forward(x); c.backward(hs, k)\n"
+            "print(time.perf_counter() - t)")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)  # warm disk
+    res = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         text=True)
+    return float(res.stdout.strip())
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smallest shapes, few repeats")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(args.threads)
+    except ImportError:
+        pass
+    shapes = SHAPES[:2] if args.quick else SHAPES
+    repeats = 3 if args.quick else 7
+    out = sys.stdout
+    print(f"# refnorm CPU benchmark, {time.strftime('%Y-%m-%d')}\n", file=out)
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"{args.threads} threads; Python {platform.python_version()}, numpy {np.__version__}, "
+          f"numba {__import__('numba').__version__}, torch {torch.__version__}", file=out)
+    table_vs_torch(shapes, T_DEFAULT, repeats, out)
+    table_norm_cells(shapes[:2] if not args.quick else shapes[:1], T_DEFAULT, repeats, out)
+    table_linear_in_T(32, 128, 3, out)
+    table_memory(32, 128, T_DEFAULT, out)
+    print(f"\nFirst call in a fresh process, on-disk cache warm: {first_call_seconds():.2f} s",
+          file=out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""BN-LSTM on the Numba CPU backend, mirror of refnorm/numpy_ref/bn_lstm.py.
+
+Same signatures and BNLSTMCache as the reference. Per step: one (B, H)·(H, 4H) product, the
+batch statistics of a_t, u_t and c̃_t by fused column reductions over the valid rows, and the
+gates fused into one pass. In inference the statistics arrays arrive holding the population
+statistics chosen for each step and are only read.
+"""
+import math
+
+import numpy as np
+from numba import njit
+
+from ..numpy_ref.bn_lstm import STAT_NAMES, BNLSTMCache
+from ..numpy_ref.common import input_projection_backward
+from .common import JIT, sigmoid
+from .lstm import recurrent_weight_grad, states
+from .norms import batchnorm_backward, batchnorm_normalize, batchnorm_stats
+
+
+@njit(**JIT)
+def bn_lstm_forward_loop(U, mask, Wh, b, gamma_x, gamma_h, gamma_c, beta_c, eps, training,
+                         h, c, hs, count, a_hat, u_hat, gates, c_hat, tanh_c,
+                         mean_h, var_h, mean_x, var_x, mean_c, var_c):
+    T, B, G = U.shape
+    H = G // 4
+    a = np.empty((B, G), U.dtype)
+    c_new = np.empty((B, H), U.dtype)
+    for t in range(T):
+        m = mask[t]
+        np.dot(h[t], Wh, a)                                # a = h_prev @ p["Wh"]  (BN-LSTM 1)
+        if training:                                       # batchnorm_forward(a, m_t, ...)
+            count[t] = batchnorm_stats(a, m, mean_h[t], var_h[t])
+            batchnorm_stats(U[t], m, mean_x[t], var_x[t])
+        else:
+            count[t] = m.sum()
+        batchnorm_normalize(a, m, mean_h[t], var_h[t], eps, a_hat[t])
+        batchnorm_normalize(U[t], m, mean_x[t], var_x[t], eps, u_hat[t])
+        for r in range(B):
+            for j in range(H):
+                # z = a_bn + u_bn + p["b"]; gates = gates_forward(z)   (BN-LSTM 2), (LSTM 2)
+                zi = gamma_h[j] * a_hat[t, r, j] + gamma_x[j] * u_hat[t, r, j] + b[j]
+                k = H + j
+                zf = gamma_h[k] * a_hat[t, r, k] + gamma_x[k] * u_hat[t, r, k] + b[k]
+                k = 2 * H + j
+                zg = gamma_h[k] * a_hat[t, r, k] + gamma_x[k] * u_hat[t, r, k] + b[k]
+                k = 3 * H + j
+                zo = gamma_h[k] * a_hat[t, r, k] + gamma_x[k] * u_hat[t, r, k] + b[k]
+                i = sigmoid(zi)
+                f = sigmoid(zf)
+                g = math.tanh(zg)
+                gates[t, r, j] = i
+                gates[t, r, H + j] = f
+                gates[t, r, 2 * H + j] = g
+                gates[t, r, 3 * H + j] = sigmoid(zo)
+                c_new[r, j] = f * c[t, r, j] + i * g       # c_new = f * c_prev + i * g (BN-LSTM 3)
+        if training:
+            batchnorm_stats(c_new, m, mean_c[t], var_c[t])
+        batchnorm_normalize(c_new, m, mean_c[t], var_c[t], eps, c_hat[t])       # (BN-LSTM 4)
+        for r in range(B):
+            valid = m[r] > 0
+            for j in range(H):
+                th = math.tanh(gamma_c[j] * c_hat[t, r, j] + beta_c[j])   # np.tanh(c_bn)
+                tanh_c[t, r, j] = th
+                h_new = gates[t, r, 3 * H + j] * th        # h_new = o * tanh_c     (BN-LSTM 4)
+                if valid:                                  # carry(...)             (BPTT 2)
+                    hs[t, r, j] = h_new                    # y = m_t * h_new        (BPTT 3)
+                    h[t + 1, r, j] = h_new
+                    c[t + 1, r, j] = c_new[r, j]
+                else:
+                    hs[t, r, j] = 0.0
+                    h[t + 1, r, j] = h[t, r, j]
+                    c[t + 1, r, j] = c[t, r, j]
+
+
+@njit(**JIT)
+def bn_lstm_backward_loop(dhs, dhT, dcT, mask, c, a_hat, u_hat, gates, c_hat, tanh_c,
+                          var_h, var_x, var_c, gamma_x, gamma_h, gamma_c, WhT, eps, training,
+                          dA, dU, db, dgamma_x, dgamma_h, dgamma_c, dbeta_c):
+    """BPTT over t = T-1 .. 0: fills dA = da_t and dU = du_t (T, B, 4H), adds to the gain and
+    bias gradients; returns dh0, dc0."""
+    T, B, G = dU.shape
+    H = G // 4
+    dH = dhT.copy()
+    dC = dcT.copy()
+    dz = np.empty((B, G), dhs.dtype)
+    dc_bn = np.empty((B, H), dhs.dtype)
+    dc_norm = np.empty((B, H), dhs.dtype)
+    dh_rec = np.empty((B, H), dhs.dtype)
+    no_beta = np.empty(0, dhs.dtype)
+    for t in range(T - 1, -1, -1):
+        m = mask[t]
+        for r in range(B):
+            for j in range(H):
+                o = gates[t, r, 3 * H + j]
+                th = tanh_c[t, r, j]
+                dh_new = m[r] * (dhs[t, r, j] + dH[r, j])            # (BPTT 4)
+                dz[r, 3 * H + j] = dh_new * th * o * (1 - o)         # do (BN-LSTM 6), (LSTM 8)
+                dc_bn[r, j] = dh_new * o * (1 - th * th)             # (BN-LSTM 6)
+        batchnorm_backward(dc_bn, c_hat[t], var_c[t], m, gamma_c, eps, training, dc_norm,
+                           dgamma_c, dbeta_c)                        # (BN-LSTM 7)
+        for r in range(B):
+            valid = m[r]
+            for j in range(H):
+                i = gates[t, r, j]
+                f = gates[t, r, H + j]
+                g = gates[t, r, 2 * H + j]
+                dc_new = valid * dC[r, j] + dc_norm[r, j]            # (BPTT 5), (BN-LSTM 7)
+                dz[r, j] = dc_new * g * i * (1 - i)                  # (LSTM 7), (LSTM 8)
+                dz[r, H + j] = dc_new * c[t, r, j] * f * (1 - f)
+                dz[r, 2 * H + j] = dc_new * i * (1 - g * g)
+                dC[r, j] = (1 - valid) * dC[r, j] + dc_new * f       # (BPTT 6)
+        for r in range(B):
+            for k in range(G):
+                db[k] += dz[r, k]                                    # dz.sum(axis=0) (BN-LSTM 8)
+        batchnorm_backward(dz, a_hat[t], var_h[t], m, gamma_h, eps, training, dA[t],
+                           dgamma_h, no_beta)                        # (BN-LSTM 9)
+        batchnorm_backward(dz, u_hat[t], var_x[t], m, gamma_x, eps, training, dU[t],
+                           dgamma_x, no_beta)                        # (BN-LSTM 9)
+        np.dot(dA[t], WhT, dh_rec)                                   # da @ p["Wh"].T
+        for r in range(B):
+            for j in range(H):
+                dH[r, j] = (1 - m[r]) * dH[r, j] + dh_rec[r, j]      # (BPTT 6), (BN-LSTM 10)
+    return dH, dC
+
+
+def bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None):
+    """Same contract as refnorm.numpy_ref.bn_lstm.bn_lstm_forward."""
+    if not training and pop is None:
+        raise ValueError("inference needs population statistics (pop)")
+    p = params
+    T, B, _ = x.shape
+    G = p["Wh"].shape[1]
+    H = G // 4
+    dt = x.dtype
+    U = np.ascontiguousarray(x @ p["Wx"])                        # (BN-LSTM 1), (BPTT 8)
+    h, c = states(h0, c0, T)
+    width = {"mean_x": G, "var_x": G, "mean_h": G, "var_h": G, "mean_c": H, "var_c": H}
+    stats = {k: (np.empty((T, width[k]), dt) if training
+                 else np.ascontiguousarray(pop[k], dtype=dt)) for k in STAT_NAMES}
+    out = {"hs": np.empty((T, B, H), dt), "count": np.empty(T, dt),
+           "a_hat": np.empty((T, B, G), dt), "u_hat": np.empty((T, B, G), dt),
+           "gates": np.empty((T, B, G), dt), "c_hat": np.empty((T, B, H), dt),
+           "tanh_c": np.empty((T, B, H), dt)}
+    bn_lstm_forward_loop(U, mask, p["Wh"], p["b"], p["gamma_x"], p["gamma_h"], p["gamma_c"],
+                         p["beta_c"], dt.type(eps), training, h, c, out["hs"], out["count"],
+                         out["a_hat"], out["u_hat"], out["gates"], out["c_hat"], out["tanh_c"],
+                         stats["mean_h"], stats["var_h"], stats["mean_x"], stats["var_x"],
+                         stats["mean_c"], stats["var_c"])
+    hs = out.pop("hs")
+    cache = BNLSTMCache(x=x, mask=mask, params=params, training=training, eps=eps, h=h, c=c,
+                        **out, **stats)
+    return hs, h[-1], c[-1], cache
+
+
+def bn_lstm_backward(dhs, dhT, dcT, cache):
+    """Same contract as refnorm.numpy_ref.bn_lstm.bn_lstm_backward."""
+    p = cache.params
+    dt = dhs.dtype
+    G, H = p["Wh"].shape[1], p["Wh"].shape[0]
+    dA = np.empty(cache.gates.shape, dt)
+    dU = np.empty(cache.gates.shape, dt)
+    g = {"b": np.zeros(G, dt), "gamma_h": np.zeros(G, dt), "gamma_x": np.zeros(G, dt),
+         "gamma_c": np.zeros(H, dt), "beta_c": np.zeros(H, dt)}
+    dh0, dc0 = bn_lstm_backward_loop(
+        dhs, dhT, dcT, cache.mask, cache.c, cache.a_hat, cache.u_hat, cache.gates, cache.c_hat,
+        cache.tanh_c, cache.var_h, cache.var_x, cache.var_c, p["gamma_x"], p["gamma_h"],
+        p["gamma_c"], np.ascontiguousarray(p["Wh"].T), dt.type(cache.eps), cache.training,
+        dA, dU, g["b"], g["gamma_x"], g["gamma_h"], g["gamma_c"], g["beta_c"])
+    dWx, dx = input_projection_backward(cache.x, dU, p["Wx"])    # (BN-LSTM 11)
+    return {"Wx": dWx, "Wh": recurrent_weight_grad(cache.h, dA),  # (BN-LSTM 10)
+            **g, "x": dx, "h0": dh0, "c0": dc0}

@@ -1,0 +1,125 @@
+"""Vanilla LSTM on the Numba CPU backend, mirror of refnorm/numpy_ref/lstm.py.
+
+Same signatures and the same LSTMCache as the reference. The whole-sequence products (input
+projection, dWx, dWh, dx) are single BLAS calls from NumPy; the step loop runs compiled, with
+one (B, H)·(H, 4H) product per step and the rest of the step fused into one pass over (B, H).
+"""
+import math
+
+import numpy as np
+from numba import njit
+
+from ..numpy_ref.common import input_projection_backward
+from ..numpy_ref.lstm import LSTMCache
+from .common import JIT, sigmoid
+
+
+@njit(**JIT)
+def lstm_forward_loop(U, mask, Wh, h, c, hs, gates, tanh_c):
+    """U (T, B, 4H) = x Wx + b; fills h, c (T+1, B, H) (h[0], c[0] given), hs, gates, tanh_c."""
+    T, B, G = U.shape
+    H = G // 4
+    z = np.empty((B, G), U.dtype)
+    for t in range(T):
+        np.dot(h[t], Wh, z)                                # h_prev @ Wh        (LSTM 1)
+        for r in range(B):
+            valid = mask[t, r] > 0
+            for j in range(H):
+                # z = u_t + h_prev @ Wh; gates = gates_forward(z)            (LSTM 1), (LSTM 2)
+                i = sigmoid(U[t, r, j] + z[r, j])
+                f = sigmoid(U[t, r, H + j] + z[r, H + j])
+                g = math.tanh(U[t, r, 2 * H + j] + z[r, 2 * H + j])
+                o = sigmoid(U[t, r, 3 * H + j] + z[r, 3 * H + j])
+                gates[t, r, j] = i
+                gates[t, r, H + j] = f
+                gates[t, r, 2 * H + j] = g
+                gates[t, r, 3 * H + j] = o
+                c_new = f * c[t, r, j] + i * g             # c_new = f * c_prev + i * g (LSTM 3)
+                th = math.tanh(c_new)
+                tanh_c[t, r, j] = th
+                h_new = o * th                             # h_new = o * tanh_c         (LSTM 4)
+                if valid:                                  # carry(m_t, new, old)       (BPTT 2)
+                    hs[t, r, j] = h_new                    # y = m_t[:, None] * h_new   (BPTT 3)
+                    h[t + 1, r, j] = h_new
+                    c[t + 1, r, j] = c_new
+                else:
+                    hs[t, r, j] = 0.0
+                    h[t + 1, r, j] = h[t, r, j]
+                    c[t + 1, r, j] = c[t, r, j]
+
+
+@njit(**JIT)
+def lstm_backward_loop(dhs, dhT, dcT, mask, c, gates, tanh_c, WhT, dU):
+    """BPTT over t = T-1 .. 0: fills dU (T, B, 4H) = dz_t; returns dh0, dc0 (B, H)."""
+    T, B, G = dU.shape
+    H = G // 4
+    dH = dhT.copy()
+    dC = dcT.copy()
+    dh_rec = np.empty((B, H), dhs.dtype)
+    for t in range(T - 1, -1, -1):
+        for r in range(B):
+            valid = mask[t, r]
+            for j in range(H):
+                i = gates[t, r, j]
+                f = gates[t, r, H + j]
+                g = gates[t, r, 2 * H + j]
+                o = gates[t, r, 3 * H + j]
+                th = tanh_c[t, r, j]
+                dh_new = valid * (dhs[t, r, j] + dH[r, j])           # (BPTT 4)
+                dc_new = valid * dC[r, j]                            # (BPTT 5)
+                do = dh_new * th                                     # (LSTM 5)
+                dc_new = dc_new + dh_new * o * (1 - th * th)         # (LSTM 6)
+                di = dc_new * g                                      # (LSTM 7)
+                df = dc_new * c[t, r, j]
+                dg = dc_new * i
+                dU[t, r, j] = di * i * (1 - i)                       # (LSTM 8)
+                dU[t, r, H + j] = df * f * (1 - f)
+                dU[t, r, 2 * H + j] = dg * (1 - g * g)
+                dU[t, r, 3 * H + j] = do * o * (1 - o)
+                dC[r, j] = (1 - valid) * dC[r, j] + dc_new * f       # (BPTT 6)
+        np.dot(dU[t], WhT, dh_rec)                                   # dz @ Wh.T  (LSTM 9)
+        for r in range(B):
+            valid = mask[t, r]
+            for j in range(H):
+                dH[r, j] = (1 - valid) * dH[r, j] + dh_rec[r, j]     # (BPTT 6)
+    return dH, dC
+
+
+def states(h0, c0, T):
+    """h, c (T+1, B, H) with h[0] = h0, c[0] = c0, for the loops to fill."""
+    h = np.empty((T + 1,) + h0.shape, h0.dtype)
+    c = np.empty_like(h)
+    h[0], c[0] = h0, c0
+    return h, c
+
+
+def recurrent_weight_grad(h, dZ):
+    """dWh = Σ_t h_{t-1}ᵀ dz_t as one product over all T·B rows (LSTM 9), (BPTT 7)."""
+    H, G = h.shape[-1], dZ.shape[-1]
+    return h[:-1].reshape(-1, H).T @ dZ.reshape(-1, G)
+
+
+def lstm_forward(x, h0, c0, mask, params):
+    """Same contract as refnorm.numpy_ref.lstm.lstm_forward."""
+    T, B, _ = x.shape
+    G = params["Wh"].shape[1]
+    U = np.ascontiguousarray(x @ params["Wx"] + params["b"])    # (LSTM 1), (BPTT 8)
+    h, c = states(h0, c0, T)
+    hs = np.empty((T, B, G // 4), x.dtype)
+    gates = np.empty((T, B, G), x.dtype)
+    tanh_c = np.empty((T, B, G // 4), x.dtype)
+    lstm_forward_loop(U, mask, params["Wh"], h, c, hs, gates, tanh_c)
+    cache = LSTMCache(x=x, mask=mask, params=params, h=h, c=c, gates=gates, tanh_c=tanh_c)
+    return hs, h[-1], c[-1], cache
+
+
+def lstm_backward(dhs, dhT, dcT, cache):
+    """Same contract as refnorm.numpy_ref.lstm.lstm_backward."""
+    p = cache.params
+    dU = np.empty(cache.gates.shape, dhs.dtype)
+    WhT = np.ascontiguousarray(p["Wh"].T)
+    dh0, dc0 = lstm_backward_loop(dhs, dhT, dcT, cache.mask, cache.c, cache.gates, cache.tanh_c,
+                                  WhT, dU)
+    dWx, dx = input_projection_backward(cache.x, dU, p["Wx"])   # (LSTM 10), (BPTT 8)
+    return {"Wx": dWx, "Wh": recurrent_weight_grad(cache.h, dU), "b": dU.sum(axis=(0, 1)),
+            "x": dx, "h0": dh0, "c0": dc0}

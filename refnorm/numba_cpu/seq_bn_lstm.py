@@ -1,0 +1,61 @@
+"""SeqBN-LSTM on the Numba CPU backend, mirror of refnorm/numpy_ref/seq_bn_lstm.py.
+
+The batch × time normalisation of the input term runs once over all T·B frames with the
+compiled batch-norm loops; the recurrence is the compiled vanilla LSTM loop of .lstm.
+"""
+import numpy as np
+
+from ..numpy_ref.common import input_projection_backward
+from ..numpy_ref.seq_bn_lstm import SeqBNLSTMCache
+from .lstm import lstm_backward_loop, lstm_forward_loop, recurrent_weight_grad, states
+from .norms import batchnorm_backward, batchnorm_normalize, batchnorm_stats
+
+
+def seq_bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None):
+    """Same contract as refnorm.numpy_ref.seq_bn_lstm.seq_bn_lstm_forward."""
+    if not training and pop is None:
+        raise ValueError("inference needs population statistics (pop)")
+    p = params
+    T, B, D = x.shape
+    G = p["Wx"].shape[1]
+    dt = x.dtype
+    U = x.reshape(T * B, D) @ p["Wx"]                                       # (SEQBN-LSTM 1)
+    m = np.ascontiguousarray(mask.reshape(T * B))
+    if training:
+        mean_x, var_x = np.empty(G, dt), np.empty(G, dt)
+        batchnorm_stats(U, m, mean_x, var_x)
+    else:
+        mean_x, var_x = (np.ascontiguousarray(pop["mean_x"], dtype=dt),
+                         np.ascontiguousarray(pop["var_x"], dtype=dt))
+    u_hat = np.empty((T * B, G), dt)
+    batchnorm_normalize(U, m, mean_x, var_x, dt.type(eps), u_hat)          # (SEQBN-LSTM 2)
+    V = (p["gamma_x"] * u_hat + p["b"]).reshape(T, B, G)                    # (SEQBN-LSTM 3)
+    h, c = states(h0, c0, T)
+    hs = np.empty((T, B, G // 4), dt)
+    gates = np.empty((T, B, G), dt)
+    tanh_c = np.empty((T, B, G // 4), dt)
+    lstm_forward_loop(V, mask, p["Wh"], h, c, hs, gates, tanh_c)
+    cache = SeqBNLSTMCache(x=x, mask=mask, params=params, training=training, eps=eps,
+                           count=mask.sum(), u_hat=u_hat.reshape(T, B, G), mean_x=mean_x,
+                           var_x=var_x, h=h, c=c, gates=gates, tanh_c=tanh_c)
+    return hs, h[-1], c[-1], cache
+
+
+def seq_bn_lstm_backward(dhs, dhT, dcT, cache):
+    """Same contract as refnorm.numpy_ref.seq_bn_lstm.seq_bn_lstm_backward."""
+    p = cache.params
+    T, B, G = cache.gates.shape
+    dt = dhs.dtype
+    dV = np.empty((T, B, G), dt)
+    dh0, dc0 = lstm_backward_loop(dhs, dhT, dcT, cache.mask, cache.c, cache.gates,
+                                  cache.tanh_c, np.ascontiguousarray(p["Wh"].T),
+                                  dV)                                       # (SEQBN-LSTM 4)
+    dU = np.empty((T * B, G), dt)
+    dgamma_x = np.zeros(G, dt)
+    batchnorm_backward(dV.reshape(T * B, G), cache.u_hat.reshape(T * B, G), cache.var_x,
+                       np.ascontiguousarray(cache.mask.reshape(T * B)), p["gamma_x"],
+                       dt.type(cache.eps), cache.training, dU, dgamma_x,
+                       np.empty(0, dt))                                     # (SEQBN-LSTM 5)
+    dWx, dx = input_projection_backward(cache.x, dU.reshape(T, B, G), p["Wx"])   # (SEQBN-LSTM 6)
+    return {"Wx": dWx, "Wh": recurrent_weight_grad(cache.h, dV), "b": dV.sum(axis=(0, 1)),
+            "gamma_x": dgamma_x, "x": dx, "h0": dh0, "c0": dc0}
