@@ -22,7 +22,14 @@ from helpers import TOL, make_cell
 # atol·G: a gradient made of terms of size ~G that cancel (LN over 1 or 2 features, BN over 2
 #   rows) can be far smaller than G while its rounding error stays ~eps·G whatever the order of
 #   summation: ~50 eps of the run's gradient scale.
-PARITY = {"float64": (1e-12, 1e-14), "float32": (1e-4, 1e-5)}
+PARITY = {"float64": (1e-12, 1e-14)}
+# float32 cannot be held to a fixed tolerance on these tiny random batches: BN over 2-4 rows and
+# LN over 4-16 features amplify the rounding of z − μ by |z|/σ, and the NumPy reference itself
+# then misses the float64 truth by up to ~1e-2 on some gradients (measured). So float32 parity
+# means: numba's float32 result is as close to the float64 truth as the reference's float32
+# result is, within a factor F32_FACTOR, plus F32_FLOOR (~100 float32 ulps) for the cases where
+# both are essentially exact.
+F32_FACTOR, F32_FLOOR = 4.0, 1e-5
 
 
 def parity_ok(a, b, rtol, atol_abs):
@@ -47,67 +54,84 @@ def cases(draw):
     return stem, training, T, B, D, H, np.array(lengths), options, t0, draw(st.integers(0, 99))
 
 
-def run(cell, T, B, lengths, training, t0, seed, dtype):
+def run(cell, T, B, lengths, training, t0, seed, dtype, cast_to=None):
+    """Forward + backward on data drawn in `dtype` (then cast to `cast_to`, exactly)."""
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((T, B, cell.input_size)).astype(dtype)
-    h0 = 0.5 * rng.standard_normal((B, cell.hidden_size)).astype(dtype)
-    c0 = 0.5 * rng.standard_normal((B, cell.hidden_size)).astype(dtype)
-    dhs = rng.standard_normal((T, B, cell.hidden_size)).astype(dtype)
-    dhT = rng.standard_normal((B, cell.hidden_size)).astype(dtype)
+    draw = lambda *shape: rng.standard_normal(shape).astype(dtype).astype(cast_to or dtype)  # noqa
+    x = draw(T, B, cell.input_size)
+    h0 = 0.5 * draw(B, cell.hidden_size)
+    c0 = 0.5 * draw(B, cell.hidden_size)
+    dhs = draw(T, B, cell.hidden_size)
+    dhT = draw(B, cell.hidden_size)
     hs, (hT, cT), cache = cell.forward(x, h0, c0, lengths=lengths, training=training, t0=t0,
                                        update_stats=False)
     return hs, hT, cT, cache, cell.backward(dhs, cache, dhT, 0.5 * dhT[::-1].copy())
 
 
-def compare(stem, training, T, B, D, H, lengths, options, t0, seed, dtype):
-    tol, atol = PARITY[dtype]
-    ref_cell = make_cell(stem, D, H, seed=seed, dtype=dtype, **options)
-    fast_cell = make_cell(stem, D, H, seed=seed, dtype=dtype, backend="numba", **options)
-    ref = run(ref_cell, T, B, lengths, training, t0, seed, dtype)
-    fast = run(fast_cell, T, B, lengths, training, t0, seed, dtype)
+def compare(stem, training, T, B, D, H, lengths, options, t0, seed):
+    """float64: numba vs numpy within PARITY, outputs, gradients and every cache field."""
+    tol, atol = PARITY["float64"]
+    ref_cell = make_cell(stem, D, H, seed=seed, **options)
+    fast_cell = make_cell(stem, D, H, seed=seed, backend="numba", **options)
+    ref = run(ref_cell, T, B, lengths, training, t0, seed, "float64")
+    fast = run(fast_cell, T, B, lengths, training, t0, seed, "float64")
     for name, a, b in zip(("hs", "hT", "cT"), ref[:3], fast[:3]):
-        assert b.dtype == np.dtype(dtype), name
         assert refnorm.relative_error(a, b) <= tol, name
     assert set(ref[4]) == set(fast[4])
     G = max(np.max(np.abs(g)) for g in ref[4].values())
     for name in ref[4]:
-        assert fast[4][name].dtype == np.dtype(dtype), name
         assert parity_ok(ref[4][name], fast[4][name], tol, atol * G), name
     assert type(ref[3]) is type(fast[3])
     for field in dataclasses.fields(ref[3]):
         a, b = getattr(ref[3], field.name), getattr(fast[3], field.name)
         if isinstance(a, np.ndarray):
-            assert a.shape == b.shape, field.name
+            assert a.shape == b.shape and a.dtype == b.dtype, field.name
             assert parity_ok(a, b, tol, atol * max(1.0, np.max(np.abs(a), initial=0))), \
                 field.name
         elif field.name != "params":
             assert a == b, field.name
 
 
+def float32_error(stem, training, T, B, D, H, lengths, options, t0, seed, backend):
+    """Largest error of a float32 run against the float64 truth on the same (float32-exact)
+    parameters and data: outputs relative to their max, gradients relative to their max plus
+    1e-5 of the run's gradient scale. Also checks that float32 stays float32."""
+    c64 = make_cell(stem, D, H, seed=seed, **options)
+    c32 = make_cell(stem, D, H, seed=seed, dtype="float32", backend=backend, **options)
+    for name in c64.params:
+        c64.params[name][...] = c32.params[name]
+    for name in getattr(c64, "stats", {}):
+        c64.stats[name][...] = c32.stats[name]
+    truth = run(c64, T, B, lengths, training, t0, seed, "float32", cast_to="float64")
+    got = run(c32, T, B, lengths, training, t0, seed, "float32")
+    assert all(a.dtype == np.float32 for a in got[:3]) and \
+        all(g.dtype == np.float32 for g in got[4].values())
+    G = max(np.max(np.abs(g)) for g in truth[4].values())
+    errors = [refnorm.relative_error(a, b) for a, b in zip(truth[:3], got[:3])]
+    errors += [np.max(np.abs(truth[4][k] - got[4][k])) / (np.max(np.abs(truth[4][k])) + 1e-5 * G)
+               for k in truth[4]]
+    return max(errors)
+
+
 @settings(max_examples=60, deadline=None)
 @given(cases())
 def test_numba_matches_numpy_float64(case):
-    compare(*case, "float64")
+    compare(*case)
 
 
 @settings(max_examples=25, deadline=None)
 @given(cases())
-def test_numba_matches_numpy_float32(case):
-    compare(*case, "float32")
+def test_numba_float32_is_as_accurate_as_the_reference(case):
+    reference = float32_error(*case, backend="numpy")
+    numba = float32_error(*case, backend="numba")
+    assert numba <= F32_FACTOR * reference + F32_FLOOR, (numba, reference)
 
 
-def test_numba_float32_matches_float64_reference():
-    """float32 on numba against the float64 reference, to float32 rounding."""
-    for stem in ("lstm", "bn_lstm", "seq_bn_lstm", "ln_lstm"):
-        ref = run(make_cell(stem, 3, 4, seed=2), 5, 3, np.array([5, 2, 4]), True, 0, 2,
-                  "float64")
-        cell32 = make_cell(stem, 3, 4, seed=2, dtype="float32", backend="numba")
-        fast = run(cell32, 5, 3, np.array([5, 2, 4]), True, 0, 2, "float32")
-        for a, b in zip(ref[:3], fast[:3]):
-            assert refnorm.relative_error(a, b) <= TOL["float32"], stem
-        for name in ref[4]:
-            assert refnorm.relative_error(ref[4][name], fast[4][name]) <= TOL["float32"], \
-                (stem, name)
+def test_numba_float32_of_the_plain_lstm_is_float32_exact():
+    """No normalisation, no ill-conditioning: the float32 LSTM on numba is within TOL["float32"]
+    of the float64 truth."""
+    case = ("lstm", True, 6, 3, 3, 4, np.array([6, 2, 4]), {}, 0, 2)
+    assert float32_error(*case, backend="numba") <= TOL["float32"]
 
 
 def test_backends_mirror_each_other_file_for_file():
