@@ -11,7 +11,7 @@ BACKENDS = {
 def get(name):
     """The backend module for `name`; ValueError for an unknown name, ImportError (with the
     reason) for a known backend whose dependencies are missing."""
-    if name not in BACKENDS:
+    if not isinstance(name, str) or name not in BACKENDS:
         raise ValueError(f"backend must be one of {sorted(BACKENDS)}, got {name!r}")
     return importlib.import_module(BACKENDS[name])
 

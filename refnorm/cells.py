@@ -71,6 +71,8 @@ class _Cell:
     def _check_params(self):
         """cell.params may be edited by the user: check names, shapes, dtype and values."""
         shapes = self._param_shapes()
+        if not isinstance(self.params, dict):
+            raise ValueError(f"params must be a dict of arrays, got {type(self.params).__name__}")
         if set(self.params) != set(shapes):
             raise ValueError(f"params must have exactly the keys {sorted(shapes)}, "
                              f"got {sorted(self.params)}")
@@ -104,6 +106,11 @@ class _Cell:
             raise ValueError(f"t0 must be a non-negative integer, got {t0!r}")
         if update_stats is None:
             update_stats = training
+        if not isinstance(update_stats, (bool, np.bool_)):
+            raise ValueError(f"update_stats must be None, True or False, got {update_stats!r}")
+        if update_stats and not training:
+            raise ValueError("update_stats=True needs training=True: population statistics "
+                             "are only estimated from training passes")
         params = {name: value.copy() for name, value in self.params.items()}
         hs, hT, cT, cache = self._forward(x.copy(), h0, c0, m, params, bool(training), int(t0),
                                           bool(update_stats))
@@ -115,6 +122,11 @@ class _Cell:
         if not isinstance(cache, self.cache_class):
             raise ValueError(f"cache must be the cache returned by this {type(self).__name__}'s "
                              f"forward, got {type(cache).__name__}")
+        if cache.x.dtype != self.dtype or cache.x.shape[2] != self.input_size \
+                or cache.h.shape[2] != self.hidden_size:
+            raise ValueError(f"cache was made by a cell of another size or dtype (x "
+                             f"{cache.x.shape} {cache.x.dtype}, H={cache.h.shape[2]}), not by "
+                             f"this {self!r}")
         T, B, _ = cache.x.shape
         H = self.hidden_size
         dhs = self._grad(dhs, "dhs", (T, B, H))
@@ -336,8 +348,9 @@ class BNLSTM(_BatchNormCell):
             return out
         slots = self._n_slots()
         if slots == 0:
-            raise ValueError("BNLSTM has no population statistics yet: train it, call "
-                             "estimate_stats, or construct it with max_steps")
+            raise ValueError("training=False needs population statistics, but this BNLSTM "
+                             "has none yet: train it, call estimate_stats, or construct it with "
+                             "max_steps")
         idx = np.minimum(np.arange(t0, t0 + T), slots - 1)                     # (BN-LSTM 5)
         pop = {key: self.stats[key][idx] for key in self._stat_widths()}
         return self._impl.bn_lstm_forward(x, h0, c0, m, params, training=False, eps=self.eps,
@@ -397,8 +410,9 @@ class SeqBNLSTM(_BatchNormCell):
             if update_stats:
                 self._record(out[3], t0)
             return out
+        pop = {key: value.copy() for key, value in self.stats.items()}  # the cache keeps these
         return self._impl.seq_bn_lstm_forward(x, h0, c0, m, params, training=False,
-                                              eps=self.eps, pop=self.stats)
+                                              eps=self.eps, pop=pop)
 
 
 class LNLSTM(_Cell):
