@@ -116,9 +116,13 @@ class _Cell:
                                           bool(update_stats))
         return hs, (hT, cT), cache
 
-    def backward(self, dhs, cache, dhT=None, dcT=None):
+    def backward(self, dhs, cache, dhT=None, dcT=None, *, state_grads=False):
         """Gradients of L = Σ dhs⊙hs + Σ dhT⊙hT + Σ dcT⊙cT (BPTT 1) for the forward that made
-        `cache`: a dict with every parameter name and "x", "h0", "c0". None means zeros."""
+        `cache`: a dict with every parameter name and "x", "h0", "c0". None means zeros.
+
+        state_grads=True adds "dh" and "dc" (T, B, H): dL/dh̃_t and dL/dc̃_t, the gradients
+        with respect to the hidden and cell values computed at every step t (0 on padded steps),
+        as the backward pass meets them -- the quantities of gradient-flow studies."""
         if not isinstance(cache, self.cache_class):
             raise ValueError(f"cache must be the cache returned by this {type(self).__name__}'s "
                              f"forward, got {type(cache).__name__}")
@@ -132,7 +136,10 @@ class _Cell:
         dhs = self._grad(dhs, "dhs", (T, B, H))
         dhT = self._grad(dhT, "dhT", (B, H))
         dcT = self._grad(dcT, "dcT", (B, H))
-        return getattr(self._impl, self.stem + "_backward")(dhs, dhT, dcT, cache)
+        if not isinstance(state_grads, (bool, np.bool_)):
+            raise ValueError(f"state_grads must be True or False, got {state_grads!r}")
+        return getattr(self._impl, self.stem + "_backward")(dhs, dhT, dcT, cache,
+                                                            bool(state_grads))
 
     def _state(self, value, name, B):
         if value is None:

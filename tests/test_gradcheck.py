@@ -133,8 +133,8 @@ def test_refnorm_check_command_fails_on_a_wrong_backward(monkeypatch, capsys):
     original = lstm.lstm_step_backward
 
     def leaky(dy, dH, dC, t, cache):       # forgets the carry of dC through masked steps
-        dz, dh_prev, dc_prev, parts = original(dy, dH, dC, t, cache)
-        return dz, dh_prev, dc_prev * 0.999, parts
+        dz, dh_prev, dc_prev, parts, states = original(dy, dH, dC, t, cache)
+        return dz, dh_prev, dc_prev * 0.999, parts, states
 
     monkeypatch.setattr(lstm, "lstm_step_backward", leaky)
     assert cli.main(["check", "--backend", "numpy"]) == 1

@@ -11,7 +11,7 @@ import numpy as np
 from numba import njit
 
 from ..numpy_ref.bn_lstm import STAT_NAMES, BNLSTMCache
-from ..numpy_ref.common import input_projection_backward
+from ..numpy_ref.common import input_projection_backward, with_state_grads
 from .common import JIT, sigmoid
 from .lstm import recurrent_weight_grad, states
 from .norms import batchnorm_backward, batchnorm_normalize, batchnorm_stats
@@ -75,9 +75,9 @@ def bn_lstm_forward_loop(U, mask, Wh, b, gamma_x, gamma_h, gamma_c, beta_c, eps,
 @njit(**JIT)
 def bn_lstm_backward_loop(dhs, dhT, dcT, mask, c, a_hat, u_hat, gates, c_hat, tanh_c,
                           var_h, var_x, var_c, gamma_x, gamma_h, gamma_c, WhT, eps, training,
-                          dA, dU, db, dgamma_x, dgamma_h, dgamma_c, dbeta_c):
+                          dA, dU, db, dgamma_x, dgamma_h, dgamma_c, dbeta_c, dh, dc):
     """BPTT over t = T-1 .. 0: fills dA = da_t and dU = du_t (T, B, 4H), adds to the gain and
-    bias gradients; returns dh0, dc0."""
+    bias gradients; fills dh, dc (T, B, H) = dL/dh̃_t, dL/dc̃_t; returns dh0, dc0."""
     T, B, G = dU.shape
     H = G // 4
     dH = dhT.copy()
@@ -94,6 +94,7 @@ def bn_lstm_backward_loop(dhs, dhT, dcT, mask, c, a_hat, u_hat, gates, c_hat, ta
                 o = gates[t, r, 3 * H + j]
                 th = tanh_c[t, r, j]
                 dh_new = m[r] * (dhs[t, r, j] + dH[r, j])            # (BPTT 4)
+                dh[t, r, j] = dh_new
                 dz[r, 3 * H + j] = dh_new * th * o * (1 - o)         # do (BN-LSTM 6), (LSTM 8)
                 dc_bn[r, j] = dh_new * o * (1 - th * th)             # (BN-LSTM 6)
         batchnorm_backward(dc_bn, c_hat[t], var_c[t], m, gamma_c, eps, training, dc_norm,
@@ -105,6 +106,7 @@ def bn_lstm_backward_loop(dhs, dhT, dcT, mask, c, a_hat, u_hat, gates, c_hat, ta
                 f = gates[t, r, H + j]
                 g = gates[t, r, 2 * H + j]
                 dc_new = valid * dC[r, j] + dc_norm[r, j]            # (BPTT 5), (BN-LSTM 7)
+                dc[t, r, j] = dc_new
                 dz[r, j] = dc_new * g * i * (1 - i)                  # (LSTM 7), (LSTM 8)
                 dz[r, H + j] = dc_new * c[t, r, j] * f * (1 - f)
                 dz[r, 2 * H + j] = dc_new * i * (1 - g * g)
@@ -152,12 +154,13 @@ def bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None):
     return hs, h[-1], c[-1], cache
 
 
-def bn_lstm_backward(dhs, dhT, dcT, cache):
+def bn_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
     """Same contract as refnorm.numpy_ref.bn_lstm.bn_lstm_backward."""
     p = cache.params
     dt = dhs.dtype
     G, H = p["Wh"].shape[1], p["Wh"].shape[0]
     dA = np.empty(cache.gates.shape, dt)
+    dh, dc = np.empty_like(dhs), np.empty_like(dhs)
     dU = np.empty(cache.gates.shape, dt)
     g = {"b": np.zeros(G, dt), "gamma_h": np.zeros(G, dt), "gamma_x": np.zeros(G, dt),
          "gamma_c": np.zeros(H, dt), "beta_c": np.zeros(H, dt)}
@@ -165,7 +168,8 @@ def bn_lstm_backward(dhs, dhT, dcT, cache):
         dhs, dhT, dcT, cache.mask, cache.c, cache.a_hat, cache.u_hat, cache.gates, cache.c_hat,
         cache.tanh_c, cache.var_h, cache.var_x, cache.var_c, p["gamma_x"], p["gamma_h"],
         p["gamma_c"], np.ascontiguousarray(p["Wh"].T), dt.type(cache.eps), cache.training,
-        dA, dU, g["b"], g["gamma_x"], g["gamma_h"], g["gamma_c"], g["beta_c"])
+        dA, dU, g["b"], g["gamma_x"], g["gamma_h"], g["gamma_c"], g["beta_c"], dh, dc)
     dWx, dx = input_projection_backward(cache.x, dU, p["Wx"])    # (BN-LSTM 11)
-    return {"Wx": dWx, "Wh": recurrent_weight_grad(cache.h, dA),  # (BN-LSTM 10)
+    grads = {"Wx": dWx, "Wh": recurrent_weight_grad(cache.h, dA),  # (BN-LSTM 10)
             **g, "x": dx, "h0": dh0, "c0": dc0}
+    return with_state_grads(grads, (dh, dc), state_grads)

@@ -9,7 +9,7 @@ import math
 import numpy as np
 from numba import njit
 
-from ..numpy_ref.common import input_projection_backward
+from ..numpy_ref.common import input_projection_backward, with_state_grads
 from ..numpy_ref.lstm import LSTMCache
 from .common import JIT, sigmoid
 
@@ -49,8 +49,9 @@ def lstm_forward_loop(U, mask, Wh, h, c, hs, gates, tanh_c):
 
 
 @njit(**JIT)
-def lstm_backward_loop(dhs, dhT, dcT, mask, c, gates, tanh_c, WhT, dU):
-    """BPTT over t = T-1 .. 0: fills dU (T, B, 4H) = dz_t; returns dh0, dc0 (B, H)."""
+def lstm_backward_loop(dhs, dhT, dcT, mask, c, gates, tanh_c, WhT, dU, dh, dc):
+    """BPTT over t = T-1 .. 0: fills dU (T, B, 4H) = dz_t and dh, dc (T, B, H) = dL/dh̃_t,
+    dL/dc̃_t; returns dh0, dc0 (B, H)."""
     T, B, G = dU.shape
     H = G // 4
     dH = dhT.copy()
@@ -69,6 +70,8 @@ def lstm_backward_loop(dhs, dhT, dcT, mask, c, gates, tanh_c, WhT, dU):
                 dc_new = valid * dC[r, j]                            # (BPTT 5)
                 do = dh_new * th                                     # (LSTM 5)
                 dc_new = dc_new + dh_new * o * (1 - th * th)         # (LSTM 6)
+                dh[t, r, j] = dh_new
+                dc[t, r, j] = dc_new
                 di = dc_new * g                                      # (LSTM 7)
                 df = dc_new * c[t, r, j]
                 dg = dc_new * i
@@ -113,13 +116,15 @@ def lstm_forward(x, h0, c0, mask, params):
     return hs, h[-1], c[-1], cache
 
 
-def lstm_backward(dhs, dhT, dcT, cache):
+def lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
     """Same contract as refnorm.numpy_ref.lstm.lstm_backward."""
     p = cache.params
     dU = np.empty(cache.gates.shape, dhs.dtype)
+    dh, dc = np.empty_like(dhs), np.empty_like(dhs)
     WhT = np.ascontiguousarray(p["Wh"].T)
     dh0, dc0 = lstm_backward_loop(dhs, dhT, dcT, cache.mask, cache.c, cache.gates, cache.tanh_c,
-                                  WhT, dU)
+                                  WhT, dU, dh, dc)
     dWx, dx = input_projection_backward(cache.x, dU, p["Wx"])   # (LSTM 10), (BPTT 8)
-    return {"Wx": dWx, "Wh": recurrent_weight_grad(cache.h, dU), "b": dU.sum(axis=(0, 1)),
-            "x": dx, "h0": dh0, "c0": dc0}
+    grads = {"Wx": dWx, "Wh": recurrent_weight_grad(cache.h, dU), "b": dU.sum(axis=(0, 1)),
+             "x": dx, "h0": dh0, "c0": dc0}
+    return with_state_grads(grads, (dh, dc), state_grads)

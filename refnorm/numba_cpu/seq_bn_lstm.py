@@ -5,7 +5,7 @@ compiled batch-norm loops; the recurrence is the compiled vanilla LSTM loop of .
 """
 import numpy as np
 
-from ..numpy_ref.common import input_projection_backward
+from ..numpy_ref.common import input_projection_backward, with_state_grads
 from ..numpy_ref.seq_bn_lstm import SeqBNLSTMCache
 from .lstm import lstm_backward_loop, lstm_forward_loop, recurrent_weight_grad, states
 from .norms import batchnorm_backward, batchnorm_normalize, batchnorm_stats
@@ -41,15 +41,16 @@ def seq_bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None):
     return hs, h[-1], c[-1], cache
 
 
-def seq_bn_lstm_backward(dhs, dhT, dcT, cache):
+def seq_bn_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
     """Same contract as refnorm.numpy_ref.seq_bn_lstm.seq_bn_lstm_backward."""
     p = cache.params
     T, B, G = cache.gates.shape
     dt = dhs.dtype
     dV = np.empty((T, B, G), dt)
+    dh, dc = np.empty_like(dhs), np.empty_like(dhs)
     dh0, dc0 = lstm_backward_loop(dhs, dhT, dcT, cache.mask, cache.c, cache.gates,
                                   cache.tanh_c, np.ascontiguousarray(p["Wh"].T),
-                                  dV)                                       # (SEQBN-LSTM 4)
+                                  dV, dh, dc)                               # (SEQBN-LSTM 4)
     dU = np.empty((T * B, G), dt)
     dgamma_x = np.zeros(G, dt)
     batchnorm_backward(dV.reshape(T * B, G), cache.u_hat.reshape(T * B, G), cache.var_x,
@@ -57,5 +58,6 @@ def seq_bn_lstm_backward(dhs, dhT, dcT, cache):
                        dt.type(cache.eps), cache.training, dU, dgamma_x,
                        np.empty(0, dt))                                     # (SEQBN-LSTM 5)
     dWx, dx = input_projection_backward(cache.x, dU.reshape(T, B, G), p["Wx"])   # (SEQBN-LSTM 6)
-    return {"Wx": dWx, "Wh": recurrent_weight_grad(cache.h, dV), "b": dV.sum(axis=(0, 1)),
-            "gamma_x": dgamma_x, "x": dx, "h0": dh0, "c0": dc0}
+    grads = {"Wx": dWx, "Wh": recurrent_weight_grad(cache.h, dV), "b": dV.sum(axis=(0, 1)),
+             "gamma_x": dgamma_x, "x": dx, "h0": dh0, "c0": dc0}
+    return with_state_grads(grads, (dh, dc), state_grads)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .common import (carry, gates_backward, gates_forward, input_projection_backward,
-                     scan_backward, scan_forward, split_gates)
+                     scan_backward, scan_forward, split_gates, with_state_grads)
 from .norms import batchnorm_backward, batchnorm_forward
 
 STAT_NAMES = ("mean_x", "var_x", "mean_h", "var_h", "mean_c", "var_c")
@@ -70,7 +70,8 @@ def bn_lstm_step_forward(u_t, h_prev, c_prev, m_t, p, eps, pop_t):
 
 
 def bn_lstm_step_backward(dy, dH, dC, t, cache):
-    """Backward of step t. Returns du_t (B, 4H), dH_{t-1}, dC_{t-1} (B, H), parameter parts."""
+    """Backward of step t. Returns du_t (B, 4H), dH_{t-1}, dC_{t-1} (B, H), parameter parts and
+    (dh̃_t, dc̃_t)."""
     p, eps, training = cache.params, cache.eps, cache.training
     m_t, c_prev, h_prev = cache.mask[t], cache.c[t], cache.h[t]
     valid = m_t[:, None]
@@ -94,7 +95,7 @@ def bn_lstm_step_backward(dy, dH, dC, t, cache):
     return du, dh_prev, dc_prev, {"Wh": h_prev.T @ da,                         # (BN-LSTM 10)
                                   "b": dz.sum(axis=0),                          # (BN-LSTM 8)
                                   "gamma_h": dgamma_h, "gamma_x": dgamma_x,
-                                  "gamma_c": dgamma_c, "beta_c": dbeta_c}
+                                  "gamma_c": dgamma_c, "beta_c": dbeta_c}, (dh_new, dc_new)
 
 
 def bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None):
@@ -115,11 +116,13 @@ def bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None):
     return hs, h[-1], c[-1], cache
 
 
-def bn_lstm_backward(dhs, dhT, dcT, cache):
-    """Gradients of (BPTT 1) w.r.t. every parameter and x, h0, c0, as a dict."""
+def bn_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
+    """Gradients of (BPTT 1) w.r.t. every parameter and x, h0, c0, as a dict (with state_grads
+    also "dh", "dc", as in lstm_backward)."""
     def step_backward(t, dy, dH, dC):
         return bn_lstm_step_backward(dy, dH, dC, t, cache)
 
-    dU, dh0, dc0, grads = scan_backward(step_backward, dhs, dhT, dcT)
+    dU, dh0, dc0, grads, states = scan_backward(step_backward, dhs, dhT, dcT)
     dWx, dx = input_projection_backward(cache.x, dU, cache.params["Wx"])    # (BN-LSTM 11)
-    return {"Wx": dWx, **grads, "x": dx, "h0": dh0, "c0": dc0}
+    grads = {"Wx": dWx, **grads, "x": dx, "h0": dh0, "c0": dc0}
+    return with_state_grads(grads, states, state_grads)

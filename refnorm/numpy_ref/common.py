@@ -58,18 +58,28 @@ def scan_forward(step, U, h0, c0, mask):
 def scan_backward(step_backward, dhs, dhT, dcT):
     """Backpropagation through time: visit t = T-1 .. 0 carrying dH_t and dC_t.
 
-    step_backward(t, dy_t, dH_t, dC_t) -> (du_t, dH_{t-1}, dC_{t-1}, dparams_t) where du_t is the
-    gradient w.r.t. the step's input term u_t and dparams_t a dict of per-step contributions.
-    dH_T = dhT and dC_T = dcT start the recursion; what is left at the end is dh_0, dc_0 (BPTT 9).
+    step_backward(t, dy_t, dH_t, dC_t) -> (du_t, dH_{t-1}, dC_{t-1}, dparams_t, states_t) where
+    du_t is the gradient w.r.t. the step's input term u_t, dparams_t a dict of per-step
+    contributions and states_t = (dh̃_t, dc̃_t), the total gradients w.r.t. the hidden and cell
+    values computed at step t (0 on padded rows). dH_T = dhT and dC_T = dcT start the recursion;
+    what is left at the end is dh_0, dc_0 (BPTT 9). Returns dU (T, ...), dh_0, dc_0, the summed
+    parameter gradients, and dh̃, dc̃ stacked (T, B, H).
     """
     T = dhs.shape[0]
     dH, dC = dhT, dcT
-    dU, dparams = [None] * T, {}
+    dU, dh, dc, dparams = [None] * T, [None] * T, [None] * T, {}
     for t in reversed(range(T)):
-        dU[t], dH, dC, dparams_t = step_backward(t, dhs[t], dH, dC)
+        dU[t], dH, dC, dparams_t, (dh[t], dc[t]) = step_backward(t, dhs[t], dH, dC)
         for name, g in dparams_t.items():
             dparams[name] = dparams.get(name, 0) + g                    # (BPTT 7)
-    return np.stack(dU), dH, dC, dparams
+    return np.stack(dU), dH, dC, dparams, (np.stack(dh), np.stack(dc))
+
+
+def with_state_grads(grads, states, wanted):
+    """Add "dh", "dc" (T, B, H) -- dL/dh̃_t and dL/dc̃_t of every step -- to grads if wanted."""
+    if wanted:
+        grads["dh"], grads["dc"] = states
+    return grads
 
 
 def input_projection_backward(x, dU, Wx):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .common import (carry, gates_backward, gates_forward, input_projection_backward,
-                     scan_backward, scan_forward, split_gates)
+                     scan_backward, scan_forward, split_gates, with_state_grads)
 from .norms import layernorm_backward, layernorm_forward
 
 
@@ -62,7 +62,8 @@ def ln_lstm_step_forward(u_t, h_prev, c_prev, m_t, p, eps, groups):
 
 
 def ln_lstm_step_backward(dy, dH, dC, t, cache):
-    """Backward of step t. Returns du_t (B, 4H), dH_{t-1}, dC_{t-1} (B, H), parameter parts."""
+    """Backward of step t. Returns du_t (B, 4H), dH_{t-1}, dC_{t-1} (B, H), parameter parts and
+    (dh̃_t, dc̃_t)."""
     p, eps, groups = cache.params, cache.eps, cache.groups
     m_t, c_prev, h_prev = cache.mask[t], cache.c[t], cache.h[t]
     valid = m_t[:, None]
@@ -86,7 +87,7 @@ def ln_lstm_step_backward(dy, dH, dC, t, cache):
     return du, dh_prev, dc_prev, {"Wh": h_prev.T @ da,                         # (LN-LSTM 9)
                                   "b": dz.sum(axis=0),                          # (LN-LSTM 7)
                                   "gamma_h": dgamma_h, "gamma_x": dgamma_x,
-                                  "gamma_c": dgamma_c, "beta_c": dbeta_c}
+                                  "gamma_c": dgamma_c, "beta_c": dbeta_c}, (dh_new, dc_new)
 
 
 def ln_lstm_forward(x, h0, c0, mask, params, *, eps, per_gate=False):
@@ -102,11 +103,13 @@ def ln_lstm_forward(x, h0, c0, mask, params, *, eps, per_gate=False):
     return hs, h[-1], c[-1], cache
 
 
-def ln_lstm_backward(dhs, dhT, dcT, cache):
-    """Gradients of (BPTT 1) w.r.t. every parameter and x, h0, c0, as a dict."""
+def ln_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
+    """Gradients of (BPTT 1) w.r.t. every parameter and x, h0, c0, as a dict (with state_grads
+    also "dh", "dc", as in lstm_backward)."""
     def step_backward(t, dy, dH, dC):
         return ln_lstm_step_backward(dy, dH, dC, t, cache)
 
-    dU, dh0, dc0, grads = scan_backward(step_backward, dhs, dhT, dcT)
+    dU, dh0, dc0, grads, states = scan_backward(step_backward, dhs, dhT, dcT)
     dWx, dx = input_projection_backward(cache.x, dU, cache.params["Wx"])    # (LN-LSTM 10)
-    return {"Wx": dWx, **grads, "x": dx, "h0": dh0, "c0": dc0}
+    grads = {"Wx": dWx, **grads, "x": dx, "h0": dh0, "c0": dc0}
+    return with_state_grads(grads, states, state_grads)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .common import (carry, gates_backward, gates_forward, input_projection_backward,
-                     scan_backward, scan_forward, split_gates)
+                     scan_backward, scan_forward, split_gates, with_state_grads)
 
 
 @dataclass
@@ -44,7 +44,8 @@ def lstm_step_forward(u_t, h_prev, c_prev, m_t, p):
 
 def lstm_step_backward(dy, dH, dC, t, cache):
     """Backward of step t. dy (B, H) upstream on y_t; dH, dC (B, H) gradients reaching the states
-    h_t, c_t from later steps. Returns du_t = dz_t (B, 4H), dH_{t-1}, dC_{t-1}, {"Wh": dWh_t}.
+    h_t, c_t from later steps. Returns du_t = dz_t (B, 4H), dH_{t-1}, dC_{t-1}, {"Wh": dWh_t} and
+    (dh̃_t, dc̃_t).
     The cache needs mask, h, c, gates, tanh_c and params["Wh"] (SeqBN-LSTM reuses this step)."""
     m_t, h_prev, c_prev, tanh_c = cache.mask[t], cache.h[t], cache.c[t], cache.tanh_c[t]
     valid = m_t[:, None]
@@ -57,7 +58,7 @@ def lstm_step_backward(dy, dH, dC, t, cache):
     dz = gates_backward(di, df, dg, do, cache.gates[t])   # (LSTM 8)                 (B, 4H)
     dh_prev = (1 - valid) * dH + dz @ cache.params["Wh"].T   # (BPTT 6), (LSTM 9)
     dc_prev = (1 - valid) * dC + dc_new * f         # (BPTT 6)
-    return dz, dh_prev, dc_prev, {"Wh": h_prev.T @ dz}       # (LSTM 9)
+    return dz, dh_prev, dc_prev, {"Wh": h_prev.T @ dz}, (dh_new, dc_new)   # (LSTM 9)
 
 
 def lstm_forward(x, h0, c0, mask, params):
@@ -72,12 +73,14 @@ def lstm_forward(x, h0, c0, mask, params):
     return hs, h[-1], c[-1], cache
 
 
-def lstm_backward(dhs, dhT, dcT, cache):
-    """Gradients of (BPTT 1) w.r.t. every parameter and x, h0, c0, as a dict."""
+def lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
+    """Gradients of (BPTT 1) w.r.t. every parameter and x, h0, c0, as a dict; with state_grads
+    also "dh", "dc" (T, B, H): the gradients w.r.t. h̃_t and c̃_t, the values step t computed."""
     def step_backward(t, dy, dH, dC):
         return lstm_step_backward(dy, dH, dC, t, cache)
 
-    dU, dh0, dc0, acc = scan_backward(step_backward, dhs, dhT, dcT)
+    dU, dh0, dc0, acc, states = scan_backward(step_backward, dhs, dhT, dcT)
     dWx, dx = input_projection_backward(cache.x, dU, cache.params["Wx"])   # (LSTM 10), (BPTT 8)
     db = dU.sum(axis=(0, 1))                                # (LSTM 9), (BPTT 7)
-    return {"Wx": dWx, "Wh": acc["Wh"], "b": db, "x": dx, "h0": dh0, "c0": dc0}
+    grads = {"Wx": dWx, "Wh": acc["Wh"], "b": db, "x": dx, "h0": dh0, "c0": dc0}
+    return with_state_grads(grads, states, state_grads)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .common import input_projection_backward, scan_backward, scan_forward
+from .common import input_projection_backward, scan_backward, scan_forward, with_state_grads
 from .lstm import lstm_step_backward, lstm_step_forward
 from .norms import batchnorm_backward, batchnorm_forward
 
@@ -57,12 +57,13 @@ def seq_bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None):
     return hs, h[-1], c[-1], cache
 
 
-def seq_bn_lstm_backward(dhs, dhT, dcT, cache):
-    """Gradients of (BPTT 1) w.r.t. every parameter and x, h0, c0, as a dict."""
+def seq_bn_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
+    """Gradients of (BPTT 1) w.r.t. every parameter and x, h0, c0, as a dict (with state_grads
+    also "dh", "dc", as in lstm_backward)."""
     def step_backward(t, dy, dH, dC):
         return lstm_step_backward(dy, dH, dC, t, cache)
 
-    dV, dh0, dc0, acc = scan_backward(step_backward, dhs, dhT, dcT)        # (SEQBN-LSTM 4)
+    dV, dh0, dc0, acc, states = scan_backward(step_backward, dhs, dhT, dcT)  # (SEQBN-LSTM 4)
     T, B, G = dV.shape
     dU, dgamma_x, _ = batchnorm_backward(dV.reshape(T * B, G), cache.u_hat.reshape(T * B, G),
                                          cache.var_x, cache.mask.reshape(T * B),
@@ -70,5 +71,6 @@ def seq_bn_lstm_backward(dhs, dhT, dcT, cache):
                                          cache.training)                    # (SEQBN-LSTM 5)
     dWx, dx = input_projection_backward(cache.x, dU.reshape(T, B, G),
                                         cache.params["Wx"])                 # (SEQBN-LSTM 6)
-    return {"Wx": dWx, "Wh": acc["Wh"], "b": dV.sum(axis=(0, 1)), "gamma_x": dgamma_x,
-            "x": dx, "h0": dh0, "c0": dc0}
+    grads = {"Wx": dWx, "Wh": acc["Wh"], "b": dV.sum(axis=(0, 1)),      # (LSTM 9)
+             "gamma_x": dgamma_x, "x": dx, "h0": dh0, "c0": dc0}
+    return with_state_grads(grads, states, state_grads)
