@@ -190,7 +190,11 @@ class _BatchNormCell(_Cell):
     estimate_stats replaces them by the exact average over a pass of batches (BN 14).
     """
 
-    def __init__(self, input_size, hidden_size, *, eps, momentum, unbiased_var, **kw):
+    def __init__(self, input_size, hidden_size, *, eps, momentum, unbiased_var, pad_stats,
+                 **kw):
+        if pad_stats not in ("exclude", "include"):
+            raise ValueError(f"pad_stats must be 'exclude' or 'include', got {pad_stats!r}")
+        self.pad_stats = pad_stats
         self.eps = _checks.positive_float(eps, "eps")
         self.momentum = _checks.unit_interval(momentum, "momentum")
         if not isinstance(unbiased_var, (bool, np.bool_)):
@@ -277,7 +281,8 @@ class BNLSTM(_BatchNormCell):
     their role. The raw cell c̃_t is carried; BN(c̃_t) feeds only the output tanh.
 
     Training: statistics per time step over the valid rows of that step (biased variance),
-    gradients flow through them. A step with one valid row normalises to ẑ = 0 (its BN output is
+    gradients flow through them. pad_stats="include" lets padded rows into the statistics
+    instead (what most ports do; for reproducing them and for studying the damage). A step with one valid row normalises to ẑ = 0 (its BN output is
     β; gradients through that BN are 0); a step with no valid row carries the state. Batch size
     1 is an error in training (no batch to take statistics over), as in PyTorch.
 
@@ -293,12 +298,13 @@ class BNLSTM(_BatchNormCell):
     cache_class = BNLSTMCache
 
     def __init__(self, input_size, hidden_size, *, eps=DEFAULT_EPS, momentum=BN_LSTM_MOMENTUM,
-                 max_steps=None, unbiased_var=False, gamma_init=BN_GAMMA_INIT, **kw):
+                 max_steps=None, unbiased_var=False, gamma_init=BN_GAMMA_INIT,
+                 pad_stats="exclude", **kw):
         self.max_steps = None if max_steps is None else _checks.positive_int(max_steps,
                                                                              "max_steps")
         self.gamma_init = _checks.positive_float(gamma_init, "gamma_init")
         super().__init__(input_size, hidden_size, eps=eps, momentum=momentum,
-                         unbiased_var=unbiased_var, **kw)
+                         unbiased_var=unbiased_var, pad_stats=pad_stats, **kw)
         self.stats = self._fresh_stats(self.max_steps or 0)
 
     def _param_shapes(self):
@@ -349,7 +355,8 @@ class BNLSTM(_BatchNormCell):
                                  "training=False, SeqBNLSTM or LNLSTM)")
             if update_stats:
                 self._ensure_slots(t0 + T)        # before the pass: errors leave nothing half done
-            out = self._impl.bn_lstm_forward(x, h0, c0, m, params, training=True, eps=self.eps)
+            out = self._impl.bn_lstm_forward(x, h0, c0, m, params, training=True, eps=self.eps,
+                                             pad_stats=self.pad_stats)
             if update_stats:
                 self._record(out[3], t0)
             return out
@@ -361,15 +368,15 @@ class BNLSTM(_BatchNormCell):
         idx = np.minimum(np.arange(t0, t0 + T), slots - 1)                     # (BN-LSTM 5)
         pop = {key: self.stats[key][idx] for key in self._stat_widths()}
         return self._impl.bn_lstm_forward(x, h0, c0, m, params, training=False, eps=self.eps,
-                                          pop=pop)
+                                          pop=pop, pad_stats=self.pad_stats)
 
 
 class SeqBNLSTM(_BatchNormCell):
     """Sequence-wise batch norm of the input term (Laurent et al. 2016): (SEQBN-LSTM 1)-(3).
 
     Params: Wx, Wh, b as LSTM (U(-1/sqrt(H), 1/sqrt(H))), gamma_x (4H) = gamma_init (1.0).
-    One set of statistics over every valid (t, b) frame of the batch, so batch size 1 works in
-    training; inference uses the running statistics `cell.stats` = {mean_x, var_x} (4H,),
+    One set of statistics over every valid (t, b) frame of the batch (every frame with
+    pad_stats="include"), so batch size 1 works in training; inference uses the running statistics `cell.stats` = {mean_x, var_x} (4H,),
     updated with PyTorch's momentum convention (momentum 0.1).
     """
 
@@ -378,10 +385,10 @@ class SeqBNLSTM(_BatchNormCell):
 
     def __init__(self, input_size, hidden_size, *, eps=DEFAULT_EPS,
                  momentum=SEQ_BN_LSTM_MOMENTUM, unbiased_var=False,
-                 gamma_init=SEQ_BN_GAMMA_INIT, **kw):
+                 gamma_init=SEQ_BN_GAMMA_INIT, pad_stats="exclude", **kw):
         self.gamma_init = _checks.positive_float(gamma_init, "gamma_init")
         super().__init__(input_size, hidden_size, eps=eps, momentum=momentum,
-                         unbiased_var=unbiased_var, **kw)
+                         unbiased_var=unbiased_var, pad_stats=pad_stats, **kw)
         self.stats = self._fresh_stats(None)
 
     def _param_shapes(self):
@@ -413,13 +420,13 @@ class SeqBNLSTM(_BatchNormCell):
     def _forward(self, x, h0, c0, m, params, training, t0, update_stats):
         if training:
             out = self._impl.seq_bn_lstm_forward(x, h0, c0, m, params, training=True,
-                                                 eps=self.eps)
+                                                 eps=self.eps, pad_stats=self.pad_stats)
             if update_stats:
                 self._record(out[3], t0)
             return out
         pop = {key: value.copy() for key, value in self.stats.items()}  # the cache keeps these
         return self._impl.seq_bn_lstm_forward(x, h0, c0, m, params, training=False,
-                                              eps=self.eps, pop=pop)
+                                              eps=self.eps, pop=pop, pad_stats=self.pad_stats)
 
 
 class LNLSTM(_Cell):

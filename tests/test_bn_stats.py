@@ -162,3 +162,31 @@ def test_per_step_statistics_couple_rows_of_one_step_only():
         *_, b = cell.forward(y, training=training, update_stats=False)
         assert np.array_equal(a.u_hat[:2], b.u_hat[:2])  # earlier steps untouched
         assert (not np.array_equal(a.u_hat[2, 1:], b.u_hat[2, 1:])) == changes
+
+
+@pytest.mark.parametrize("stem", ["bn_lstm", "seq_bn_lstm"])
+def test_pad_stats_include_takes_padded_rows_into_the_statistics(stem):
+    """pad_stats="include" (what most ports do): the statistics are those of every row, padded or
+    not. The input term's statistics do not depend on the state, so they equal those of an
+    unmasked run over the same x, while "exclude" gives those of the valid rows only."""
+    x = rng_x(4, 3, 3)
+    lengths = np.array([4, 2, 1])
+    inc = make_cell(stem, pad_stats="include")
+    exc = make_cell(stem)
+    full = make_cell(stem)
+    *_, c_inc = inc.forward(x, lengths=lengths, update_stats=False)
+    *_, c_exc = exc.forward(x, lengths=lengths, update_stats=False)
+    *_, c_full = full.forward(x, update_stats=False)
+    assert np.all(np.atleast_1d(c_inc.count) == np.atleast_1d(c_full.count))
+    assert refnorm.relative_error(c_inc.mean_x, c_full.mean_x) < TOL["float64_reorder"]
+    assert refnorm.relative_error(c_inc.var_x, c_full.var_x) < TOL["float64_reorder"]
+    assert refnorm.relative_error(c_exc.mean_x, c_full.mean_x) > 1e-3
+    if stem == "seq_bn_lstm":
+        U = (x.reshape(-1, 3) @ exc.params["Wx"])[ragged_mask(4, 3, lengths).reshape(-1) > 0]
+        assert refnorm.relative_error(c_exc.mean_x, U.mean(0)) < TOL["float64_reorder"]
+
+
+def test_pad_stats_is_validated():
+    for cls in (refnorm.BNLSTM, refnorm.SeqBNLSTM):
+        with pytest.raises(ValueError, match="pad_stats"):
+            cls(2, 2, pad_stats="zeros")

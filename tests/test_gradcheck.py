@@ -80,7 +80,9 @@ MASKS = {"no mask": None, "ragged": [5, 3, 0, 1]}
 
 
 @pytest.mark.parametrize("stem,options", [(s, {}) for s in CELL_NAMES]
-                         + [("ln_lstm", {"per_gate": True})])
+                         + [("ln_lstm", {"per_gate": True}),
+                            ("bn_lstm", {"pad_stats": "include"}),
+                            ("seq_bn_lstm", {"pad_stats": "include"})])
 @pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
 @pytest.mark.parametrize("mask", list(MASKS), ids=list(MASKS))
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -18,7 +18,7 @@ from .norms import batchnorm_backward, batchnorm_normalize, batchnorm_stats
 
 
 @njit(**JIT)
-def bn_lstm_forward_loop(U, mask, Wh, b, gamma_x, gamma_h, gamma_c, beta_c, eps, training,
+def bn_lstm_forward_loop(U, mask, stat_mask, Wh, b, gamma_x, gamma_h, gamma_c, beta_c, eps, training,
                          h, c, hs, count, a_hat, u_hat, gates, c_hat, tanh_c,
                          mean_h, var_h, mean_x, var_x, mean_c, var_c):
     T, B, G = U.shape
@@ -26,9 +26,9 @@ def bn_lstm_forward_loop(U, mask, Wh, b, gamma_x, gamma_h, gamma_c, beta_c, eps,
     a = np.empty((B, G), U.dtype)
     c_new = np.empty((B, H), U.dtype)
     for t in range(T):
-        m = mask[t]
+        m = stat_mask[t]                                   # rows of step t's statistics, s_t
         np.dot(h[t], Wh, a)                                # a = h_prev @ p["Wh"]  (BN-LSTM 1)
-        if training:                                       # batchnorm_forward(a, m_t, ...)
+        if training:                                       # batchnorm_forward(a, s_t, ...)
             count[t] = batchnorm_stats(a, m, mean_h[t], var_h[t])
             batchnorm_stats(U[t], m, mean_x[t], var_x[t])
         else:
@@ -57,7 +57,7 @@ def bn_lstm_forward_loop(U, mask, Wh, b, gamma_x, gamma_h, gamma_c, beta_c, eps,
             batchnorm_stats(c_new, m, mean_c[t], var_c[t])
         batchnorm_normalize(c_new, m, mean_c[t], var_c[t], eps, c_hat[t])       # (BN-LSTM 4)
         for r in range(B):
-            valid = m[r] > 0
+            valid = mask[t, r] > 0
             for j in range(H):
                 th = math.tanh(gamma_c[j] * c_hat[t, r, j] + beta_c[j])   # np.tanh(c_bn)
                 tanh_c[t, r, j] = th
@@ -73,7 +73,7 @@ def bn_lstm_forward_loop(U, mask, Wh, b, gamma_x, gamma_h, gamma_c, beta_c, eps,
 
 
 @njit(**JIT)
-def bn_lstm_backward_loop(dhs, dhT, dcT, mask, c, a_hat, u_hat, gates, c_hat, tanh_c,
+def bn_lstm_backward_loop(dhs, dhT, dcT, mask, stat_mask, c, a_hat, u_hat, gates, c_hat, tanh_c,
                           var_h, var_x, var_c, gamma_x, gamma_h, gamma_c, WhT, eps, training,
                           dA, dU, db, dgamma_x, dgamma_h, dgamma_c, dbeta_c, dh, dc):
     """BPTT over t = T-1 .. 0: fills dA = da_t and dU = du_t (T, B, 4H), adds to the gain and
@@ -89,6 +89,7 @@ def bn_lstm_backward_loop(dhs, dhT, dcT, mask, c, a_hat, u_hat, gates, c_hat, ta
     no_beta = np.empty(0, dhs.dtype)
     for t in range(T - 1, -1, -1):
         m = mask[t]
+        s = stat_mask[t]
         for r in range(B):
             for j in range(H):
                 o = gates[t, r, 3 * H + j]
@@ -97,7 +98,7 @@ def bn_lstm_backward_loop(dhs, dhT, dcT, mask, c, a_hat, u_hat, gates, c_hat, ta
                 dh[t, r, j] = dh_new
                 dz[r, 3 * H + j] = dh_new * th * o * (1 - o)         # do (BN-LSTM 6), (LSTM 8)
                 dc_bn[r, j] = dh_new * o * (1 - th * th)             # (BN-LSTM 6)
-        batchnorm_backward(dc_bn, c_hat[t], var_c[t], m, gamma_c, eps, training, dc_norm,
+        batchnorm_backward(dc_bn, c_hat[t], var_c[t], s, gamma_c, eps, training, dc_norm,
                            dgamma_c, dbeta_c)                        # (BN-LSTM 7)
         for r in range(B):
             valid = m[r]
@@ -114,9 +115,9 @@ def bn_lstm_backward_loop(dhs, dhT, dcT, mask, c, a_hat, u_hat, gates, c_hat, ta
         for r in range(B):
             for k in range(G):
                 db[k] += dz[r, k]                                    # dz.sum(axis=0) (BN-LSTM 8)
-        batchnorm_backward(dz, a_hat[t], var_h[t], m, gamma_h, eps, training, dA[t],
+        batchnorm_backward(dz, a_hat[t], var_h[t], s, gamma_h, eps, training, dA[t],
                            dgamma_h, no_beta)                        # (BN-LSTM 9)
-        batchnorm_backward(dz, u_hat[t], var_x[t], m, gamma_x, eps, training, dU[t],
+        batchnorm_backward(dz, u_hat[t], var_x[t], s, gamma_x, eps, training, dU[t],
                            dgamma_x, no_beta)                        # (BN-LSTM 9)
         np.dot(dA[t], WhT, dh_rec)                                   # da @ p["Wh"].T
         for r in range(B):
@@ -125,10 +126,11 @@ def bn_lstm_backward_loop(dhs, dhT, dcT, mask, c, a_hat, u_hat, gates, c_hat, ta
     return dH, dC
 
 
-def bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None):
+def bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None, pad_stats="exclude"):
     """Same contract as refnorm.numpy_ref.bn_lstm.bn_lstm_forward."""
     if not training and pop is None:
         raise ValueError("inference needs population statistics (pop)")
+    stat_mask = mask if pad_stats == "exclude" else np.ones_like(mask)
     p = params
     T, B, _ = x.shape
     G = p["Wh"].shape[1]
@@ -143,14 +145,14 @@ def bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None):
            "a_hat": np.empty((T, B, G), dt), "u_hat": np.empty((T, B, G), dt),
            "gates": np.empty((T, B, G), dt), "c_hat": np.empty((T, B, H), dt),
            "tanh_c": np.empty((T, B, H), dt)}
-    bn_lstm_forward_loop(U, mask, p["Wh"], p["b"], p["gamma_x"], p["gamma_h"], p["gamma_c"],
+    bn_lstm_forward_loop(U, mask, stat_mask, p["Wh"], p["b"], p["gamma_x"], p["gamma_h"], p["gamma_c"],
                          p["beta_c"], dt.type(eps), training, h, c, out["hs"], out["count"],
                          out["a_hat"], out["u_hat"], out["gates"], out["c_hat"], out["tanh_c"],
                          stats["mean_h"], stats["var_h"], stats["mean_x"], stats["var_x"],
                          stats["mean_c"], stats["var_c"])
     hs = out.pop("hs")
-    cache = BNLSTMCache(x=x, mask=mask, params=params, training=training, eps=eps, h=h, c=c,
-                        **out, **stats)
+    cache = BNLSTMCache(x=x, mask=mask, stat_mask=stat_mask, params=params, training=training,
+                        eps=eps, h=h, c=c, **out, **stats)
     return hs, h[-1], c[-1], cache
 
 
@@ -165,7 +167,7 @@ def bn_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
     g = {"b": np.zeros(G, dt), "gamma_h": np.zeros(G, dt), "gamma_x": np.zeros(G, dt),
          "gamma_c": np.zeros(H, dt), "beta_c": np.zeros(H, dt)}
     dh0, dc0 = bn_lstm_backward_loop(
-        dhs, dhT, dcT, cache.mask, cache.c, cache.a_hat, cache.u_hat, cache.gates, cache.c_hat,
+        dhs, dhT, dcT, cache.mask, cache.stat_mask, cache.c, cache.a_hat, cache.u_hat, cache.gates, cache.c_hat,
         cache.tanh_c, cache.var_h, cache.var_x, cache.var_c, p["gamma_x"], p["gamma_h"],
         p["gamma_c"], np.ascontiguousarray(p["Wh"].T), dt.type(cache.eps), cache.training,
         dA, dU, g["b"], g["gamma_x"], g["gamma_h"], g["gamma_c"], g["beta_c"], dh, dc)

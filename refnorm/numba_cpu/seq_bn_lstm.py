@@ -11,7 +11,8 @@ from .lstm import lstm_backward_loop, lstm_forward_loop, recurrent_weight_grad, 
 from .norms import batchnorm_backward, batchnorm_normalize, batchnorm_stats
 
 
-def seq_bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None):
+def seq_bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None,
+                        pad_stats="exclude"):
     """Same contract as refnorm.numpy_ref.seq_bn_lstm.seq_bn_lstm_forward."""
     if not training and pop is None:
         raise ValueError("inference needs population statistics (pop)")
@@ -20,7 +21,8 @@ def seq_bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None):
     G = p["Wx"].shape[1]
     dt = x.dtype
     U = x.reshape(T * B, D) @ p["Wx"]                                       # (SEQBN-LSTM 1)
-    m = np.ascontiguousarray(mask.reshape(T * B))
+    stat_mask = mask if pad_stats == "exclude" else np.ones_like(mask)
+    m = np.ascontiguousarray(stat_mask.reshape(T * B))
     if training:
         mean_x, var_x = np.empty(G, dt), np.empty(G, dt)
         batchnorm_stats(U, m, mean_x, var_x)
@@ -35,8 +37,8 @@ def seq_bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None):
     gates = np.empty((T, B, G), dt)
     tanh_c = np.empty((T, B, G // 4), dt)
     lstm_forward_loop(V, mask, p["Wh"], h, c, hs, gates, tanh_c)
-    cache = SeqBNLSTMCache(x=x, mask=mask, params=params, training=training, eps=eps,
-                           count=mask.sum(), u_hat=u_hat.reshape(T, B, G), mean_x=mean_x,
+    cache = SeqBNLSTMCache(x=x, mask=mask, stat_mask=stat_mask, params=params,
+                           training=training, eps=eps, count=stat_mask.sum(), u_hat=u_hat.reshape(T, B, G), mean_x=mean_x,
                            var_x=var_x, h=h, c=c, gates=gates, tanh_c=tanh_c)
     return hs, h[-1], c[-1], cache
 
@@ -54,7 +56,7 @@ def seq_bn_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
     dU = np.empty((T * B, G), dt)
     dgamma_x = np.zeros(G, dt)
     batchnorm_backward(dV.reshape(T * B, G), cache.u_hat.reshape(T * B, G), cache.var_x,
-                       np.ascontiguousarray(cache.mask.reshape(T * B)), p["gamma_x"],
+                       np.ascontiguousarray(cache.stat_mask.reshape(T * B)), p["gamma_x"],
                        dt.type(cache.eps), cache.training, dU, dgamma_x,
                        np.empty(0, dt))                                     # (SEQBN-LSTM 5)
     dWx, dx = input_projection_backward(cache.x, dU.reshape(T, B, G), p["Wx"])   # (SEQBN-LSTM 6)

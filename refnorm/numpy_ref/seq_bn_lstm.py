@@ -21,11 +21,12 @@ from .norms import batchnorm_backward, batchnorm_forward
 class SeqBNLSTMCache:
     x: np.ndarray        # (T, B, D)   input
     mask: np.ndarray     # (T, B)      1 = valid frame
+    stat_mask: np.ndarray  # (T, B)    1 = frame enters the batch statistics
     params: dict         # Wx, Wh, b, gamma_x: copies used by forward
     training: bool       # batch statistics (True) or population statistics (False)
     eps: float
-    count: float         # n, valid frames in the batch (BN 1)
-    u_hat: np.ndarray    # (T, B, 4H)  normalised input term (0 at padded frames)
+    count: float         # n, frames in the batch statistics (BN 1)
+    u_hat: np.ndarray    # (T, B, 4H)  normalised input term (0 at frames outside them)
     mean_x: np.ndarray   # (4H,)       statistics used for U
     var_x: np.ndarray    # (4H,)
     h: np.ndarray        # (T+1, B, H) states h_0 .. h_T
@@ -34,25 +35,29 @@ class SeqBNLSTMCache:
     tanh_c: np.ndarray   # (T, B, H)   tanh(c̃_t)
 
 
-def seq_bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None):
+def seq_bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None,
+                        pad_stats="exclude"):
     """x (T, B, D), h0, c0 (B, H), mask (T, B); pop = None (training) or a dict with the
-    population statistics mean_x, var_x (4H,). Returns hs (T, B, H), hT, cT (B, H), cache."""
+    population statistics mean_x, var_x (4H,). pad_stats="include" lets padded frames into
+    the statistics. Returns hs (T, B, H), hT, cT (B, H), cache."""
     if not training and pop is None:
         raise ValueError("inference needs population statistics (pop)")
     T, B, D = x.shape
     G = params["Wx"].shape[1]
     U = x.reshape(T * B, D) @ params["Wx"]                                  # (SEQBN-LSTM 1)
     stats = None if training else (pop["mean_x"], pop["var_x"])
-    U_bn, u_hat, mean_x, var_x = batchnorm_forward(U, mask.reshape(T * B), params["gamma_x"],
-                                                   None, eps, stats)        # (SEQBN-LSTM 2)
+    stat_mask = mask if pad_stats == "exclude" else np.ones_like(mask)
+    U_bn, u_hat, mean_x, var_x = batchnorm_forward(U, stat_mask.reshape(T * B),
+                                                   params["gamma_x"], None, eps,
+                                                   stats)                   # (SEQBN-LSTM 2)
     V = U_bn.reshape(T, B, G) + params["b"]                                 # (SEQBN-LSTM 3)
 
     def step(t, v_t, h_prev, c_prev, m_t):
         return lstm_step_forward(v_t, h_prev, c_prev, m_t, params)
 
     hs, h, c, steps = scan_forward(step, V, h0, c0, mask)
-    cache = SeqBNLSTMCache(x=x, mask=mask, params=params, training=training, eps=eps,
-                           count=mask.sum(), u_hat=u_hat.reshape(T, B, G), mean_x=mean_x,
+    cache = SeqBNLSTMCache(x=x, mask=mask, stat_mask=stat_mask, params=params,
+                           training=training, eps=eps, count=stat_mask.sum(), u_hat=u_hat.reshape(T, B, G), mean_x=mean_x,
                            var_x=var_x, h=h, c=c, **steps)
     return hs, h[-1], c[-1], cache
 
@@ -66,7 +71,7 @@ def seq_bn_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
     dV, dh0, dc0, acc, states = scan_backward(step_backward, dhs, dhT, dcT)  # (SEQBN-LSTM 4)
     T, B, G = dV.shape
     dU, dgamma_x, _ = batchnorm_backward(dV.reshape(T * B, G), cache.u_hat.reshape(T * B, G),
-                                         cache.var_x, cache.mask.reshape(T * B),
+                                         cache.var_x, cache.stat_mask.reshape(T * B),
                                          cache.params["gamma_x"], cache.eps,
                                          cache.training)                    # (SEQBN-LSTM 5)
     dWx, dx = input_projection_backward(cache.x, dU.reshape(T, B, G),
