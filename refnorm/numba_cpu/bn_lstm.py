@@ -5,14 +5,13 @@ batch statistics of a_t, u_t and c̃_t by fused column reductions over the valid
 gates fused into one pass. In inference the statistics arrays arrive holding the population
 statistics chosen for each step and are only read.
 """
-import math
 
 import numpy as np
 from numba import njit
 
 from ..numpy_ref.bn_lstm import STAT_NAMES, BNLSTMCache
 from ..numpy_ref.common import input_projection_backward, with_state_grads
-from .common import JIT, sigmoid
+from .common import JIT, sigmoid, tanh
 from .lstm import recurrent_weight_grad, states
 from .norms import batchnorm_backward, batchnorm_normalize, batchnorm_stats
 
@@ -36,37 +35,31 @@ def bn_lstm_forward_loop(U, mask, stat_mask, Wh, b, gamma_x, gamma_h, gamma_c, b
         batchnorm_normalize(a, m, mean_h[t], var_h[t], eps, a_hat[t])
         batchnorm_normalize(U[t], m, mean_x[t], var_x[t], eps, u_hat[t])
         for r in range(B):
-            for j in range(H):
-                # z = a_bn + u_bn + p["b"]; gates = gates_forward(z)   (BN-LSTM 2), (LSTM 2)
-                zi = gamma_h[j] * a_hat[t, r, j] + gamma_x[j] * u_hat[t, r, j] + b[j]
-                k = H + j
-                zf = gamma_h[k] * a_hat[t, r, k] + gamma_x[k] * u_hat[t, r, k] + b[k]
-                k = 2 * H + j
-                zg = gamma_h[k] * a_hat[t, r, k] + gamma_x[k] * u_hat[t, r, k] + b[k]
-                k = 3 * H + j
-                zo = gamma_h[k] * a_hat[t, r, k] + gamma_x[k] * u_hat[t, r, k] + b[k]
-                i = sigmoid(zi)
-                f = sigmoid(zf)
-                g = math.tanh(zg)
-                gates[t, r, j] = i
-                gates[t, r, H + j] = f
-                gates[t, r, 2 * H + j] = g
-                gates[t, r, 3 * H + j] = sigmoid(zo)
-                c_new[r, j] = f * c[t, r, j] + i * g       # c_new = f * c_prev + i * g (BN-LSTM 3)
+            # z = a_n + u_n + p["b"]; gates = gates_forward(z)           (BN-LSTM 2), (LSTM 2)
+            for k in range(2 * H):                         # i, f = σ(z^i), σ(z^f)
+                gates[t, r, k] = sigmoid(gamma_h[k] * a_hat[t, r, k]
+                                         + gamma_x[k] * u_hat[t, r, k] + b[k])
+            for k in range(2 * H, 3 * H):                  # g = tanh(z^g)
+                gates[t, r, k] = tanh(gamma_h[k] * a_hat[t, r, k]
+                                      + gamma_x[k] * u_hat[t, r, k] + b[k])
+            for k in range(3 * H, G):                      # o = σ(z^o)
+                gates[t, r, k] = sigmoid(gamma_h[k] * a_hat[t, r, k]
+                                         + gamma_x[k] * u_hat[t, r, k] + b[k])
+            for j in range(H):                             # c_new = f * c_prev + i * g (BN-LSTM 3)
+                c_new[r, j] = (gates[t, r, H + j] * c[t, r, j]
+                               + gates[t, r, j] * gates[t, r, 2 * H + j])
         if training:
             batchnorm_stats(c_new, m, mean_c[t], var_c[t])
         batchnorm_normalize(c_new, m, mean_c[t], var_c[t], eps, c_hat[t])       # (BN-LSTM 4)
         for r in range(B):
-            valid = mask[t, r] > 0
             for j in range(H):
-                th = math.tanh(gamma_c[j] * c_hat[t, r, j] + beta_c[j])   # np.tanh(c_bn)
+                th = tanh(gamma_c[j] * c_hat[t, r, j] + beta_c[j])   # np.tanh(c_bn)
                 tanh_c[t, r, j] = th
-                h_new = gates[t, r, 3 * H + j] * th        # h_new = o * tanh_c     (BN-LSTM 4)
-                if valid:                                  # carry(...)             (BPTT 2)
-                    hs[t, r, j] = h_new                    # y = m_t * h_new        (BPTT 3)
-                    h[t + 1, r, j] = h_new
-                    c[t + 1, r, j] = c_new[r, j]
-                else:
+                c[t + 1, r, j] = c_new[r, j]
+                h[t + 1, r, j] = gates[t, r, 3 * H + j] * th         # h_new = o * tanh_c (BN-LSTM 4)
+                hs[t, r, j] = h[t + 1, r, j]               # y = m_t * h_new        (BPTT 3)
+            if mask[t, r] == 0:                            # carry(...)             (BPTT 2)
+                for j in range(H):
                     hs[t, r, j] = 0.0
                     h[t + 1, r, j] = h[t, r, j]
                     c[t + 1, r, j] = c[t, r, j]

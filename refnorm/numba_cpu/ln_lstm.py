@@ -3,14 +3,13 @@
 Same signatures and LNLSTMCache as the reference. Per step: one (B, H)·(H, 4H) product, the row
 statistics of a_t, u_t and c̃_t, and the gates fused into one pass over the batch.
 """
-import math
 
 import numpy as np
 from numba import njit
 
 from ..numpy_ref.common import input_projection_backward, with_state_grads
 from ..numpy_ref.ln_lstm import LNLSTMCache
-from .common import JIT, sigmoid
+from .common import JIT, sigmoid, tanh
 from .lstm import recurrent_weight_grad, states
 from .norms import layernorm_backward, layernorm_forward
 
@@ -28,35 +27,29 @@ def ln_lstm_forward_loop(U, mask, Wh, b, gamma_x, gamma_h, gamma_c, beta_c, eps,
         layernorm_forward(a, eps, groups, a_hat[t], mean_h[t], var_h[t])
         layernorm_forward(U[t], eps, groups, u_hat[t], mean_x[t], var_x[t])
         for r in range(B):
-            for j in range(H):
-                # z = a_ln + u_ln + p["b"]; gates = gates_forward(z)   (LN-LSTM 2), (LSTM 2)
-                zi = gamma_h[j] * a_hat[t, r, j] + gamma_x[j] * u_hat[t, r, j] + b[j]
-                k = H + j
-                zf = gamma_h[k] * a_hat[t, r, k] + gamma_x[k] * u_hat[t, r, k] + b[k]
-                k = 2 * H + j
-                zg = gamma_h[k] * a_hat[t, r, k] + gamma_x[k] * u_hat[t, r, k] + b[k]
-                k = 3 * H + j
-                zo = gamma_h[k] * a_hat[t, r, k] + gamma_x[k] * u_hat[t, r, k] + b[k]
-                i = sigmoid(zi)
-                f = sigmoid(zf)
-                g = math.tanh(zg)
-                gates[t, r, j] = i
-                gates[t, r, H + j] = f
-                gates[t, r, 2 * H + j] = g
-                gates[t, r, 3 * H + j] = sigmoid(zo)
-                c_new[r, j] = f * c[t, r, j] + i * g       # c_new = f * c_prev + i * g (LN-LSTM 3)
+            # z = a_n + u_n + p["b"]; gates = gates_forward(z)           (LN-LSTM 2), (LSTM 2)
+            for k in range(2 * H):                         # i, f = σ(z^i), σ(z^f)
+                gates[t, r, k] = sigmoid(gamma_h[k] * a_hat[t, r, k]
+                                         + gamma_x[k] * u_hat[t, r, k] + b[k])
+            for k in range(2 * H, 3 * H):                  # g = tanh(z^g)
+                gates[t, r, k] = tanh(gamma_h[k] * a_hat[t, r, k]
+                                      + gamma_x[k] * u_hat[t, r, k] + b[k])
+            for k in range(3 * H, G):                      # o = σ(z^o)
+                gates[t, r, k] = sigmoid(gamma_h[k] * a_hat[t, r, k]
+                                         + gamma_x[k] * u_hat[t, r, k] + b[k])
+            for j in range(H):                             # c_new = f * c_prev + i * g (LN-LSTM 3)
+                c_new[r, j] = (gates[t, r, H + j] * c[t, r, j]
+                               + gates[t, r, j] * gates[t, r, 2 * H + j])
         layernorm_forward(c_new, eps, 1, c_hat[t], mean_c[t], var_c[t])        # (LN-LSTM 4)
         for r in range(B):
-            valid = mask[t, r] > 0
             for j in range(H):
-                th = math.tanh(gamma_c[j] * c_hat[t, r, j] + beta_c[j])   # np.tanh(c_ln)
+                th = tanh(gamma_c[j] * c_hat[t, r, j] + beta_c[j])   # np.tanh(c_ln)
                 tanh_c[t, r, j] = th
-                h_new = gates[t, r, 3 * H + j] * th        # h_new = o * tanh_c     (LN-LSTM 4)
-                if valid:                                  # carry(...)             (BPTT 2)
-                    hs[t, r, j] = h_new                    # y = m_t * h_new        (BPTT 3)
-                    h[t + 1, r, j] = h_new
-                    c[t + 1, r, j] = c_new[r, j]
-                else:
+                c[t + 1, r, j] = c_new[r, j]
+                h[t + 1, r, j] = gates[t, r, 3 * H + j] * th         # h_new = o * tanh_c (LN-LSTM 4)
+                hs[t, r, j] = h[t + 1, r, j]               # y = m_t * h_new        (BPTT 3)
+            if mask[t, r] == 0:                            # carry(...)             (BPTT 2)
+                for j in range(H):
                     hs[t, r, j] = 0.0
                     h[t + 1, r, j] = h[t, r, j]
                     c[t + 1, r, j] = c[t, r, j]

@@ -4,45 +4,42 @@ Same signatures and the same LSTMCache as the reference. The whole-sequence prod
 projection, dWx, dWh, dx) are single BLAS calls from NumPy; the step loop runs compiled, with
 one (B, H)·(H, 4H) product per step and the rest of the step fused into one pass over (B, H).
 """
-import math
 
 import numpy as np
 from numba import njit
 
 from ..numpy_ref.common import input_projection_backward, with_state_grads
 from ..numpy_ref.lstm import LSTMCache
-from .common import JIT, sigmoid
+from .common import JIT, sigmoid, tanh
 
 
 @njit(**JIT)
 def lstm_forward_loop(U, mask, Wh, h, c, hs, gates, tanh_c):
-    """U (T, B, 4H) = x Wx + b; fills h, c (T+1, B, H) (h[0], c[0] given), hs, gates, tanh_c."""
+    """U (T, B, 4H) = x Wx + b; fills h, c (T+1, B, H) (h[0], c[0] given), hs, gates, tanh_c.
+
+    One loop per gate block (σ, σ, tanh, σ) so each is a plain vectorisable loop."""
     T, B, G = U.shape
     H = G // 4
     z = np.empty((B, G), U.dtype)
     for t in range(T):
         np.dot(h[t], Wh, z)                                # h_prev @ Wh        (LSTM 1)
         for r in range(B):
-            valid = mask[t, r] > 0
+            # z = u_t + h_prev @ Wh; gates = gates_forward(z)                (LSTM 1), (LSTM 2)
+            for k in range(2 * H):                         # i, f = σ(z^i), σ(z^f)
+                gates[t, r, k] = sigmoid(U[t, r, k] + z[r, k])
+            for k in range(2 * H, 3 * H):                  # g = tanh(z^g)
+                gates[t, r, k] = tanh(U[t, r, k] + z[r, k])
+            for k in range(3 * H, G):                      # o = σ(z^o)
+                gates[t, r, k] = sigmoid(U[t, r, k] + z[r, k])
             for j in range(H):
-                # z = u_t + h_prev @ Wh; gates = gates_forward(z)            (LSTM 1), (LSTM 2)
-                i = sigmoid(U[t, r, j] + z[r, j])
-                f = sigmoid(U[t, r, H + j] + z[r, H + j])
-                g = math.tanh(U[t, r, 2 * H + j] + z[r, 2 * H + j])
-                o = sigmoid(U[t, r, 3 * H + j] + z[r, 3 * H + j])
-                gates[t, r, j] = i
-                gates[t, r, H + j] = f
-                gates[t, r, 2 * H + j] = g
-                gates[t, r, 3 * H + j] = o
-                c_new = f * c[t, r, j] + i * g             # c_new = f * c_prev + i * g (LSTM 3)
-                th = math.tanh(c_new)
+                c_new = gates[t, r, H + j] * c[t, r, j] + gates[t, r, j] * gates[t, r, 2 * H + j]
+                th = tanh(c_new)                           # c_new = f * c_prev + i * g (LSTM 3)
                 tanh_c[t, r, j] = th
-                h_new = o * th                             # h_new = o * tanh_c         (LSTM 4)
-                if valid:                                  # carry(m_t, new, old)       (BPTT 2)
-                    hs[t, r, j] = h_new                    # y = m_t[:, None] * h_new   (BPTT 3)
-                    h[t + 1, r, j] = h_new
-                    c[t + 1, r, j] = c_new
-                else:
+                c[t + 1, r, j] = c_new
+                h[t + 1, r, j] = gates[t, r, 3 * H + j] * th     # h_new = o * tanh_c (LSTM 4)
+                hs[t, r, j] = h[t + 1, r, j]               # y = m_t[:, None] * h_new   (BPTT 3)
+            if mask[t, r] == 0:                            # carry(m_t, new, old)       (BPTT 2)
+                for j in range(H):
                     hs[t, r, j] = 0.0
                     h[t + 1, r, j] = h[t, r, j]
                     c[t + 1, r, j] = c[t, r, j]

@@ -1,0 +1,443 @@
+"""The report folder of `refnorm study`:
+
+    report.md             the answer, one short section per claim with its verdict and rule
+    results.json          every number: configuration, every run (curves, gradient norms per
+                          step, statistics per step, evaluations), the tables and verdicts
+    runs.csv              one row per run: final numbers
+    curves.csv            one row per training step: loss, gradient norm
+    epochs.csv            one row per epoch: test loss and metric
+    gradient_flow.csv     one row per (run, epoch, step t): g_h, g_c and the step statistics
+    headline.csv          the question's table: median, min, max of e per task, cell and init
+    claims.csv            every claim's table, one row per (claim, row, field)
+    *.png                 loss curves, cell × init heatmap, gradient norm vs t, statistics per
+                          step, loss past T_max (matplotlib, Agg backend)
+"""
+import csv
+import json
+import math
+import os
+
+import numpy as np
+
+from . import claims as C
+from .claims import CELL_LABELS
+
+PLOTS = ("heatmap.png", "loss_curves.png", "gradient_norms.png", "statistics.png",
+         "long_sequences.png")
+
+
+def fmt(value, digits=3):
+    """A number for a table: 3 significant digits, scientific when small or large."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, np.integer)):
+        return str(value)
+    if value == 0:
+        return "0"
+    if 1e-3 <= abs(value) < 1e4:
+        return f"{value:.{digits}g}"
+    return f"{value:.{digits - 1}e}"
+
+
+def md_table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _clean(value):
+    """NaN and inf are not JSON: they become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+# -- tables and text ---------------------------------------------------------------------------
+def analyse(results, cfg):
+    return {"question": C.question(results, cfg), "gradient_flow": C.gradient_flow(results, cfg),
+            "statistics": C.statistics_growth(results, cfg),
+            "claims": C.all_claims(results, cfg)}
+
+
+def task_title(task, cfg):
+    if task == "adding":
+        return f"adding problem, T = {cfg.adding_length}"
+    T = 8 if cfg.digits_mode == "row" else 64
+    return f"digits ({cfg.digits_mode} by {cfg.digits_mode}, T = {T})"
+
+
+def headline_rows(analysis, cfg, task):
+    cells = analysis["question"]["tasks"][task]["cells"]
+    rows = []
+    for cell in cfg.cells:
+        c = cells[cell]
+        rows.append([CELL_LABELS[cell]]
+                    + [c["per_init"][i]["median"] for i in cfg.inits]
+                    + [c["sensitivity"], f"{c['success_rate']:.0%}"])
+    return ["cell"] + list(cfg.inits) + ["S (max − min)", "learned"], rows
+
+
+def answer_sentences(analysis, cfg):
+    out = []
+    for task, entry in analysis["question"]["tasks"].items():
+        cells = entry["cells"]
+        if "lstm" not in cells or "bn_lstm" not in cells:
+            continue
+        parts = ", ".join(f"{CELL_LABELS[c]} {fmt(cells[c]['sensitivity'])}" for c in cfg.cells)
+        out.append(f"- **{task_title(task, cfg)}: {entry['verdict']}.** Across the "
+                   f"{len(cfg.inits)} inits the median normalised error of BNLSTM spans "
+                   f"{fmt(cells['bn_lstm']['best'])}–{fmt(cells['bn_lstm']['worst'])}, the "
+                   f"LSTM's {fmt(cells['lstm']['best'])}–{fmt(cells['lstm']['worst'])} "
+                   f"(init sensitivity S: {parts}); runs that learned: "
+                   + ", ".join(f"{CELL_LABELS[c]} {cells[c]['success_rate']:.0%}"
+                               for c in cfg.cells) + ".")
+    return out
+
+
+def claim_section(claim, cfg):
+    lines = [f"## Claim ({claim['id']}): {claim['title']}", "",
+             f"**Verdict: {claim['verdict']}.** Rule: {claim['rule']}.", ""]
+    rows = claim["rows"]
+    if not rows:
+        lines.append("No run measured this claim in this configuration.")
+        return "\n".join(lines)
+    header = list(rows[0])
+    if claim["id"] == "d":
+        header = list(dict.fromkeys(k for r in rows for k in r))
+    table = [[CELL_LABELS.get(r.get(k), r.get(k)) if k == "cell" else r.get(k) for k in header]
+             for r in rows]
+    lines.append(md_table(header, table))
+    if claim["id"] == "b" and claim.get("tests"):
+        names = ("learns at least as often", "train/eval gap no larger", "loses no more past "
+                 "T_max")
+        lines += ["", "SeqBNLSTM vs BNLSTM: " + "; ".join(
+            f"{n}: {fmt(t) if t is not None else 'n/a'}" for n, t in zip(names, claim["tests"]))]
+    if claim["id"] == "d" and claim.get("clamp_cost") is not None:
+        lines += ["", f"Clamped / re-estimated loss of BNLSTM at the longest length: "
+                      f"{fmt(claim['clamp_cost'])}. See `long_sequences.png`."]
+    if claim["id"] == "a":
+        lines += ["", "This is an inference-time ablation of models trained with per-step "
+                      "statistics (no cell change); training with shared statistics would let "
+                      "the weights adapt to them."]
+    return "\n".join(lines)
+
+
+def markdown(results, analysis, cfg, elapsed, plots):
+    q = analysis["question"]
+    n_runs = len(results)
+    lines = ["# refnorm study: does batch norm help an LSTM?", "",
+             f"{n_runs} training runs in {elapsed / 60:.1f} min (backend `{cfg.backend}`, "
+             f"{cfg.jobs} process(es){', --quick' if cfg.quick else ''}). Cells "
+             f"{', '.join(CELL_LABELS[c] for c in cfg.cells)}; hidden size {cfg.hidden_size}; "
+             f"inits {', '.join(cfg.inits)}; seeds {', '.join(map(str, cfg.seeds))}; "
+             f"{cfg.epochs} epochs of Adam (lr {cfg.lr:g}, batch {cfg.batch_size}, gradient "
+             f"norm clipped at {cfg.clip:g}); refnorm's own forward and backward passes. "
+             "Every number below comes from this run (`results.json`, `*.csv`).", "",
+             "## The question: does batch norm reduce the reliance on good initialisation?", ""]
+    lines += answer_sentences(analysis, cfg)
+    lines += ["", f"Rule: {q['rule']}", ""]
+    for task in cfg.tasks:
+        header, rows = headline_rows(analysis, cfg, task)
+        lines += [f"Median normalised test error e over seeds, {task_title(task, cfg)}:", "",
+                  md_table(header, rows), ""]
+    if plots:
+        lines += ["![cell × init heatmap](heatmap.png)", ""]
+    lines += ["## Training", "", "Loss curves (training loss per step, smoothed, median over "
+              "seeds): `loss_curves.png`.", ""]
+    if plots:
+        lines += ["![loss curves](loss_curves.png)", ""]
+    gf = analysis["gradient_flow"]
+    lines += ["## Gradient flow", "", f"Rule: {gf['rule']}.", ""]
+    for task in cfg.tasks:
+        rows = [[CELL_LABELS[r["cell"]], r["init"], r["ratio_init"], r["verdict_init"],
+                 r["ratio_final"], r["verdict_final"]] for r in gf["tasks"][task]]
+        lines += [f"{task_title(task, cfg)}:", "",
+                  md_table(["cell", "init", "r at init", "verdict", "r trained", "verdict"],
+                           rows), ""]
+    if plots:
+        lines += ["![gradient norm per step](gradient_norms.png)", ""]
+    st = analysis["statistics"]
+    lines += ["## Statistics per step", "",
+              "How the statistics a normaliser would need change with t: the batch variance of "
+              "the raw cell c̃_t and, for BNLSTM, of the recurrent term h_{t−1}Wh (from step 2: "
+              f"h_0 = 0). {st['rule']}.", ""]
+    for task in cfg.tasks:
+        rows = [[CELL_LABELS[r["cell"]], r["c_var_growth_init"], r["c_var_growth_final"],
+                 r.get("var_h_growth_init"), r.get("var_h_growth_final")]
+                for r in st["tasks"][task]]
+        lines += [f"{task_title(task, cfg)}:", "",
+                  md_table(["cell", "var c̃: last/first, init", "trained",
+                            "BN var(hWh): last/second, init", "trained"], rows), ""]
+    if plots:
+        lines += ["![statistics per step](statistics.png)", ""]
+    for claim in analysis["claims"]:
+        lines += [claim_section(claim, cfg), ""]
+        if claim["id"] == "d" and plots and "adding" in cfg.tasks:
+            lines += ["![loss past T_max](long_sequences.png)", ""]
+    lines += ["## Files", "", "`results.json` (everything), `runs.csv`, `curves.csv`, "
+              "`epochs.csv`, `gradient_flow.csv`, `headline.csv`, `claims.csv`"
+              + (", " + ", ".join(f"`{p}`" for p in PLOTS) if plots else "") + "."]
+    return "\n".join(lines) + "\n"
+
+
+# -- CSV ------------------------------------------------------------------------------------------
+RUN_KEYS = ("task", "cell", "init", "seed", "pad_stats", "variable_length")
+
+
+def write_csvs(results, analysis, cfg, out):
+    def writer(name, header):
+        f = open(os.path.join(out, name), "w", newline="")
+        w = csv.writer(f)
+        w.writerow(header)
+        return f, w
+
+    factors = [str(f) for f in cfg.long_factors]
+    f, w = writer("runs.csv", list(RUN_KEYS) + [
+        "diverged", "final_loss", "final_metric", "norm_error", "trainmode_loss",
+        "shared_stats_loss", "full_length_loss", "ratio_init", "ratio_final",
+        "train_eval_difference", "batch_dependence", "batch1_training", "seconds"]
+        + [f"loss_{k}T" for k in factors] + [f"reestimated_{k}T" for k in factors])
+    for r in results:
+        checks, long = r.get("checks") or {}, r.get("long") or {}
+        w.writerow([r[k] for k in RUN_KEYS] + [
+            r["diverged"], r["final_loss"], r["final_metric"], r["norm_error"],
+            r.get("trainmode_loss"), r.get("shared_stats_loss"), r.get("full_length_loss"),
+            C.gradient_ratio(r["grad_flow"][0]), C.gradient_ratio(r["grad_flow"][-1]),
+            checks.get("train_eval_difference"), checks.get("batch_dependence"),
+            checks.get("batch1_training"), r["seconds"]]
+            + [long.get(k, {}).get("loss") for k in factors]
+            + [long.get(k, {}).get("reestimated_loss") for k in factors])
+    f.close()
+
+    f, w = writer("curves.csv", list(RUN_KEYS) + ["step", "loss", "grad_norm"])
+    for r in results:
+        for step, (loss, norm) in enumerate(zip(r["step_loss"], r["grad_norm"])):
+            w.writerow([r[k] for k in RUN_KEYS] + [step, loss, norm])
+    f.close()
+
+    f, w = writer("epochs.csv", list(RUN_KEYS) + ["epoch", "test_loss", "test_metric"])
+    for r in results:
+        for epoch, (loss, metric) in enumerate(zip(r["test_loss"], r["test_metric"]), 1):
+            w.writerow([r[k] for k in RUN_KEYS] + [epoch, loss, metric])
+    f.close()
+
+    f, w = writer("gradient_flow.csv", list(RUN_KEYS) + [
+        "epoch", "t", "g_h", "g_c", "c_var", "norm_var_c", "norm_var_h"])
+    for r in results:
+        for flow in r["grad_flow"]:
+            s = flow["stats"]
+            for t in range(len(flow["g_h"])):
+                w.writerow([r[k] for k in RUN_KEYS] + [
+                    flow["epoch"], t + 1, flow["g_h"][t], flow["g_c"][t], s["c_var"][t],
+                    s["norm_var_c"][t] if "norm_var_c" in s else None,
+                    s["norm_var_h"][t] if "norm_var_h" in s else None])
+    f.close()
+
+    f, w = writer("headline.csv", ["task", "cell", "init", "median_e", "min_e", "max_e",
+                                   "seeds"])
+    for task, entry in analysis["question"]["tasks"].items():
+        for cell, c in entry["cells"].items():
+            for init, v in c["per_init"].items():
+                w.writerow([task, cell, init, v["median"], v["min"], v["max"], v["n"]])
+    f.close()
+
+    f, w = writer("claims.csv", ["claim", "verdict", "row", "field", "value"])
+    for claim in analysis["claims"]:
+        for k, row in enumerate(claim["rows"]):
+            for field, value in row.items():
+                w.writerow([claim["id"], claim["verdict"], k, field, value])
+    f.close()
+
+
+# -- plots ----------------------------------------------------------------------------------------
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _init_colors(cfg):
+    import matplotlib
+    cmap = matplotlib.colormaps["tab10"]
+    return {init: cmap(k % 10) for k, init in enumerate(cfg.inits)}
+
+
+def _smooth(values, window):
+    values = np.asarray(values, dtype=float)
+    if window <= 1 or len(values) < window:
+        return values
+    kernel = np.ones(window) / window
+    return np.convolve(values, kernel, mode="valid")
+
+
+def plot_heatmap(analysis, cfg, path):
+    plt = _pyplot()
+    tasks = cfg.tasks
+    fig, axes = plt.subplots(1, len(tasks), figsize=(1.3 * len(cfg.inits) * len(tasks) + 2, 3.4),
+                             squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        cells = analysis["question"]["tasks"][task]["cells"]
+        data = np.array([[np.nan if cells[c]["per_init"][i]["median"] is None
+                          else cells[c]["per_init"][i]["median"] for i in cfg.inits]
+                         for c in cfg.cells])
+        im = ax.imshow(data, cmap="viridis_r", vmin=0, vmax=1, aspect="auto")
+        ax.set_xticks(range(len(cfg.inits)), cfg.inits, rotation=30, ha="right")
+        ax.set_yticks(range(len(cfg.cells)), [CELL_LABELS[c] for c in cfg.cells])
+        for (y, x), v in np.ndenumerate(data):
+            ax.text(x, y, "–" if np.isnan(v) else f"{v:.2f}", ha="center", va="center",
+                    color="white" if not np.isnan(v) and v > 0.5 else "black", fontsize=9)
+        ax.set_title(f"{task_title(task, cfg)}\nmedian normalised test error")
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="e (0 = perfect, 1 = chance)")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_loss_curves(results, cfg, path):
+    plt = _pyplot()
+    colors = _init_colors(cfg)
+    fig, axes = plt.subplots(len(cfg.tasks), len(cfg.cells), figsize=(3.2 * len(cfg.cells),
+                             2.8 * len(cfg.tasks)), squeeze=False, sharey="row")
+    for row, task in enumerate(cfg.tasks):
+        for col, cell in enumerate(cfg.cells):
+            ax = axes[row][col]
+            for init in cfg.inits:
+                runs = [r["step_loss"] for r in C.sweep(results)
+                        if (r["task"], r["cell"], r["init"]) == (task, cell, init)]
+                n = min(map(len, runs), default=0)
+                if n == 0:
+                    continue
+                curve = np.median([r[:n] for r in runs], axis=0)
+                smooth = _smooth(curve, max(n // 25, 1))
+                ax.plot(np.arange(len(smooth)) + (n - len(smooth)), smooth, color=colors[init],
+                        label=init, lw=1.2)
+            ax.set_yscale("log")
+            ax.set_title(f"{CELL_LABELS[cell]} — {task}", fontsize=10)
+            ax.set_xlabel("training step")
+            if col == 0:
+                ax.set_ylabel("training loss")
+    axes[0][-1].legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_gradient_norms(results, cfg, path):
+    plt = _pyplot()
+    colors = _init_colors(cfg)
+    fig, axes = plt.subplots(len(cfg.tasks), len(cfg.cells), figsize=(3.2 * len(cfg.cells),
+                             2.8 * len(cfg.tasks)), squeeze=False, sharey="row")
+    for row, task in enumerate(cfg.tasks):
+        for col, cell in enumerate(cfg.cells):
+            ax = axes[row][col]
+            for init in cfg.inits:
+                runs = [r for r in C.sweep(results)
+                        if (r["task"], r["cell"], r["init"]) == (task, cell, init)]
+                if not runs:
+                    continue
+                for k, style, lw in ((0, "-", 1.4), (-1, "--", 0.9)):
+                    g = np.median([r["grad_flow"][k]["g_h"] for r in runs], axis=0)
+                    t = np.arange(1, len(g) + 1)
+                    ax.plot(t, np.where(g > 0, g, np.nan), style, color=colors[init], lw=lw,
+                            label=init if k == 0 else None)
+            ax.set_yscale("log")
+            ax.set_title(f"{CELL_LABELS[cell]} — {task}", fontsize=10)
+            ax.set_xlabel("time step t")
+            if col == 0:
+                ax.set_ylabel("‖dL/dh̃_t‖  (— init, -- trained)")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_statistics(results, cfg, path):
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(cfg.tasks), figsize=(4.5 * len(cfg.tasks), 3.2),
+                             squeeze=False)
+    for ax, task in zip(axes[0], cfg.tasks):
+        for k, cell in enumerate(cfg.cells):
+            runs = [r for r in C.sweep(results) if (r["task"], r["cell"]) == (task, cell)]
+            if not runs:
+                continue
+            color = f"C{k}"
+            for idx, style in ((0, "-"), (-1, "--")):
+                v = np.median([r["grad_flow"][idx]["stats"]["c_var"] for r in runs], axis=0)
+                ax.plot(np.arange(1, len(v) + 1), v, style, color=color,
+                        label=CELL_LABELS[cell] if idx == 0 else None)
+        ax.set_yscale("log")
+        ax.set_xlabel("time step t")
+        ax.set_ylabel("batch variance of c̃_t  (— init, -- trained)")
+        ax.set_title(task_title(task, cfg), fontsize=10)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_long_sequences(analysis, cfg, path):
+    plt = _pyplot()
+    claim = next(c for c in analysis["claims"] if c["id"] == "d")
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    lengths = [cfg.adding_length] + [f * cfg.adding_length for f in cfg.long_factors]
+    for k, row in enumerate(claim["rows"]):
+        ys = [row["loss_T"]] + [row[f"loss_{f}T"] for f in cfg.long_factors]
+        if row["runs"] == 0:
+            continue
+        ax.plot(lengths, ys, "o-", color=f"C{k}",
+                label=f"{CELL_LABELS[row['cell']]}" + (" (slots clamped)"
+                                                       if row["cell"] == "bn_lstm" else ""))
+        if row["cell"] == "bn_lstm":
+            ys = [row["loss_T"]] + [row[f"reestimated_{f}T"] for f in cfg.long_factors]
+            ax.plot(lengths, ys, "o--", color=f"C{k}", label="BNLSTM (re-estimated)")
+    ax.axhline(1 / 6, color="gray", lw=0.8, ls=":", label="predict the mean")
+    ax.axvline(cfg.adding_length, color="gray", lw=0.8)
+    ax.set_yscale("log")
+    ax.set_xlabel("sequence length (trained on T = %d)" % cfg.adding_length)
+    ax.set_ylabel("test MSE (runs that learned)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_plots(results, analysis, cfg, out):
+    plot_heatmap(analysis, cfg, os.path.join(out, "heatmap.png"))
+    plot_loss_curves(results, cfg, os.path.join(out, "loss_curves.png"))
+    plot_gradient_norms(results, cfg, os.path.join(out, "gradient_norms.png"))
+    plot_statistics(results, cfg, os.path.join(out, "statistics.png"))
+    if "adding" in cfg.tasks and cfg.long_factors:
+        plot_long_sequences(analysis, cfg, os.path.join(out, "long_sequences.png"))
+
+
+# -- everything -----------------------------------------------------------------------------------
+def write_report(results, cfg, out, elapsed, *, plots=True, versions=None):
+    """Write the report folder; returns the analysis (tables and verdicts)."""
+    os.makedirs(out, exist_ok=True)
+    analysis = analyse(results, cfg)
+    payload = _clean({"config": cfg.to_dict(), "elapsed_seconds": elapsed,
+                      "versions": versions or {}, **analysis, "runs": results})
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(payload, f, default=_json_default, indent=1)
+    write_csvs(results, analysis, cfg, out)
+    if plots:
+        write_plots(results, analysis, cfg, out)
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write(markdown(results, analysis, cfg, elapsed, plots))
+    return analysis
