@@ -96,15 +96,18 @@ def bn_lstm_backward_loop(dhs, dhT, dcT, mask, stat_mask, c, a_hat, u_hat, gates
         for r in range(B):
             valid = m[r]
             for j in range(H):
-                i = gates[t, r, j]
-                f = gates[t, r, H + j]
-                g = gates[t, r, 2 * H + j]
-                dc_new = valid * dC[r, j] + dc_norm[r, j]            # (BPTT 5), (BN-LSTM 7)
-                dc[t, r, j] = dc_new
-                dz[r, j] = dc_new * g * i * (1 - i)                  # (LSTM 7), (LSTM 8)
-                dz[r, H + j] = dc_new * c[t, r, j] * f * (1 - f)
-                dz[r, 2 * H + j] = dc_new * i * (1 - g * g)
-                dC[r, j] = (1 - valid) * dC[r, j] + dc_new * f       # (BPTT 6)
+                dc[t, r, j] = valid * dC[r, j] + dc_norm[r, j]       # (BPTT 5), (BN-LSTM 7)
+            for j in range(H):                # dz = gates_backward(di, df, dg, do)  (LSTM 8)
+                i = gates[t, r, j]                                   # di = dc_new * g (LSTM 7)
+                dz[r, j] = dc[t, r, j] * gates[t, r, 2 * H + j] * i * (1 - i)
+            for j in range(H):
+                f = gates[t, r, H + j]                               # df = dc_new * c_prev
+                dz[r, H + j] = dc[t, r, j] * c[t, r, j] * f * (1 - f)
+            for j in range(H):
+                g = gates[t, r, 2 * H + j]                           # dg = dc_new * i
+                dz[r, 2 * H + j] = dc[t, r, j] * gates[t, r, j] * (1 - g * g)
+            for j in range(H):
+                dC[r, j] = (1 - valid) * dC[r, j] + dc[t, r, j] * gates[t, r, H + j]  # (BPTT 6)
         for r in range(B):
             for k in range(G):
                 db[k] += dz[r, k]                                    # dz.sum(axis=0) (BN-LSTM 8)

@@ -55,28 +55,28 @@ def lstm_backward_loop(dhs, dhT, dcT, mask, c, gates, tanh_c, WhT, dU, dh, dc):
     dC = dcT.copy()
     dh_rec = np.empty((B, H), dhs.dtype)
     for t in range(T - 1, -1, -1):
-        for r in range(B):
+        for r in range(B):                    # short loops writing one or two arrays vectorise
             valid = mask[t, r]
             for j in range(H):
-                i = gates[t, r, j]
-                f = gates[t, r, H + j]
-                g = gates[t, r, 2 * H + j]
                 o = gates[t, r, 3 * H + j]
                 th = tanh_c[t, r, j]
-                dh_new = valid * (dhs[t, r, j] + dH[r, j])           # (BPTT 4)
-                dc_new = valid * dC[r, j]                            # (BPTT 5)
-                do = dh_new * th                                     # (LSTM 5)
-                dc_new = dc_new + dh_new * o * (1 - th * th)         # (LSTM 6)
-                dh[t, r, j] = dh_new
-                dc[t, r, j] = dc_new
-                di = dc_new * g                                      # (LSTM 7)
-                df = dc_new * c[t, r, j]
-                dg = dc_new * i
-                dU[t, r, j] = di * i * (1 - i)                       # (LSTM 8)
-                dU[t, r, H + j] = df * f * (1 - f)
-                dU[t, r, 2 * H + j] = dg * (1 - g * g)
-                dU[t, r, 3 * H + j] = do * o * (1 - o)
-                dC[r, j] = (1 - valid) * dC[r, j] + dc_new * f       # (BPTT 6)
+                dh[t, r, j] = valid * (dhs[t, r, j] + dH[r, j])      # (BPTT 4)
+                dc[t, r, j] = (valid * dC[r, j]                      # (BPTT 5)
+                               + dh[t, r, j] * o * (1 - th * th))    # (LSTM 6)
+            for j in range(H):                # dz = gates_backward(di, df, dg, do)  (LSTM 8)
+                i = gates[t, r, j]                                   # di = dc_new * g (LSTM 7)
+                dU[t, r, j] = dc[t, r, j] * gates[t, r, 2 * H + j] * i * (1 - i)
+            for j in range(H):
+                f = gates[t, r, H + j]                               # df = dc_new * c_prev
+                dU[t, r, H + j] = dc[t, r, j] * c[t, r, j] * f * (1 - f)
+            for j in range(H):
+                g = gates[t, r, 2 * H + j]                           # dg = dc_new * i
+                dU[t, r, 2 * H + j] = dc[t, r, j] * gates[t, r, j] * (1 - g * g)
+            for j in range(H):
+                o = gates[t, r, 3 * H + j]                           # do = dh_new * tanh_c
+                dU[t, r, 3 * H + j] = dh[t, r, j] * tanh_c[t, r, j] * o * (1 - o)   # (LSTM 5)
+            for j in range(H):
+                dC[r, j] = (1 - valid) * dC[r, j] + dc[t, r, j] * gates[t, r, H + j]  # (BPTT 6)
         np.dot(dU[t], WhT, dh_rec)                                   # dz @ Wh.T  (LSTM 9)
         for r in range(B):
             valid = mask[t, r]
