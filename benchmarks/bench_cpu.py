@@ -249,7 +249,8 @@ def first_call_seconds():
     code = ("import time; t = time.perf_counter(); import numpy as np, refnorm\n"
             "x = np.ones((3, 2, 4))\n"
             "for C in refnorm.CELLS.values():\n"
-            "    c = C(4, 4, seed=0, backend='numba', **({'max_steps': 3} if C is refnorm.BNLSTM else {}))\n"
+            "    kw = {'max_steps': 3} if C is refnorm.BNLSTM else {}\n"
+            "    c = C(4, 4, seed=0, backend='numba', **kw)\n"
             "    hs, _, k = c.forward(x); c.backward(hs, k)\n"
             "print(time.perf_counter() - t)")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)  # warm disk

@@ -5,6 +5,7 @@ import importlib
 BACKENDS = {
     "numpy": "refnorm.numpy_ref",     # the book: readable, never optimised
     "numba": "refnorm.numba_cpu",     # the same math, step loops compiled by Numba
+    "cuda": "refnorm.numba_cuda",     # the same math as Numba-CUDA kernels, sequences on the GPU
 }
 
 
@@ -17,12 +18,14 @@ def get(name):
 
 
 def available():
-    """Names of the backends that import on this machine."""
+    """Names of the backends that can run here: they import, and their `usable()` (a backend
+    that needs hardware, like "cuda", defines one) says yes."""
     names = []
     for name in BACKENDS:
         try:
-            get(name)
+            module = get(name)
         except ImportError:
             continue
-        names.append(name)
+        if getattr(module, "usable", lambda: True)():
+            names.append(name)
     return names

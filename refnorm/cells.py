@@ -93,9 +93,8 @@ class _Cell:
 
         Returns hs (T, B, H), (hT, cT), cache. Nothing passed in is modified.
         """
-        D, H = self.input_size, self.hidden_size
         self._check_params()
-        x = _checks.float_array(x, "x", (None, None, D), self.dtype)
+        x = _checks.float_array(x, "x", (None, None, self.input_size), self.dtype)
         T, B, _ = x.shape
         h0 = self._state(h0, "h0", B)
         c0 = self._state(c0, "c0", B)
@@ -282,9 +281,10 @@ class BNLSTM(_BatchNormCell):
 
     Training: statistics per time step over the valid rows of that step (biased variance),
     gradients flow through them. pad_stats="include" lets padded rows into the statistics
-    instead (what most ports do; for reproducing them and for studying the damage). A step with one valid row normalises to ẑ = 0 (its BN output is
-    β; gradients through that BN are 0); a step with no valid row carries the state. Batch size
-    1 is an error in training (no batch to take statistics over), as in PyTorch.
+    instead (what most ports do; for reproducing them and for studying the damage). A step
+    with one valid row normalises to ẑ = 0 (its BN output is β; gradients through that BN are
+    0); a step with no valid row carries the state. Batch size 1 is an error in training (no
+    batch to take statistics over), as in PyTorch.
 
     Inference (training=False): population statistics, one slot per time step (`cell.stats`,
     arrays (slots, F) named mean_x, var_x, mean_h, var_h (F = 4H), mean_c, var_c (F = H)).
@@ -376,8 +376,9 @@ class SeqBNLSTM(_BatchNormCell):
 
     Params: Wx, Wh, b as LSTM (U(-1/sqrt(H), 1/sqrt(H))), gamma_x (4H) = gamma_init (1.0).
     One set of statistics over every valid (t, b) frame of the batch (every frame with
-    pad_stats="include"), so batch size 1 works in training; inference uses the running statistics `cell.stats` = {mean_x, var_x} (4H,),
-    updated with PyTorch's momentum convention (momentum 0.1).
+    pad_stats="include"), so batch size 1 works in training; inference uses the running
+    statistics `cell.stats` = {mean_x, var_x} (4H,), updated with PyTorch's momentum convention
+    (momentum 0.1).
     """
 
     stem = "seq_bn_lstm"

@@ -113,7 +113,8 @@ def test_exact_estimator_is_the_plain_average_of_batch_statistics(stem):
                     expected.setdefault((key, t), []).append(values[t])
     per_slot = cell.estimate_stats(batches)
     if stem == "bn_lstm":
-        assert per_slot.tolist() == [3, 3, 1, 1]       # batch 2 has one row at step 2, batch 3 is 2 long
+        # batch 2 has one row at step 2, batch 3 is 2 steps long
+        assert per_slot.tolist() == [3, 3, 1, 1]
         assert cell.stats["mean_x"].shape[0] == 4
     for (key, t), values in expected.items():
         got = cell.stats[key][t] if stem == "bn_lstm" else cell.stats[key]

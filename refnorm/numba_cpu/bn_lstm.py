@@ -11,14 +11,16 @@ from numba import njit
 
 from ..numpy_ref.bn_lstm import STAT_NAMES, BNLSTMCache
 from ..numpy_ref.common import input_projection_backward, with_state_grads
-from .common import JIT, sigmoid, tanh
+from .common import (JIT, normalized_gates_backward, normalized_gates_forward,
+                     normalized_output_backward, normalized_output_forward,
+                     recurrent_state_backward)
 from .lstm import recurrent_weight_grad, states
 from .norms import batchnorm_backward, batchnorm_normalize, batchnorm_stats
 
 
 @njit(**JIT)
-def bn_lstm_forward_loop(U, mask, stat_mask, Wh, b, gamma_x, gamma_h, gamma_c, beta_c, eps, training,
-                         h, c, hs, count, a_hat, u_hat, gates, c_hat, tanh_c,
+def bn_lstm_forward_loop(U, mask, stat_mask, Wh, b, gamma_x, gamma_h, gamma_c, beta_c, eps,
+                         training, h, c, hs, count, a_hat, u_hat, gates, c_hat, tanh_c,
                          mean_h, var_h, mean_x, var_x, mean_c, var_c):
     T, B, G = U.shape
     H = G // 4
@@ -34,35 +36,13 @@ def bn_lstm_forward_loop(U, mask, stat_mask, Wh, b, gamma_x, gamma_h, gamma_c, b
             count[t] = m.sum()
         batchnorm_normalize(a, m, mean_h[t], var_h[t], eps, a_hat[t])
         batchnorm_normalize(U[t], m, mean_x[t], var_x[t], eps, u_hat[t])
-        for r in range(B):
-            # z = a_n + u_n + p["b"]; gates = gates_forward(z)           (BN-LSTM 2), (LSTM 2)
-            for k in range(2 * H):                         # i, f = σ(z^i), σ(z^f)
-                gates[t, r, k] = sigmoid(gamma_h[k] * a_hat[t, r, k]
-                                         + gamma_x[k] * u_hat[t, r, k] + b[k])
-            for k in range(2 * H, 3 * H):                  # g = tanh(z^g)
-                gates[t, r, k] = tanh(gamma_h[k] * a_hat[t, r, k]
-                                      + gamma_x[k] * u_hat[t, r, k] + b[k])
-            for k in range(3 * H, G):                      # o = σ(z^o)
-                gates[t, r, k] = sigmoid(gamma_h[k] * a_hat[t, r, k]
-                                         + gamma_x[k] * u_hat[t, r, k] + b[k])
-            for j in range(H):                             # c_new = f * c_prev + i * g (BN-LSTM 3)
-                c_new[r, j] = (gates[t, r, H + j] * c[t, r, j]
-                               + gates[t, r, j] * gates[t, r, 2 * H + j])
+        normalized_gates_forward(a_hat[t], u_hat[t], gamma_h, gamma_x, b, c[t], gates[t],
+                                 c_new)                            # (BN-LSTM 2), (BN-LSTM 3)
         if training:
             batchnorm_stats(c_new, m, mean_c[t], var_c[t])
         batchnorm_normalize(c_new, m, mean_c[t], var_c[t], eps, c_hat[t])       # (BN-LSTM 4)
-        for r in range(B):
-            for j in range(H):
-                th = tanh(gamma_c[j] * c_hat[t, r, j] + beta_c[j])   # np.tanh(c_bn)
-                tanh_c[t, r, j] = th
-                c[t + 1, r, j] = c_new[r, j]
-                h[t + 1, r, j] = gates[t, r, 3 * H + j] * th         # h_new = o * tanh_c (BN-LSTM 4)
-                hs[t, r, j] = h[t + 1, r, j]               # y = m_t * h_new        (BPTT 3)
-            if mask[t, r] == 0:                            # carry(...)             (BPTT 2)
-                for j in range(H):
-                    hs[t, r, j] = 0.0
-                    h[t + 1, r, j] = h[t, r, j]
-                    c[t + 1, r, j] = c[t, r, j]
+        normalized_output_forward(c_hat[t], gamma_c, beta_c, gates[t], c_new, mask[t], h[t],
+                                  c[t], h[t + 1], c[t + 1], hs[t], tanh_c[t])   # (BN-LSTM 4)
 
 
 @njit(**JIT)
@@ -83,42 +63,18 @@ def bn_lstm_backward_loop(dhs, dhT, dcT, mask, stat_mask, c, a_hat, u_hat, gates
     for t in range(T - 1, -1, -1):
         m = mask[t]
         s = stat_mask[t]
-        for r in range(B):
-            for j in range(H):
-                o = gates[t, r, 3 * H + j]
-                th = tanh_c[t, r, j]
-                dh_new = m[r] * (dhs[t, r, j] + dH[r, j])            # (BPTT 4)
-                dh[t, r, j] = dh_new
-                dz[r, 3 * H + j] = dh_new * th * o * (1 - o)         # do (BN-LSTM 6), (LSTM 8)
-                dc_bn[r, j] = dh_new * o * (1 - th * th)             # (BN-LSTM 6)
+        normalized_output_backward(dhs[t], dH, m, gates[t], tanh_c[t], dh[t], dz,
+                                   dc_bn)                          # (BPTT 4), (BN-LSTM 6)
         batchnorm_backward(dc_bn, c_hat[t], var_c[t], s, gamma_c, eps, training, dc_norm,
                            dgamma_c, dbeta_c)                        # (BN-LSTM 7)
-        for r in range(B):
-            valid = m[r]
-            for j in range(H):
-                dc[t, r, j] = valid * dC[r, j] + dc_norm[r, j]       # (BPTT 5), (BN-LSTM 7)
-            for j in range(H):                # dz = gates_backward(di, df, dg, do)  (LSTM 8)
-                i = gates[t, r, j]                                   # di = dc_new * g (LSTM 7)
-                dz[r, j] = dc[t, r, j] * gates[t, r, 2 * H + j] * i * (1 - i)
-            for j in range(H):
-                f = gates[t, r, H + j]                               # df = dc_new * c_prev
-                dz[r, H + j] = dc[t, r, j] * c[t, r, j] * f * (1 - f)
-            for j in range(H):
-                g = gates[t, r, 2 * H + j]                           # dg = dc_new * i
-                dz[r, 2 * H + j] = dc[t, r, j] * gates[t, r, j] * (1 - g * g)
-            for j in range(H):
-                dC[r, j] = (1 - valid) * dC[r, j] + dc[t, r, j] * gates[t, r, H + j]  # (BPTT 6)
-        for r in range(B):
-            for k in range(G):
-                db[k] += dz[r, k]                                    # dz.sum(axis=0) (BN-LSTM 8)
+        normalized_gates_backward(dC, dc_norm, m, gates[t], c[t], dc[t], dz,
+                                  db)                              # (BN-LSTM 7), (BN-LSTM 8)
         batchnorm_backward(dz, a_hat[t], var_h[t], s, gamma_h, eps, training, dA[t],
                            dgamma_h, no_beta)                        # (BN-LSTM 9)
         batchnorm_backward(dz, u_hat[t], var_x[t], s, gamma_x, eps, training, dU[t],
                            dgamma_x, no_beta)                        # (BN-LSTM 9)
         np.dot(dA[t], WhT, dh_rec)                                   # da @ p["Wh"].T
-        for r in range(B):
-            for j in range(H):
-                dH[r, j] = (1 - m[r]) * dH[r, j] + dh_rec[r, j]      # (BPTT 6), (BN-LSTM 10)
+        recurrent_state_backward(dH, m, dh_rec)                     # (BN-LSTM 10)
     return dH, dC
 
 
@@ -141,9 +97,9 @@ def bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None, pad_sta
            "a_hat": np.empty((T, B, G), dt), "u_hat": np.empty((T, B, G), dt),
            "gates": np.empty((T, B, G), dt), "c_hat": np.empty((T, B, H), dt),
            "tanh_c": np.empty((T, B, H), dt)}
-    bn_lstm_forward_loop(U, mask, stat_mask, p["Wh"], p["b"], p["gamma_x"], p["gamma_h"], p["gamma_c"],
-                         p["beta_c"], dt.type(eps), training, h, c, out["hs"], out["count"],
-                         out["a_hat"], out["u_hat"], out["gates"], out["c_hat"], out["tanh_c"],
+    bn_lstm_forward_loop(U, mask, stat_mask, p["Wh"], p["b"], p["gamma_x"], p["gamma_h"],
+                         p["gamma_c"], p["beta_c"], dt.type(eps), training, h, c, out["hs"],
+                         out["count"], out["a_hat"], out["u_hat"], out["gates"], out["c_hat"], out["tanh_c"],
                          stats["mean_h"], stats["var_h"], stats["mean_x"], stats["var_x"],
                          stats["mean_c"], stats["var_c"])
     hs = out.pop("hs")
@@ -163,7 +119,8 @@ def bn_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
     g = {"b": np.zeros(G, dt), "gamma_h": np.zeros(G, dt), "gamma_x": np.zeros(G, dt),
          "gamma_c": np.zeros(H, dt), "beta_c": np.zeros(H, dt)}
     dh0, dc0 = bn_lstm_backward_loop(
-        dhs, dhT, dcT, cache.mask, cache.stat_mask, cache.c, cache.a_hat, cache.u_hat, cache.gates, cache.c_hat,
+        dhs, dhT, dcT, cache.mask, cache.stat_mask, cache.c, cache.a_hat, cache.u_hat,
+        cache.gates, cache.c_hat,
         cache.tanh_c, cache.var_h, cache.var_x, cache.var_c, p["gamma_x"], p["gamma_h"],
         p["gamma_c"], np.ascontiguousarray(p["Wh"].T), dt.type(cache.eps), cache.training,
         dA, dU, g["b"], g["gamma_x"], g["gamma_h"], g["gamma_c"], g["beta_c"], dh, dc)

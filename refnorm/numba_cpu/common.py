@@ -63,3 +63,89 @@ def tanh(z):
     e = exp_nonpos(-2.0 * abs(z))
     t = (1.0 - e) / (1.0 + e)
     return t if z >= 0 else -t
+
+
+# -- the LSTM part that BN-LSTM and LN-LSTM share, one step at a time, on (B, ·) views ----------
+@njit(**JIT)
+def normalized_gates_forward(a_hat, u_hat, gamma_h, gamma_x, b, c_prev, gates, c_new):
+    """z = γ_h ⊙ â + γ_x ⊙ û + b, gates (LSTM 2), c_new = f ⊙ c_prev + i ⊙ g (LSTM 3)."""
+    B, G = gates.shape
+    H = G // 4
+    for r in range(B):
+        # z = a_n + u_n + p["b"]; gates = gates_forward(z)   (BN-LSTM 2), (LN-LSTM 2), (LSTM 2)
+        for k in range(2 * H):                             # i, f = σ(z^i), σ(z^f)
+            gates[r, k] = sigmoid(gamma_h[k] * a_hat[r, k] + gamma_x[k] * u_hat[r, k] + b[k])
+        for k in range(2 * H, 3 * H):                      # g = tanh(z^g)
+            gates[r, k] = tanh(gamma_h[k] * a_hat[r, k] + gamma_x[k] * u_hat[r, k] + b[k])
+        for k in range(3 * H, G):                          # o = σ(z^o)
+            gates[r, k] = sigmoid(gamma_h[k] * a_hat[r, k] + gamma_x[k] * u_hat[r, k] + b[k])
+        for j in range(H):                                 # c_new = f * c_prev + i * g
+            c_new[r, j] = gates[r, H + j] * c_prev[r, j] + gates[r, j] * gates[r, 2 * H + j]
+
+
+@njit(**JIT)
+def normalized_output_forward(c_hat, gamma_c, beta_c, gates, c_new, m, h_prev, c_prev,
+                              h_next, c_next, y, tanh_c):
+    """h_new = o ⊙ tanh(γ_c ⊙ ĉ + β_c) (BN-LSTM 4), (LN-LSTM 4); the masked carry (BPTT 2)
+    into h_next, c_next and the output y = m ⊙ h_new (BPTT 3)."""
+    B, H = c_hat.shape
+    for r in range(B):
+        for j in range(H):
+            th = tanh(gamma_c[j] * c_hat[r, j] + beta_c[j])  # tanh_c = np.tanh(c_norm)
+            tanh_c[r, j] = th
+            c_next[r, j] = c_new[r, j]
+            h_next[r, j] = gates[r, 3 * H + j] * th          # h_new = o * tanh_c
+            y[r, j] = h_next[r, j]
+        if m[r] == 0:                                        # carry(m_t, new, old)
+            for j in range(H):
+                y[r, j] = 0.0
+                h_next[r, j] = h_prev[r, j]
+                c_next[r, j] = c_prev[r, j]
+
+
+@njit(**JIT)
+def normalized_output_backward(dy, dH, m, gates, tanh_c, dh, dz, dc_norm_in):
+    """dh̃ = m ⊙ (dy + dH) (BPTT 4); do into dz's o block (BN-LSTM 6), (LN-LSTM 5), (LSTM 8);
+    the gradient reaching the normalised cell, dc_norm_in = dh̃ ⊙ o ⊙ (1 − tanh²)."""
+    B, H = dh.shape
+    for r in range(B):
+        for j in range(H):
+            o = gates[r, 3 * H + j]
+            th = tanh_c[r, j]
+            dh[r, j] = m[r] * (dy[r, j] + dH[r, j])          # dh_new = valid * (dy + dH)
+            dz[r, 3 * H + j] = dh[r, j] * th * o * (1 - o)   # do = dh_new * tanh_c; (LSTM 8)
+            dc_norm_in[r, j] = dh[r, j] * o * (1 - th * th)  # dc_bn = dh_new * o * (1 - tanh_c**2)
+
+
+@njit(**JIT)
+def normalized_gates_backward(dC, dc_norm, m, gates, c_prev, dc, dz, db):
+    """dc̃ = m ⊙ dC + (norm backward) (BPTT 5); di, df, dg (LSTM 7) into dz (LSTM 8); the carry
+    of dC to step t−1 (BPTT 6); db += Σ_b dz (BN-LSTM 8), (LN-LSTM 7)."""
+    B, G = dz.shape
+    H = G // 4
+    for r in range(B):
+        valid = m[r]
+        for j in range(H):
+            dc[r, j] = valid * dC[r, j] + dc_norm[r, j]      # dc_new = valid * dC + dc_norm
+        for j in range(H):                                               # di = dc_new * g
+            i = gates[r, j]
+            dz[r, j] = dc[r, j] * gates[r, 2 * H + j] * i * (1 - i)
+        for j in range(H):                                               # df = dc_new * c_prev
+            f = gates[r, H + j]
+            dz[r, H + j] = dc[r, j] * c_prev[r, j] * f * (1 - f)
+        for j in range(H):                                               # dg = dc_new * i
+            g = gates[r, 2 * H + j]
+            dz[r, 2 * H + j] = dc[r, j] * gates[r, j] * (1 - g * g)
+        for j in range(H):                            # dc_prev = (1 - valid) * dC + dc_new * f
+            dC[r, j] = (1 - valid) * dC[r, j] + dc[r, j] * gates[r, H + j]
+        for k in range(G):
+            db[k] += dz[r, k]                                            # dz.sum(axis=0)
+
+
+@njit(**JIT)
+def recurrent_state_backward(dH, m, dh_rec):
+    """dh_prev = (1 − m) ⊙ dH + da Whᵀ (BPTT 6), with dh_rec = da Whᵀ already computed."""
+    B, H = dH.shape
+    for r in range(B):
+        for j in range(H):
+            dH[r, j] = (1 - m[r]) * dH[r, j] + dh_rec[r, j]   # (1 - valid) * dH + da @ Wh.T

@@ -9,7 +9,9 @@ from numba import njit
 
 from ..numpy_ref.common import input_projection_backward, with_state_grads
 from ..numpy_ref.ln_lstm import LNLSTMCache
-from .common import JIT, sigmoid, tanh
+from .common import (JIT, normalized_gates_backward, normalized_gates_forward,
+                     normalized_output_backward, normalized_output_forward,
+                     recurrent_state_backward)
 from .lstm import recurrent_weight_grad, states
 from .norms import layernorm_backward, layernorm_forward
 
@@ -26,33 +28,11 @@ def ln_lstm_forward_loop(U, mask, Wh, b, gamma_x, gamma_h, gamma_c, beta_c, eps,
         np.dot(h[t], Wh, a)                                # a = h_prev @ p["Wh"]  (LN-LSTM 1)
         layernorm_forward(a, eps, groups, a_hat[t], mean_h[t], var_h[t])
         layernorm_forward(U[t], eps, groups, u_hat[t], mean_x[t], var_x[t])
-        for r in range(B):
-            # z = a_n + u_n + p["b"]; gates = gates_forward(z)           (LN-LSTM 2), (LSTM 2)
-            for k in range(2 * H):                         # i, f = σ(z^i), σ(z^f)
-                gates[t, r, k] = sigmoid(gamma_h[k] * a_hat[t, r, k]
-                                         + gamma_x[k] * u_hat[t, r, k] + b[k])
-            for k in range(2 * H, 3 * H):                  # g = tanh(z^g)
-                gates[t, r, k] = tanh(gamma_h[k] * a_hat[t, r, k]
-                                      + gamma_x[k] * u_hat[t, r, k] + b[k])
-            for k in range(3 * H, G):                      # o = σ(z^o)
-                gates[t, r, k] = sigmoid(gamma_h[k] * a_hat[t, r, k]
-                                         + gamma_x[k] * u_hat[t, r, k] + b[k])
-            for j in range(H):                             # c_new = f * c_prev + i * g (LN-LSTM 3)
-                c_new[r, j] = (gates[t, r, H + j] * c[t, r, j]
-                               + gates[t, r, j] * gates[t, r, 2 * H + j])
+        normalized_gates_forward(a_hat[t], u_hat[t], gamma_h, gamma_x, b, c[t], gates[t],
+                                 c_new)                            # (LN-LSTM 2), (LN-LSTM 3)
         layernorm_forward(c_new, eps, 1, c_hat[t], mean_c[t], var_c[t])        # (LN-LSTM 4)
-        for r in range(B):
-            for j in range(H):
-                th = tanh(gamma_c[j] * c_hat[t, r, j] + beta_c[j])   # np.tanh(c_ln)
-                tanh_c[t, r, j] = th
-                c[t + 1, r, j] = c_new[r, j]
-                h[t + 1, r, j] = gates[t, r, 3 * H + j] * th         # h_new = o * tanh_c (LN-LSTM 4)
-                hs[t, r, j] = h[t + 1, r, j]               # y = m_t * h_new        (BPTT 3)
-            if mask[t, r] == 0:                            # carry(...)             (BPTT 2)
-                for j in range(H):
-                    hs[t, r, j] = 0.0
-                    h[t + 1, r, j] = h[t, r, j]
-                    c[t + 1, r, j] = c[t, r, j]
+        normalized_output_forward(c_hat[t], gamma_c, beta_c, gates[t], c_new, mask[t], h[t],
+                                  c[t], h[t + 1], c[t + 1], hs[t], tanh_c[t])   # (LN-LSTM 4)
 
 
 @njit(**JIT)
@@ -71,44 +51,18 @@ def ln_lstm_backward_loop(dhs, dhT, dcT, mask, c, a_hat, u_hat, gates, c_hat, ta
     dh_rec = np.empty((B, H), dhs.dtype)
     no_beta = np.empty(0, dhs.dtype)
     for t in range(T - 1, -1, -1):
-        for r in range(B):
-            valid = mask[t, r]
-            for j in range(H):
-                o = gates[t, r, 3 * H + j]
-                th = tanh_c[t, r, j]
-                dh_new = valid * (dhs[t, r, j] + dH[r, j])           # (BPTT 4)
-                dh[t, r, j] = dh_new
-                dz[r, 3 * H + j] = dh_new * th * o * (1 - o)         # do (LN-LSTM 5), (LSTM 8)
-                dc_ln[r, j] = dh_new * o * (1 - th * th)             # (LN-LSTM 5)
+        normalized_output_backward(dhs[t], dH, mask[t], gates[t], tanh_c[t], dh[t], dz,
+                                   dc_ln)                          # (BPTT 4), (LN-LSTM 5)
         layernorm_backward(dc_ln, c_hat[t], var_c[t], gamma_c, eps, 1, dc_norm,
                            dgamma_c, dbeta_c)                        # (LN-LSTM 6)
-        for r in range(B):
-            valid = mask[t, r]
-            for j in range(H):
-                dc[t, r, j] = valid * dC[r, j] + dc_norm[r, j]       # (BPTT 5), (LN-LSTM 6)
-            for j in range(H):                # dz = gates_backward(di, df, dg, do)  (LSTM 8)
-                i = gates[t, r, j]                                   # di = dc_new * g (LSTM 7)
-                dz[r, j] = dc[t, r, j] * gates[t, r, 2 * H + j] * i * (1 - i)
-            for j in range(H):
-                f = gates[t, r, H + j]                               # df = dc_new * c_prev
-                dz[r, H + j] = dc[t, r, j] * c[t, r, j] * f * (1 - f)
-            for j in range(H):
-                g = gates[t, r, 2 * H + j]                           # dg = dc_new * i
-                dz[r, 2 * H + j] = dc[t, r, j] * gates[t, r, j] * (1 - g * g)
-            for j in range(H):
-                dC[r, j] = (1 - valid) * dC[r, j] + dc[t, r, j] * gates[t, r, H + j]  # (BPTT 6)
-        for r in range(B):
-            for k in range(G):
-                db[k] += dz[r, k]                                    # dz.sum(axis=0) (LN-LSTM 7)
+        normalized_gates_backward(dC, dc_norm, mask[t], gates[t], c[t], dc[t], dz,
+                                  db)                              # (LN-LSTM 6), (LN-LSTM 7)
         layernorm_backward(dz, a_hat[t], var_h[t], gamma_h, eps, groups, dA[t], dgamma_h,
                            no_beta)                                  # (LN-LSTM 8)
         layernorm_backward(dz, u_hat[t], var_x[t], gamma_x, eps, groups, dU[t], dgamma_x,
                            no_beta)                                  # (LN-LSTM 8)
         np.dot(dA[t], WhT, dh_rec)                                   # da @ p["Wh"].T
-        for r in range(B):
-            valid = mask[t, r]
-            for j in range(H):
-                dH[r, j] = (1 - valid) * dH[r, j] + dh_rec[r, j]     # (BPTT 6), (LN-LSTM 9)
+        recurrent_state_backward(dH, mask[t], dh_rec)               # (LN-LSTM 9)
     return dH, dC
 
 

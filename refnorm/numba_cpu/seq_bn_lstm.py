@@ -38,7 +38,8 @@ def seq_bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None,
     tanh_c = np.empty((T, B, G // 4), dt)
     lstm_forward_loop(V, mask, p["Wh"], h, c, hs, gates, tanh_c)
     cache = SeqBNLSTMCache(x=x, mask=mask, stat_mask=stat_mask, params=params,
-                           training=training, eps=eps, count=stat_mask.sum(), u_hat=u_hat.reshape(T, B, G), mean_x=mean_x,
+                           training=training, eps=eps, count=stat_mask.sum(),
+                           u_hat=u_hat.reshape(T, B, G), mean_x=mean_x,
                            var_x=var_x, h=h, c=c, gates=gates, tanh_c=tanh_c)
     return hs, h[-1], c[-1], cache
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .common import (carry, gates_backward, gates_forward, input_projection_backward,
-                     scan_backward, scan_forward, split_gates, with_state_grads)
+from .common import (carry, gates_backward, gates_forward, normalized_lstm_backward,
+                     scan_forward, split_gates)
 from .norms import batchnorm_backward, batchnorm_forward
 
 STAT_NAMES = ("mean_x", "var_x", "mean_h", "var_h", "mean_c", "var_c")
@@ -94,7 +94,7 @@ def bn_lstm_step_backward(dy, dH, dC, t, cache):
                                          p["gamma_h"], eps, training)           # (BN-LSTM 9)
     du, dgamma_x, _ = batchnorm_backward(dz, cache.u_hat[t], cache.var_x[t], s_t,
                                          p["gamma_x"], eps, training)           # (BN-LSTM 9)
-    dh_prev = (1 - valid) * dH + da @ p["Wh"].T                                 # (BPTT 6), (BN-LSTM 10)
+    dh_prev = (1 - valid) * dH + da @ p["Wh"].T                     # (BPTT 6), (BN-LSTM 10)
     dc_prev = (1 - valid) * dC + dc_new * f                                     # (BPTT 6)
     return du, dh_prev, dc_prev, {"Wh": h_prev.T @ da,                         # (BN-LSTM 10)
                                   "b": dz.sum(axis=0),                          # (BN-LSTM 8)
@@ -124,10 +124,4 @@ def bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None, pad_sta
 def bn_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
     """Gradients of (BPTT 1) w.r.t. every parameter and x, h0, c0, as a dict (with state_grads
     also "dh", "dc", as in lstm_backward)."""
-    def step_backward(t, dy, dH, dC):
-        return bn_lstm_step_backward(dy, dH, dC, t, cache)
-
-    dU, dh0, dc0, grads, states = scan_backward(step_backward, dhs, dhT, dcT)
-    dWx, dx = input_projection_backward(cache.x, dU, cache.params["Wx"])    # (BN-LSTM 11)
-    grads = {"Wx": dWx, **grads, "x": dx, "h0": dh0, "c0": dc0}
-    return with_state_grads(grads, states, state_grads)
+    return normalized_lstm_backward(bn_lstm_step_backward, dhs, dhT, dcT, cache, state_grads)

@@ -88,3 +88,14 @@ def input_projection_backward(x, dU, Wx):
     dWx = x.reshape(-1, D).T @ dU.reshape(-1, G)     # (D, 4H)
     dx = dU @ Wx.T                                   # (T, B, D)
     return dWx, dx
+
+
+def normalized_lstm_backward(step_backward, dhs, dhT, dcT, cache, state_grads):
+    """The sequence backward shared by BN-LSTM and LN-LSTM, whose steps return the gradient of
+    the input term u_t = x_t Wx and their own parameter parts: BPTT over the steps, then the
+    input projection (BPTT 8), (BN-LSTM 11), (LN-LSTM 10)."""
+    dU, dh0, dc0, grads, states = scan_backward(
+        lambda t, dy, dH, dC: step_backward(dy, dH, dC, t, cache), dhs, dhT, dcT)
+    dWx, dx = input_projection_backward(cache.x, dU, cache.params["Wx"])
+    grads = {"Wx": dWx, **grads, "x": dx, "h0": dh0, "c0": dc0}
+    return with_state_grads(grads, states, state_grads)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .common import (carry, gates_backward, gates_forward, input_projection_backward,
-                     scan_backward, scan_forward, split_gates, with_state_grads)
+from .common import (carry, gates_backward, gates_forward, normalized_lstm_backward,
+                     scan_forward, split_gates)
 from .norms import layernorm_backward, layernorm_forward
 
 
@@ -82,7 +82,7 @@ def ln_lstm_step_backward(dy, dH, dC, t, cache):
                                          p["gamma_h"], eps, groups)             # (LN-LSTM 8)
     du, dgamma_x, _ = layernorm_backward(dz, cache.u_hat[t], cache.var_x[t],
                                          p["gamma_x"], eps, groups)             # (LN-LSTM 8)
-    dh_prev = (1 - valid) * dH + da @ p["Wh"].T                                 # (BPTT 6), (LN-LSTM 9)
+    dh_prev = (1 - valid) * dH + da @ p["Wh"].T                     # (BPTT 6), (LN-LSTM 9)
     dc_prev = (1 - valid) * dC + dc_new * f                                     # (BPTT 6)
     return du, dh_prev, dc_prev, {"Wh": h_prev.T @ da,                         # (LN-LSTM 9)
                                   "b": dz.sum(axis=0),                          # (LN-LSTM 7)
@@ -106,10 +106,4 @@ def ln_lstm_forward(x, h0, c0, mask, params, *, eps, per_gate=False):
 def ln_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
     """Gradients of (BPTT 1) w.r.t. every parameter and x, h0, c0, as a dict (with state_grads
     also "dh", "dc", as in lstm_backward)."""
-    def step_backward(t, dy, dH, dC):
-        return ln_lstm_step_backward(dy, dH, dC, t, cache)
-
-    dU, dh0, dc0, grads, states = scan_backward(step_backward, dhs, dhT, dcT)
-    dWx, dx = input_projection_backward(cache.x, dU, cache.params["Wx"])    # (LN-LSTM 10)
-    grads = {"Wx": dWx, **grads, "x": dx, "h0": dh0, "c0": dc0}
-    return with_state_grads(grads, states, state_grads)
+    return normalized_lstm_backward(ln_lstm_step_backward, dhs, dhT, dcT, cache, state_grads)

@@ -57,8 +57,9 @@ def seq_bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None,
 
     hs, h, c, steps = scan_forward(step, V, h0, c0, mask)
     cache = SeqBNLSTMCache(x=x, mask=mask, stat_mask=stat_mask, params=params,
-                           training=training, eps=eps, count=stat_mask.sum(), u_hat=u_hat.reshape(T, B, G), mean_x=mean_x,
-                           var_x=var_x, h=h, c=c, **steps)
+                           training=training, eps=eps, count=stat_mask.sum(),
+                           u_hat=u_hat.reshape(T, B, G), mean_x=mean_x, var_x=var_x,
+                           h=h, c=c, **steps)
     return hs, h[-1], c[-1], cache
 
 
