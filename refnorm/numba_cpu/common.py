@@ -148,4 +148,4 @@ def recurrent_state_backward(dH, m, dh_rec):
     B, H = dH.shape
     for r in range(B):
         for j in range(H):
-            dH[r, j] = (1 - m[r]) * dH[r, j] + dh_rec[r, j]   # (1 - valid) * dH + da @ Wh.T
+            dH[r, j] = (1 - m[r]) * dH[r, j] + dh_rec[r, j]   # dh_prev = (1-valid)*dH + da@Wh.T
