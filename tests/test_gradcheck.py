@@ -142,3 +142,17 @@ def test_refnorm_check_command_fails_on_a_wrong_backward(monkeypatch, capsys):
     assert cli.main(["check", "--backend", "numpy"]) == 1
     last = capsys.readouterr().out.splitlines()[-1]
     assert "FAIL" in last
+
+
+def test_entry_points():
+    """`python -m refnorm` and the installed `refnorm` console script reach the same CLI."""
+    import shutil
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "refnorm", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    assert "check" in out
+    script = shutil.which("refnorm")
+    assert script is not None, "the refnorm console script is not installed"
+    assert "check" in subprocess.run([script, "--help"], capture_output=True, text=True,
+                                     check=True).stdout
