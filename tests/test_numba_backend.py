@@ -23,13 +23,12 @@ from helpers import TOL, make_cell
 #   rows) can be far smaller than G while its rounding error stays ~eps·G whatever the order of
 #   summation: ~50 eps of the run's gradient scale.
 PARITY = {"float64": (1e-12, 1e-14)}
-# float32 cannot be held to a fixed tolerance on these tiny random batches: BN over 2-4 rows and
-# LN over 4-16 features amplify the rounding of z − μ by |z|/σ, and the NumPy reference itself
-# then misses the float64 truth by up to ~1e-2 on some gradients (measured). So float32 parity
-# means: numba's float32 result is as close to the float64 truth as the reference's float32
-# result is, within a factor F32_FACTOR, plus F32_FLOOR (~100 float32 ulps) for the cases where
-# both are essentially exact.
-F32_FACTOR, F32_FLOOR = 4.0, 1e-5
+# float32 cannot be held to a fixed tolerance on tiny random batches: BN over 2-4 rows and LN
+# over 4-16 features amplify the rounding of z − μ by |z|/σ, and the NumPy reference itself then
+# misses the float64 truth by up to ~1e-2 on some gradients (measured). Both backends' float32
+# runs are therefore held, in tests/test_properties.py::test_float32_matches_float64, to a bound
+# scaled by the float64 result's own sensitivity to float32-sized perturbations; here only the
+# well-conditioned plain LSTM is held to TOL["float32"].
 
 
 def parity_ok(a, b, rtol, atol_abs):
@@ -118,14 +117,6 @@ def float32_error(stem, training, T, B, D, H, lengths, options, t0, seed, backen
 @given(cases())
 def test_numba_matches_numpy_float64(case):
     compare(*case)
-
-
-@settings(max_examples=25, deadline=None)
-@given(cases())
-def test_numba_float32_is_as_accurate_as_the_reference(case):
-    reference = float32_error(*case, backend="numpy")
-    numba = float32_error(*case, backend="numba")
-    assert numba <= F32_FACTOR * reference + F32_FLOOR, (numba, reference)
 
 
 def test_numba_float32_of_the_plain_lstm_is_float32_exact():

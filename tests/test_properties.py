@@ -26,7 +26,7 @@ import refnorm
 from refnorm import relative_error
 from refnorm.numpy_ref.norms import layernorm_forward
 
-from helpers import CELL_NAMES, TOL, make_cell, ragged_mask, random_data
+from helpers import BACKENDS, CELL_NAMES, TOL, make_cell, ragged_mask, random_data
 
 EXAMPLES = settings(deadline=None, max_examples=30)
 FEW_EXAMPLES = settings(deadline=None, max_examples=15)
@@ -486,10 +486,11 @@ def conditioned_case(draw, name, training):
     return T, B, D, H, per_gate, lengths
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name, training", BOTH_MODES)
 @EXAMPLES
 @given(data=st.data())
-def test_float32_matches_float64(name, training, data):
+def test_float32_matches_float64(backend, name, training, data):
     """The same cell in float32 (params and statistics cast with astype) agrees with float64 to
     TOL["float32"] -- or, where the float64 math is ill-conditioned, to ROUNDING_PATHS times its
     measured response to float32-sized perturbations (float32_sensitivity); a float32-specific
@@ -501,7 +502,7 @@ def test_float32_matches_float64(name, training, data):
     seed = data.draw(seeds, "seed")
     options = {"per_gate": per_gate} if name == "ln_lstm" else {}
     cell64 = make_cell(name, D, H, seed=seed, **options)
-    cell32 = make_cell(name, D, H, seed=seed, dtype="float32", **options)
+    cell32 = make_cell(name, D, H, seed=seed, dtype="float32", backend=backend, **options)
     cell32.params = {key: value.astype(np.float32) for key, value in cell64.params.items()}
     for key, value in getattr(cell64, "stats", {}).items():
         cell32.stats[key] = value.astype(np.float32)

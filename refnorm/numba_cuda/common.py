@@ -7,8 +7,9 @@ block and tile boundaries on the simulator; they are read at every launch):
               reductions of the fused step kernels (one block per hidden unit for BN, over the
               batch; one block per row for LN, over the features)
     TILE      edge of the square shared-memory tiles of the refnorm matmul kernel
-    USE_CUBLAS  use CuPy's matmul (cuBLAS) for the products when CuPy imports and a real GPU is
-              in use; False, or the simulator, or no CuPy: the refnorm tiled kernel
+    USE_CUBLAS  use cuBLAS (through CuPy, else a CUDA build of PyTorch) for the products on a
+              real GPU when one of them imports; False, the simulator, or neither: the refnorm
+              tiled kernel
 
 Arrays: every backend function accepts NumPy arrays (copied to the device and results copied
 back: NumPy in, NumPy out, caches of NumPy arrays) or device arrays (numba device arrays or
@@ -35,9 +36,9 @@ MAX_THREADS = 1024        # size of the shared reduction buffers: THREADS must n
 # -- the device and its arrays -------------------------------------------------------------
 def require_device():
     """RuntimeError naming what is missing when neither a GPU nor the simulator is there."""
-    if not 1 <= THREADS <= MAX_THREADS or TILE < 1:
+    if not 1 <= THREADS <= MAX_THREADS or not 1 <= TILE <= 32:     # TILE² threads per block
         raise RuntimeError(f"refnorm.numba_cuda.common: THREADS must be in 1..{MAX_THREADS} and "
-                           f"TILE >= 1, got THREADS={THREADS}, TILE={TILE}")
+                           f"TILE in 1..32, got THREADS={THREADS}, TILE={TILE}")
     if numba.config.ENABLE_CUDASIM:
         return
     if not cuda.is_available():
@@ -45,6 +46,13 @@ def require_device():
                            "numba-cuda's CUDA libraries (pip install 'numba-cuda[cu12]'), or the "
                            "CUDA simulator (set NUMBA_ENABLE_CUDASIM=1 before numba is imported); "
                            "numba.cuda.is_available() is False here")
+
+
+def usable():
+    """True where backend='cuda' runs on a real GPU. refnorm.available_backends() lists the
+    backend only then: the simulator runs it ~10^4 times slower (tests opt in to it), and
+    without either the first call raises (require_device)."""
+    return not numba.config.ENABLE_CUDASIM and cuda.is_available()
 
 
 def is_device_array(a):
@@ -66,10 +74,6 @@ def to_device(a):
 
 def empty(shape, dtype):
     return cuda.device_array(shape, dtype)
-
-
-def zeros(shape, dtype):
-    return cuda.to_device(np.zeros(shape, dtype))
 
 
 def finish(on_device, arrays):
@@ -106,7 +110,7 @@ def block_sum(v, buf):
             buf[tid] += buf[tid + stride]
         stride *= 2
         cuda.syncthreads()
-    total = buf[0]
+    total = buf[0]                                         # total = np.sum(v over the threads)
     cuda.syncthreads()                                     # buf is free again for the next sum
     return total
 
@@ -151,24 +155,43 @@ def matmul_kernel(tile, dtype):
     return matmul
 
 
-def cublas_available():
-    """CuPy on a real GPU (never on the simulator, whose arrays CuPy cannot see)."""
-    if not USE_CUBLAS or numba.config.ENABLE_CUDASIM:
-        return False
+@functools.lru_cache(maxsize=None)
+def cublas_provider():
+    """The first importable library that brings cuBLAS for device arrays: CuPy, then a CUDA
+    build of PyTorch; None on the simulator (its arrays have no __cuda_array_interface__)."""
+    if numba.config.ENABLE_CUDASIM:
+        return None
     try:
         import cupy  # noqa: F401
+        return "cupy"
     except ImportError:
-        return False
-    return True
+        pass
+    try:
+        import torch
+        if torch.cuda.is_available():
+            return "torch"
+    except ImportError:
+        pass
+    return None
+
+
+def cublas_available():
+    return USE_CUBLAS and cublas_provider() is not None
 
 
 def matmul(A, B, C, trans_a=False, trans_b=False):
-    """C (M, N) = op(A) @ op(B) on 2-D device arrays, by cuBLAS when cublas_available(), else
-    by the refnorm tiled kernel."""
-    if cublas_available():                                 # optional fast path (real GPU + CuPy)
-        import cupy
-        a, b = cupy.asarray(A), cupy.asarray(B)
-        cupy.matmul(a.T if trans_a else a, b.T if trans_b else b, out=cupy.asarray(C))
+    """C (M, N) = op(A) @ op(B) on 2-D device arrays, by cuBLAS when cublas_available() (an
+    optional fast path on a real GPU, no copies: the libraries view numba's arrays through
+    __cuda_array_interface__, on the same legacy default stream), else by the refnorm tiled
+    kernel."""
+    if cublas_available():
+        if cublas_provider() == "cupy":
+            import cupy as xp
+            a, b, c = xp.asarray(A), xp.asarray(B), xp.asarray(C)
+        else:
+            import torch as xp
+            a, b, c = (xp.as_tensor(v, device="cuda") for v in (A, B, C))
+        xp.matmul(a.T if trans_a else a, b.T if trans_b else b, out=c)
         return C
     M, N = C.shape
     blocks = ((N + TILE - 1) // TILE, (M + TILE - 1) // TILE)
@@ -193,37 +216,31 @@ def add_row_kernel(Z, v, out):
 
 
 @cuda.jit
-def carry_grad_kernel(dH, dh_rec, m):
+def carry_grad_kernel(t, dH, dh_rec, mask):
     # dh_prev = (1 - valid) * dH + da @ p["Wh"].T                       (BPTT 6)
     i = cuda.grid(1)
     B, H = dH.shape
     if i < B * H:
         r, j = i // H, i % H
-        dH[r, j] = (1 - m[r]) * dH[r, j] + dh_rec[r, j]
+        dH[r, j] = (1 - mask[t, r]) * dH[r, j] + dh_rec[r, j]
 
 
 @cuda.jit
-def column_sums_kernel(P, Q, out):
-    # out = (P * Q).sum(axis=0), or P.sum(axis=0) when Q has no rows: dgamma, db  (BPTT 7)
+def column_sums_kernel(P, Q, with_q, out):
+    # out = (P * Q).sum(axis=0) if with_q else P.sum(axis=0): dgamma, db        (BPTT 7)
     k = cuda.grid(1)
     N, F = P.shape
     if k < F:
         acc = 0.0
-        if Q.shape[0] == 0:
-            for r in range(N):
-                acc += P[r, k]
-        else:
-            for r in range(N):
-                acc += P[r, k] * Q[r, k]
+        for r in range(N):
+            acc += P[r, k] * Q[r, k] if with_q else P[r, k]
         out[k] = acc
 
 
 def column_sums(P, Q=None):
-    """(P ⊙ Q).sum over the rows of (N, F) device arrays (Q None: P.sum), as a (F,) device array."""
+    """(P ⊙ Q).sum over the rows of (N, F) device arrays (Q None: P.sum): a (F,) device array."""
     out = empty(P.shape[1], P.dtype)
-    if Q is None:
-        Q = empty((0, P.shape[1]), P.dtype)
-    column_sums_kernel[grid(P.shape[1]), THREADS](P, Q, out)
+    column_sums_kernel[grid(P.shape[1]), THREADS](P, P if Q is None else Q, Q is not None, out)
     return out
 
 
@@ -264,5 +281,31 @@ def recurrent_weight_grad(h, dZ):
     return dWh
 
 
-def carry_grad(dH, dh_rec, m):
-    carry_grad_kernel[grid(dH.size), THREADS](dH, dh_rec, m)
+def carry_grad(t, dH, dh_rec, mask):
+    """dH <- (1 - m_t) dH + dh_rec in place (BPTT 6)."""
+    carry_grad_kernel[grid(dH.shape[0] * dH.shape[1]), THREADS](t, dH, dh_rec, mask)
+
+
+def device_copy(a):
+    """A new device array equal to a (host or device): callers' arrays are never written."""
+    if not is_device_array(a):
+        return cuda.to_device(np.array(a))
+    a = to_device(a)
+    out = cuda.device_array(a.shape, a.dtype)
+    out.copy_to_device(a)
+    return out
+
+
+def states(h0, c0, T):
+    """h, c (T+1, B, H) device arrays with h[0] = h0, c[0] = c0, for the steps to fill."""
+    h0, c0 = to_device(h0), to_device(c0)
+    h = empty((T + 1,) + tuple(h0.shape), h0.dtype)
+    c = empty((T + 1,) + tuple(c0.shape), c0.dtype)
+    h[0].copy_to_device(h0)
+    c[0].copy_to_device(c0)
+    return h, c
+
+
+def host(a):
+    """a as a NumPy array (a copy from the device when it lives there)."""
+    return to_device(a).copy_to_host() if is_device_array(a) else np.asarray(a)

@@ -1,0 +1,211 @@
+"""BN-LSTM on the CUDA backend, mirror of refnorm/numpy_ref/bn_lstm.py.
+
+Same signatures and BNLSTMCache as the reference. Per step: the product a_t = h_{t-1} Wh, then
+one fused kernel with one block per hidden unit j and the block's threads over the batch rows:
+the batch statistics of the four gate columns of a_t and u_t and of column j of c̃_t are block
+reductions over the rows of the statistics mask s_t, so the whole step -- normalisation, gates,
+cell, its normalisation, the masked carry -- needs no other launch. In inference the statistics
+arrays arrive holding the population statistics chosen for each step and are only read.
+Backward mirrors it; the gain and bias gradients are column sums over all T·B rows afterwards.
+"""
+import math
+
+import numpy as np
+from numba import cuda, float64
+
+from ..numpy_ref.bn_lstm import STAT_NAMES, BNLSTMCache
+from . import common
+from .common import MAX_THREADS, sigmoid
+from .norms import column_backward, column_count, column_normalize, column_stats
+
+
+@cuda.jit
+def bn_lstm_step_forward_kernel(t, U, A, mask, stat_mask, b, gamma_x, gamma_h, gamma_c, beta_c,
+                                eps, training, h, c, hs, count, a_hat, u_hat, gates, c_new,
+                                c_hat, tanh_c, mean_h, var_h, mean_x, var_x, mean_c, var_c):
+    """Step t for hidden unit j = blockIdx.x over all rows. U (T, B, 4H) = x Wx, A (B, 4H) =
+    h_{t-1} Wh, c_new (B, H) scratch for c̃_t."""
+    buf = cuda.shared.array(MAX_THREADS, float64)
+    j = cuda.blockIdx.x
+    tid, nt = cuda.threadIdx.x, cuda.blockDim.x
+    B, G = A.shape
+    H = G // 4
+    s = stat_mask[t]                                       # rows of step t's statistics, s_t
+    n_rows = column_count(s, buf)                          # "count": s_t.sum()        (BN 1)
+    n = max(n_rows, 1.0)
+    if j == 0 and tid == 0:
+        count[t] = n_rows
+    for q in range(4):                                     # batchnorm_forward(a | u_t, s_t, ...)
+        k = q * H + j
+        if training:
+            mu_h, v_h = column_stats(A, s, k, n, buf)      # (BN 2), (BN 3)
+            mu_x, v_x = column_stats(U[t], s, k, n, buf)
+            if tid == 0:
+                mean_h[t, k] = mu_h
+                var_h[t, k] = v_h
+                mean_x[t, k] = mu_x
+                var_x[t, k] = v_x
+        else:
+            mu_h, v_h = mean_h[t, k], var_h[t, k]          # pop_t                      (BN 7)
+            mu_x, v_x = mean_x[t, k], var_x[t, k]
+        column_normalize(A, s, k, mu_h, v_h, eps, a_hat[t])       # (BN 5)
+        column_normalize(U[t], s, k, mu_x, v_x, eps, u_hat[t])
+    for r in range(tid, B, nt):
+        # z = a_bn + u_bn + p["b"]; gates = gates_forward(z)       (BN-LSTM 2), (LSTM 2)
+        zi = gamma_h[j] * a_hat[t, r, j] + gamma_x[j] * u_hat[t, r, j] + b[j]
+        k = H + j
+        zf = gamma_h[k] * a_hat[t, r, k] + gamma_x[k] * u_hat[t, r, k] + b[k]
+        k = 2 * H + j
+        zg = gamma_h[k] * a_hat[t, r, k] + gamma_x[k] * u_hat[t, r, k] + b[k]
+        k = 3 * H + j
+        zo = gamma_h[k] * a_hat[t, r, k] + gamma_x[k] * u_hat[t, r, k] + b[k]
+        i = sigmoid(zi)
+        f = sigmoid(zf)
+        g = math.tanh(zg)
+        gates[t, r, j] = i
+        gates[t, r, H + j] = f
+        gates[t, r, 2 * H + j] = g
+        gates[t, r, 3 * H + j] = sigmoid(zo)
+        c_new[r, j] = f * c[t, r, j] + i * g               # c_new = f * c_prev + i * g (BN-LSTM 3)
+    if training:
+        mu_c, v_c = column_stats(c_new, s, j, n, buf)      # batchnorm_forward(c_new, s_t, ...)
+        if tid == 0:
+            mean_c[t, j] = mu_c
+            var_c[t, j] = v_c
+    else:
+        mu_c, v_c = mean_c[t, j], var_c[t, j]
+    column_normalize(c_new, s, j, mu_c, v_c, eps, c_hat[t])       # (BN-LSTM 4)
+    for r in range(tid, B, nt):
+        th = math.tanh(gamma_c[j] * c_hat[t, r, j] + beta_c[j])   # np.tanh(c_bn)
+        tanh_c[t, r, j] = th
+        h_new = gates[t, r, 3 * H + j] * th                # h_new = o * tanh_c     (BN-LSTM 4)
+        if mask[t, r] > 0:                                 # carry(...)             (BPTT 2)
+            hs[t, r, j] = h_new                            # y = m_t * h_new        (BPTT 3)
+            h[t + 1, r, j] = h_new
+            c[t + 1, r, j] = c_new[r, j]
+        else:
+            hs[t, r, j] = 0.0
+            h[t + 1, r, j] = h[t, r, j]
+            c[t + 1, r, j] = c[t, r, j]
+
+
+@cuda.jit
+def bn_lstm_step_backward_kernel(t, dhs, dH, dC, mask, stat_mask, c, a_hat, u_hat, gates, c_hat,
+                                 tanh_c, var_h, var_x, var_c, gamma_x, gamma_h, gamma_c, eps,
+                                 training, dZ, dc_bn, dA, dU, dh, dc):
+    """Backward of step t for hidden unit j = blockIdx.x over all rows: writes dZ[t] = dz_t,
+    dc_bn[t] = dL/d BN_t(c̃_t), dA[t] = da_t, dU[t] = du_t, dh[t], dc[t]; dC <- dC_{t-1}."""
+    buf = cuda.shared.array(MAX_THREADS, float64)
+    j = cuda.blockIdx.x
+    tid, nt = cuda.threadIdx.x, cuda.blockDim.x
+    B, H = dH.shape
+    m = mask[t]
+    s = stat_mask[t]
+    n = max(column_count(s, buf), 1.0)                     # n = max(m.sum(), 1)        (BN 1)
+    for r in range(tid, B, nt):
+        o = gates[t, r, 3 * H + j]
+        th = tanh_c[t, r, j]
+        dh_new = m[r] * (dhs[t, r, j] + dH[r, j])          # (BPTT 4)
+        dh[t, r, j] = dh_new
+        dZ[t, r, 3 * H + j] = dh_new * th * o * (1 - o)    # do (BN-LSTM 6), (LSTM 8)
+        dc_bn[t, r, j] = dh_new * o * (1 - th * th)        # (BN-LSTM 6)
+    column_backward(dc_bn[t], c_hat[t], var_c[t, j], s, gamma_c[j], j, n, eps, training, dc[t],
+                    buf)                                   # dc_norm = batchnorm_backward(dc_bn..)
+    for r in range(tid, B, nt):
+        valid = m[r]
+        i = gates[t, r, j]
+        f = gates[t, r, H + j]
+        g = gates[t, r, 2 * H + j]
+        dc_new = valid * dC[r, j] + dc[t, r, j]            # (BPTT 5), (BN-LSTM 7)
+        dc[t, r, j] = dc_new
+        dZ[t, r, j] = dc_new * g * i * (1 - i)             # (LSTM 7), (LSTM 8)
+        dZ[t, r, H + j] = dc_new * c[t, r, j] * f * (1 - f)
+        dZ[t, r, 2 * H + j] = dc_new * i * (1 - g * g)
+        dC[r, j] = (1 - valid) * dC[r, j] + dc_new * f     # (BPTT 6)
+    for q in range(4):                                     # (BN-LSTM 9): da, du from dz
+        k = q * H + j
+        column_backward(dZ[t], a_hat[t], var_h[t, k], s, gamma_h[k], k, n, eps, training, dA[t],
+                        buf)
+        column_backward(dZ[t], u_hat[t], var_x[t, k], s, gamma_x[k], k, n, eps, training, dU[t],
+                        buf)
+
+
+def bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None, pad_stats="exclude"):
+    """Same contract as refnorm.numpy_ref.bn_lstm.bn_lstm_forward."""
+    if not training and pop is None:
+        raise ValueError("inference needs population statistics (pop)")
+    common.require_device()
+    on_device = common.is_device_array(x)
+    stat_mask = mask if pad_stats == "exclude" else (     # np.ones_like(mask) on mask's side
+        common.to_device(np.ones(tuple(mask.shape), common.to_device(mask).dtype))
+        if common.is_device_array(mask) else np.ones_like(mask))
+    T, B, _ = x.shape
+    H, G = params["Wh"].shape
+    xd = common.to_device(x)
+    dt = xd.dtype
+    p = {k: common.to_device(v) for k, v in params.items()}
+    U = common.input_projection(xd, p["Wx"])               # U = x @ p["Wx"]  (BN-LSTM 1), (BPTT 8)
+    h, c = common.states(h0, c0, T)
+    width = {"mean_x": G, "var_x": G, "mean_h": G, "var_h": G, "mean_c": H, "var_c": H}
+    stats = {k: (common.empty((T, width[k]), dt) if training
+                 else common.device_copy(pop[k] if common.is_device_array(pop[k])
+                                         else np.asarray(pop[k], dtype=dt)))
+             for k in STAT_NAMES}
+    out = {"hs": common.empty((T, B, H), dt), "count": common.empty(T, dt),
+           "a_hat": common.empty((T, B, G), dt), "u_hat": common.empty((T, B, G), dt),
+           "gates": common.empty((T, B, G), dt), "c_hat": common.empty((T, B, H), dt),
+           "tanh_c": common.empty((T, B, H), dt)}
+    md, sd = common.to_device(mask), common.to_device(stat_mask)
+    A = common.empty((B, G), dt)
+    c_new = common.empty((B, H), dt)
+    for t in range(T):
+        common.matmul(h[t], p["Wh"], A)                    # a = h_prev @ p["Wh"]  (BN-LSTM 1)
+        bn_lstm_step_forward_kernel[H, common.THREADS](
+            t, U, A, md, sd, p["b"], p["gamma_x"], p["gamma_h"], p["gamma_c"], p["beta_c"],
+            eps, training, h, c, out["hs"], out["count"], out["a_hat"], out["u_hat"],
+            out["gates"], c_new, out["c_hat"], out["tanh_c"], stats["mean_h"], stats["var_h"],
+            stats["mean_x"], stats["var_x"], stats["mean_c"], stats["var_c"])
+    out = common.finish(on_device, {**out, **stats, "h": h, "c": c})
+    hs = out.pop("hs")
+    cache = BNLSTMCache(x=x, mask=mask, stat_mask=stat_mask, params=params, training=training,
+                        eps=eps, **out)
+    return hs, out["h"][-1], out["c"][-1], cache
+
+
+def bn_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
+    """Same contract as refnorm.numpy_ref.bn_lstm.bn_lstm_backward."""
+    common.require_device()
+    on_device = common.is_device_array(dhs)
+    dev = common.to_device
+    T, B, H = dhs.shape
+    G = 4 * H
+    dhs_d = dev(dhs)
+    dt = dhs_d.dtype
+    p = {k: dev(v) for k, v in cache.params.items()}
+    a_hat, u_hat, c_hat = dev(cache.a_hat), dev(cache.u_hat), dev(cache.c_hat)
+    md, sd = dev(cache.mask), dev(cache.stat_mask)
+    c, gates, tanh_c = dev(cache.c), dev(cache.gates), dev(cache.tanh_c)
+    var_h, var_x, var_c = dev(cache.var_h), dev(cache.var_x), dev(cache.var_c)
+    dZ, dA, dU = (common.empty((T, B, G), dt) for _ in range(3))
+    dc_bn, dh, dc = (common.empty((T, B, H), dt) for _ in range(3))
+    dH, dC = common.device_copy(dhT), common.device_copy(dcT)
+    dh_rec = common.empty((B, H), dt)
+    for t in range(T - 1, -1, -1):
+        bn_lstm_step_backward_kernel[H, common.THREADS](
+            t, dhs_d, dH, dC, md, sd, c, a_hat, u_hat, gates, c_hat, tanh_c, var_h, var_x, var_c,
+            p["gamma_x"], p["gamma_h"], p["gamma_c"], cache.eps, cache.training,
+            dZ, dc_bn, dA, dU, dh, dc)
+        common.matmul(dA[t], p["Wh"], dh_rec, trans_b=True)   # da @ p["Wh"].T   (BN-LSTM 10)
+        common.carry_grad(t, dH, dh_rec, md)                  # (BPTT 6)
+    dWx, dx = common.input_projection_backward(dev(cache.x), dU, p["Wx"])  # (BN-LSTM 11)
+    flat = common.flat
+    grads = {"Wx": dWx, "Wh": common.recurrent_weight_grad(dev(cache.h), dA),  # (BN-LSTM 10)
+             "b": common.column_sums(flat(dZ)),                             # dz.sum  (BN-LSTM 8)
+             "gamma_h": common.column_sums(flat(dZ), flat(a_hat)),          # (dy * zhat).sum (BN 8)
+             "gamma_x": common.column_sums(flat(dZ), flat(u_hat)),
+             "gamma_c": common.column_sums(flat(dc_bn), flat(c_hat)),
+             "beta_c": common.column_sums(flat(dc_bn)),                     # dy.sum  (BN 8)
+             "x": dx, "h0": dH, "c0": dC}
+    if state_grads:                                        # with_state_grads(grads, ...)
+        grads["dh"], grads["dc"] = dh, dc
+    return common.finish(on_device, grads)

@@ -1,0 +1,188 @@
+"""LN-LSTM on the CUDA backend, mirror of refnorm/numpy_ref/ln_lstm.py.
+
+Same signatures and LNLSTMCache as the reference. Per step: the product a_t = h_{t-1} Wh, then
+one fused kernel with one block per batch row and the block's threads over the features: the row
+statistics of a_t and u_t (over 4H, or per gate block) and of c̃_t (over H) are block
+reductions, followed by the gates, the cell, its normalisation and the masked carry. Backward
+mirrors it; the gain and bias gradients are column sums over all T·B rows afterwards.
+"""
+import math
+
+from numba import cuda, float64
+
+from ..numpy_ref.ln_lstm import LNLSTMCache
+from . import common
+from .common import MAX_THREADS, sigmoid
+from .norms import row_backward, row_normalize, row_stats
+
+
+@cuda.jit
+def ln_lstm_step_forward_kernel(t, U, A, mask, b, gamma_x, gamma_h, gamma_c, beta_c, eps, groups,
+                                h, c, hs, a_hat, u_hat, gates, c_new, c_hat, tanh_c,
+                                mean_h, var_h, mean_x, var_x, mean_c, var_c):
+    """Step t for batch row r = blockIdx.x. U (T, B, 4H) = x Wx, A (B, 4H) = h_{t-1} Wh,
+    c_new (B, H) scratch for c̃_t."""
+    buf = cuda.shared.array(MAX_THREADS, float64)
+    r = cuda.blockIdx.x
+    tid, nt = cuda.threadIdx.x, cuda.blockDim.x
+    G = A.shape[1]
+    H = G // 4
+    w = G // groups
+    for q in range(groups):                                # layernorm_forward(a | u_t, ..., groups)
+        lo = q * w
+        mu, v = row_stats(A, r, lo, w, buf)                # (LN 1), (LN 2)
+        row_normalize(A, r, lo, w, mu, v, eps, a_hat[t])   # (LN 3), (LN 4)
+        mu_x, v_x = row_stats(U[t], r, lo, w, buf)
+        row_normalize(U[t], r, lo, w, mu_x, v_x, eps, u_hat[t])
+        if tid == 0:
+            mean_h[t, r, q] = mu
+            var_h[t, r, q] = v
+            mean_x[t, r, q] = mu_x
+            var_x[t, r, q] = v_x
+    cuda.syncthreads()                                     # the whole row of â, û is written
+    for j in range(tid, H, nt):
+        # z = a_ln + u_ln + p["b"]; gates = gates_forward(z)       (LN-LSTM 2), (LSTM 2)
+        zi = gamma_h[j] * a_hat[t, r, j] + gamma_x[j] * u_hat[t, r, j] + b[j]
+        k = H + j
+        zf = gamma_h[k] * a_hat[t, r, k] + gamma_x[k] * u_hat[t, r, k] + b[k]
+        k = 2 * H + j
+        zg = gamma_h[k] * a_hat[t, r, k] + gamma_x[k] * u_hat[t, r, k] + b[k]
+        k = 3 * H + j
+        zo = gamma_h[k] * a_hat[t, r, k] + gamma_x[k] * u_hat[t, r, k] + b[k]
+        i = sigmoid(zi)
+        f = sigmoid(zf)
+        g = math.tanh(zg)
+        gates[t, r, j] = i
+        gates[t, r, H + j] = f
+        gates[t, r, 2 * H + j] = g
+        gates[t, r, 3 * H + j] = sigmoid(zo)
+        c_new[r, j] = f * c[t, r, j] + i * g               # c_new = f * c_prev + i * g (LN-LSTM 3)
+    mu_c, v_c = row_stats(c_new, r, 0, H, buf)             # layernorm_forward(c_new..) (LN-LSTM 4)
+    row_normalize(c_new, r, 0, H, mu_c, v_c, eps, c_hat[t])
+    if tid == 0:
+        mean_c[t, r, 0] = mu_c
+        var_c[t, r, 0] = v_c
+    valid = mask[t, r] > 0
+    for j in range(tid, H, nt):
+        th = math.tanh(gamma_c[j] * c_hat[t, r, j] + beta_c[j])   # np.tanh(c_ln)
+        tanh_c[t, r, j] = th
+        h_new = gates[t, r, 3 * H + j] * th                # h_new = o * tanh_c     (LN-LSTM 4)
+        if valid:                                          # carry(...)             (BPTT 2)
+            hs[t, r, j] = h_new                            # y = m_t * h_new        (BPTT 3)
+            h[t + 1, r, j] = h_new
+            c[t + 1, r, j] = c_new[r, j]
+        else:
+            hs[t, r, j] = 0.0
+            h[t + 1, r, j] = h[t, r, j]
+            c[t + 1, r, j] = c[t, r, j]
+
+
+@cuda.jit
+def ln_lstm_step_backward_kernel(t, dhs, dH, dC, mask, c, a_hat, u_hat, gates, c_hat, tanh_c,
+                                 var_h, var_x, var_c, gamma_x, gamma_h, gamma_c, eps, groups,
+                                 dZ, dc_ln, dA, dU, dh, dc):
+    """Backward of step t for batch row r = blockIdx.x: writes dZ[t] = dz_t, dc_ln[t] =
+    dL/d LN(c̃_t), dA[t] = da_t, dU[t] = du_t, dh[t], dc[t]; dC <- dC_{t-1}."""
+    buf = cuda.shared.array(MAX_THREADS, float64)
+    r = cuda.blockIdx.x
+    tid, nt = cuda.threadIdx.x, cuda.blockDim.x
+    H = dH.shape[1]
+    w = 4 * H // groups
+    valid = mask[t, r]
+    for j in range(tid, H, nt):
+        o = gates[t, r, 3 * H + j]
+        th = tanh_c[t, r, j]
+        dh_new = valid * (dhs[t, r, j] + dH[r, j])         # (BPTT 4)
+        dh[t, r, j] = dh_new
+        dZ[t, r, 3 * H + j] = dh_new * th * o * (1 - o)    # do (LN-LSTM 5), (LSTM 8)
+        dc_ln[t, r, j] = dh_new * o * (1 - th * th)        # (LN-LSTM 5)
+    row_backward(dc_ln[t], c_hat[t], var_c[t, r, 0], gamma_c, r, 0, H, eps, dc[t],
+                 buf)                                      # dc_norm = layernorm_backward(dc_ln..)
+    for j in range(tid, H, nt):
+        i = gates[t, r, j]
+        f = gates[t, r, H + j]
+        g = gates[t, r, 2 * H + j]
+        dc_new = valid * dC[r, j] + dc[t, r, j]            # (BPTT 5), (LN-LSTM 6)
+        dc[t, r, j] = dc_new
+        dZ[t, r, j] = dc_new * g * i * (1 - i)             # (LSTM 7), (LSTM 8)
+        dZ[t, r, H + j] = dc_new * c[t, r, j] * f * (1 - f)
+        dZ[t, r, 2 * H + j] = dc_new * i * (1 - g * g)
+        dC[r, j] = (1 - valid) * dC[r, j] + dc_new * f     # (BPTT 6)
+    cuda.syncthreads()                                     # the whole row of dz is written
+    for q in range(groups):                                # (LN-LSTM 8): da, du from dz
+        lo = q * w
+        row_backward(dZ[t], a_hat[t], var_h[t, r, q], gamma_h, r, lo, w, eps, dA[t], buf)
+        row_backward(dZ[t], u_hat[t], var_x[t, r, q], gamma_x, r, lo, w, eps, dU[t], buf)
+
+
+def ln_lstm_forward(x, h0, c0, mask, params, *, eps, per_gate=False):
+    """Same contract as refnorm.numpy_ref.ln_lstm.ln_lstm_forward."""
+    common.require_device()
+    on_device = common.is_device_array(x)
+    groups = 4 if per_gate else 1
+    T, B, _ = x.shape
+    H, G = params["Wh"].shape
+    xd = common.to_device(x)
+    dt = xd.dtype
+    p = {k: common.to_device(v) for k, v in params.items()}
+    U = common.input_projection(xd, p["Wx"])               # U = x @ p["Wx"]  (LN-LSTM 1), (BPTT 8)
+    h, c = common.states(h0, c0, T)
+    e = common.empty
+    out = {"hs": e((T, B, H), dt), "a_hat": e((T, B, G), dt), "u_hat": e((T, B, G), dt),
+           "gates": e((T, B, G), dt), "c_hat": e((T, B, H), dt), "tanh_c": e((T, B, H), dt),
+           "mean_h": e((T, B, groups), dt), "var_h": e((T, B, groups), dt),
+           "mean_x": e((T, B, groups), dt), "var_x": e((T, B, groups), dt),
+           "mean_c": e((T, B, 1), dt), "var_c": e((T, B, 1), dt)}
+    md = common.to_device(mask)
+    A = e((B, G), dt)
+    c_new = e((B, H), dt)
+    for t in range(T):
+        common.matmul(h[t], p["Wh"], A)                    # a = h_prev @ p["Wh"]  (LN-LSTM 1)
+        ln_lstm_step_forward_kernel[B, common.THREADS](
+            t, U, A, md, p["b"], p["gamma_x"], p["gamma_h"], p["gamma_c"], p["beta_c"], eps,
+            groups, h, c, out["hs"], out["a_hat"], out["u_hat"], out["gates"], c_new,
+            out["c_hat"], out["tanh_c"], out["mean_h"], out["var_h"], out["mean_x"],
+            out["var_x"], out["mean_c"], out["var_c"])
+    out = common.finish(on_device, {**out, "h": h, "c": c})
+    hs = out.pop("hs")
+    cache = LNLSTMCache(x=x, mask=mask, params=params, eps=eps, groups=groups, **out)
+    return hs, out["h"][-1], out["c"][-1], cache
+
+
+def ln_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
+    """Same contract as refnorm.numpy_ref.ln_lstm.ln_lstm_backward."""
+    common.require_device()
+    on_device = common.is_device_array(dhs)
+    dev = common.to_device
+    T, B, H = dhs.shape
+    G = 4 * H
+    dhs_d = dev(dhs)
+    dt = dhs_d.dtype
+    p = {k: dev(v) for k, v in cache.params.items()}
+    a_hat, u_hat, c_hat = dev(cache.a_hat), dev(cache.u_hat), dev(cache.c_hat)
+    md = dev(cache.mask)
+    c, gates, tanh_c = dev(cache.c), dev(cache.gates), dev(cache.tanh_c)
+    var_h, var_x, var_c = dev(cache.var_h), dev(cache.var_x), dev(cache.var_c)
+    dZ, dA, dU = (common.empty((T, B, G), dt) for _ in range(3))
+    dc_ln, dh, dc = (common.empty((T, B, H), dt) for _ in range(3))
+    dH, dC = common.device_copy(dhT), common.device_copy(dcT)
+    dh_rec = common.empty((B, H), dt)
+    for t in range(T - 1, -1, -1):
+        ln_lstm_step_backward_kernel[B, common.THREADS](
+            t, dhs_d, dH, dC, md, c, a_hat, u_hat, gates, c_hat, tanh_c, var_h, var_x, var_c,
+            p["gamma_x"], p["gamma_h"], p["gamma_c"], cache.eps, cache.groups,
+            dZ, dc_ln, dA, dU, dh, dc)
+        common.matmul(dA[t], p["Wh"], dh_rec, trans_b=True)   # da @ p["Wh"].T   (LN-LSTM 9)
+        common.carry_grad(t, dH, dh_rec, md)                  # (BPTT 6)
+    dWx, dx = common.input_projection_backward(dev(cache.x), dU, p["Wx"])  # (LN-LSTM 10)
+    flat = common.flat
+    grads = {"Wx": dWx, "Wh": common.recurrent_weight_grad(dev(cache.h), dA),  # (LN-LSTM 9)
+             "b": common.column_sums(flat(dZ)),                             # dz.sum  (LN-LSTM 7)
+             "gamma_h": common.column_sums(flat(dZ), flat(a_hat)),          # (dy * zhat).sum (LN 6)
+             "gamma_x": common.column_sums(flat(dZ), flat(u_hat)),
+             "gamma_c": common.column_sums(flat(dc_ln), flat(c_hat)),
+             "beta_c": common.column_sums(flat(dc_ln)),                     # dy.sum  (LN 6)
+             "x": dx, "h0": dH, "c0": dC}
+    if state_grads:                                        # with_state_grads(grads, ...)
+        grads["dh"], grads["dc"] = dh, dc
+    return common.finish(on_device, grads)

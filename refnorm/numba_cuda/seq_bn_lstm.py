@@ -1,0 +1,83 @@
+"""SeqBN-LSTM on the CUDA backend, mirror of refnorm/numpy_ref/seq_bn_lstm.py.
+
+The batch × time normalisation of the input term runs once over all T·B frames (one block per
+feature column, block reductions over the frames); the recurrence is the vanilla LSTM's step
+loop of .lstm fed with V = γ_x ⊙ Û + b.
+"""
+import numpy as np
+
+from ..numpy_ref.seq_bn_lstm import SeqBNLSTMCache
+from . import common
+from .lstm import lstm_backward_steps, lstm_forward_steps
+from .norms import batchnorm_backward, batchnorm_forward
+
+
+def seq_bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None,
+                        pad_stats="exclude"):
+    """Same contract as refnorm.numpy_ref.seq_bn_lstm.seq_bn_lstm_forward."""
+    if not training and pop is None:
+        raise ValueError("inference needs population statistics (pop)")
+    common.require_device()
+    on_device = common.is_device_array(x)
+    stat_mask = mask if pad_stats == "exclude" else (     # np.ones_like(mask) on mask's side
+        common.to_device(np.ones(tuple(mask.shape), common.to_device(mask).dtype))
+        if common.is_device_array(mask) else np.ones_like(mask))
+    T, B, _ = x.shape
+    H, G = params["Wh"].shape
+    xd = common.to_device(x)
+    dt = xd.dtype
+    p = {k: common.to_device(v) for k, v in params.items()}
+    U = common.input_projection(xd, p["Wx"])               # U = x @ Wx        (SEQBN-LSTM 1)
+    if training:
+        mean_x, var_x = common.empty(G, dt), common.empty(G, dt)
+    else:
+        mean_x, var_x = (common.device_copy(v if common.is_device_array(v)
+                                            else np.asarray(v, dtype=dt))
+                         for v in (pop["mean_x"], pop["var_x"]))
+    sd = common.to_device(stat_mask)
+    u_hat, V = common.empty((T, B, G), dt), common.empty((T, B, G), dt)
+    batchnorm_forward(common.flat(U), sd.reshape(T * B), p["gamma_x"], p["b"], eps, training,
+                      mean_x, var_x, common.flat(u_hat), common.flat(V))   # (SEQBN-LSTM 2), (3)
+    h, c = common.states(h0, c0, T)
+    out = {"hs": common.empty((T, B, H), dt), "gates": common.empty((T, B, G), dt),
+           "tanh_c": common.empty((T, B, H), dt)}
+    lstm_forward_steps(V, common.to_device(mask), p["Wh"], h, c, out["hs"], out["gates"],
+                       out["tanh_c"])
+    out = common.finish(on_device, {**out, "u_hat": u_hat, "mean_x": mean_x, "var_x": var_x,
+                                    "h": h, "c": c})
+    hs = out.pop("hs")
+    count = common.host(stat_mask).sum()                   # n = stat_mask.sum()   (BN 1)
+    cache = SeqBNLSTMCache(x=x, mask=mask, stat_mask=stat_mask, params=params,
+                           training=training, eps=eps, count=count, **out)
+    return hs, out["h"][-1], out["c"][-1], cache
+
+
+def seq_bn_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
+    """Same contract as refnorm.numpy_ref.seq_bn_lstm.seq_bn_lstm_backward."""
+    common.require_device()
+    on_device = common.is_device_array(dhs)
+    dev = common.to_device
+    T, B, H = dhs.shape
+    G = 4 * H
+    dhs_d = dev(dhs)
+    dt = dhs_d.dtype
+    p = {k: dev(v) for k, v in cache.params.items()}
+    dV = common.empty((T, B, G), dt)
+    dh, dc = common.empty((T, B, H), dt), common.empty((T, B, H), dt)
+    dh0, dc0 = lstm_backward_steps(dhs_d, dhT, dcT, dev(cache.mask), dev(cache.c),
+                                   dev(cache.gates), dev(cache.tanh_c), p["Wh"], dV, dh,
+                                   dc)                                      # (SEQBN-LSTM 4)
+    u_hat = common.flat(dev(cache.u_hat))
+    dU = common.empty((T, B, G), dt)
+    batchnorm_backward(common.flat(dV), u_hat, dev(cache.var_x),
+                       dev(cache.stat_mask).reshape(T * B),
+                       p["gamma_x"], cache.eps, cache.training,
+                       common.flat(dU))                                     # (SEQBN-LSTM 5)
+    dWx, dx = common.input_projection_backward(dev(cache.x), dU, p["Wx"])  # (SEQBN-LSTM 6)
+    grads = {"Wx": dWx, "Wh": common.recurrent_weight_grad(dev(cache.h), dV),
+             "b": common.column_sums(common.flat(dV)),                      # (LSTM 9)
+             "gamma_x": common.column_sums(common.flat(dV), u_hat),        # (dy * zhat).sum (BN 8)
+             "x": dx, "h0": dh0, "c0": dc0}
+    if state_grads:                                        # with_state_grads(grads, ...)
+        grads["dh"], grads["dc"] = dh, dc
+    return common.finish(on_device, grads)
