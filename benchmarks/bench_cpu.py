@@ -262,7 +262,9 @@ def first_call_seconds():
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smallest shapes, few repeats")
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads for torch and every BLAS (default 1: on 2 cores two "
+                             "OpenBLAS threads made the small per-step products erratic)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:

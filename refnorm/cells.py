@@ -213,16 +213,18 @@ class _BatchNormCell(_Cell):
 
     def _record(self, cache, t0):
         slots, counts, batch = self._batch_stats(cache, t0)
+        counts = np.asarray(counts)
+        keep = counts >= 2       # one row carries no spread, none carries nothing: keep the slot
+        if not keep.any():
+            return
+        slots, n = np.asarray(slots)[keep], counts[keep]
         a = self.momentum
-        for k, (slot, n) in enumerate(zip(slots, counts)):
-            if n < 2:            # one row carries no spread, none carries nothing: keep the slot
-                continue
-            for key in self._stat_widths():
-                new = batch[key][k]
-                if key.startswith("var"):
-                    new = self._stored_var(new, n)
-                pop = self._slot_view(key)
-                pop[slot] = (1 - a) * pop[slot] + a * new                       # (BN 13)
+        for key in self._stat_widths():
+            new = batch[key][keep]                                              # (K, F)
+            if key.startswith("var"):
+                new = self._stored_var(new, n[:, None])
+            pop = self._slot_view(key)
+            pop[slots] = (1 - a) * pop[slots] + a * new                         # (BN 13)
 
     def estimate_stats(self, batches):
         """The exact population estimator (BN 14): run a training forward over every batch with

@@ -98,7 +98,7 @@ def add_study_parser(sub):
     p.add_argument("--out", default="refnorm-study", help="report folder (default %(default)s)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: the whole pipeline in "
                                                         "seconds (used by the tests)")
-    p.add_argument("--cells", nargs="+", choices=CELL_STEMS, help=f"default: all")
+    p.add_argument("--cells", nargs="+", choices=CELL_STEMS, help="default: all")
     p.add_argument("--inits", nargs="+", metavar="SCHEME[:SCALE]",
                    help="gauss:S, uniform:S, orthogonal[:S], identity[:S], default "
                         f"(default: {' '.join(d.inits)})")
@@ -117,7 +117,8 @@ def add_study_parser(sub):
     p.add_argument("--lr", type=float, help=f"Adam learning rate (default {d.lr:g})")
     p.add_argument("--backend", choices=sorted(available_backends()),
                    help="default numba when it imports, else numpy")
-    p.add_argument("--jobs", type=int, help="worker processes (default 1)")
+    p.add_argument("--jobs", type=int, help="worker processes (default: 2, or 1 on a single "
+                                            "core); results do not depend on it")
     p.add_argument("--no-pad-claim", dest="pad_claim", action="store_false", default=None,
                    help="skip the variable-length runs of claim (c)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -133,18 +134,28 @@ def study(args):
     from dataclasses import replace
 
     from .study import StudyConfig, quick_config, run_study
-    from .study.inits import parse_init
+    from .study.experiment import default_jobs
     given = {k: getattr(args, k) for k in STUDY_OPTIONS if getattr(args, k) is not None}
     given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}
     if "backend" not in given:
         given["backend"] = "numba" if "numba" in available_backends() else "numpy"
-    for spec in given.get("inits", ()):
-        try:
-            parse_init(spec)
-        except ValueError as err:
-            print(f"refnorm study: {err}", file=sys.stderr)
-            return 2
+    if "jobs" not in given:
+        given["jobs"] = default_jobs()
     cfg = quick_config(**given) if args.quick else replace(StudyConfig(), **given)
+    try:
+        cfg.validate()
+    except ValueError as err:
+        print(f"refnorm study: {err}", file=sys.stderr)
+        return 2
+    needed = (["sklearn"] if "digits" in cfg.tasks else []) + ([] if args.no_plots
+                                                               else ["matplotlib"])
+    for module in needed:
+        try:
+            __import__(module)
+        except ImportError:
+            print(f"refnorm study needs {module}: pip install 'refnorm[study]' (or "
+                  f"pip install -e '.[study]' in the source tree)", file=sys.stderr)
+            return 2
     start = time.perf_counter()
     analysis = run_study(cfg, args.out, plots=not args.no_plots)
     print(f"refnorm study: report in {args.out}/report.md "

@@ -26,6 +26,7 @@ from .report import write_report
 
 def run_study(cfg, out, *, plots=True, stream=None, progress=True):
     """Run every training of `cfg`, write the report folder `out`; returns the analysis."""
+    cfg.validate()
     stream = stream or sys.stderr
     start = time.perf_counter()
     results = run_all(cfg, Progress(stream) if progress else None)

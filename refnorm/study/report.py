@@ -83,12 +83,17 @@ def task_title(task, cfg):
 
 
 def headline_rows(analysis, cfg, task):
+    """Rows of the question's table: per cell, "median [min–max]" of e over seeds per init."""
     cells = analysis["question"]["tasks"][task]["cells"]
     rows = []
     for cell in cfg.cells:
         c = cells[cell]
-        rows.append([CELL_LABELS[cell]]
-                    + [c["per_init"][i]["median"] for i in cfg.inits]
+        entries = []
+        for init in cfg.inits:
+            v = c["per_init"][init]
+            spread = f" [{fmt(v['min'], 2)}–{fmt(v['max'], 2)}]" if v["n"] > 1 else ""
+            entries.append(f"{fmt(v['median'], 2)}{spread}")
+        rows.append([CELL_LABELS[cell]] + entries
                     + [c["sensitivity"], f"{c['success_rate']:.0%}"])
     return ["cell"] + list(cfg.inits) + ["S (max − min)", "learned"], rows
 
@@ -130,7 +135,16 @@ def claim_section(claim, cfg):
             f"{n}: {fmt(t) if t is not None else 'n/a'}" for n, t in zip(names, claim["tests"]))]
     if claim["id"] == "d" and claim.get("clamp_cost") is not None:
         lines += ["", f"Clamped / re-estimated loss of BNLSTM at the longest length: "
-                      f"{fmt(claim['clamp_cost'])}. See `long_sequences.png`."]
+                      f"{fmt(claim['clamp_cost'])}."]
+    if claim["id"] == "c":
+        bn = next((r for r in rows if r["cell"] == "bn_lstm"), None)
+        if bn:
+            lines += ["", f"With padding excluded, BNLSTM's per-step statistics at the last step "
+                          f"rest on the valid rows of that step alone: "
+                          f"{fmt(bn['valid_rows_last_step'], 2)} of a batch of "
+                          f"{cfg.batch_size} on average (a step with a single valid row "
+                          f"normalises to β, hiding its input). SeqBNLSTM pools every valid "
+                          f"frame of the batch and never runs short."]
     if claim["id"] == "a":
         lines += ["", "This is an inference-time ablation of models trained with per-step "
                       "statistics (no cell change); training with shared statistics would let "
@@ -154,7 +168,8 @@ def markdown(results, analysis, cfg, elapsed, plots):
     lines += ["", f"Rule: {q['rule']}", ""]
     for task in cfg.tasks:
         header, rows = headline_rows(analysis, cfg, task)
-        lines += [f"Median normalised test error e over seeds, {task_title(task, cfg)}:", "",
+        lines += [f"Normalised test error e, median [min–max] over seeds, "
+                  f"{task_title(task, cfg)}:", "",
                   md_table(header, rows), ""]
     if plots:
         lines += ["![cell × init heatmap](heatmap.png)", ""]
@@ -188,11 +203,11 @@ def markdown(results, analysis, cfg, elapsed, plots):
         lines += ["![statistics per step](statistics.png)", ""]
     for claim in analysis["claims"]:
         lines += [claim_section(claim, cfg), ""]
-        if claim["id"] == "d" and plots and "adding" in cfg.tasks:
+        if claim["id"] == "d" and "long_sequences.png" in plots:
             lines += ["![loss past T_max](long_sequences.png)", ""]
     lines += ["## Files", "", "`results.json` (everything), `runs.csv`, `curves.csv`, "
               "`epochs.csv`, `gradient_flow.csv`, `headline.csv`, `claims.csv`"
-              + (", " + ", ".join(f"`{p}`" for p in PLOTS) if plots else "") + "."]
+              + "".join(f", `{p}`" for p in plots) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -200,22 +215,19 @@ def markdown(results, analysis, cfg, elapsed, plots):
 RUN_KEYS = ("task", "cell", "init", "seed", "pad_stats", "variable_length")
 
 
-def write_csvs(results, analysis, cfg, out):
-    def writer(name, header):
-        f = open(os.path.join(out, name), "w", newline="")
+def _write_csv(out, name, header, rows):
+    with open(os.path.join(out, name), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
-        return f, w
+        w.writerows(rows)
 
+
+def write_csvs(results, analysis, cfg, out):
     factors = [str(f) for f in cfg.long_factors]
-    f, w = writer("runs.csv", list(RUN_KEYS) + [
-        "diverged", "final_loss", "final_metric", "norm_error", "trainmode_loss",
-        "shared_stats_loss", "full_length_loss", "ratio_init", "ratio_final",
-        "train_eval_difference", "batch_dependence", "batch1_training", "seconds"]
-        + [f"loss_{k}T" for k in factors] + [f"reestimated_{k}T" for k in factors])
-    for r in results:
+
+    def run_row(r):
         checks, long = r.get("checks") or {}, r.get("long") or {}
-        w.writerow([r[k] for k in RUN_KEYS] + [
+        return ([r[k] for k in RUN_KEYS] + [
             r["diverged"], r["final_loss"], r["final_metric"], r["norm_error"],
             r.get("trainmode_loss"), r.get("shared_stats_loss"), r.get("full_length_loss"),
             C.gradient_ratio(r["grad_flow"][0]), C.gradient_ratio(r["grad_flow"][-1]),
@@ -223,46 +235,42 @@ def write_csvs(results, analysis, cfg, out):
             checks.get("batch1_training"), r["seconds"]]
             + [long.get(k, {}).get("loss") for k in factors]
             + [long.get(k, {}).get("reestimated_loss") for k in factors])
-    f.close()
 
-    f, w = writer("curves.csv", list(RUN_KEYS) + ["step", "loss", "grad_norm"])
-    for r in results:
-        for step, (loss, norm) in enumerate(zip(r["step_loss"], r["grad_norm"])):
-            w.writerow([r[k] for k in RUN_KEYS] + [step, loss, norm])
-    f.close()
+    _write_csv(out, "runs.csv", list(RUN_KEYS) + [
+        "diverged", "final_loss", "final_metric", "norm_error", "trainmode_loss",
+        "shared_stats_loss", "full_length_loss", "ratio_init", "ratio_final",
+        "train_eval_difference", "batch_dependence", "batch1_training", "seconds"]
+        + [f"loss_{k}T" for k in factors] + [f"reestimated_{k}T" for k in factors],
+        (run_row(r) for r in results))
+    _write_csv(out, "curves.csv", list(RUN_KEYS) + ["step", "loss", "grad_norm"],
+               ([r[k] for k in RUN_KEYS] + [step, loss, norm] for r in results
+                for step, (loss, norm) in enumerate(zip(r["step_loss"], r["grad_norm"]))))
+    _write_csv(out, "epochs.csv", list(RUN_KEYS) + ["epoch", "test_loss", "test_metric"],
+               ([r[k] for k in RUN_KEYS] + [epoch, loss, metric] for r in results
+                for epoch, (loss, metric) in enumerate(zip(r["test_loss"], r["test_metric"]),
+                                                       1)))
 
-    f, w = writer("epochs.csv", list(RUN_KEYS) + ["epoch", "test_loss", "test_metric"])
-    for r in results:
-        for epoch, (loss, metric) in enumerate(zip(r["test_loss"], r["test_metric"]), 1):
-            w.writerow([r[k] for k in RUN_KEYS] + [epoch, loss, metric])
-    f.close()
-
-    f, w = writer("gradient_flow.csv", list(RUN_KEYS) + [
-        "epoch", "t", "g_h", "g_c", "c_var", "norm_var_c", "norm_var_h"])
-    for r in results:
+    def flow_rows(r):
         for flow in r["grad_flow"]:
             s = flow["stats"]
             for t in range(len(flow["g_h"])):
-                w.writerow([r[k] for k in RUN_KEYS] + [
+                yield [r[k] for k in RUN_KEYS] + [
                     flow["epoch"], t + 1, flow["g_h"][t], flow["g_c"][t], s["c_var"][t],
                     s["norm_var_c"][t] if "norm_var_c" in s else None,
-                    s["norm_var_h"][t] if "norm_var_h" in s else None])
-    f.close()
+                    s["norm_var_h"][t] if "norm_var_h" in s else None]
 
-    f, w = writer("headline.csv", ["task", "cell", "init", "median_e", "min_e", "max_e",
-                                   "seeds"])
-    for task, entry in analysis["question"]["tasks"].items():
-        for cell, c in entry["cells"].items():
-            for init, v in c["per_init"].items():
-                w.writerow([task, cell, init, v["median"], v["min"], v["max"], v["n"]])
-    f.close()
-
-    f, w = writer("claims.csv", ["claim", "verdict", "row", "field", "value"])
-    for claim in analysis["claims"]:
-        for k, row in enumerate(claim["rows"]):
-            for field, value in row.items():
-                w.writerow([claim["id"], claim["verdict"], k, field, value])
-    f.close()
+    _write_csv(out, "gradient_flow.csv", list(RUN_KEYS) + [
+        "epoch", "t", "g_h", "g_c", "c_var", "norm_var_c", "norm_var_h"],
+        (row for r in results for row in flow_rows(r)))
+    _write_csv(out, "headline.csv", ["task", "cell", "init", "median_e", "min_e", "max_e",
+                                     "seeds"],
+               ([task, cell, init, v["median"], v["min"], v["max"], v["n"]]
+                for task, entry in analysis["question"]["tasks"].items()
+                for cell, c in entry["cells"].items() for init, v in c["per_init"].items()))
+    _write_csv(out, "claims.csv", ["claim", "verdict", "row", "field", "value"],
+               ([claim["id"], claim["verdict"], k, field, value]
+                for claim in analysis["claims"] for k, row in enumerate(claim["rows"])
+                for field, value in row.items()))
 
 
 # -- plots ----------------------------------------------------------------------------------------
@@ -277,6 +285,14 @@ def _init_colors(cfg):
     import matplotlib
     cmap = matplotlib.colormaps["tab10"]
     return {init: cmap(k % 10) for k, init in enumerate(cfg.inits)}
+
+
+def _log_y(ax):
+    """Log y axis with plain tick labels (0.1, 2, ...) instead of 2×10⁰."""
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def _smooth(values, window):
@@ -299,7 +315,8 @@ def plot_heatmap(analysis, cfg, path):
                          for c in cfg.cells])
         im = ax.imshow(data, cmap="viridis_r", vmin=0, vmax=1, aspect="auto")
         ax.set_xticks(range(len(cfg.inits)), cfg.inits, rotation=30, ha="right")
-        ax.set_yticks(range(len(cfg.cells)), [CELL_LABELS[c] for c in cfg.cells])
+        ax.set_yticks(range(len(cfg.cells)),
+                      [CELL_LABELS[c] for c in cfg.cells] if ax is axes[0][0] else [])
         for (y, x), v in np.ndenumerate(data):
             ax.text(x, y, "–" if np.isnan(v) else f"{v:.2f}", ha="center", va="center",
                     color="white" if not np.isnan(v) and v > 0.5 else "black", fontsize=9)
@@ -327,7 +344,7 @@ def plot_loss_curves(results, cfg, path):
                 smooth = _smooth(curve, max(n // 25, 1))
                 ax.plot(np.arange(len(smooth)) + (n - len(smooth)), smooth, color=colors[init],
                         label=init, lw=1.2)
-            ax.set_yscale("log")
+            _log_y(ax)
             ax.set_title(f"{CELL_LABELS[cell]} — {task}", fontsize=10)
             ax.set_xlabel("training step")
             if col == 0:
@@ -381,7 +398,7 @@ def plot_statistics(results, cfg, path):
                 v = np.median([r["grad_flow"][idx]["stats"]["c_var"] for r in runs], axis=0)
                 ax.plot(np.arange(1, len(v) + 1), v, style, color=color,
                         label=CELL_LABELS[cell] if idx == 0 else None)
-        ax.set_yscale("log")
+        _log_y(ax)
         ax.set_xlabel("time step t")
         ax.set_ylabel("batch variance of c̃_t  (— init, -- trained)")
         ax.set_title(task_title(task, cfg), fontsize=10)
@@ -408,8 +425,8 @@ def plot_long_sequences(analysis, cfg, path):
             ax.plot(lengths, ys, "o--", color=f"C{k}", label="BNLSTM (re-estimated)")
     ax.axhline(1 / 6, color="gray", lw=0.8, ls=":", label="predict the mean")
     ax.axvline(cfg.adding_length, color="gray", lw=0.8)
-    ax.set_yscale("log")
-    ax.set_xlabel("sequence length (trained on T = %d)" % cfg.adding_length)
+    _log_y(ax)
+    ax.set_xlabel(f"sequence length (trained on T = {cfg.adding_length})")
     ax.set_ylabel("test MSE (runs that learned)")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -418,12 +435,15 @@ def plot_long_sequences(analysis, cfg, path):
 
 
 def write_plots(results, analysis, cfg, out):
+    """Draw every plot; returns the names of the files written."""
     plot_heatmap(analysis, cfg, os.path.join(out, "heatmap.png"))
     plot_loss_curves(results, cfg, os.path.join(out, "loss_curves.png"))
     plot_gradient_norms(results, cfg, os.path.join(out, "gradient_norms.png"))
     plot_statistics(results, cfg, os.path.join(out, "statistics.png"))
-    if "adding" in cfg.tasks and cfg.long_factors:
-        plot_long_sequences(analysis, cfg, os.path.join(out, "long_sequences.png"))
+    if "adding" not in cfg.tasks or not cfg.long_factors:
+        return list(PLOTS[:4])
+    plot_long_sequences(analysis, cfg, os.path.join(out, "long_sequences.png"))
+    return list(PLOTS)
 
 
 # -- everything -----------------------------------------------------------------------------------
@@ -434,10 +454,9 @@ def write_report(results, cfg, out, elapsed, *, plots=True, versions=None):
     payload = _clean({"config": cfg.to_dict(), "elapsed_seconds": elapsed,
                       "versions": versions or {}, **analysis, "runs": results})
     with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(payload, f, default=_json_default, indent=1)
+        json.dump(payload, f, default=_json_default, indent=1, allow_nan=False)
     write_csvs(results, analysis, cfg, out)
-    if plots:
-        write_plots(results, analysis, cfg, out)
+    drawn = write_plots(results, analysis, cfg, out) if plots else []
     with open(os.path.join(out, "report.md"), "w") as f:
-        f.write(markdown(results, analysis, cfg, elapsed, plots))
+        f.write(markdown(results, analysis, cfg, elapsed, drawn))
     return analysis

@@ -1,7 +1,8 @@
 """Training and measuring one model: a refnorm cell with a linear readout on h_T.
 
     model = build_model(stem, task, hidden_size, init, weight_rng, readout_rng, backend=...)
-    history = train(model, task, epochs=..., batch_size=..., lr=..., rng=rng, probe=probe)
+    history = train(model, task, epochs=..., batch_size=..., lr=..., clip=..., rng=rng,
+                    probe=probe)
     evaluate(model, data)                      # {"loss", "metric"} with population statistics
 
 Every gradient is refnorm's own: cell.backward for the cell (with dhT from the readout, dhs = 0),
@@ -55,12 +56,12 @@ def build_model(stem, task, hidden_size, init, weight_rng, readout_rng, *, backe
     return Model(cell, Readout(hidden_size, task.n_outputs, task.kind, readout_rng))
 
 
-def forward_backward(model, batch, *, update_stats=True, state_grads=False):
+def forward_backward(model, batch, *, update_stats=False, state_grads=False):
     """One training-mode pass over `batch`: (loss, grads by model.params name, cell grads,
     cache). cell grads hold "dh", "dc" (T, B, H) when state_grads is True."""
     cell = model.cell
-    hs, (hT, cT), cache = cell.forward(batch.x, lengths=batch.lengths, training=True,
-                                       update_stats=update_stats)
+    _, (hT, _), cache = cell.forward(batch.x, lengths=batch.lengths, training=True,
+                                     update_stats=update_stats)
     loss, _, readout_grads, dhT = model.readout.loss_and_grads(hT, batch.y)
     cell_grads = cell.backward(None, cache, dhT, None, state_grads=state_grads)
     grads = {**{f"cell.{k}": cell_grads[k] for k in cell.params},
@@ -70,19 +71,19 @@ def forward_backward(model, batch, *, update_stats=True, state_grads=False):
 
 def evaluate(model, data, *, batch_size=256, training=False):
     """Mean loss and metric (accuracy, or MSE for regression) over `data`, in inference mode
-    (population statistics) unless training=True (each batch's own statistics, not recorded)."""
-    total_loss, total_metric = 0.0, 0.0
+    (population statistics) unless training=True (each batch's own statistics, not recorded;
+    a last batch of one row, which has none, is skipped)."""
+    total_loss, total_metric, n = 0.0, 0.0, 0
     for index in minibatches(data, batch_size):
-        batch = data.take(index)
         if training and len(index) < 2:
             continue
+        batch = data.take(index)
         _, (hT, _), _ = model.cell.forward(batch.x, lengths=batch.lengths, training=training,
                                            update_stats=False)
         loss, scores = model.readout.loss(hT, batch.y)
         total_loss += loss * len(index)
         total_metric += model.readout.metric(scores, batch.y)
-    n = len(data) if not training else sum(len(i) for i in minibatches(data, batch_size)
-                                           if len(i) >= 2)
+        n += len(index)
     return {"loss": total_loss / n, "metric": total_metric / n}
 
 
@@ -122,8 +123,7 @@ def step_statistics(model, cache):
     return out
 
 
-def train(model, task, *, epochs, batch_size, lr, clip, rng, probe, stat_batches=16,
-          on_step=None):
+def train(model, task, *, epochs, batch_size, lr, clip, rng, probe, stat_batches=16):
     """Adam on model.params for `epochs` passes over task.train. Returns the history:
     step_loss and grad_norm (per step, before clipping), test_loss and test_metric (per epoch),
     grad_flow (at init and after each epoch), diverged (a step gave a non-finite loss or
@@ -131,14 +131,18 @@ def train(model, task, *, epochs, batch_size, lr, clip, rng, probe, stat_batches
 
     Before each evaluation the BN cells' population statistics are re-estimated from
     `stat_batches` training batches with the weights of that moment (the running averages lag
-    behind weights that move fast, which would blur the comparison)."""
+    behind weights that move fast, which would blur the comparison; so training passes do not
+    update them at all)."""
     opt = Adam(model.params, lr=lr)
     names = list(model.params)
     history = {"step_loss": [], "test_loss": [], "test_metric": [], "grad_norm": [],
                "grad_flow": [gradient_flow(model, probe)], "diverged": False}
-    for epoch in range(epochs):
+    for _ in range(epochs):
         for index in minibatches(task.train, batch_size, rng):
-            loss, grads, _, _ = forward_backward(model, task.train.take(index))
+            # the running population statistics are not updated (update_stats=False): they
+            # are re-estimated exactly before every evaluation below
+            loss, grads, _, _ = forward_backward(model, task.train.take(index),
+                                                 update_stats=False)
             if not np.isfinite(loss):
                 history["diverged"] = True
                 break
@@ -152,8 +156,6 @@ def train(model, task, *, epochs, batch_size, lr, clip, rng, probe, stat_batches
             opt.step(grads)
             history["step_loss"].append(loss)
             history["grad_norm"].append(norm)
-            if on_step:
-                on_step()
         if history["diverged"]:
             break
         estimate_population_stats(model, task.train, rng, batch_size, stat_batches)
