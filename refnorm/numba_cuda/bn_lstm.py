@@ -15,7 +15,7 @@ from numba import cuda, float64
 
 from ..numpy_ref.bn_lstm import STAT_NAMES, BNLSTMCache
 from . import common
-from .common import MAX_THREADS, sigmoid
+from .common import MAX_THREADS, normalized_gates
 from .norms import column_backward, column_count, column_normalize, column_stats
 
 
@@ -51,22 +51,8 @@ def bn_lstm_step_forward_kernel(t, U, A, mask, stat_mask, b, gamma_x, gamma_h, g
         column_normalize(A, s, k, mu_h, v_h, eps, a_hat[t])       # (BN 5)
         column_normalize(U[t], s, k, mu_x, v_x, eps, u_hat[t])
     for r in range(tid, B, nt):
-        # z = a_bn + u_bn + p["b"]; gates = gates_forward(z)       (BN-LSTM 2), (LSTM 2)
-        zi = gamma_h[j] * a_hat[t, r, j] + gamma_x[j] * u_hat[t, r, j] + b[j]
-        k = H + j
-        zf = gamma_h[k] * a_hat[t, r, k] + gamma_x[k] * u_hat[t, r, k] + b[k]
-        k = 2 * H + j
-        zg = gamma_h[k] * a_hat[t, r, k] + gamma_x[k] * u_hat[t, r, k] + b[k]
-        k = 3 * H + j
-        zo = gamma_h[k] * a_hat[t, r, k] + gamma_x[k] * u_hat[t, r, k] + b[k]
-        i = sigmoid(zi)
-        f = sigmoid(zf)
-        g = math.tanh(zg)
-        gates[t, r, j] = i
-        gates[t, r, H + j] = f
-        gates[t, r, 2 * H + j] = g
-        gates[t, r, 3 * H + j] = sigmoid(zo)
-        c_new[r, j] = f * c[t, r, j] + i * g               # c_new = f * c_prev + i * g (BN-LSTM 3)
+        normalized_gates(t, r, j, a_hat, u_hat, gamma_h, gamma_x, b, c, gates,
+                         c_new)                           # (BN-LSTM 2), (BN-LSTM 3)
     if training:
         mu_c, v_c = column_stats(c_new, s, j, n, buf)      # batchnorm_forward(c_new, s_t, ...)
         if tid == 0:

@@ -97,6 +97,30 @@ def sigmoid(z):
 
 
 @cuda.jit(device=True)
+def normalized_gates(t, r, j, a_hat, u_hat, gamma_h, gamma_x, b, c, gates, c_new):
+    """For one (row r, hidden unit j) of step t of BN-LSTM / LN-LSTM:
+    z = γ_h ⊙ â + γ_x ⊙ û + b (BN-LSTM 2), (LN-LSTM 2); gates (LSTM 2);
+    c_new = f ⊙ c_prev + i ⊙ g (BN-LSTM 3), (LN-LSTM 3)."""
+    H = c_new.shape[1]
+    # z = a_n + u_n + p["b"]; gates = gates_forward(z)
+    zi = gamma_h[j] * a_hat[t, r, j] + gamma_x[j] * u_hat[t, r, j] + b[j]
+    k = H + j
+    zf = gamma_h[k] * a_hat[t, r, k] + gamma_x[k] * u_hat[t, r, k] + b[k]
+    k = 2 * H + j
+    zg = gamma_h[k] * a_hat[t, r, k] + gamma_x[k] * u_hat[t, r, k] + b[k]
+    k = 3 * H + j
+    zo = gamma_h[k] * a_hat[t, r, k] + gamma_x[k] * u_hat[t, r, k] + b[k]
+    i = sigmoid(zi)
+    f = sigmoid(zf)
+    g = math.tanh(zg)
+    gates[t, r, j] = i
+    gates[t, r, H + j] = f
+    gates[t, r, 2 * H + j] = g
+    gates[t, r, 3 * H + j] = sigmoid(zo)
+    c_new[r, j] = f * c[t, r, j] + i * g                   # c_new = f * c_prev + i * g
+
+
+@cuda.jit(device=True)
 def block_sum(v, buf):
     """Σ of v over the threads of the block (pairwise tree in buf, float64 shared (MAX_THREADS,));
     every thread gets the total. Every thread of the block must call it."""

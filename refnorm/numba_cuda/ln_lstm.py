@@ -12,7 +12,7 @@ from numba import cuda, float64
 
 from ..numpy_ref.ln_lstm import LNLSTMCache
 from . import common
-from .common import MAX_THREADS, sigmoid
+from .common import MAX_THREADS, normalized_gates
 from .norms import row_backward, row_normalize, row_stats
 
 
@@ -41,22 +41,8 @@ def ln_lstm_step_forward_kernel(t, U, A, mask, b, gamma_x, gamma_h, gamma_c, bet
             var_x[t, r, q] = v_x
     cuda.syncthreads()                                     # the whole row of â, û is written
     for j in range(tid, H, nt):
-        # z = a_ln + u_ln + p["b"]; gates = gates_forward(z)       (LN-LSTM 2), (LSTM 2)
-        zi = gamma_h[j] * a_hat[t, r, j] + gamma_x[j] * u_hat[t, r, j] + b[j]
-        k = H + j
-        zf = gamma_h[k] * a_hat[t, r, k] + gamma_x[k] * u_hat[t, r, k] + b[k]
-        k = 2 * H + j
-        zg = gamma_h[k] * a_hat[t, r, k] + gamma_x[k] * u_hat[t, r, k] + b[k]
-        k = 3 * H + j
-        zo = gamma_h[k] * a_hat[t, r, k] + gamma_x[k] * u_hat[t, r, k] + b[k]
-        i = sigmoid(zi)
-        f = sigmoid(zf)
-        g = math.tanh(zg)
-        gates[t, r, j] = i
-        gates[t, r, H + j] = f
-        gates[t, r, 2 * H + j] = g
-        gates[t, r, 3 * H + j] = sigmoid(zo)
-        c_new[r, j] = f * c[t, r, j] + i * g               # c_new = f * c_prev + i * g (LN-LSTM 3)
+        normalized_gates(t, r, j, a_hat, u_hat, gamma_h, gamma_x, b, c, gates,
+                         c_new)                           # (LN-LSTM 2), (LN-LSTM 3)
     mu_c, v_c = row_stats(c_new, r, 0, H, buf)             # layernorm_forward(c_new..) (LN-LSTM 4)
     row_normalize(c_new, r, 0, H, mu_c, v_c, eps, c_hat[t])
     if tid == 0:
