@@ -10,11 +10,17 @@ import numpy as np
 from numba import njit
 
 from ..numpy_ref.bn_lstm import STAT_NAMES, BNLSTMCache
-from ..numpy_ref.common import input_projection_backward, with_state_grads
-from .common import (JIT, normalized_gates_backward, normalized_gates_forward,
-                     normalized_output_backward, normalized_output_forward,
-                     recurrent_state_backward)
-from .lstm import recurrent_weight_grad, states
+from .common import (
+    JIT,
+    normalized_backward_buffers,
+    normalized_backward_grads,
+    normalized_gates_backward,
+    normalized_gates_forward,
+    normalized_output_backward,
+    normalized_output_forward,
+    recurrent_state_backward,
+)
+from .lstm import states
 from .norms import batchnorm_backward, batchnorm_normalize, batchnorm_stats
 
 
@@ -99,7 +105,8 @@ def bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None, pad_sta
            "tanh_c": np.empty((T, B, H), dt)}
     bn_lstm_forward_loop(U, mask, stat_mask, p["Wh"], p["b"], p["gamma_x"], p["gamma_h"],
                          p["gamma_c"], p["beta_c"], dt.type(eps), training, h, c, out["hs"],
-                         out["count"], out["a_hat"], out["u_hat"], out["gates"], out["c_hat"], out["tanh_c"],
+                         out["count"], out["a_hat"], out["u_hat"], out["gates"], out["c_hat"],
+                         out["tanh_c"],
                          stats["mean_h"], stats["var_h"], stats["mean_x"], stats["var_x"],
                          stats["mean_c"], stats["var_c"])
     hs = out.pop("hs")
@@ -111,20 +118,11 @@ def bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None, pad_sta
 def bn_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
     """Same contract as refnorm.numpy_ref.bn_lstm.bn_lstm_backward."""
     p = cache.params
-    dt = dhs.dtype
-    G, H = p["Wh"].shape[1], p["Wh"].shape[0]
-    dA = np.empty(cache.gates.shape, dt)
-    dh, dc = np.empty_like(dhs), np.empty_like(dhs)
-    dU = np.empty(cache.gates.shape, dt)
-    g = {"b": np.zeros(G, dt), "gamma_h": np.zeros(G, dt), "gamma_x": np.zeros(G, dt),
-         "gamma_c": np.zeros(H, dt), "beta_c": np.zeros(H, dt)}
+    dA, dU, dh, dc, g = normalized_backward_buffers(dhs, cache)
     dh0, dc0 = bn_lstm_backward_loop(
         dhs, dhT, dcT, cache.mask, cache.stat_mask, cache.c, cache.a_hat, cache.u_hat,
         cache.gates, cache.c_hat,
         cache.tanh_c, cache.var_h, cache.var_x, cache.var_c, p["gamma_x"], p["gamma_h"],
-        p["gamma_c"], np.ascontiguousarray(p["Wh"].T), dt.type(cache.eps), cache.training,
+        p["gamma_c"], np.ascontiguousarray(p["Wh"].T), dhs.dtype.type(cache.eps), cache.training,
         dA, dU, g["b"], g["gamma_x"], g["gamma_h"], g["gamma_c"], g["beta_c"], dh, dc)
-    dWx, dx = input_projection_backward(cache.x, dU, p["Wx"])    # (BN-LSTM 11)
-    grads = {"Wx": dWx, "Wh": recurrent_weight_grad(cache.h, dA),  # (BN-LSTM 10)
-            **g, "x": dx, "h0": dh0, "c0": dc0}
-    return with_state_grads(grads, (dh, dc), state_grads)
+    return normalized_backward_grads(cache, dA, dU, g, dh0, dc0, dh, dc, state_grads)

@@ -17,6 +17,8 @@ import math
 import numpy as np
 from numba import njit
 
+from ..numpy_ref.common import input_projection_backward, with_state_grads
+
 JIT = {"cache": True, "error_model": "numpy", "fastmath": False, "nogil": True}
 INLINE = {**JIT, "inline": "always"}
 
@@ -149,3 +151,30 @@ def recurrent_state_backward(dH, m, dh_rec):
     for r in range(B):
         for j in range(H):
             dH[r, j] = (1 - m[r]) * dH[r, j] + dh_rec[r, j]   # dh_prev = (1-valid)*dH + da@Wh.T
+
+
+def recurrent_weight_grad(h, dZ):
+    """dWh = Σ_t h_{t-1}ᵀ dz_t as one product over all T·B rows (LSTM 9), (BPTT 7)."""
+    H, G = h.shape[-1], dZ.shape[-1]
+    return h[:-1].reshape(-1, H).T @ dZ.reshape(-1, G)
+
+
+# -- the Python side of BN-LSTM and LN-LSTM backward (buffers in, gradients out) ---------------
+def normalized_backward_buffers(dhs, cache):
+    """What the BN-LSTM / LN-LSTM backward loops fill: dA = da_t, dU = du_t (T, B, 4H), dh, dc
+    (T, B, H), and the zeroed gain and bias gradients they add to."""
+    dt, (H, G) = dhs.dtype, cache.params["Wh"].shape
+    dA, dU = np.empty(cache.gates.shape, dt), np.empty(cache.gates.shape, dt)
+    dh, dc = np.empty_like(dhs), np.empty_like(dhs)
+    g = {"b": np.zeros(G, dt), "gamma_h": np.zeros(G, dt), "gamma_x": np.zeros(G, dt),
+         "gamma_c": np.zeros(H, dt), "beta_c": np.zeros(H, dt)}
+    return dA, dU, dh, dc, g
+
+
+def normalized_backward_grads(cache, dA, dU, g, dh0, dc0, dh, dc, state_grads):
+    """The whole-sequence products after the loop: dWx, dx (BN-LSTM 11), (LN-LSTM 10) and
+    dWh = Σ_t h_{t-1}ᵀ da_t (BN-LSTM 10), (LN-LSTM 9) as one product each."""
+    dWx, dx = input_projection_backward(cache.x, dU, cache.params["Wx"])
+    grads = {"Wx": dWx, "Wh": recurrent_weight_grad(cache.h, dA), **g, "x": dx, "h0": dh0,
+             "c0": dc0}
+    return with_state_grads(grads, (dh, dc), state_grads)

@@ -7,12 +7,18 @@ statistics of a_t, u_t and c̃_t, and the gates fused into one pass over the bat
 import numpy as np
 from numba import njit
 
-from ..numpy_ref.common import input_projection_backward, with_state_grads
 from ..numpy_ref.ln_lstm import LNLSTMCache
-from .common import (JIT, normalized_gates_backward, normalized_gates_forward,
-                     normalized_output_backward, normalized_output_forward,
-                     recurrent_state_backward)
-from .lstm import recurrent_weight_grad, states
+from .common import (
+    JIT,
+    normalized_backward_buffers,
+    normalized_backward_grads,
+    normalized_gates_backward,
+    normalized_gates_forward,
+    normalized_output_backward,
+    normalized_output_forward,
+    recurrent_state_backward,
+)
+from .lstm import states
 from .norms import layernorm_backward, layernorm_forward
 
 
@@ -95,19 +101,10 @@ def ln_lstm_forward(x, h0, c0, mask, params, *, eps, per_gate=False):
 def ln_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
     """Same contract as refnorm.numpy_ref.ln_lstm.ln_lstm_backward."""
     p = cache.params
-    dt = dhs.dtype
-    G, H = p["Wh"].shape[1], p["Wh"].shape[0]
-    dA = np.empty(cache.gates.shape, dt)
-    dh, dc = np.empty_like(dhs), np.empty_like(dhs)
-    dU = np.empty(cache.gates.shape, dt)
-    g = {"b": np.zeros(G, dt), "gamma_h": np.zeros(G, dt), "gamma_x": np.zeros(G, dt),
-         "gamma_c": np.zeros(H, dt), "beta_c": np.zeros(H, dt)}
+    dA, dU, dh, dc, g = normalized_backward_buffers(dhs, cache)
     dh0, dc0 = ln_lstm_backward_loop(
         dhs, dhT, dcT, cache.mask, cache.c, cache.a_hat, cache.u_hat, cache.gates, cache.c_hat,
         cache.tanh_c, cache.var_h, cache.var_x, cache.var_c, p["gamma_x"], p["gamma_h"],
-        p["gamma_c"], np.ascontiguousarray(p["Wh"].T), dt.type(cache.eps), cache.groups,
+        p["gamma_c"], np.ascontiguousarray(p["Wh"].T), dhs.dtype.type(cache.eps), cache.groups,
         dA, dU, g["b"], g["gamma_x"], g["gamma_h"], g["gamma_c"], g["beta_c"], dh, dc)
-    dWx, dx = input_projection_backward(cache.x, dU, p["Wx"])    # (LN-LSTM 10)
-    grads = {"Wx": dWx, "Wh": recurrent_weight_grad(cache.h, dA),  # (LN-LSTM 9)
-            **g, "x": dx, "h0": dh0, "c0": dc0}
-    return with_state_grads(grads, (dh, dc), state_grads)
+    return normalized_backward_grads(cache, dA, dU, g, dh0, dc0, dh, dc, state_grads)

@@ -10,7 +10,7 @@ from numba import njit
 
 from ..numpy_ref.common import input_projection_backward, with_state_grads
 from ..numpy_ref.lstm import LSTMCache
-from .common import JIT, sigmoid, tanh
+from .common import JIT, recurrent_weight_grad, sigmoid, tanh
 
 
 @njit(**JIT)
@@ -91,12 +91,6 @@ def states(h0, c0, T):
     c = np.empty_like(h)
     h[0], c[0] = h0, c0
     return h, c
-
-
-def recurrent_weight_grad(h, dZ):
-    """dWh = Σ_t h_{t-1}ᵀ dz_t as one product over all T·B rows (LSTM 9), (BPTT 7)."""
-    H, G = h.shape[-1], dZ.shape[-1]
-    return h[:-1].reshape(-1, H).T @ dZ.reshape(-1, G)
 
 
 def lstm_forward(x, h0, c0, mask, params):

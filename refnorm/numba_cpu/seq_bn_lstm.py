@@ -7,7 +7,8 @@ import numpy as np
 
 from ..numpy_ref.common import input_projection_backward, with_state_grads
 from ..numpy_ref.seq_bn_lstm import SeqBNLSTMCache
-from .lstm import lstm_backward_loop, lstm_forward_loop, recurrent_weight_grad, states
+from .common import recurrent_weight_grad
+from .lstm import lstm_backward_loop, lstm_forward_loop, states
 from .norms import batchnorm_backward, batchnorm_normalize, batchnorm_stats
 
 

@@ -333,3 +333,17 @@ def states(h0, c0, T):
 def host(a):
     """a as a NumPy array (a copy from the device when it lives there)."""
     return to_device(a).copy_to_host() if is_device_array(a) else np.asarray(a)
+
+
+def start_backward(dhs):
+    """Every backward begins alike: a device is required, the caller's kind of array (NumPy or
+    device) decides what comes back, and dhs moves to the device."""
+    require_device()
+    return is_device_array(dhs), to_device(dhs)
+
+
+def end_backward(on_device, grads, dh, dc, state_grads):
+    """with_state_grads(grads, (dh, dc), state_grads), returned as the caller's kind of array."""
+    if state_grads:
+        grads["dh"], grads["dc"] = dh, dc
+    return finish(on_device, grads)

@@ -137,12 +137,10 @@ def ln_lstm_forward(x, h0, c0, mask, params, *, eps, per_gate=False):
 
 def ln_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
     """Same contract as refnorm.numpy_ref.ln_lstm.ln_lstm_backward."""
-    common.require_device()
-    on_device = common.is_device_array(dhs)
+    on_device, dhs_d = common.start_backward(dhs)
     dev = common.to_device
-    T, B, H = dhs.shape
+    T, B, H = dhs_d.shape
     G = 4 * H
-    dhs_d = dev(dhs)
     dt = dhs_d.dtype
     p = {k: dev(v) for k, v in cache.params.items()}
     a_hat, u_hat, c_hat = dev(cache.a_hat), dev(cache.u_hat), dev(cache.c_hat)
@@ -169,6 +167,4 @@ def ln_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
              "gamma_c": common.column_sums(flat(dc_ln), flat(c_hat)),
              "beta_c": common.column_sums(flat(dc_ln)),                     # dy.sum  (LN 6)
              "x": dx, "h0": dH, "c0": dC}
-    if state_grads:                                        # with_state_grads(grads, ...)
-        grads["dh"], grads["dc"] = dh, dc
-    return common.finish(on_device, grads)
+    return common.end_backward(on_device, grads, dh, dc, state_grads)

@@ -120,24 +120,26 @@ def lstm_forward(x, h0, c0, mask, params):
     return hs, out["h"][-1], out["c"][-1], cache
 
 
-def lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
-    """Same contract as refnorm.numpy_ref.lstm.lstm_backward."""
-    common.require_device()
-    on_device = common.is_device_array(dhs)
+def lstm_recurrence_backward(dhs_d, dhT, dcT, cache, Wh):
+    """BPTT of the LSTM recurrence (LSTM 5)-(LSTM 9), shared with SeqBN-LSTM: returns dZ = dz_t
+    (T, B, 4H), dh, dc (T, B, H) = dL/dh̃_t, dL/dc̃_t, and dh0, dc0."""
     dev = common.to_device
-    T, B, H = dhs.shape
-    G = 4 * H
-    dhs_d = dev(dhs)
-    Wx, Wh = dev(cache.params["Wx"]), dev(cache.params["Wh"])
-    h = dev(cache.h)
-    dZ = common.empty((T, B, G), dhs_d.dtype)
+    T, B, H = dhs_d.shape
+    dZ = common.empty((T, B, 4 * H), dhs_d.dtype)
     dh, dc = common.empty((T, B, H), dhs_d.dtype), common.empty((T, B, H), dhs_d.dtype)
     dh0, dc0 = lstm_backward_steps(dhs_d, dhT, dcT, dev(cache.mask), dev(cache.c),
                                    dev(cache.gates), dev(cache.tanh_c), Wh, dZ, dh, dc)
+    return dZ, dh, dc, dh0, dc0
+
+
+def lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
+    """Same contract as refnorm.numpy_ref.lstm.lstm_backward."""
+    on_device, dhs_d = common.start_backward(dhs)
+    dev = common.to_device
+    Wx, Wh = dev(cache.params["Wx"]), dev(cache.params["Wh"])
+    dZ, dh, dc, dh0, dc0 = lstm_recurrence_backward(dhs_d, dhT, dcT, cache, Wh)
     dWx, dx = common.input_projection_backward(dev(cache.x), dZ, Wx)     # (LSTM 10), (BPTT 8)
-    grads = {"Wx": dWx, "Wh": common.recurrent_weight_grad(h, dZ),       # (LSTM 9)
+    grads = {"Wx": dWx, "Wh": common.recurrent_weight_grad(dev(cache.h), dZ),   # (LSTM 9)
              "b": common.column_sums(common.flat(dZ)),                   # dU.sum(axis=(0, 1))
              "x": dx, "h0": dh0, "c0": dc0}
-    if state_grads:                                        # with_state_grads(grads, ...)
-        grads["dh"], grads["dc"] = dh, dc
-    return common.finish(on_device, grads)
+    return common.end_backward(on_device, grads, dh, dc, state_grads)

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..numpy_ref.seq_bn_lstm import SeqBNLSTMCache
 from . import common
-from .lstm import lstm_backward_steps, lstm_forward_steps
+from .lstm import lstm_forward_steps, lstm_recurrence_backward
 from .norms import batchnorm_backward, batchnorm_forward
 
 
@@ -54,21 +54,14 @@ def seq_bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None,
 
 def seq_bn_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
     """Same contract as refnorm.numpy_ref.seq_bn_lstm.seq_bn_lstm_backward."""
-    common.require_device()
-    on_device = common.is_device_array(dhs)
+    on_device, dhs_d = common.start_backward(dhs)
     dev = common.to_device
-    T, B, H = dhs.shape
-    G = 4 * H
-    dhs_d = dev(dhs)
-    dt = dhs_d.dtype
+    T, B, H = dhs_d.shape
     p = {k: dev(v) for k, v in cache.params.items()}
-    dV = common.empty((T, B, G), dt)
-    dh, dc = common.empty((T, B, H), dt), common.empty((T, B, H), dt)
-    dh0, dc0 = lstm_backward_steps(dhs_d, dhT, dcT, dev(cache.mask), dev(cache.c),
-                                   dev(cache.gates), dev(cache.tanh_c), p["Wh"], dV, dh,
-                                   dc)                                      # (SEQBN-LSTM 4)
+    dV, dh, dc, dh0, dc0 = lstm_recurrence_backward(dhs_d, dhT, dcT, cache,
+                                                     p["Wh"])               # (SEQBN-LSTM 4)
     u_hat = common.flat(dev(cache.u_hat))
-    dU = common.empty((T, B, G), dt)
+    dU = common.empty((T, B, 4 * H), dhs_d.dtype)
     batchnorm_backward(common.flat(dV), u_hat, dev(cache.var_x),
                        dev(cache.stat_mask).reshape(T * B),
                        p["gamma_x"], cache.eps, cache.training,
@@ -78,6 +71,4 @@ def seq_bn_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
              "b": common.column_sums(common.flat(dV)),                      # (LSTM 9)
              "gamma_x": common.column_sums(common.flat(dV), u_hat),        # (dy * zhat).sum (BN 8)
              "x": dx, "h0": dh0, "c0": dc0}
-    if state_grads:                                        # with_state_grads(grads, ...)
-        grads["dh"], grads["dc"] = dh, dc
-    return common.finish(on_device, grads)
+    return common.end_backward(on_device, grads, dh, dc, state_grads)

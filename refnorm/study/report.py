@@ -326,62 +326,66 @@ def plot_heatmap(analysis, cfg, path):
     plt.close(fig)
 
 
-def plot_loss_curves(results, cfg, path):
+def _task_cell_grid(cfg):
+    """A figure with one panel per (task, cell): (fig, axes, [(col, task, cell, axis), ...])."""
     plt = _pyplot()
-    colors = _init_colors(cfg)
     fig, axes = plt.subplots(len(cfg.tasks), len(cfg.cells), figsize=(3.2 * len(cfg.cells),
                              2.8 * len(cfg.tasks)), squeeze=False, sharey="row")
-    for row, task in enumerate(cfg.tasks):
-        for col, cell in enumerate(cfg.cells):
-            ax = axes[row][col]
-            for init in cfg.inits:
-                runs = [r["step_loss"] for r in C.sweep(results)
-                        if (r["task"], r["cell"], r["init"]) == (task, cell, init)]
-                n = min(map(len, runs), default=0)
-                if n == 0:
-                    continue
-                curve = np.median([r[:n] for r in runs], axis=0)
-                smooth = _smooth(curve, max(n // 25, 1))
-                ax.plot(np.arange(len(smooth)) + (n - len(smooth)), smooth, color=colors[init],
-                        label=init, lw=1.2)
-            _log_y(ax)
-            ax.set_title(f"{CELL_LABELS[cell]} — {task}", fontsize=10)
-            ax.set_xlabel("training step")
-            if col == 0:
-                ax.set_ylabel("training loss")
-    axes[0][-1].legend(fontsize=7, loc="upper right")
+    panels = [(col, task, cell, axes[row][col]) for row, task in enumerate(cfg.tasks)
+              for col, cell in enumerate(cfg.cells)]
+    return fig, axes, panels
+
+
+def _label_panel(ax, cell, task, col, xlabel, ylabel):
+    ax.set_title(f"{CELL_LABELS[cell]} — {task}", fontsize=10)
+    ax.set_xlabel(xlabel)
+    if col == 0:
+        ax.set_ylabel(ylabel)
+
+
+def _finish_grid(fig, axes, path, legend_loc):
+    axes[0][-1].legend(fontsize=7, loc=legend_loc)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _pyplot().close(fig)
+
+
+def plot_loss_curves(results, cfg, path):
+    colors = _init_colors(cfg)
+    fig, axes, panels = _task_cell_grid(cfg)
+    for col, task, cell, ax in panels:
+        for init in cfg.inits:
+            runs = [r["step_loss"] for r in C.sweep(results)
+                    if (r["task"], r["cell"], r["init"]) == (task, cell, init)]
+            n = min(map(len, runs), default=0)
+            if n == 0:
+                continue
+            curve = np.median([r[:n] for r in runs], axis=0)
+            smooth = _smooth(curve, max(n // 25, 1))
+            ax.plot(np.arange(len(smooth)) + (n - len(smooth)), smooth, color=colors[init],
+                    label=init, lw=1.2)
+        _log_y(ax)
+        _label_panel(ax, cell, task, col, "training step", "training loss")
+    _finish_grid(fig, axes, path, "upper right")
 
 
 def plot_gradient_norms(results, cfg, path):
-    plt = _pyplot()
     colors = _init_colors(cfg)
-    fig, axes = plt.subplots(len(cfg.tasks), len(cfg.cells), figsize=(3.2 * len(cfg.cells),
-                             2.8 * len(cfg.tasks)), squeeze=False, sharey="row")
-    for row, task in enumerate(cfg.tasks):
-        for col, cell in enumerate(cfg.cells):
-            ax = axes[row][col]
-            for init in cfg.inits:
-                runs = [r for r in C.sweep(results)
-                        if (r["task"], r["cell"], r["init"]) == (task, cell, init)]
-                if not runs:
-                    continue
-                for k, style, lw in ((0, "-", 1.4), (-1, "--", 0.9)):
-                    g = np.median([r["grad_flow"][k]["g_h"] for r in runs], axis=0)
-                    t = np.arange(1, len(g) + 1)
-                    ax.plot(t, np.where(g > 0, g, np.nan), style, color=colors[init], lw=lw,
-                            label=init if k == 0 else None)
-            ax.set_yscale("log")
-            ax.set_title(f"{CELL_LABELS[cell]} — {task}", fontsize=10)
-            ax.set_xlabel("time step t")
-            if col == 0:
-                ax.set_ylabel("‖dL/dh̃_t‖  (— init, -- trained)")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig, axes, panels = _task_cell_grid(cfg)
+    for col, task, cell, ax in panels:
+        for init in cfg.inits:
+            runs = [r for r in C.sweep(results)
+                    if (r["task"], r["cell"], r["init"]) == (task, cell, init)]
+            if not runs:
+                continue
+            for k, style, lw in ((0, "-", 1.4), (-1, "--", 0.9)):
+                g = np.median([r["grad_flow"][k]["g_h"] for r in runs], axis=0)
+                t = np.arange(1, len(g) + 1)
+                ax.plot(t, np.where(g > 0, g, np.nan), style, color=colors[init], lw=lw,
+                        label=init if k == 0 else None)
+        ax.set_yscale("log")
+        _label_panel(ax, cell, task, col, "time step t", "‖dL/dh̃_t‖  (— init, -- trained)")
+    _finish_grid(fig, axes, path, "lower right")
 
 
 def plot_statistics(results, cfg, path):
