@@ -181,13 +181,6 @@ def bn_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
             dZ, dc_bn, dA, dU, dh, dc)
         common.matmul(dA[t], p["Wh"], dh_rec, trans_b=True)   # da @ p["Wh"].T   (BN-LSTM 10)
         common.carry_grad(t, dH, dh_rec, md)                  # (BPTT 6)
-    dWx, dx = common.input_projection_backward(dev(cache.x), dU, p["Wx"])  # (BN-LSTM 11)
-    flat = common.flat
-    grads = {"Wx": dWx, "Wh": common.recurrent_weight_grad(dev(cache.h), dA),  # (BN-LSTM 10)
-             "b": common.column_sums(flat(dZ)),                             # dz.sum  (BN-LSTM 8)
-             "gamma_h": common.column_sums(flat(dZ), flat(a_hat)),          # (dy * zhat).sum (BN 8)
-             "gamma_x": common.column_sums(flat(dZ), flat(u_hat)),
-             "gamma_c": common.column_sums(flat(dc_bn), flat(c_hat)),
-             "beta_c": common.column_sums(flat(dc_bn)),                     # dy.sum  (BN 8)
-             "x": dx, "h0": dH, "c0": dC}
+    grads = common.normalized_backward_grads(cache, dZ, dA, dU, dc_bn, a_hat, u_hat, c_hat,
+                                             p["Wx"], dH, dC)              # (BN-LSTM 11)
     return common.end_backward(on_device, grads, dh, dc, state_grads)

@@ -347,3 +347,17 @@ def end_backward(on_device, grads, dh, dc, state_grads):
     if state_grads:
         grads["dh"], grads["dc"] = dh, dc
     return finish(on_device, grads)
+
+
+def normalized_backward_grads(cache, dZ, dA, dU, dc_norm_in, a_hat, u_hat, c_hat, Wx, dH, dC):
+    """After the BN-LSTM / LN-LSTM loop: the whole-sequence products dWx, dx (BN-LSTM 11),
+    (LN-LSTM 10) and dWh (BN-LSTM 10), (LN-LSTM 9); the gains, shifts and bias as column sums
+    over all T·B rows: db = Σ dz, dγ = Σ dy ⊙ ẑ, dβ = Σ dy (BN 8), (LN 6)."""
+    dWx, dx = input_projection_backward(to_device(cache.x), dU, Wx)
+    return {"Wx": dWx, "Wh": recurrent_weight_grad(to_device(cache.h), dA),
+            "b": column_sums(flat(dZ)),                                     # dz.sum(axis=0)
+            "gamma_h": column_sums(flat(dZ), flat(a_hat)),                  # (dy * zhat).sum
+            "gamma_x": column_sums(flat(dZ), flat(u_hat)),
+            "gamma_c": column_sums(flat(dc_norm_in), flat(c_hat)),
+            "beta_c": column_sums(flat(dc_norm_in)),                        # dy.sum(axis=0)
+            "x": dx, "h0": dH, "c0": dC}

@@ -158,13 +158,6 @@ def ln_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
             dZ, dc_ln, dA, dU, dh, dc)
         common.matmul(dA[t], p["Wh"], dh_rec, trans_b=True)   # da @ p["Wh"].T   (LN-LSTM 9)
         common.carry_grad(t, dH, dh_rec, md)                  # (BPTT 6)
-    dWx, dx = common.input_projection_backward(dev(cache.x), dU, p["Wx"])  # (LN-LSTM 10)
-    flat = common.flat
-    grads = {"Wx": dWx, "Wh": common.recurrent_weight_grad(dev(cache.h), dA),  # (LN-LSTM 9)
-             "b": common.column_sums(flat(dZ)),                             # dz.sum  (LN-LSTM 7)
-             "gamma_h": common.column_sums(flat(dZ), flat(a_hat)),          # (dy * zhat).sum (LN 6)
-             "gamma_x": common.column_sums(flat(dZ), flat(u_hat)),
-             "gamma_c": common.column_sums(flat(dc_ln), flat(c_hat)),
-             "beta_c": common.column_sums(flat(dc_ln)),                     # dy.sum  (LN 6)
-             "x": dx, "h0": dH, "c0": dC}
+    grads = common.normalized_backward_grads(cache, dZ, dA, dU, dc_ln, a_hat, u_hat, c_hat,
+                                             p["Wx"], dH, dC)              # (LN-LSTM 10)
     return common.end_backward(on_device, grads, dh, dc, state_grads)
