@@ -8,6 +8,15 @@ Shapes are time-major: x (T, B, D), hs (T, B, H), h0/c0/hT/cT (B, H), mask (T, B
 the canonical layout z = x Wx + h Wh + b with Wx (D, 4H), Wh (H, 4H), b (4H) and gate blocks
 i, f, g, o. forward copies the parameters and x into the cache, so backward computes the
 gradient of the forward that made the cache even if cell.params is edited in between.
+
+Options every cell takes, for reproducing peers (derivations/variants.md):
+    forget_bias       a constant added to the forget-gate pre-activation at run time, not stored
+                      in b (TF1 BasicLSTMCell, LayerNormBasicLSTMCell; default 0)  (VAR 1)
+    forget_bias_init  a value written into the forget block of b at construction (Keras
+                      unit_forget_bias, haste forget_bias, Cooijmans' code; default None: b as
+                      drawn)
+BNLSTM and LNLSTM also take carry="raw"|"normalized" (VAR 3) and term_beta (VAR 2); LNLSTM also
+terms="separate"|"summed" (VAR 5). refnorm.presets sets them all for a named peer.
 """
 import numbers
 
@@ -15,6 +24,7 @@ import numpy as np
 
 from . import _checks, backends
 from .numpy_ref.bn_lstm import BNLSTMCache
+from .numpy_ref.common import fold_into_bias, unfold_bias_grads
 from .numpy_ref.ln_lstm import LNLSTMCache
 from .numpy_ref.lstm import LSTMCache
 from .numpy_ref.seq_bn_lstm import SeqBNLSTMCache
@@ -45,9 +55,13 @@ class _Cell:
     stem = None
     cache_class = None
 
-    def __init__(self, input_size, hidden_size, *, seed=None, dtype="float64", backend="numpy"):
+    def __init__(self, input_size, hidden_size, *, seed=None, dtype="float64", backend="numpy",
+                 forget_bias=0.0, forget_bias_init=None):
         self.input_size = _checks.positive_int(input_size, "input_size")
         self.hidden_size = _checks.positive_int(hidden_size, "hidden_size")
+        self.forget_bias = _checks.finite_float(forget_bias, "forget_bias")
+        if forget_bias_init is not None:
+            forget_bias_init = _checks.finite_float(forget_bias_init, "forget_bias_init")
         self.dtype = _checks.dtype(dtype)
         backends.get(backend)                    # ValueError now for an unknown name
         self.backend = backend
@@ -57,6 +71,9 @@ class _Cell:
         rng = np.random.default_rng(seed)
         self.params = {name: np.ascontiguousarray(value, dtype=self.dtype)
                        for name, value in self._init_params(rng).items()}
+        if forget_bias_init is not None:
+            H = self.hidden_size
+            self.params["b"][H:2 * H] = forget_bias_init
 
     @property
     def _impl(self):
@@ -110,7 +127,7 @@ class _Cell:
         if update_stats and not training:
             raise ValueError("update_stats=True needs training=True: population statistics "
                              "are only estimated from training passes")
-        params = {name: value.copy() for name, value in self.params.items()}
+        params = fold_into_bias(self.params, self.forget_bias)   # copies; (VAR 1), (VAR 2)
         hs, hT, cT, cache = self._forward(x.copy(), h0, c0, m, params, bool(training), int(t0),
                                           bool(update_stats))
         return hs, (hT, cT), cache
@@ -137,8 +154,9 @@ class _Cell:
         dcT = self._grad(dcT, "dcT", (B, H))
         if not isinstance(state_grads, (bool, np.bool_)):
             raise ValueError(f"state_grads must be True or False, got {state_grads!r}")
-        return getattr(self._impl, self.stem + "_backward")(dhs, dhT, dcT, cache,
-                                                            bool(state_grads))
+        grads = getattr(self._impl, self.stem + "_backward")(dhs, dhT, dcT, cache,
+                                                             bool(state_grads))
+        return unfold_bias_grads(grads, getattr(self, "term_beta", False))      # (VAR 2)
 
     def _state(self, value, name, B):
         if value is None:
@@ -155,11 +173,30 @@ class _Cell:
                 f"dtype={self.dtype.name!r}, backend={self.backend!r})")
 
 
-def _normalized_param_shapes(D, H):
-    """Params of BNLSTM and LNLSTM: the LSTM's plus the gains of both gate terms and the gain
-    and shift of the cell normalisation."""
-    return {"Wx": (D, 4 * H), "Wh": (H, 4 * H), "b": (4 * H,), "gamma_x": (4 * H,),
-            "gamma_h": (4 * H,), "gamma_c": (H,), "beta_c": (H,)}
+def _normalized_param_shapes(D, H, term_beta=False, terms="separate"):
+    """Params of BNLSTM and LNLSTM: the LSTM's plus the gains of both gate terms (one gain
+    gamma_z of their sum with terms="summed"), their shifts with term_beta, and the gain and
+    shift of the cell normalisation."""
+    gains = ({"gamma_x": (4 * H,), "gamma_h": (4 * H,)} if terms == "separate"
+             else {"gamma_z": (4 * H,)})
+    shifts = {"beta_x": (4 * H,), "beta_h": (4 * H,)} if term_beta else {}
+    return {"Wx": (D, 4 * H), "Wh": (H, 4 * H), "b": (4 * H,), **gains, **shifts,
+            "gamma_c": (H,), "beta_c": (H,)}
+
+
+def _normalized_init(shapes, W, gamma_init):
+    """b, the term shifts and beta_c zeros; every gain gamma_init; Wx, Wh as given."""
+    params = {"Wx": W[0], "Wh": W[1]}
+    for name, shape in shapes.items():
+        if name not in params:
+            params[name] = (np.full(shape, gamma_init) if name.startswith("gamma")
+                            else np.zeros(shape))
+    return params
+
+
+def _variant_options(carry, term_beta):
+    return (_checks.choice(carry, "carry", ("raw", "normalized")),
+            _checks.flag(term_beta, "term_beta"))
 
 
 class LSTM(_Cell):
@@ -288,6 +325,11 @@ class BNLSTM(_BatchNormCell):
     0); a step with no valid row carries the state. Batch size 1 is an error in training (no
     batch to take statistics over), as in PyTorch.
 
+    Variants (derivations/variants.md): carry="normalized" carries BN_t(c̃_t) instead of c̃_t
+    (the authors' --normalize-cell), term_beta=True adds trainable shifts beta_x, beta_h (4H) to
+    the two gate-term BNs (the jihunchoi port), forget_bias / forget_bias_init as every cell
+    (the authors' code stores 1.0 in the forget block of b).
+
     Inference (training=False): population statistics, one slot per time step (`cell.stats`,
     arrays (slots, F) named mean_x, var_x, mean_h, var_h (F = 4H), mean_c, var_c (F = H)).
     Absolute step t = t0 + local index uses slot min(t, slots - 1) (BN-LSTM 5): steps at or past
@@ -301,7 +343,8 @@ class BNLSTM(_BatchNormCell):
 
     def __init__(self, input_size, hidden_size, *, eps=DEFAULT_EPS, momentum=BN_LSTM_MOMENTUM,
                  max_steps=None, unbiased_var=False, gamma_init=BN_GAMMA_INIT,
-                 pad_stats="exclude", **kw):
+                 pad_stats="exclude", carry="raw", term_beta=False, **kw):
+        self.carry, self.term_beta = _variant_options(carry, term_beta)
         self.max_steps = None if max_steps is None else _checks.positive_int(max_steps,
                                                                              "max_steps")
         self.gamma_init = _checks.positive_float(gamma_init, "gamma_init")
@@ -310,15 +353,12 @@ class BNLSTM(_BatchNormCell):
         self.stats = self._fresh_stats(self.max_steps or 0)
 
     def _param_shapes(self):
-        return _normalized_param_shapes(self.input_size, self.hidden_size)
+        return _normalized_param_shapes(self.input_size, self.hidden_size, self.term_beta)
 
     def _init_params(self, rng):
         shapes = self._param_shapes()
-        return {"Wx": orthogonal_init(rng, shapes["Wx"]), "Wh": orthogonal_init(rng, shapes["Wh"]),
-                "b": np.zeros(shapes["b"]), "gamma_x": np.full(shapes["gamma_x"], self.gamma_init),
-                "gamma_h": np.full(shapes["gamma_h"], self.gamma_init),
-                "gamma_c": np.full(shapes["gamma_c"], self.gamma_init),
-                "beta_c": np.zeros(shapes["beta_c"])}
+        return _normalized_init(shapes, (orthogonal_init(rng, shapes["Wx"]),
+                                         orthogonal_init(rng, shapes["Wh"])), self.gamma_init)
 
     def _stat_widths(self):
         H = self.hidden_size
@@ -358,7 +398,7 @@ class BNLSTM(_BatchNormCell):
             if update_stats:
                 self._ensure_slots(t0 + T)        # before the pass: errors leave nothing half done
             out = self._impl.bn_lstm_forward(x, h0, c0, m, params, training=True, eps=self.eps,
-                                             pad_stats=self.pad_stats)
+                                             pad_stats=self.pad_stats, carry=self.carry)
             if update_stats:
                 self._record(out[3], t0)
             return out
@@ -370,7 +410,7 @@ class BNLSTM(_BatchNormCell):
         idx = np.minimum(np.arange(t0, t0 + T), slots - 1)                     # (BN-LSTM 5)
         pop = {key: self.stats[key][idx] for key in self._stat_widths()}
         return self._impl.bn_lstm_forward(x, h0, c0, m, params, training=False, eps=self.eps,
-                                          pop=pop, pad_stats=self.pad_stats)
+                                          pop=pop, pad_stats=self.pad_stats, carry=self.carry)
 
 
 class SeqBNLSTM(_BatchNormCell):
@@ -439,33 +479,42 @@ class LNLSTM(_Cell):
     gamma_c (H) = gamma_init (1.0, paper sec. 6), beta_c (H) zeros. LN over the joint 4H vector
     of each term, or over each H-wide gate block with per_gate=True. Identical in training and
     inference, and each row is independent of the rest of the batch.
+
+    Variants (derivations/variants.md), for reproducing peers (see refnorm.presets):
+    carry="normalized" carries LN(c̃_t) as the cell state (PyTorch fastrnns, TF Addons, TF1);
+    term_beta=True adds shifts beta_x, beta_h (4H) to the two gate-term LNs (fastrnns, TF
+    Addons); terms="summed" normalises the sum x_t Wx + h_{t-1} Wh once, with one gain gamma_z
+    (4H) in place of gamma_x, gamma_h (TF1 LayerNormBasicLSTMCell, there per gate); eps as the
+    peer (1e-5 haste and PyTorch, 1e-3 TF Addons, 1e-12 TF1).
     """
 
     stem = "ln_lstm"
     cache_class = LNLSTMCache
 
     def __init__(self, input_size, hidden_size, *, eps=DEFAULT_EPS, per_gate=False,
-                 gamma_init=LN_GAMMA_INIT, **kw):
+                 gamma_init=LN_GAMMA_INIT, carry="raw", term_beta=False, terms="separate",
+                 **kw):
         self.eps = _checks.positive_float(eps, "eps")
-        if not isinstance(per_gate, (bool, np.bool_)):
-            raise ValueError(f"per_gate must be True or False, got {per_gate!r}")
-        self.per_gate = bool(per_gate)
+        self.per_gate = _checks.flag(per_gate, "per_gate")
+        self.carry, self.term_beta = _variant_options(carry, term_beta)
+        self.terms = _checks.choice(terms, "terms", ("separate", "summed"))
+        if self.terms == "summed" and self.term_beta:
+            raise ValueError("term_beta=True needs terms='separate': with one LN of the summed "
+                             "terms there is one shift, and b is it")
         self.gamma_init = _checks.positive_float(gamma_init, "gamma_init")
         super().__init__(input_size, hidden_size, **kw)
 
     def _param_shapes(self):
-        return _normalized_param_shapes(self.input_size, self.hidden_size)
+        return _normalized_param_shapes(self.input_size, self.hidden_size, self.term_beta,
+                                        self.terms)
 
     def _init_params(self, rng):
         shapes = self._param_shapes()
-        return {"Wx": uniform_init(rng, shapes["Wx"], self.hidden_size),
-                "Wh": uniform_init(rng, shapes["Wh"], self.hidden_size),
-                "b": np.zeros(shapes["b"]),
-                "gamma_x": np.full(shapes["gamma_x"], self.gamma_init),
-                "gamma_h": np.full(shapes["gamma_h"], self.gamma_init),
-                "gamma_c": np.full(shapes["gamma_c"], self.gamma_init),
-                "beta_c": np.zeros(shapes["beta_c"])}
+        return _normalized_init(shapes, (uniform_init(rng, shapes["Wx"], self.hidden_size),
+                                         uniform_init(rng, shapes["Wh"], self.hidden_size)),
+                                self.gamma_init)
 
     def _forward(self, x, h0, c0, m, params, training, t0, update_stats):
         return self._impl.ln_lstm_forward(x, h0, c0, m, params, eps=self.eps,
-                                          per_gate=self.per_gate)
+                                          per_gate=self.per_gate, carry=self.carry,
+                                          terms=self.terms)

@@ -21,10 +21,20 @@ LENGTHS = (5, 0, 3, 2)
 # slots 3, 4, 5, 5, 5: steps past the last slot are clamped to it (BN-LSTM 5)
 BN_T0 = 3
 
-# (cell name, constructor options), LN both over the joint 4H row and per gate
+# (cell name, constructor options): the papers' cells, LN both over the joint 4H row and per
+# gate, and every variant of derivations/variants.md (each with a run-time forget bias too)
 CASES = [("lstm", {}), ("bn_lstm", {}), ("seq_bn_lstm", {}),
-         ("ln_lstm", {"per_gate": False}), ("ln_lstm", {"per_gate": True})]
-CASE_IDS = ["lstm", "bn_lstm", "seq_bn_lstm", "ln_lstm-joint", "ln_lstm-per_gate"]
+         ("ln_lstm", {"per_gate": False}), ("ln_lstm", {"per_gate": True}),
+         ("lstm", {"forget_bias": 1.0}),
+         ("bn_lstm", {"carry": "normalized", "term_beta": True, "forget_bias": 0.6}),
+         ("bn_lstm", {"pad_stats": "include", "term_beta": True}),
+         ("ln_lstm", {"carry": "normalized", "term_beta": True}),
+         ("ln_lstm", {"terms": "summed", "per_gate": True, "carry": "normalized",
+                      "forget_bias": 1.0}),
+         ("ln_lstm", {"terms": "summed", "forget_bias": -0.4})]
+CASE_IDS = ["lstm", "bn_lstm", "seq_bn_lstm", "ln_lstm-joint", "ln_lstm-per_gate",
+            "lstm-forget_bias", "bn_lstm-carry_norm-term_beta", "bn_lstm-pad_include-term_beta",
+            "ln_lstm-carry_norm-term_beta", "ln_lstm-tf1_contrib", "ln_lstm-summed-joint"]
 
 
 def tensor(a, grad=False):
@@ -39,16 +49,19 @@ def assert_close(name, ours, theirs):
 def torch_forward(name, cell, x, h0, c0, mask, params, training, t0, record):
     """The torch reference of `cell`, with the population statistics refnorm would use."""
     if name == "lstm":
-        return torch_reference.lstm(x, h0, c0, mask, params)
+        return torch_reference.lstm(x, h0, c0, mask, params, forget_bias=cell.forget_bias)
     if name == "ln_lstm":
         return torch_reference.ln_lstm(x, h0, c0, mask, params, eps=cell.eps,
-                                       per_gate=cell.per_gate)
+                                       per_gate=cell.per_gate, forget_bias=cell.forget_bias,
+                                       carry=cell.carry, terms=cell.terms)
     if name == "bn_lstm":
         slots = cell.stats["mean_x"].shape[0]
         idx = np.minimum(np.arange(t0, t0 + x.shape[0]), slots - 1)
         pop = {key: tensor(value[idx]) for key, value in cell.stats.items()}
+        stat_mask = torch.ones_like(mask) if cell.pad_stats == "include" else mask
         return torch_reference.bn_lstm(x, h0, c0, mask, params, training=training, eps=cell.eps,
-                                       pop=pop, record=record)
+                                       pop=pop, record=record, stat_mask=stat_mask,
+                                       forget_bias=cell.forget_bias, carry=cell.carry)
     pop = {key: tensor(value) for key, value in cell.stats.items()}
     return torch_reference.seq_bn_lstm(x, h0, c0, mask, params, training=training, eps=cell.eps,
                                        pop=pop, record=record)
@@ -92,7 +105,8 @@ def test_cell_matches_torch_autograd(backend, name, options, training, masked):
         for key, value in record.items():
             assert_close(f"cache.{key}", getattr(cache, key), value)
         if training:
-            valid = m.numpy().sum(1)
+            rows = np.ones((T, B)) if cell.pad_stats == "include" else m.numpy()
+            valid = rows.sum(1)
             np.testing.assert_array_equal(cache.count,
                                           valid if name == "bn_lstm" else valid.sum())
         for key, value in pop_before.items():        # update_stats=False left them alone

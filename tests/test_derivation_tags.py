@@ -3,9 +3,9 @@ import pathlib
 import re
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TAG = re.compile(r"\((BPTT|BN|LN|LSTM|BN-LSTM|SEQBN-LSTM|LN-LSTM) (\d+[a-z]?)\)")
+TAG = re.compile(r"\((BPTT|BN|LN|LSTM|BN-LSTM|SEQBN-LSTM|LN-LSTM|VAR) (\d+[a-z]?)\)")
 REQUIRED = ["README.md", "notation.md", "bptt.md", "batch_norm.md", "layer_norm.md", "lstm.md",
-            "bn_lstm.md", "seq_bn_lstm.md", "ln_lstm.md"]
+            "bn_lstm.md", "seq_bn_lstm.md", "ln_lstm.md", "variants.md"]
 
 
 def defined_tags():

@@ -82,7 +82,14 @@ MASKS = {"no mask": None, "ragged": [5, 3, 0, 1]}
 @pytest.mark.parametrize("stem,options", [(s, {}) for s in CELL_NAMES]
                          + [("ln_lstm", {"per_gate": True}),
                             ("bn_lstm", {"pad_stats": "include"}),
-                            ("seq_bn_lstm", {"pad_stats": "include"})])
+                            ("seq_bn_lstm", {"pad_stats": "include"}),
+                            # the variants of derivations/variants.md
+                            ("lstm", {"forget_bias": 1.0}),
+                            ("bn_lstm", {"carry": "normalized", "term_beta": True,
+                                         "forget_bias": 0.6}),
+                            ("ln_lstm", {"carry": "normalized", "term_beta": True}),
+                            ("ln_lstm", {"terms": "summed", "per_gate": True,
+                                         "carry": "normalized", "forget_bias": 1.0})])
 @pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
 @pytest.mark.parametrize("mask", list(MASKS), ids=list(MASKS))
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -18,6 +18,14 @@ tensors with the names of refnorm's cell.params. Each function returns hs (T, B,
     (LN-LSTM 2-4)  as BN-LSTM with LN over each row (the 4H vector, or each H-wide gate block)
                    in place of BN_t                                     Ba et al. 2016, eqs. 20-22
 
+The variants (derivations/variants.md), written here the way the peers write them -- the shifts
+as shifts of the normalisations, the forget bias added to z^f -- not folded into b as refnorm
+does:
+    forget_bias    z^f += φ at run time                                         TF1
+    beta_x/beta_h  N(u; γ_x, β_x) + N(a; γ_h, β_h) + b                           fastrnns, TFA, jihunchoi
+    carry          "normalized": N(c̃_t; γ_c, β_c) is the carried state          fastrnns, TFA, TF1
+    terms          "summed": LN(x_t Wx + h_{t-1} Wh; γ_z, 0) + b                TF1 contrib
+
 Batch norm in training: over the valid rows r (m_r = 1), n = Σ m_r,
     μ = Σ m_r z_r / n,   v = Σ m_r (z_r − μ)² / n,   ẑ_r = m_r (z_r − μ) / sqrt(v + eps)
 (padded rows get ẑ = 0; their outputs are discarded by the carry anyway). In inference μ, v are
@@ -55,36 +63,40 @@ def layer_norm(z, gamma, beta, eps, groups=1):
     return gamma * z_hat + beta
 
 
-def cell_update(z, c_prev, H):
+def cell_update(z, c_prev, H, forget_bias=0.0):
     """(LSTM 2), (LSTM 3): the activated gate o and the new raw cell c̃."""
     i, f, g, o = (z[:, k * H:(k + 1) * H] for k in range(4))
-    c_new = torch.sigmoid(f) * c_prev + torch.sigmoid(i) * torch.tanh(g)
+    c_new = torch.sigmoid(f + forget_bias) * c_prev + torch.sigmoid(i) * torch.tanh(g)
     return torch.sigmoid(o), c_new
 
 
-def carry(m_t, h_new, c_new, h, c, out):
+def masked_carry(m_t, h_new, c_new, h, c, out):
     """(BPTT 2), (BPTT 3): keep the old state where m_t = 0, output m_t ⊙ h̃_t."""
     keep = m_t[:, None] > 0
     out.append(m_t[:, None] * h_new)
     return torch.where(keep, h_new, h), torch.where(keep, c_new, c)
 
 
-def lstm(x, h0, c0, mask, params):
+def lstm(x, h0, c0, mask, params, *, forget_bias=0.0):
     """(LSTM 1)-(LSTM 4) with the masked carry."""
     H = h0.shape[1]
     h, c, out = h0, c0, []
     for x_t, m_t in zip(x.unbind(0), mask.unbind(0)):
         z = x_t @ params["Wx"] + h @ params["Wh"] + params["b"]
-        o, c_new = cell_update(z, c, H)
-        h, c = carry(m_t, o * torch.tanh(c_new), c_new, h, c, out)
+        o, c_new = cell_update(z, c, H, forget_bias)
+        h, c = masked_carry(m_t, o * torch.tanh(c_new), c_new, h, c, out)
     return torch.stack(out), h, c
 
 
-def bn_lstm(x, h0, c0, mask, params, *, training, eps, pop=None, record=None):
+def bn_lstm(x, h0, c0, mask, params, *, training, eps, pop=None, record=None, stat_mask=None,
+            forget_bias=0.0, carry="raw"):
     """(BN-LSTM 1)-(BN-LSTM 4). Training: per-step statistics over the valid rows of step t.
     Inference: pop[name][t] (names mean_x, var_x, mean_h, var_h, mean_c, var_c), the slot already
-    chosen for local step t. A dict `record` receives the statistics used, {name: (T, F)}."""
+    chosen for local step t. A dict `record` receives the statistics used, {name: (T, F)}.
+    stat_mask (T, B): the rows that enter the statistics (default: the valid rows)."""
     p, H = params, h0.shape[1]
+    stat_mask = mask if stat_mask is None else stat_mask
+    beta_x, beta_h = p.get("beta_x", 0.0), p.get("beta_h", 0.0)
     h, c, out = h0, c0, []
     used = {key: [] for key in ("mean_x", "var_x", "mean_h", "var_h", "mean_c", "var_c")}
 
@@ -95,12 +107,13 @@ def bn_lstm(x, h0, c0, mask, params, *, training, eps, pop=None, record=None):
         used["var_" + site].append(var)
         return y
 
-    for t, (x_t, m_t) in enumerate(zip(x.unbind(0), mask.unbind(0))):
-        z = (bn(h @ p["Wh"], m_t, t, "h", p["gamma_h"], 0.0)
-             + bn(x_t @ p["Wx"], m_t, t, "x", p["gamma_x"], 0.0) + p["b"])
-        o, c_new = cell_update(z, c, H)
-        h_new = o * torch.tanh(bn(c_new, m_t, t, "c", p["gamma_c"], p["beta_c"]))
-        h, c = carry(m_t, h_new, c_new, h, c, out)
+    for t, (x_t, m_t, s_t) in enumerate(zip(x.unbind(0), mask.unbind(0), stat_mask.unbind(0))):
+        z = (bn(h @ p["Wh"], s_t, t, "h", p["gamma_h"], beta_h)
+             + bn(x_t @ p["Wx"], s_t, t, "x", p["gamma_x"], beta_x) + p["b"])
+        o, c_new = cell_update(z, c, H, forget_bias)
+        c_bn = bn(c_new, s_t, t, "c", p["gamma_c"], p["beta_c"])
+        h_new = o * torch.tanh(c_bn)
+        h, c = masked_carry(m_t, h_new, c_bn if carry_mode(carry) else c_new, h, c, out)
     if record is not None:
         record.update({key: torch.stack(v) for key, v in used.items()})
     return torch.stack(out), h, c
@@ -117,21 +130,33 @@ def seq_bn_lstm(x, h0, c0, mask, params, *, training, eps, pop=None, record=None
     h, c, out = h0, c0, []
     for u_t, m_t in zip(u.reshape(T, B, 4 * H).unbind(0), mask.unbind(0)):
         o, c_new = cell_update(u_t + h @ params["Wh"] + params["b"], c, H)
-        h, c = carry(m_t, o * torch.tanh(c_new), c_new, h, c, out)
+        h, c = masked_carry(m_t, o * torch.tanh(c_new), c_new, h, c, out)
     if record is not None:
         record.update(mean_x=mean, var_x=var)
     return torch.stack(out), h, c
 
 
-def ln_lstm(x, h0, c0, mask, params, *, eps, per_gate):
+def carry_mode(name):
+    """True when the normalised cell is the carried state."""
+    assert name in ("raw", "normalized")
+    return name == "normalized"
+
+
+def ln_lstm(x, h0, c0, mask, params, *, eps, per_gate, forget_bias=0.0, carry="raw",
+            terms="separate"):
     """(LN-LSTM 1)-(LN-LSTM 4): LN over the joint 4H row, or over each gate block (per_gate)."""
     p, H = params, h0.shape[1]
     groups = 4 if per_gate else 1
+    beta_x, beta_h = p.get("beta_x", 0.0), p.get("beta_h", 0.0)
     h, c, out = h0, c0, []
     for x_t, m_t in zip(x.unbind(0), mask.unbind(0)):
-        z = (layer_norm(h @ p["Wh"], p["gamma_h"], 0.0, eps, groups)
-             + layer_norm(x_t @ p["Wx"], p["gamma_x"], 0.0, eps, groups) + p["b"])
-        o, c_new = cell_update(z, c, H)
-        h_new = o * torch.tanh(layer_norm(c_new, p["gamma_c"], p["beta_c"], eps))
-        h, c = carry(m_t, h_new, c_new, h, c, out)
+        if terms == "separate":
+            z = (layer_norm(h @ p["Wh"], p["gamma_h"], beta_h, eps, groups)
+                 + layer_norm(x_t @ p["Wx"], p["gamma_x"], beta_x, eps, groups) + p["b"])
+        else:
+            z = layer_norm(x_t @ p["Wx"] + h @ p["Wh"], p["gamma_z"], p["b"], eps, groups)
+        o, c_new = cell_update(z, c, H, forget_bias)
+        c_ln = layer_norm(c_new, p["gamma_c"], p["beta_c"], eps)
+        h_new = o * torch.tanh(c_ln)
+        h, c = masked_carry(m_t, h_new, c_ln if carry_mode(carry) else c_new, h, c, out)
     return torch.stack(out), h, c

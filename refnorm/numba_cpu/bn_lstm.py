@@ -84,7 +84,10 @@ def bn_lstm_backward_loop(dhs, dhT, dcT, mask, stat_mask, c, a_hat, u_hat, gates
     return dH, dC
 
 
-def bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None, pad_stats="exclude"):
+def bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None, pad_stats="exclude",
+                    carry="raw"):
+    if carry != "raw":
+        raise NotImplementedError("carry='normalized' is not on this backend yet")
     """Same contract as refnorm.numpy_ref.bn_lstm.bn_lstm_forward."""
     if not training and pop is None:
         raise ValueError("inference needs population statistics (pop)")
@@ -110,7 +113,7 @@ def bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None, pad_sta
                          stats["mean_h"], stats["var_h"], stats["mean_x"], stats["var_x"],
                          stats["mean_c"], stats["var_c"])
     hs = out.pop("hs")
-    cache = BNLSTMCache(x=x, mask=mask, stat_mask=stat_mask, params=params, training=training,
+    cache = BNLSTMCache(x=x, mask=mask, stat_mask=stat_mask, params=params, training=training, carry=carry,
                         eps=eps, h=h, c=c, **out, **stats)
     return hs, h[-1], c[-1], cache
 

@@ -72,7 +72,10 @@ def ln_lstm_backward_loop(dhs, dhT, dcT, mask, c, a_hat, u_hat, gates, c_hat, ta
     return dH, dC
 
 
-def ln_lstm_forward(x, h0, c0, mask, params, *, eps, per_gate=False):
+def ln_lstm_forward(x, h0, c0, mask, params, *, eps, per_gate=False, carry="raw",
+                    terms="separate"):
+    if carry != "raw" or terms != "separate":
+        raise NotImplementedError("LNLSTM variants are not on this backend yet")
     """Same contract as refnorm.numpy_ref.ln_lstm.ln_lstm_forward."""
     p = params
     groups = 4 if per_gate else 1
@@ -94,7 +97,7 @@ def ln_lstm_forward(x, h0, c0, mask, params, *, eps, per_gate=False):
                          out["mean_h"], out["var_h"], out["mean_x"], out["var_x"],
                          out["mean_c"], out["var_c"])
     hs = out.pop("hs")
-    cache = LNLSTMCache(x=x, mask=mask, params=params, eps=eps, groups=groups, h=h, c=c, **out)
+    cache = LNLSTMCache(x=x, mask=mask, params=params, eps=eps, groups=groups, carry=carry, terms=terms, h=h, c=c, **out)
     return hs, h[-1], c[-1], cache
 
 

@@ -116,7 +116,10 @@ def bn_lstm_step_backward_kernel(t, dhs, dH, dC, mask, stat_mask, c, a_hat, u_ha
                         buf)
 
 
-def bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None, pad_stats="exclude"):
+def bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None, pad_stats="exclude",
+                    carry="raw"):
+    if carry != "raw":
+        raise NotImplementedError("carry='normalized' is not on this backend yet")
     """Same contract as refnorm.numpy_ref.bn_lstm.bn_lstm_forward."""
     if not training and pop is None:
         raise ValueError("inference needs population statistics (pop)")
@@ -153,7 +156,7 @@ def bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None, pad_sta
             stats["mean_x"], stats["var_x"], stats["mean_c"], stats["var_c"])
     out = common.finish(on_device, {**out, **stats, "h": h, "c": c})
     hs = out.pop("hs")
-    cache = BNLSTMCache(x=x, mask=mask, stat_mask=stat_mask, params=params, training=training,
+    cache = BNLSTMCache(x=x, mask=mask, stat_mask=stat_mask, params=params, training=training, carry=carry,
                         eps=eps, **out)
     return hs, out["h"][-1], out["c"][-1], cache
 

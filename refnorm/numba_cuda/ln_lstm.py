@@ -101,7 +101,10 @@ def ln_lstm_step_backward_kernel(t, dhs, dH, dC, mask, c, a_hat, u_hat, gates, c
         row_backward(dZ[t], u_hat[t], var_x[t, r, q], gamma_x, r, lo, w, eps, dU[t], buf)
 
 
-def ln_lstm_forward(x, h0, c0, mask, params, *, eps, per_gate=False):
+def ln_lstm_forward(x, h0, c0, mask, params, *, eps, per_gate=False, carry="raw",
+                    terms="separate"):
+    if carry != "raw" or terms != "separate":
+        raise NotImplementedError("LNLSTM variants are not on this backend yet")
     """Same contract as refnorm.numpy_ref.ln_lstm.ln_lstm_forward."""
     common.require_device()
     on_device = common.is_device_array(x)
@@ -131,7 +134,7 @@ def ln_lstm_forward(x, h0, c0, mask, params, *, eps, per_gate=False):
             out["var_x"], out["mean_c"], out["var_c"])
     out = common.finish(on_device, {**out, "h": h, "c": c})
     hs = out.pop("hs")
-    cache = LNLSTMCache(x=x, mask=mask, params=params, eps=eps, groups=groups, **out)
+    cache = LNLSTMCache(x=x, mask=mask, params=params, eps=eps, groups=groups, carry=carry, terms=terms, **out)
     return hs, out["h"][-1], out["c"][-1], cache
 
 

@@ -37,6 +37,33 @@ def carry(m, new, old):
     return np.where(m[:, None] > 0, new, old)
 
 
+def fold_into_bias(params, forget_bias):
+    """The parameters the equations run with. A run-time forget bias φ (TF1) and the shifts
+    β_x, β_h of the two gate-term normalisations (term_beta) are constants added to z_t, so
+    they fold exactly into b:
+
+        b_run = b + φ e_f          (VAR 1)        b_run = b + β_x + β_h          (VAR 2)
+
+    Returns a new dict without beta_x, beta_h; params is left alone."""
+    run = {name: value for name, value in params.items() if name not in ("beta_x", "beta_h")}
+    b = params["b"].copy()
+    H = b.shape[0] // 4
+    b[H:2 * H] += forget_bias                                                   # (VAR 1)
+    if "beta_x" in params:
+        b += params["beta_x"] + params["beta_h"]                                # (VAR 2)
+    run["b"] = b
+    return run
+
+
+def unfold_bias_grads(grads, term_beta):
+    """Backward of fold_into_bias: ∂b_run/∂b = ∂b_run/∂β_x = ∂b_run/∂β_h = I, so each gets db
+    (VAR 2); φ is a constant and has no gradient (VAR 1)."""
+    if term_beta:
+        grads["beta_x"] = grads["b"].copy()
+        grads["beta_h"] = grads["b"].copy()
+    return grads
+
+
 def scan_forward(step, U, h0, c0, mask):
     """Run `step` over t = 0 .. T-1, threading the state (h, c) through it.
 
