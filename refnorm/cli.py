@@ -6,6 +6,8 @@
                      the four cells over an init sweep on the adding problem and the digits,
                      measures gradient flow and tests the common claims about BN in RNNs;
                      writes a report folder (Markdown, JSON, CSV, PNG). --quick: seconds.
+    refnorm golden   write float64 test vectors (.npz + manifest.json) of every cell and preset,
+                     for testing a framework in any language against refnorm.
 """
 import argparse
 import sys
@@ -77,11 +79,21 @@ def main(argv=None):
     p_check.add_argument("--tol", type=float, default=GRADCHECK_TOL,
                          help=f"pass threshold on the relative error (default {GRADCHECK_TOL:g})")
     add_study_parser(sub)
+    p_golden = sub.add_parser("golden", help="write float64 test vectors of every cell and "
+                                             "preset (.npz + manifest.json)")
+    p_golden.add_argument("--out", default="refnorm-golden", help="folder (default %(default)s)")
+    p_golden.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     args = parser.parse_args(argv)
     if args.command == "check":
         return 0 if check(args.backend, args.tol) else 1
     if args.command == "study":
         return study(args)
+    if args.command == "golden":
+        from .golden import write
+        manifest = write(args.out, seed=args.seed)
+        print(f"refnorm golden: {len(manifest['cases'])} cases in {args.out}/ "
+              f"(manifest.json describes every array)")
+        return 0
     return 2
 
 

@@ -15,10 +15,10 @@ time-major (T, B, ·), and outputs 0 at padded steps; the converters reorder.
 from .cells import BNLSTM, LNLSTM, LSTM, SeqBNLSTM
 
 
-def _preset(cls, **options):
+def _preset(cls, hold_zero=(), **options):
     def make(input_size, hidden_size, **overrides):
         return cls(input_size, hidden_size, **{**options, **overrides})
-    make.cls, make.options = cls, options
+    make.cls, make.options, make.hold_zero = cls, options, tuple(hold_zero)
     return make
 
 
@@ -32,6 +32,8 @@ PRESETS = {}
 
 
 def _register(name, cls, doc, **options):
+    """options go to the cell; hold_zero names params the peer does not have (they must stay
+    0 for the preset to be the peer's function)."""
     make = _document(_preset(cls, **options), name, doc)
     PRESETS[name] = make
     globals()[name] = make
@@ -96,7 +98,8 @@ separate bias: the two LayerNorm biases are the shifts (term_beta=True, beta_x =
 beta_h = layernorm_h.bias), and refnorm's b must stay 0 (the peer has no such parameter; its
 gradient is reported but has no counterpart). cy = layernorm_c(f cx + i g) is the carried state
 (carry="normalized"). The decompose_layernorm=True variant uses no eps at all, which refnorm
-does not allow (eps > 0); it is not reproduced.""", carry="normalized", term_beta=True)
+does not allow (eps > 0); it is not reproduced.""", carry="normalized", term_beta=True,
+          hold_zero=("b",))
 
 _register("tfa_layer_norm_lstm", LNLSTM, """TensorFlow Addons LayerNormLSTMCell
 (tensorflow_addons/rnn/layer_norm_lstm_cell.py, after PRs #210 and #323).
