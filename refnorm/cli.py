@@ -1,7 +1,8 @@
 """The `refnorm` command (also `python -m refnorm`).
 
-    refnorm check    every cell, every backend present, training and inference, with a ragged
-                     mask: backward vs central differences in float64, one row per tensor.
+    refnorm check    every cell and variant, every backend present, training and inference,
+                     with a ragged mask: backward vs central differences in float64, one row
+                     per tensor.
     refnorm study    does batch norm reduce an LSTM's reliance on good initialisation? Trains
                      the four cells over an init sweep on the adding problem and the digits,
                      measures gradient flow and tests the common claims about BN in RNNs;
@@ -30,11 +31,18 @@ def check_cases(backends):
     for backend in backends:
         for stem, cls in CELLS.items():
             variants = [({}, stem)]
+            if stem == "lstm":
+                variants.append(({"forget_bias": 1.0}, "lstm forget_bias"))
             if stem == "ln_lstm":
-                variants.append(({"per_gate": True}, "ln_lstm per_gate"))
+                variants += [({"per_gate": True}, "ln_lstm per_gate"),
+                             ({"carry": "normalized", "term_beta": True}, "ln_lstm norm-carry"),
+                             ({"terms": "summed", "per_gate": True, "carry": "normalized",
+                               "forget_bias": 1.0}, "ln_lstm summed")]
             if stem == "bn_lstm":
                 # 3 population slots for 5 steps from t0 = 1: steps 2.. all use slot 2
-                variants = [({"max_steps": 3}, stem)]
+                variants = [({"max_steps": 3}, stem),
+                            ({"max_steps": 3, "carry": "normalized", "term_beta": True,
+                              "forget_bias": 0.5}, "bn_lstm norm-carry")]
             for options, label in variants:
                 for training in (True, False):
                     cell = randomize(cls(CHECK_D, CHECK_H, seed=0, backend=backend, **options),
@@ -53,7 +61,7 @@ def check(backends=None, tol=GRADCHECK_TOL, out=None):
     print(f"refnorm check: backward vs central differences (float64, step {GRADCHECK_STEP:g}), "
           f"random parameters, inputs and upstream gradients, lengths {CHECK_LENGTHS.tolist()}, "
           f"T={CHECK_T}, D={CHECK_D}, H={CHECK_H}", file=out)
-    header = f"{'backend':8} {'cell':17} {'mode':9} {'tensor':8} {'rel. error':>10}  verdict"
+    header = f"{'backend':8} {'cell':18} {'mode':9} {'tensor':8} {'rel. error':>10}  verdict"
     print(header, file=out)
     print("-" * len(header), file=out)
     worst, failures, start = 0.0, 0, time.perf_counter()
@@ -61,7 +69,7 @@ def check(backends=None, tol=GRADCHECK_TOL, out=None):
         for name, err in gradcheck(cell, **kwargs).items():
             ok = err <= tol
             worst, failures = max(worst, err), failures + (not ok)
-            print(f"{backend:8} {label:17} {mode:9} {name:8} {err:10.1e}  "
+            print(f"{backend:8} {label:18} {mode:9} {name:8} {err:10.1e}  "
                   f"{'ok' if ok else 'FAIL'}", file=out)
     verdict = "PASS" if failures == 0 else f"FAIL ({failures} tensors)"
     print(f"worst relative error {worst:.1e} (tolerance {tol:g}), "
