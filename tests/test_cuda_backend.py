@@ -118,17 +118,26 @@ def assert_parity(ref, got):
     assert type(ref[3]) is type(got[3])
     for field in dataclasses.fields(ref[3]):
         a, b = getattr(ref[3], field.name), getattr(got[3], field.name)
-        if isinstance(a, np.ndarray):
+        if a is None:                      # the fields of the other terms= variant
+            assert b is None, field.name
+        elif isinstance(a, np.ndarray):
             assert isinstance(b, np.ndarray), field.name
             assert a.shape == b.shape and a.dtype == b.dtype, field.name
             assert parity_ok(a, b, RTOL, ATOL * max(1.0, np.max(np.abs(a), initial=0))), \
                 field.name
-        elif field.name != "params":
+        elif field.name == "params":       # what the equations ran with: b with φ, β folded in
+            assert set(a) == set(b), field.name
+            for name in a:
+                np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+        else:
             assert a == b, field.name
 
 
 # (stem, options, training, T, B, lengths, t0): every cell, training and inference, both
-# pad_stats, per-gate LN, ragged masks with an empty row (BN statistics of 1 row at later steps).
+# pad_stats, per-gate LN, ragged masks with an empty row (BN statistics of 1 row at later steps);
+# then the variants of derivations/variants.md: the run-time forget bias and the term shifts
+# folded into b (VAR 1), (VAR 2), the normalised carry (VAR 3), (VAR 4), and LN of the summed
+# terms (VAR 5), (VAR 6), joint and per gate, alone and together (TF1's LayerNormBasicLSTMCell).
 CASES = [
     ("lstm", {}, True, 3, 3, [3, 1, 2], 0),
     ("bn_lstm", {}, True, 3, 3, [3, 1, 0], 0),
@@ -140,6 +149,15 @@ CASES = [
     ("seq_bn_lstm", {}, False, 2, 3, [2, 1, 2], 0),
     ("ln_lstm", {}, True, 3, 3, [3, 1, 2], 0),
     ("ln_lstm", {"per_gate": True}, True, 3, 2, [1, 3], 0),
+    ("lstm", {"forget_bias": 1.0}, True, 3, 2, [3, 1], 0),
+    ("bn_lstm", {"carry": "normalized"}, True, 3, 3, [3, 1, 0], 0),
+    ("bn_lstm", {"carry": "normalized", "term_beta": True}, True, 3, 3, [2, 3, 1], 0),
+    ("bn_lstm", {"carry": "normalized", "term_beta": True, "forget_bias": 1.0}, False, 3, 3,
+     [3, 1, 2], 4),
+    ("ln_lstm", {"carry": "normalized", "term_beta": True}, True, 3, 3, [3, 1, 2], 0),
+    ("ln_lstm", {"terms": "summed"}, True, 3, 2, [1, 3], 0),
+    ("ln_lstm", {"terms": "summed", "per_gate": True, "carry": "normalized", "forget_bias": 1.0,
+                 "eps": 1e-3}, True, 3, 3, [3, 2, 0], 0),
 ]
 
 
@@ -165,11 +183,15 @@ def cases(draw):
     T = draw(st.integers(1, 3))
     B = draw(st.integers(2 if stem == "bn_lstm" and training else 1, 3))
     lengths = draw(st.lists(st.integers(0, T), min_size=B, max_size=B).filter(any))
-    options = {}
+    options = {"forget_bias": draw(st.sampled_from([0.0, 1.0]))}
     if stem == "ln_lstm":
         options["per_gate"] = draw(st.booleans())
+        options["terms"] = draw(st.sampled_from(["separate", "summed"]))
     if stem in ("bn_lstm", "seq_bn_lstm"):
         options["pad_stats"] = draw(st.sampled_from(["exclude", "include"]))
+    if stem in ("bn_lstm", "ln_lstm"):
+        options["carry"] = draw(st.sampled_from(["raw", "normalized"]))
+        options["term_beta"] = options.get("terms") != "summed" and draw(st.booleans())
     t0 = draw(st.integers(0, 8)) if stem == "bn_lstm" else 0
     return (stem, options, training, T, B, lengths, t0, draw(st.integers(1, 3)),
             draw(st.integers(1, 4)), draw(st.integers(0, 99)))
@@ -262,6 +284,18 @@ def test_inference_without_population_statistics_raises():
     with pytest.raises(ValueError, match="pop"):
         refnorm.numba_cuda.bn_lstm_forward(d["x"], d["h0"], d["c0"], np.ones((2, 2)),
                                            cell.params, training=False, eps=1e-5)
+
+
+@pytest.mark.parametrize("stem, option", [("bn_lstm", {"carry": "normal"}),
+                                           ("ln_lstm", {"carry": "Normalized"}),
+                                           ("ln_lstm", {"terms": "sum"})])
+def test_unknown_variant_is_a_value_error_before_any_launch(stem, option):
+    cell = make_cell(stem, 2, 2)
+    d = random_data(cell, 1, 2)
+    extra = {"training": True} if stem == "bn_lstm" else {}
+    with pytest.raises(ValueError, match=next(iter(option))):
+        getattr(refnorm.numba_cuda, stem + "_forward")(d["x"], d["h0"], d["c0"], np.ones((1, 2)),
+                                                       cell.params, eps=1e-5, **extra, **option)
 
 
 # -- the matmul kernel alone ----------------------------------------------------------------
@@ -396,7 +430,7 @@ def test_every_kernel_cites_the_reference():
     of the reference it implements."""
     import inspect
     import re
-    tag = re.compile(r"\((BPTT|BN|LN|LSTM|BN-LSTM|SEQBN-LSTM|LN-LSTM) \d+[a-z]?\)")
+    tag = re.compile(r"\((BPTT|BN|LN|LSTM|BN-LSTM|SEQBN-LSTM|LN-LSTM|VAR) \d+[a-z]?\)")
     found = 0
     for module in ("common", "norms", "lstm", "bn_lstm", "seq_bn_lstm", "ln_lstm"):
         mod = getattr(refnorm.numba_cuda, module)

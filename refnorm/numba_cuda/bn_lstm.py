@@ -7,6 +7,10 @@ reductions over the rows of the statistics mask s_t, so the whole step -- normal
 cell, its normalisation, the masked carry -- needs no other launch. In inference the statistics
 arrays arrive holding the population statistics chosen for each step and are only read.
 Backward mirrors it; the gain and bias gradients are column sums over all T·B rows afterwards.
+
+carry="normalized" (VAR 3) reaches the kernels as the integer carry_mode = 1 (0: "raw"): the
+step carries ĉ_t = BN_t(c̃_t; γ_c, β_c) instead of c̃_t, and backward adds the carry gradient
+before the normalisation's backward instead of after it (VAR 4).
 """
 import math
 
@@ -15,16 +19,17 @@ from numba import cuda, float64
 
 from ..numpy_ref.bn_lstm import STAT_NAMES, BNLSTMCache
 from . import common
-from .common import MAX_THREADS, normalized_gates
+from .common import CARRY_MODES, MAX_THREADS, kernel_mode, normalized_gates
 from .norms import column_backward, column_count, column_normalize, column_stats
 
 
 @cuda.jit
 def bn_lstm_step_forward_kernel(t, U, A, mask, stat_mask, b, gamma_x, gamma_h, gamma_c, beta_c,
-                                eps, training, h, c, hs, count, a_hat, u_hat, gates, c_new,
-                                c_hat, tanh_c, mean_h, var_h, mean_x, var_x, mean_c, var_c):
+                                eps, training, carry_mode, h, c, hs, count, a_hat, u_hat, gates,
+                                c_new, c_hat, tanh_c, mean_h, var_h, mean_x, var_x, mean_c,
+                                var_c):
     """Step t for hidden unit j = blockIdx.x over all rows. U (T, B, 4H) = x Wx, A (B, 4H) =
-    h_{t-1} Wh, c_new (B, H) scratch for c̃_t."""
+    h_{t-1} Wh, c_new (B, H) scratch for c̃_t; carry_mode 0 carries c̃_t, 1 carries ĉ_t."""
     buf = cuda.shared.array(MAX_THREADS, float64)
     j = cuda.blockIdx.x
     tid, nt = cuda.threadIdx.x, cuda.blockDim.x
@@ -51,7 +56,7 @@ def bn_lstm_step_forward_kernel(t, U, A, mask, stat_mask, b, gamma_x, gamma_h, g
         column_normalize(A, s, k, mu_h, v_h, eps, a_hat[t])       # (BN 5)
         column_normalize(U[t], s, k, mu_x, v_x, eps, u_hat[t])
     for r in range(tid, B, nt):
-        normalized_gates(t, r, j, a_hat, u_hat, gamma_h, gamma_x, b, c, gates,
+        normalized_gates(t, r, j, a_hat, u_hat, gamma_h, gamma_x, b, 0, c, gates,
                          c_new)                           # (BN-LSTM 2), (BN-LSTM 3)
     if training:
         mu_c, v_c = column_stats(c_new, s, j, n, buf)      # batchnorm_forward(c_new, s_t, ...)
@@ -62,13 +67,14 @@ def bn_lstm_step_forward_kernel(t, U, A, mask, stat_mask, b, gamma_x, gamma_h, g
         mu_c, v_c = mean_c[t, j], var_c[t, j]
     column_normalize(c_new, s, j, mu_c, v_c, eps, c_hat[t])       # (BN-LSTM 4)
     for r in range(tid, B, nt):
-        th = math.tanh(gamma_c[j] * c_hat[t, r, j] + beta_c[j])   # np.tanh(c_bn)
+        c_bn = gamma_c[j] * c_hat[t, r, j] + beta_c[j]     # gamma * zhat + beta    (BN 6)
+        th = math.tanh(c_bn)                               # np.tanh(c_bn)
         tanh_c[t, r, j] = th
         h_new = gates[t, r, 3 * H + j] * th                # h_new = o * tanh_c     (BN-LSTM 4)
         if mask[t, r] > 0:                                 # carry(...)             (BPTT 2)
             hs[t, r, j] = h_new                            # y = m_t * h_new        (BPTT 3)
             h[t + 1, r, j] = h_new
-            c[t + 1, r, j] = c_new[r, j]
+            c[t + 1, r, j] = c_bn if carry_mode == 1 else c_new[r, j]   # c_state  (VAR 3)
         else:
             hs[t, r, j] = 0.0
             h[t + 1, r, j] = h[t, r, j]
@@ -78,9 +84,10 @@ def bn_lstm_step_forward_kernel(t, U, A, mask, stat_mask, b, gamma_x, gamma_h, g
 @cuda.jit
 def bn_lstm_step_backward_kernel(t, dhs, dH, dC, mask, stat_mask, c, a_hat, u_hat, gates, c_hat,
                                  tanh_c, var_h, var_x, var_c, gamma_x, gamma_h, gamma_c, eps,
-                                 training, dZ, dc_bn, dA, dU, dh, dc):
+                                 training, carry_mode, dZ, dc_bn, dA, dU, dh, dc):
     """Backward of step t for hidden unit j = blockIdx.x over all rows: writes dZ[t] = dz_t,
-    dc_bn[t] = dL/d BN_t(c̃_t), dA[t] = da_t, dU[t] = du_t, dh[t], dc[t]; dC <- dC_{t-1}."""
+    dc_bn[t] = dL/d BN_t(c̃_t) (with carry_mode 1 the carry gradient included: dĉ_t), dA[t] =
+    da_t, dU[t] = du_t, dh[t], dc[t] (the carried state's gradient); dC <- dC_{t-1}."""
     buf = cuda.shared.array(MAX_THREADS, float64)
     j = cuda.blockIdx.x
     tid, nt = cuda.threadIdx.x, cuda.blockDim.x
@@ -94,16 +101,23 @@ def bn_lstm_step_backward_kernel(t, dhs, dH, dC, mask, stat_mask, c, a_hat, u_ha
         dh_new = m[r] * (dhs[t, r, j] + dH[r, j])          # (BPTT 4)
         dh[t, r, j] = dh_new
         dZ[t, r, 3 * H + j] = dh_new * th * o * (1 - o)    # do (BN-LSTM 6), (LSTM 8)
-        dc_bn[t, r, j] = dh_new * o * (1 - th * th)        # (BN-LSTM 6)
+        dcb = dh_new * o * (1 - th * th)                   # (BN-LSTM 6)
+        if carry_mode == 1:
+            dcb = dcb + m[r] * dC[r, j]                    # dc_bn + valid * dC  (BPTT 5), (VAR 4)
+        dc_bn[t, r, j] = dcb
     column_backward(dc_bn[t], c_hat[t], var_c[t, j], s, gamma_c[j], j, n, eps, training, dc[t],
-                    buf)                                   # dc_norm = batchnorm_backward(dc_bn..)
+                    buf)                                   # batchnorm_backward(dc_bn, ...)
     for r in range(tid, B, nt):
         valid = m[r]
         i = gates[t, r, j]
         f = gates[t, r, H + j]
         g = gates[t, r, 2 * H + j]
-        dc_new = valid * dC[r, j] + dc[t, r, j]            # (BPTT 5), (BN-LSTM 7)
-        dc[t, r, j] = dc_new
+        if carry_mode == 1:
+            dc_new = dc[t, r, j]                           # dc_new = Nback(dc_bn)     (VAR 4)
+            dc[t, r, j] = dc_bn[t, r, j]                   # dc_state = dc_bn          (VAR 4)
+        else:
+            dc_new = valid * dC[r, j] + dc[t, r, j]        # (BPTT 5), (BN-LSTM 7)
+            dc[t, r, j] = dc_new                           # dc_state = dc_new
         dZ[t, r, j] = dc_new * g * i * (1 - i)             # (LSTM 7), (LSTM 8)
         dZ[t, r, H + j] = dc_new * c[t, r, j] * f * (1 - f)
         dZ[t, r, 2 * H + j] = dc_new * i * (1 - g * g)
@@ -118,9 +132,8 @@ def bn_lstm_step_backward_kernel(t, dhs, dH, dC, mask, stat_mask, c, a_hat, u_ha
 
 def bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None, pad_stats="exclude",
                     carry="raw"):
-    if carry != "raw":
-        raise NotImplementedError("carry='normalized' is not on this backend yet")
     """Same contract as refnorm.numpy_ref.bn_lstm.bn_lstm_forward."""
+    carry_mode = kernel_mode(CARRY_MODES, carry, "carry")
     if not training and pop is None:
         raise ValueError("inference needs population statistics (pop)")
     common.require_device()
@@ -151,19 +164,20 @@ def bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None, pad_sta
         common.matmul(h[t], p["Wh"], A)                    # a = h_prev @ p["Wh"]  (BN-LSTM 1)
         bn_lstm_step_forward_kernel[H, common.THREADS](
             t, U, A, md, sd, p["b"], p["gamma_x"], p["gamma_h"], p["gamma_c"], p["beta_c"],
-            eps, training, h, c, out["hs"], out["count"], out["a_hat"], out["u_hat"],
+            eps, training, carry_mode, h, c, out["hs"], out["count"], out["a_hat"], out["u_hat"],
             out["gates"], c_new, out["c_hat"], out["tanh_c"], stats["mean_h"], stats["var_h"],
             stats["mean_x"], stats["var_x"], stats["mean_c"], stats["var_c"])
     out = common.finish(on_device, {**out, **stats, "h": h, "c": c})
     hs = out.pop("hs")
-    cache = BNLSTMCache(x=x, mask=mask, stat_mask=stat_mask, params=params, training=training, carry=carry,
-                        eps=eps, **out)
+    cache = BNLSTMCache(x=x, mask=mask, stat_mask=stat_mask, params=params, training=training,
+                        eps=eps, carry=carry, **out)
     return hs, out["h"][-1], out["c"][-1], cache
 
 
 def bn_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
     """Same contract as refnorm.numpy_ref.bn_lstm.bn_lstm_backward."""
     on_device, dhs_d = common.start_backward(dhs)
+    carry_mode = kernel_mode(CARRY_MODES, cache.carry, "carry")
     dev = common.to_device
     T, B, H = dhs_d.shape
     G = 4 * H
@@ -181,9 +195,10 @@ def bn_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
         bn_lstm_step_backward_kernel[H, common.THREADS](
             t, dhs_d, dH, dC, md, sd, c, a_hat, u_hat, gates, c_hat, tanh_c, var_h, var_x, var_c,
             p["gamma_x"], p["gamma_h"], p["gamma_c"], cache.eps, cache.training,
-            dZ, dc_bn, dA, dU, dh, dc)
+            carry_mode, dZ, dc_bn, dA, dU, dh, dc)
         common.matmul(dA[t], p["Wh"], dh_rec, trans_b=True)   # da @ p["Wh"].T   (BN-LSTM 10)
         common.carry_grad(t, dH, dh_rec, md)                  # (BPTT 6)
-    grads = common.normalized_backward_grads(cache, dZ, dA, dU, dc_bn, a_hat, u_hat, c_hat,
+    grads = common.normalized_backward_grads(cache, dZ, dA, dU, dc_bn,
+                                             {"gamma_h": a_hat, "gamma_x": u_hat}, c_hat,
                                              p["Wx"], dH, dC)              # (BN-LSTM 11)
     return common.end_backward(on_device, grads, dh, dc, state_grads)

@@ -32,6 +32,10 @@ TILE = 16
 USE_CUBLAS = True
 MAX_THREADS = 1024        # size of the shared reduction buffers: THREADS must not exceed it
 
+# The variants (derivations/variants.md) reach the kernels as integers; 0 is the papers' cell.
+CARRY_MODES = {"raw": 0, "normalized": 1}           # carry= of BN-LSTM, LN-LSTM  (VAR 3)
+TERMS_MODES = {"separate": 0, "summed": 1}          # terms= of LN-LSTM           (VAR 5)
+
 
 # -- the device and its arrays -------------------------------------------------------------
 def require_device():
@@ -46,6 +50,13 @@ def require_device():
                            "numba-cuda's CUDA libraries (pip install 'numba-cuda[cu12]'), or the "
                            "CUDA simulator (set NUMBA_ENABLE_CUDASIM=1 before numba is imported); "
                            "numba.cuda.is_available() is False here")
+
+
+def kernel_mode(modes, value, name):
+    """The kernels' integer for an option's value (ValueError for a value not in modes)."""
+    if value not in modes:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, modes))}, got {value!r}")
+    return modes[value]
 
 
 def usable():
@@ -97,19 +108,28 @@ def sigmoid(z):
 
 
 @cuda.jit(device=True)
-def normalized_gates(t, r, j, a_hat, u_hat, gamma_h, gamma_x, b, c, gates, c_new):
+def normalized_preactivation(t, r, k, a_hat, u_hat, gamma_h, gamma_x, b, summed):
+    """z_k of row r of step t: γ_h ⊙ â + γ_x ⊙ û + b (BN-LSTM 2), (LN-LSTM 2); with summed = 1
+    (terms="summed", LN-LSTM only) γ_z ⊙ ŝ + b (VAR 5), ŝ and γ_z passed as a_hat, gamma_h
+    (u_hat, gamma_x are not read)."""
+    if summed:
+        return gamma_h[k] * a_hat[t, r, k] + b[k]          # z = s_ln + p["b"]         (VAR 5)
+    # z = a_ln + u_ln + p["b"]                               (BN-LSTM 2), (LN-LSTM 2)
+    return gamma_h[k] * a_hat[t, r, k] + gamma_x[k] * u_hat[t, r, k] + b[k]
+
+
+@cuda.jit(device=True)
+def normalized_gates(t, r, j, a_hat, u_hat, gamma_h, gamma_x, b, summed, c, gates,
+                     c_new):
     """For one (row r, hidden unit j) of step t of BN-LSTM / LN-LSTM:
-    z = γ_h ⊙ â + γ_x ⊙ û + b (BN-LSTM 2), (LN-LSTM 2); gates (LSTM 2);
+    z by normalized_preactivation (BN-LSTM 2), (LN-LSTM 2), (VAR 5); gates (LSTM 2);
     c_new = f ⊙ c_prev + i ⊙ g (BN-LSTM 3), (LN-LSTM 3)."""
     H = c_new.shape[1]
-    # z = a_n + u_n + p["b"]; gates = gates_forward(z)
-    zi = gamma_h[j] * a_hat[t, r, j] + gamma_x[j] * u_hat[t, r, j] + b[j]
-    k = H + j
-    zf = gamma_h[k] * a_hat[t, r, k] + gamma_x[k] * u_hat[t, r, k] + b[k]
-    k = 2 * H + j
-    zg = gamma_h[k] * a_hat[t, r, k] + gamma_x[k] * u_hat[t, r, k] + b[k]
-    k = 3 * H + j
-    zo = gamma_h[k] * a_hat[t, r, k] + gamma_x[k] * u_hat[t, r, k] + b[k]
+    # z = a_ln + u_ln + p["b"] (or s_ln + p["b"]); gates = gates_forward(z)
+    zi = normalized_preactivation(t, r, j, a_hat, u_hat, gamma_h, gamma_x, b, summed)
+    zf = normalized_preactivation(t, r, H + j, a_hat, u_hat, gamma_h, gamma_x, b, summed)
+    zg = normalized_preactivation(t, r, 2 * H + j, a_hat, u_hat, gamma_h, gamma_x, b, summed)
+    zo = normalized_preactivation(t, r, 3 * H + j, a_hat, u_hat, gamma_h, gamma_x, b, summed)
     i = sigmoid(zi)
     f = sigmoid(zf)
     g = math.tanh(zg)
@@ -349,15 +369,18 @@ def end_backward(on_device, grads, dh, dc, state_grads):
     return finish(on_device, grads)
 
 
-def normalized_backward_grads(cache, dZ, dA, dU, dc_norm_in, a_hat, u_hat, c_hat, Wx, dH, dC):
+def normalized_backward_grads(cache, dZ, dA, dU, dc_norm_in, gains, c_hat, Wx, dH, dC):
     """After the BN-LSTM / LN-LSTM loop: the whole-sequence products dWx, dx (BN-LSTM 11),
     (LN-LSTM 10) and dWh (BN-LSTM 10), (LN-LSTM 9); the gains, shifts and bias as column sums
-    over all T·B rows: db = Σ dz, dγ = Σ dy ⊙ ẑ, dβ = Σ dy (BN 8), (LN 6)."""
+    over all T·B rows: db = Σ dz, dγ = Σ dy ⊙ ẑ, dβ = Σ dy (BN 8), (LN 6). gains maps each
+    gate-term gain to its normalised term: {"gamma_h": â, "gamma_x": û}, or {"gamma_z": ŝ}
+    (VAR 6); dc_norm_in is the gradient entering the cell normalisation's output (BN-LSTM 6),
+    (LN-LSTM 5), or dĉ_t with the carry gradient in it (VAR 4)."""
     dWx, dx = input_projection_backward(to_device(cache.x), dU, Wx)
     return {"Wx": dWx, "Wh": recurrent_weight_grad(to_device(cache.h), dA),
             "b": column_sums(flat(dZ)),                                     # dz.sum(axis=0)
-            "gamma_h": column_sums(flat(dZ), flat(a_hat)),                  # (dy * zhat).sum
-            "gamma_x": column_sums(flat(dZ), flat(u_hat)),
+            **{name: column_sums(flat(dZ), flat(zhat))                      # (dy * zhat).sum
+               for name, zhat in gains.items()},
             "gamma_c": column_sums(flat(dc_norm_in), flat(c_hat)),
             "beta_c": column_sums(flat(dc_norm_in)),                        # dy.sum(axis=0)
             "x": dx, "h0": dH, "c0": dC}
