@@ -7,6 +7,9 @@
                      the four cells over an init sweep on the adding problem and the digits,
                      measures gradient flow and tests the common claims about BN in RNNs;
                      writes a report folder (Markdown, JSON, CSV, PNG). --quick: seconds.
+    refnorm validate run another framework's LSTM (torch, haste, Keras, or your own module) and
+                     refnorm on the same random data; one row per output and gradient, exit
+                     status 1 on a mismatch.
     refnorm golden   write float64 test vectors (.npz + manifest.json) of every cell and preset,
                      for testing a framework in any language against refnorm.
 """
@@ -87,6 +90,7 @@ def main(argv=None):
     p_check.add_argument("--tol", type=float, default=GRADCHECK_TOL,
                          help=f"pass threshold on the relative error (default {GRADCHECK_TOL:g})")
     add_study_parser(sub)
+    add_validate_parser(sub)
     p_golden = sub.add_parser("golden", help="write float64 test vectors of every cell and "
                                              "preset (.npz + manifest.json)")
     p_golden.add_argument("--out", default="refnorm-golden", help="folder (default %(default)s)")
@@ -96,6 +100,8 @@ def main(argv=None):
         return 0 if check(args.backend, args.tol) else 1
     if args.command == "study":
         return study(args)
+    if args.command == "validate":
+        return validate_command(args)
     if args.command == "golden":
         from .golden import write
         manifest = write(args.out, seed=args.seed)
@@ -103,6 +109,105 @@ def main(argv=None):
               f"(manifest.json describes every array)")
         return 0
     return 2
+
+
+BUILTIN_TARGETS = ("torch.nn.LSTM", "torch.nn.LSTMCell", "haste.LSTM", "haste.LayerNormLSTM",
+                   "keras.LSTM")
+
+
+def add_validate_parser(sub):
+    p = sub.add_parser("validate", help="compare another framework's LSTM with refnorm, tensor "
+                                        "by tensor", description=(
+        "Copy the target's weights into the matching refnorm cell, run both on the same random "
+        "inputs, lengths and upstream gradients, and print the relative error of every output "
+        "and gradient against a tolerance set by the target's dtype. TARGET is one of "
+        + ", ".join(BUILTIN_TARGETS) + " (built here with random non-zero weights), or "
+        "MODULE:ATTR naming a module instance or a factory called as ATTR(input_size, "
+        "hidden_size); with --preset, MODULE:ATTR is a callable f(inputs) -> outputs (see "
+        "refnorm.validate). Exit status 1 on a mismatch."))
+    p.add_argument("target", metavar="TARGET")
+    p.add_argument("--input-size", type=int, default=3)
+    p.add_argument("--hidden-size", type=int, default=4)
+    p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+                   help="the target's dtype for the built-in targets (default %(default)s)")
+    p.add_argument("--T", type=int, default=6, dest="T", help="time steps (default 6)")
+    p.add_argument("--B", type=int, default=4, dest="B", help="batch size (default 4)")
+    p.add_argument("--lengths", type=int, nargs="+", help="sequence lengths (default: random, "
+                                                          "the first full)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tol", type=float, help="relative tolerance (default: by dtype, "
+                                             "1e-10 for float64, 1e-4 for float32)")
+    p.add_argument("--preset", help="for a callable TARGET: the refnorm.presets cell it should "
+                                    "compute (its weights are drawn at random)")
+    p.add_argument("--randomize", action="store_true",
+                   help="overwrite a MODULE:ATTR module's weights with random non-zero ones")
+    return p
+
+
+def _random_cell(cls_or_preset, args, **options):
+    cell = cls_or_preset(args.input_size, args.hidden_size, seed=args.seed, **options)
+    return randomize(cell, seed=args.seed + 1)
+
+
+def _build_target(args):
+    """The module (or callable, cell) that `refnorm validate` compares."""
+    import importlib
+
+    from . import interop, presets
+    D, H = args.input_size, args.hidden_size
+    if args.target in BUILTIN_TARGETS:
+        family, _, name = args.target.rpartition(".")
+        if family.startswith("torch"):
+            import torch
+            module = getattr(torch.nn, name)(D, H, dtype=getattr(torch, args.dtype))
+            return interop.to_torch(_random_cell(CELLS["lstm"], args), module), None
+        if family == "haste":
+            import haste_pytorch
+            module = getattr(haste_pytorch, name)(D, H)
+            module = module.double() if args.dtype == "float64" else module.float()
+            stem = "ln_lstm" if name == "LayerNormLSTM" else "lstm"
+            return interop.to_haste(_random_cell(CELLS[stem], args), module), None
+        import keras
+        layer = keras.layers.LSTM(H, return_sequences=True, return_state=True,
+                                  dtype=args.dtype)
+        layer.build((None, args.T, D))
+        return interop.to_keras(_random_cell(CELLS["lstm"], args), layer), None
+    if ":" not in args.target:
+        raise ValueError(f"TARGET must be one of {', '.join(BUILTIN_TARGETS)} or MODULE:ATTR, "
+                         f"got {args.target!r}")
+    module_name, _, attr = args.target.partition(":")
+    obj = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    if args.preset:
+        if args.preset not in presets.PRESETS:
+            raise ValueError(f"unknown preset {args.preset!r}: one of "
+                             f"{', '.join(sorted(presets.PRESETS))}")
+        return obj, _random_cell(presets.PRESETS[args.preset], args)
+    if isinstance(obj, type) or (callable(obj) and not hasattr(obj, "parameters")
+                                 and not hasattr(obj, "get_weights")):
+        obj = obj(D, H)
+    if args.randomize:
+        from .validation import _adapter
+        cell = randomize(_adapter(obj, None).cell, seed=args.seed + 1)
+        kind = type(obj).__module__.split(".")[0]
+        convert = {"torch": interop.to_torch, "haste_pytorch": interop.to_haste,
+                   "keras": interop.to_keras}[kind]
+        convert(cell, obj)
+    return obj, None
+
+
+def validate_command(args):
+    from .validation import validate
+    try:
+        target, cell = _build_target(args)
+        report = validate(target, cell=cell, T=args.T, B=args.B, lengths=args.lengths,
+                          seed=args.seed, tol=args.tol)
+    except (ValueError, ImportError) as err:
+        print(f"refnorm validate: {err}", file=sys.stderr)
+        return 2
+    print(report)
+    return 0 if report.ok else 1
 
 
 def add_study_parser(sub):

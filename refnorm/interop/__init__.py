@@ -1,0 +1,68 @@
+"""Converters between refnorm's cells and the LSTM parameters of other frameworks.
+
+    import refnorm.interop as interop
+    cell = interop.from_torch(net, layer=1, reverse=True)     # one layer and direction of nn.LSTM
+    net = interop.to_torch(cell)                               # a new one-layer nn.LSTM (float64)
+
+refnorm's layout: z = x Wx + h Wh + b, Wx (D, 4H), Wh (H, 4H), one bias b (4H), gate blocks
+i, f, g, o. Every converter copies (the result never shares memory with its source), and a
+round trip refnorm -> framework -> refnorm is exact, bit for bit, in float64. The frameworks are
+imported inside the functions that need them: `import refnorm.interop` needs only NumPy, and the
+array converters (from_/to_onnx, from_/to_keras on lists, from_/to_tf1*) run without any of them.
+
+| framework | input weights | recurrent weights | bias | gates | idx |
+|---|---|---|---|---|---|
+| PyTorch nn.LSTM, LSTMCell | weight_ih_l{k}[_reverse] (4H, D) | weight_hh_l{k}... (4H, H) | bias_ih + bias_hh | i,f,g,o | 0,1,2,3 |
+| Keras 3 LSTM, LSTMCell | kernel (D, 4H) | recurrent_kernel (H, 4H) | bias (4H) | i,f,c,o | 0,1,2,3 |
+| cuDNN (for reference) | linLayerID 0-3 | linLayerID 4-7 | bW + bR | i,f,c,o | 0,1,2,3 |
+| ONNX LSTM | W [dirs, 4H, D] | R [dirs, 4H, H] | B [dirs, 8H]: Wb + Rb | i,o,f,c | 0,2,3,1 |
+| haste LSTM, LayerNormLSTM | kernel (D, 4H) | recurrent_kernel (H, 4H) | bias (4H) | i,g,f,o | 0,2,1,3 |
+| TF1 BasicLSTMCell | kernel[:D] of ((D+H), 4H) | kernel[D:] | bias (4H) | i,j,f,o | 0,2,1,3 |
+| TF1 LayerNormBasicLSTMCell | kernel[:D] | kernel[D:] | per-gate LN betas | i,j,f,o | 0,2,1,3 |
+
+| framework | functions | forget-gate bias | source read |
+|---|---|---|---|
+| PyTorch | from_torch, to_torch | none | torch/nn/modules/rnn.py |
+| Keras 3 | from_keras, to_keras | stored (unit_forget_bias) | keras/src/layers/rnn/lstm.py |
+| ONNX (opset 22) | from_onnx, to_onnx, from_onnx_model, to_onnx_model | none | onnx/defs/rnn/defs.cc, onnx/reference/ops/op_lstm.py |
+| haste | from_haste, to_haste | stored (forget_bias) | haste_pytorch/lstm.py, layer_norm_lstm.py |
+| TF1 | from_tf1, to_tf1 | run time: LSTM(forget_bias=) | tensorflow/python/ops/rnn_cell_impl.py |
+| TF1 contrib | from_tf1_layer_norm, to_tf1_layer_norm | run time | tensorflow/contrib/rnn/python/ops/rnn_cell.py |
+
+idx is the gate index map, canonical_block[k] = source_block[idx[k]]; it lives in one place,
+layouts.LAYOUTS, and every converter reorders with layouts.to_canonical / from_canonical.
+
+Layer-normalised cells (each built with its refnorm.presets function):
+
+* haste LayerNormLSTM -> presets.haste_layer_norm_lstm, LNLSTM(per_gate=False, eps=1e-5): raw c
+  carried, separate terms; gamma[0] -> gamma_x, gamma[1] -> gamma_h (both reordered),
+  gamma_h -> gamma_c, beta_h -> beta_c.
+* TF1 LayerNormBasicLSTMCell -> presets.tf1_layer_norm_basic_lstm, LNLSTM(terms="summed",
+  per_gate=True, carry="normalized", eps=1e-12, forget_bias=...): <scope>/gamma -> gamma_z and
+  <scope>/beta -> b for the scopes input (i), forget (f), transform (g), output (o);
+  state/gamma, state/beta -> gamma_c, beta_c.
+
+Conventions shared by every converter:
+* two biases -> one: their sum; one -> two: the sum goes into the first (bias_ih, Wb), zeros into
+  the second (bias_hh, Rb).
+* refnorm's run-time forget_bias is folded into the stored bias when exporting to a framework
+  that has none (torch, Keras, ONNX, haste); TF1 has one, so from_tf1 sets it on the cell.
+* refnorm is time-major (T, B, D). batch_first (torch), Keras's batch-major input and ONNX's
+  layout attribute change how data is laid out, not the weights: transpose the data yourself.
+* a reverse direction (torch reverse=True, ONNX direction 1) is a cell run over the
+  time-reversed sequence, each sequence reversed within its own length (Keras go_backwards also
+  returns its outputs in reversed time order).
+* unsupported forms raise ValueError: projections (proj_size), peepholes, other activations,
+  clip, coupled gates, zoneout, layers or directions the module does not have, non-LSTM modules.
+"""
+from .haste_lstm import from_haste, to_haste
+from .keras_lstm import from_keras, to_keras
+from .layouts import LAYOUTS, GateLayout, from_canonical, reorder_gates, to_canonical
+from .onnx_lstm import ONNX_OPSET, from_onnx, from_onnx_model, to_onnx, to_onnx_model
+from .tf1_lstm import TF1_LN_SCOPES, from_tf1, from_tf1_layer_norm, to_tf1, to_tf1_layer_norm
+from .torch_lstm import from_torch, to_torch
+
+__all__ = ["LAYOUTS", "GateLayout", "reorder_gates", "to_canonical", "from_canonical",
+           "from_torch", "to_torch", "from_keras", "to_keras", "from_onnx", "from_onnx_model",
+           "to_onnx", "to_onnx_model", "ONNX_OPSET", "from_haste", "to_haste",
+           "from_tf1", "to_tf1", "from_tf1_layer_norm", "to_tf1_layer_norm", "TF1_LN_SCOPES"]

@@ -1,0 +1,94 @@
+"""Keras 3 keras.layers.LSTM / LSTMCell <-> refnorm.LSTM.
+
+Keras computes z = x kernel + h recurrent_kernel + bias with gate blocks i, f, c, o (refnorm's
+order: c is the candidate g), so the arrays are copied as they are. unit_forget_bias=True only
+initialises bias[H:2H] to 1: it is part of the stored bias and is copied with it. Keras is
+batch-major (B, T, D) and, at masked steps, carries the state and repeats the previous output
+(zero_output_for_mask=False, its default); refnorm outputs 0 there. A Bidirectional wrapper holds
+two LSTMs: convert .forward_layer and .backward_layer (go_backwards=True: it reads x reversed).
+
+Precision: without a mask Keras 3's torch backend runs a fused loop in the weights' dtype; with a
+mask it runs its generic RNN loop, whose keras.ops.matmul maps float64 to float32 (Keras's
+result_type follows JAX's 32-bit default), so a float64 Keras LSTM agrees with refnorm to ~1e-7
+there and to ~1e-16 without a mask (measured with keras 3.15, tests/test_interop.py).
+"""
+import numpy as np
+
+from .. import presets
+from ._common import (build_cell, expect_shape, fold_forget_bias, hidden_size_of, lstm_arrays,
+                      source_array)
+from .layouts import from_canonical, to_canonical
+
+# refnorm's LSTM uses these activations; a Keras layer configured otherwise is refused.
+KERAS_ACTIVATIONS = {"activation": "tanh", "recurrent_activation": "sigmoid"}
+
+
+def _check_config(layer):
+    config = layer.get_config() if hasattr(layer, "get_config") else {}
+    for key, want in KERAS_ACTIVATIONS.items():
+        got = config.get(key, want)
+        if got != want:
+            raise ValueError(f"the Keras layer has {key}={got!r}; refnorm's LSTM uses {want!r}")
+
+
+def _weights(layer_or_weights):
+    if hasattr(layer_or_weights, "get_weights"):
+        _check_config(layer_or_weights)
+        weights = layer_or_weights.get_weights()
+        if not weights:
+            raise ValueError("the Keras layer has no weights yet: build it first (call it once, "
+                             "or layer.build((None, None, input_size)))")
+    elif isinstance(layer_or_weights, (list, tuple)):
+        weights = list(layer_or_weights)
+    else:
+        raise ValueError("expected a Keras LSTM/LSTMCell (anything with get_weights()) or a list "
+                         "[kernel, recurrent_kernel(, bias)], got "
+                         f"{type(layer_or_weights).__name__}")
+    if len(weights) not in (2, 3):
+        raise ValueError(f"expected [kernel, recurrent_kernel, bias] (or the first two for "
+                         f"use_bias=False), got {len(weights)} arrays (a Bidirectional LSTM holds "
+                         f"6: convert its forward_layer and backward_layer)")
+    return weights
+
+
+def from_keras(layer_or_weights, dtype="float64", backend="numpy"):
+    """refnorm.LSTM holding a copy of a Keras 3 LSTM or LSTMCell's weights, or of the list
+    [kernel (D, 4H), recurrent_kernel (H, 4H), bias (4H)] (use_bias=False: the first two; b = 0).
+    ValueError for other activations, other shapes (e.g. a GRU's 3H) and other lists."""
+    weights = _weights(layer_or_weights)
+    recurrent = source_array(weights[1], "recurrent_kernel", 2)
+    H = hidden_size_of(recurrent.shape[1], "recurrent_kernel")
+    expect_shape(recurrent, (H, 4 * H), "recurrent_kernel (H, 4H)")
+    kernel = source_array(weights[0], "kernel", 2)
+    D = kernel.shape[0]
+    expect_shape(kernel, (D, 4 * H), "kernel (D, 4H)")
+    bias = np.zeros(4 * H) if len(weights) == 2 else \
+        expect_shape(source_array(weights[2], "bias", 1), (4 * H,), "bias (4H)")
+    params = {"Wx": to_canonical(kernel, "keras"), "Wh": to_canonical(recurrent, "keras"),
+              "b": to_canonical(bias, "keras")}
+    return build_cell(presets.keras_lstm, D, H, params, dtype=dtype, backend=backend)
+
+
+def to_keras(cell, layer=None):
+    """A refnorm.LSTM's weights for Keras: with layer=None the list [kernel, recurrent_kernel,
+    bias] (copies, the cell's dtype); with a built Keras LSTM/LSTMCell, layer.set_weights(...)
+    (cast to the layer's dtype) and the layer is returned. A run-time forget_bias is folded into
+    bias[H:2H]. A layer with use_bias=False accepts only a cell whose bias is zero."""
+    p = lstm_arrays(cell, "to_keras")
+    b = fold_forget_bias(p["b"], cell.forget_bias)
+    weights = [from_canonical(p["Wx"], "keras"), from_canonical(p["Wh"], "keras"),
+               from_canonical(b, "keras")]
+    if layer is None:
+        return weights
+    current = _weights(layer)
+    if len(current) == 2:
+        if np.any(b != 0):
+            raise ValueError("the Keras layer has use_bias=False but the cell's bias (with its "
+                             "forget_bias) is not zero")
+        weights = weights[:2]
+    for name, new, old in zip(("kernel", "recurrent_kernel", "bias"), weights, current):
+        if tuple(np.shape(old)) != new.shape:
+            raise ValueError(f"the Keras layer's {name} has shape {tuple(np.shape(old))}, the "
+                             f"cell's has {new.shape}")
+    layer.set_weights(weights)
+    return layer

@@ -1,0 +1,146 @@
+"""ONNX LSTM operator <-> refnorm.LSTM.
+
+ONNX computes z = X Wᵀ + H Rᵀ + Wb + Rb with W [dirs, 4H, D], R [dirs, 4H, H], B [dirs, 8H] =
+[Wb, Rb] and gate blocks i, o, f, c (layout "onnx"). Peepholes P [dirs, 3H] (i, o, f) have no
+refnorm counterpart: non-zero P is refused. Direction 1 of a bidirectional node runs over the
+reversed sequence. With sequence_lens, ONNX (and onnxruntime) carries the state and writes 0 to
+Y past each sequence's length, as refnorm does; onnx's own reference evaluator (onnx 1.23,
+onnx/reference/ops/op_lstm.py) ignores sequence_lens and runs every step.
+
+to_onnx and from_onnx need only NumPy; to_onnx_model and from_onnx_model need the onnx package.
+"""
+import numbers
+
+import numpy as np
+
+from .. import presets
+from ._common import (build_cell, expect_shape, fold_forget_bias, hidden_size_of, lstm_arrays,
+                      nonneg_int, source_array)
+from .layouts import from_canonical, to_canonical
+
+# opset of the LSTM node to_onnx_model writes (the LSTM schema's latest version in onnx 1.23)
+ONNX_OPSET = 22
+# what refnorm computes: ONNX's default activations f, g, h of the LSTM node
+ONNX_ACTIVATIONS = ("Sigmoid", "Tanh", "Tanh")
+
+
+def from_onnx(W, R, B=None, P=None, direction=0, dtype="float64", backend="numpy"):
+    """refnorm.LSTM holding a copy of one direction of an ONNX LSTM's W [dirs, 4H, D],
+    R [dirs, 4H, H] and B [dirs, 8H] (None: zeros): Wx = Wᵀ, Wh = Rᵀ, b = Wb + Rb, reordered from
+    i, o, f, c. P (peepholes): None or all zeros, else ValueError."""
+    W, R = source_array(W, "W", 3), source_array(R, "R", 3)
+    dirs = W.shape[0]
+    H = hidden_size_of(W.shape[1], "W [dirs, 4H, D]")
+    D = W.shape[2]
+    expect_shape(R, (dirs, 4 * H, H), "R [dirs, 4H, H]")
+    direction = nonneg_int(direction, "direction")
+    if direction >= dirs:
+        raise ValueError(f"direction={direction} is out of range: W holds {dirs} direction(s)")
+    if B is None:
+        b = np.zeros(4 * H)
+    else:
+        B = expect_shape(source_array(B, "B", 2), (dirs, 8 * H), "B [dirs, 8H]")
+        b = B[direction, :4 * H] + B[direction, 4 * H:]                      # Wb + Rb
+    if P is not None:
+        P = expect_shape(source_array(P, "P", 2), (dirs, 3 * H), "P [dirs, 3H]")
+        if np.any(P[direction] != 0):
+            raise ValueError("peepholes are not supported: P must be None or zero")
+    params = {"Wx": to_canonical(W[direction], "onnx", axis=0).T,
+              "Wh": to_canonical(R[direction], "onnx", axis=0).T,
+              "b": to_canonical(b, "onnx")}
+    return build_cell(presets.onnx_lstm, D, H, params, dtype=dtype, backend=backend)
+
+
+def to_onnx(cell):
+    """A refnorm.LSTM as ONNX LSTM inputs, one direction: {"W": [1, 4H, D], "R": [1, 4H, H],
+    "B": [1, 8H]} (NumPy copies, the cell's dtype). One bias -> two: Wb = b and Rb = 0; a run-time
+    forget_bias is folded into Wb."""
+    p = lstm_arrays(cell, "to_onnx")
+    b = from_canonical(fold_forget_bias(p["b"], cell.forget_bias), "onnx")
+    return {"W": from_canonical(p["Wx"].T, "onnx", axis=0)[None],
+            "R": from_canonical(p["Wh"].T, "onnx", axis=0)[None],
+            "B": np.concatenate([b, np.zeros_like(b)])[None]}
+
+
+def _dim(value, symbol):
+    if value is None:
+        return symbol
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"{symbol} must be a positive integer or None (symbolic), got {value!r}")
+    return int(value)
+
+
+def to_onnx_model(cell, seq_len, batch, with_sequence_lens=True, opset=ONNX_OPSET):
+    """An onnx ModelProto with one LSTM node holding the cell's weights as initializers.
+
+    Inputs X (T, B, D), sequence_lens (B,) int32 (with_sequence_lens=True), initial_h and
+    initial_c (1, B, H); outputs Y (T, 1, B, H), Y_h and Y_c (1, B, H); element type double for a
+    float64 cell, float for float32. seq_len or batch None makes that dimension symbolic ("T",
+    "B"). The model passes onnx.checker.check_model."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    T, B = _dim(seq_len, "T"), _dim(batch, "B")
+    D, H = cell.input_size, cell.hidden_size
+    arrays = to_onnx(cell)
+    elem = TensorProto.DOUBLE if cell.dtype == np.float64 else TensorProto.FLOAT
+    value = helper.make_tensor_value_info
+    inputs = [value("X", elem, [T, B, D])]
+    if with_sequence_lens:
+        inputs.append(value("sequence_lens", TensorProto.INT32, [B]))
+    inputs += [value("initial_h", elem, [1, B, H]), value("initial_c", elem, [1, B, H])]
+    outputs = [value("Y", elem, [T, 1, B, H]), value("Y_h", elem, [1, B, H]),
+               value("Y_c", elem, [1, B, H])]
+    node = helper.make_node(
+        "LSTM", ["X", "W", "R", "B", "sequence_lens" if with_sequence_lens else "",
+                 "initial_h", "initial_c"], ["Y", "Y_h", "Y_c"],
+        name="lstm", hidden_size=H, direction="forward")
+    initializers = [numpy_helper.from_array(a, name) for name, a in arrays.items()]
+    graph = helper.make_graph([node], "refnorm_lstm", inputs, outputs, initializer=initializers)
+    model = helper.make_model_gen_version(graph, producer_name="refnorm",
+                                          opset_imports=[helper.make_opsetid("", opset)])
+    onnx.checker.check_model(model)
+    return model
+
+
+def from_onnx_model(model, node=0, direction=0, dtype="float64", backend="numpy"):
+    """refnorm.LSTM from the node-th LSTM node of an onnx ModelProto or GraphProto whose W, R
+    (and B, P) are initializers. ValueError for activations other than Sigmoid, Tanh, Tanh, for
+    clip or input_forget, and for weights that are computed or fed at run time (pass arrays to
+    from_onnx instead)."""
+    from onnx import helper, numpy_helper
+
+    graph = getattr(model, "graph", model)
+    if not hasattr(graph, "node") or not hasattr(graph, "initializer"):
+        raise ValueError(f"expected an onnx ModelProto or GraphProto, got {type(model).__name__}")
+    lstms = [n for n in graph.node if n.op_type == "LSTM" and n.domain in ("", "ai.onnx")]
+    node = nonneg_int(node, "node")
+    if node >= len(lstms):
+        raise ValueError(f"node={node} is out of range: the graph has {len(lstms)} LSTM node(s)")
+    n = lstms[node]
+    attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+    if "activations" in attrs:
+        names = tuple(a.decode() if isinstance(a, bytes) else a for a in attrs["activations"])
+        if any(names[k:k + 3] != ONNX_ACTIVATIONS for k in range(0, len(names), 3)):
+            raise ValueError(f"activations {names} are not supported: refnorm computes "
+                             f"{ONNX_ACTIVATIONS}")
+    if "clip" in attrs:
+        raise ValueError(f"clip={attrs['clip']} is not supported")
+    if attrs.get("input_forget", 0):
+        raise ValueError("input_forget=1 (coupled input and forget gates) is not supported")
+    initializers = {t.name: t for t in graph.initializer}
+
+    def initializer(position, label):
+        name = n.input[position] if len(n.input) > position else ""
+        if not name:
+            return None
+        if name not in initializers:
+            raise ValueError(f"the LSTM's {label} ({name!r}) is not an initializer of the graph "
+                             f"(computed or fed at run time): pass the arrays to from_onnx")
+        return numpy_helper.to_array(initializers[name])
+
+    W, R = initializer(1, "W"), initializer(2, "R")
+    if W is None or R is None:
+        raise ValueError("the LSTM node has no W or R input")
+    return from_onnx(W, R, initializer(3, "B"), initializer(7, "P"), direction=direction,
+                     dtype=dtype, backend=backend)

@@ -1,0 +1,339 @@
+"""refnorm.validate: validate another framework's LSTM against refnorm's float64 truth, tensor by tensor.
+
+    report = refnorm.validate(torch.nn.LSTM(3, 4))          # or a haste module, or a callable
+    print(report)                                             # the per-tensor table
+    assert report.ok
+
+What it does: copy the module's weights into the matching refnorm cell (refnorm.interop), draw
+random inputs, initial states, sequence lengths and upstream gradients, run the module (with its
+own autograd) and the refnorm cell (float64, hand-written BPTT) on them, and compare the outputs
+at valid steps, the final states and the gradients of L = Σ dhs⊙hs + Σ dhT⊙hT + Σ dcT⊙cT with
+respect to the input, the initial states and every weight (in refnorm's layout; the framework's
+gradients go through the same converter as its weights). Each tensor gets the relative error
+max|a - b| / max(|a| + |b|) and a verdict against a tolerance chosen by the framework's dtype.
+
+Targets:
+* torch.nn.LSTM (one layer, one direction; variable lengths through a PackedSequence) and
+  torch.nn.LSTMCell (stepped here, with refnorm's masked carry);
+* haste_pytorch.LSTM and LayerNormLSTM (lengths passed to the module; it leaves outputs at padded
+  steps unmasked, so only valid steps are compared);
+* keras.layers.LSTM (Keras 3 with KERAS_BACKEND=torch, whose autograd gives the gradients;
+  the mask is passed to the layer when some step is padded, and Keras repeats the previous
+  output at masked steps, so only valid steps are compared. Keras 3.15's masked loop computes
+  float64 products in float32, which this reports as a float64 mismatch of ~1e-7);
+* any callable f(inputs) -> outputs, given `cell=` (a refnorm cell, e.g. from refnorm.presets,
+  with the weights to use): inputs is a
+  dict of NumPy arrays x, h0, c0, mask, lengths, dhs, dhT, dcT and params (refnorm layout, a copy
+  of cell.params); outputs is a dict with hs, hT, cT and, optionally, grads {name: array} in
+  refnorm layout (any of the cell's param names and x, h0, c0). Use it for a framework refnorm
+  has no converter for: convert the params yourself inside f.
+The command `refnorm validate` runs the same with random weights (see `refnorm validate -h`).
+"""
+import numpy as np
+
+from .gradcheck import relative_error
+
+# Relative-error tolerance by the dtype the framework computed in. float64: rounding only,
+# amplified through T steps (tests/helpers.py TOL["autodiff"]); float32: eps32 ≈ 1.2e-7
+# amplified through T steps and the normalisations' 1/s; half precisions: eps ≈ 1e-3.
+TOLERANCE = {"float64": 1e-10, "float32": 1e-4, "float16": 2e-2, "bfloat16": 5e-2}
+
+DEFAULT_T, DEFAULT_B = 6, 4
+
+
+class ValidationReport:
+    """rows: (tensor, shape, max abs error, relative error, tolerance, ok); ok: all rows ok."""
+
+    def __init__(self, target, cell, dtype, tol, rows, lengths):
+        self.target, self.cell, self.dtype, self.tol = target, cell, dtype, tol
+        self.rows, self.lengths = rows, lengths
+
+    @property
+    def ok(self):
+        return all(row[-1] for row in self.rows)
+
+    @property
+    def errors(self):
+        return {row[0]: row[3] for row in self.rows}
+
+    def __str__(self):
+        lines = [f"refnorm validate: {self.target} vs {self.cell!r} (float64 truth)",
+                 f"framework dtype {self.dtype}, tolerance {self.tol:g} (relative), lengths "
+                 f"{[int(n) for n in self.lengths]}, random inputs, states and upstream gradients"]
+        header = f"{'tensor':10} {'shape':>14} {'max abs err':>12} {'rel. error':>11}  verdict"
+        lines += [header, "-" * len(header)]
+        for name, shape, abs_err, rel_err, tol, ok in self.rows:
+            lines.append(f"{name:10} {str(tuple(shape)):>14} {abs_err:12.2e} {rel_err:11.2e}  "
+                         f"{'ok' if ok else 'MISMATCH'}")
+        bad = [row[0] for row in self.rows if not row[-1]]
+        lines.append("PASS" if not bad else f"FAIL: {len(bad)} tensors differ ({', '.join(bad)})")
+        return "\n".join(lines)
+
+
+def validate(target, *, cell=None, T=DEFAULT_T, B=DEFAULT_B, lengths=None, seed=0, tol=None,
+             training=True):
+    """Compare `target` with refnorm; returns a ValidationReport (print it for the table).
+
+    lengths: (B,) sequence lengths, default a ragged draw with the first sequence full. tol:
+    overrides the dtype's tolerance. cell: required for a callable target (a refnorm cell),
+    ignored otherwise. training: for BN cells behind a callable."""
+    rng = np.random.default_rng(seed)
+    if lengths is None:
+        lengths = np.concatenate([[T], rng.integers(1, T + 1, B - 1)]) if B > 1 else [T]
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if lengths.shape != (B,) or lengths.min() < 1 or lengths.max() > T:
+        raise ValueError(f"lengths must be B={B} integers in 1..T={T}, got {lengths.tolist()}")
+    adapter = _adapter(target, cell)
+    ref = adapter.cell
+    D, H = ref.input_size, ref.hidden_size
+    mask = (np.arange(T)[:, None] < lengths[None, :]).astype(np.float64)
+    data = {"x": rng.standard_normal((T, B, D)), "h0": 0.5 * rng.standard_normal((B, H)),
+            "c0": 0.5 * rng.standard_normal((B, H)), "mask": mask, "lengths": lengths,
+            "dhs": rng.standard_normal((T, B, H)) * mask[..., None],
+            "dhT": rng.standard_normal((B, H)), "dcT": rng.standard_normal((B, H))}
+
+    hs, (hT, cT), cache = ref.forward(data["x"], data["h0"], data["c0"], mask,
+                                      training=training, update_stats=False)
+    truth = {"hs": hs, "hT": hT, "cT": cT}
+    truth.update({"d" + k: v for k, v in ref.backward(data["dhs"], cache, data["dhT"],
+                                                      data["dcT"]).items()})
+    theirs = adapter.run({k: (v.copy() if isinstance(v, np.ndarray) else v)
+                          for k, v in data.items()}, training)
+    theirs["hs"] = np.asarray(theirs["hs"], dtype=np.float64) * mask[..., None]
+    dtype = adapter.dtype
+    tol = TOLERANCE.get(dtype, 1e-4) if tol is None else float(tol)
+    rows = []
+    for name, ours in truth.items():
+        if name not in theirs:
+            continue
+        other = np.asarray(theirs[name], dtype=np.float64)
+        if other.shape != ours.shape:
+            rows.append((name, ours.shape, np.inf, np.inf, tol, False))
+            continue
+        abs_err = float(np.max(np.abs(ours - other))) if ours.size else 0.0
+        rel = relative_error(ours, other) if ours.size else 0.0
+        rows.append((name, ours.shape, abs_err, rel, tol, bool(rel <= tol)))
+    return ValidationReport(adapter.name, ref, dtype, tol, rows, lengths)
+
+
+# -- adapters: a refnorm cell holding the target's weights, and how to run the target -----------
+class _Adapter:
+    name = cell = dtype = None
+
+    def run(self, data, training):
+        raise NotImplementedError
+
+
+def _adapter(target, cell):
+    kind = _framework_kind(target)
+    if kind == "torch":
+        return _TorchAdapter(target)
+    if kind == "haste":
+        return _HasteAdapter(target)
+    if kind == "keras":
+        return _KerasAdapter(target)
+    if callable(target):
+        return _CallableAdapter(target, cell)
+    raise ValueError(f"cannot validate a {type(target).__name__}: pass a torch.nn.LSTM, "
+                     "torch.nn.LSTMCell, haste LSTM / LayerNormLSTM, keras.layers.LSTM, or a "
+                     "callable with cell=")
+
+
+def _framework_kind(target):
+    """The framework a target's class (or a base class: a user's subclass counts) comes from."""
+    for cls in type(target).__mro__:
+        module = cls.__module__ or ""
+        for prefix, kind in (("haste_pytorch", "haste"), ("keras", "keras"),
+                             ("torch.nn.modules.rnn", "torch")):
+            if module.startswith(prefix):
+                return kind
+    return None
+
+
+def _torch_grads_as_module(module, grads):
+    """A copy of `module` whose parameters hold `grads` (same names). The converters are linear
+    maps (transposes, gate permutations, a sum of two biases), so converting the gradients with
+    them gives the gradients in refnorm's layout -- except the sum of two biases, whose gradient
+    is each bias's gradient: the second bias of each pair is zeroed so the sum counts it once."""
+    import copy
+
+    import torch
+
+    twin = copy.deepcopy(module)
+    with torch.no_grad():
+        for name, param in twin.named_parameters():
+            g = grads.get(name)
+            param.copy_(torch.zeros_like(param) if g is None or name.startswith("bias_hh")
+                        else g)
+    return twin
+
+
+class _TorchAdapter(_Adapter):
+    def __init__(self, module):
+        import torch
+
+        from .interop import from_torch
+
+        if isinstance(module, torch.nn.LSTM) and (module.num_layers != 1 or module.bidirectional):
+            raise ValueError("refnorm validate takes a one-layer, one-direction torch.nn.LSTM: "
+                             "copy the layer you want into torch.nn.LSTM(D, H) (or validate "
+                             "refnorm.interop.from_torch(module, layer=, reverse=) by hand)")
+        if isinstance(module, torch.nn.LSTM) and module.batch_first:
+            raise ValueError("build the module with batch_first=False for validation (the "
+                             "weights do not depend on it)")
+        self.module = module
+        self.cell = from_torch(module)
+        self.dtype = str(next(module.parameters()).dtype).replace("torch.", "")
+        self.name = f"torch.nn.{type(module).__name__}"
+
+    def run(self, data, training):
+        import torch
+        from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+        from .interop import from_torch
+
+        m = self.module
+        p0 = next(m.parameters())
+        t = {k: torch.tensor(data[k], dtype=p0.dtype, device=p0.device, requires_grad=True)
+             for k in ("x", "h0", "c0")}
+        up = {k: torch.tensor(data[k], dtype=p0.dtype, device=p0.device)
+              for k in ("dhs", "dhT", "dcT", "mask")}
+        if isinstance(m, torch.nn.LSTMCell):
+            h, c, outs = t["h0"], t["c0"], []
+            for x_t, m_t in zip(t["x"].unbind(0), up["mask"].unbind(0)):
+                h_new, c_new = m(x_t, (h, c))
+                keep = m_t[:, None] > 0
+                h, c = torch.where(keep, h_new, h), torch.where(keep, c_new, c)
+                outs.append(m_t[:, None] * h_new)
+            hs, hT, cT = torch.stack(outs), h, c
+        else:
+            packed = pack_padded_sequence(t["x"], torch.as_tensor(data["lengths"]),
+                                          enforce_sorted=False)
+            out, (hn, cn) = m(packed, (t["h0"][None], t["c0"][None]))
+            hs, _ = pad_packed_sequence(out, total_length=data["x"].shape[0])
+            hT, cT = hn[0], cn[0]
+        loss = (up["dhs"] * hs).sum() + (up["dhT"] * hT).sum() + (up["dcT"] * cT).sum()
+        names = [n for n, _ in m.named_parameters()]
+        leaves = [t["x"], t["h0"], t["c0"]] + [p for _, p in m.named_parameters()]
+        grads = torch.autograd.grad(loss, leaves)
+        out = {"hs": hs.detach().double().cpu().numpy(), "hT": hT.detach().double().cpu().numpy(),
+               "cT": cT.detach().double().cpu().numpy()}
+        out.update({"d" + k: g.double().cpu().numpy() for k, g in zip(("x", "h0", "c0"), grads)})
+        as_cell = from_torch(_torch_grads_as_module(m, dict(zip(names, grads[3:]))))
+        out.update({"d" + k: v for k, v in as_cell.params.items()})
+        return out
+
+
+class _HasteAdapter(_Adapter):
+    def __init__(self, module):
+        from .interop import from_haste
+
+        if getattr(module, "batch_first", False):
+            raise ValueError("build the haste module with batch_first=False for validation")
+        self.module = module
+        self.cell = from_haste(module)
+        self.dtype = str(next(module.parameters()).dtype).replace("torch.", "")
+        self.name = f"haste_pytorch.{type(module).__name__}"
+
+    def run(self, data, training):
+        import torch
+
+        from .interop import from_haste
+
+        m = self.module
+        p0 = next(m.parameters())
+        t = {k: torch.tensor(data[k], dtype=p0.dtype, device=p0.device, requires_grad=True)
+             for k in ("x", "h0", "c0")}
+        up = {k: torch.tensor(data[k], dtype=p0.dtype, device=p0.device)
+              for k in ("dhs", "dhT", "dcT")}
+        was_training = m.training
+        m.eval()                        # no DropConnect / zoneout randomness while validating
+        try:
+            hs, (hn, cn) = m(t["x"], (t["h0"][None], t["c0"][None]),
+                             lengths=torch.as_tensor(data["lengths"]))
+        finally:
+            m.train(was_training)
+        hs = hs * torch.as_tensor(data["mask"], dtype=p0.dtype, device=p0.device)[..., None]
+        loss = (up["dhs"] * hs).sum() + (up["dhT"] * hn[0]).sum() + (up["dcT"] * cn[0]).sum()
+        names = [n for n, _ in m.named_parameters()]
+        leaves = [t["x"], t["h0"], t["c0"]] + [p for _, p in m.named_parameters()]
+        grads = torch.autograd.grad(loss, leaves)
+        out = {"hs": hs.detach().double().cpu().numpy(),
+               "hT": hn[0].detach().double().cpu().numpy(),
+               "cT": cn[0].detach().double().cpu().numpy()}
+        out.update({"d" + k: g.double().cpu().numpy() for k, g in zip(("x", "h0", "c0"), grads)})
+        as_cell = from_haste(_torch_grads_as_module(m, dict(zip(names, grads[3:]))))
+        out.update({"d" + k: v for k, v in as_cell.params.items()})
+        return out
+
+
+class _KerasAdapter(_Adapter):
+    def __init__(self, layer):
+        import keras
+
+        from .interop import from_keras
+
+        if keras.backend.backend() != "torch":
+            raise ValueError("refnorm validate runs Keras layers on the torch backend (its "
+                             "autograd gives the gradients): set KERAS_BACKEND=torch before "
+                             f"importing keras (this one runs on {keras.backend.backend()!r})")
+        if not layer.built:
+            raise ValueError("build the Keras layer first (layer.build((None, T, D)))")
+        self.layer = layer
+        self.cell = from_keras(layer)
+        self.dtype = layer.dtype_policy.compute_dtype
+        self.name = f"keras.layers.{type(layer).__name__}"
+
+    def run(self, data, training):
+        import torch
+
+        layer = self.layer
+        dt = getattr(torch, self.dtype)
+        t = {k: torch.tensor(data[k], dtype=dt, requires_grad=True) for k in ("x", "h0", "c0")}
+        up = {k: torch.tensor(data[k], dtype=dt) for k in ("dhs", "dhT", "dcT")}
+        config = layer.get_config()
+        if not (config.get("return_sequences") and config.get("return_state")):
+            raise ValueError("build the Keras LSTM with return_sequences=True and "
+                             "return_state=True for validation")
+        x_bm = t["x"].transpose(0, 1)                              # Keras is batch-major
+        mask = torch.tensor(data["mask"].T > 0) if data["mask"].min() == 0 else None
+        seq, hT, cT = layer(x_bm, initial_state=[t["h0"], t["c0"]], mask=mask, training=False)
+        hs = seq.transpose(0, 1) * torch.tensor(data["mask"], dtype=dt)[..., None]
+        loss = (up["dhs"] * hs).sum() + (up["dhT"] * hT).sum() + (up["dcT"] * cT).sum()
+        weights = [w.value for w in layer.trainable_weights]
+        grads = torch.autograd.grad(loss, [t["x"], t["h0"], t["c0"]] + weights)
+        out = {"hs": hs.detach().double().numpy(), "hT": hT.detach().double().numpy(),
+               "cT": cT.detach().double().numpy()}
+        out.update({"d" + k: g.double().numpy() for k, g in zip(("x", "h0", "c0"), grads)})
+        names = [w.path.rsplit("/", 1)[-1] for w in layer.trainable_weights]
+        by_name = dict(zip(names, (g.double().numpy() for g in grads[3:])))
+        order = ["kernel", "recurrent_kernel"] + (["bias"] if "bias" in by_name else [])
+        from .interop import from_keras
+        as_cell = from_keras([by_name[n] for n in order])
+        out.update({"d" + k: v for k, v in as_cell.params.items()})
+        return out
+
+
+class _CallableAdapter(_Adapter):
+    def __init__(self, fn, cell):
+        if not hasattr(cell, "params") or not hasattr(cell, "backward"):
+            raise ValueError("a callable target needs cell=: the refnorm cell whose function it "
+                             "should compute, e.g. refnorm.presets.tfa_layer_norm_lstm(D, H, "
+                             f"seed=0); got {cell!r}")
+        self.fn, self.cell = fn, cell
+        self.dtype = "float64"
+        self.name = getattr(fn, "__qualname__", type(fn).__name__)
+
+    def run(self, data, training):
+        inputs = dict(data, params={k: v.copy() for k, v in self.cell.params.items()},
+                      training=training)
+        result = self.fn(inputs)
+        if not isinstance(result, dict) or not {"hs", "hT", "cT"} <= set(result):
+            raise ValueError("the callable must return a dict with hs, hT, cT (and optionally "
+                             "grads)")
+        sample = np.asarray(result["hs"])
+        if sample.dtype.kind == "f":
+            self.dtype = sample.dtype.name
+        out = {k: np.asarray(result[k]) for k in ("hs", "hT", "cT")}
+        out.update({"d" + k: np.asarray(v) for k, v in dict(result.get("grads", {})).items()})
+        return out
