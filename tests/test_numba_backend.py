@@ -6,13 +6,14 @@ import pathlib
 import time
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import refnorm
 import refnorm.numba_cpu
 import refnorm.numpy_ref
-from helpers import TOL, make_cell
+from helpers import CELL_NAMES, TOL, make_cell
 
 # A tensor passes when  max|a − b| <= rtol·max|a| + atol·G,  G = the largest gradient entry of
 # the run (llm.c's "tol + |ref|·eps" check).
@@ -23,6 +24,16 @@ from helpers import TOL, make_cell
 #   rows) can be far smaller than G while its rounding error stays ~eps·G whatever the order of
 #   summation: ~50 eps of the run's gradient scale.
 PARITY = {"float64": (1e-12, 1e-14)}
+# Neither bound holds for every draw: over 9000 Hypothesis draws each, 5 of BN-LSTM and 6 of
+# LN-LSTM fell outside (on either path, raw or variant), all normalising values that nearly
+# coincide (BN over 2 rows, LN over 2 features, a variance near or below ε), where 1/σ amplifies
+# rounding-sized differences up to ~1e-12 relative. Such a draw is told apart by measurement, as
+# the float32 test of tests/test_properties.py does: an array outside the bounds above still
+# passes when the backends differ by at most ROUNDING_PATHS times the change that one rounding of
+# every input (ULP_NOISE) makes in the reference's own result (largest ratio measured: 18). Any
+# wrong formula differs by far more: that change is ~eps where the draw is well-conditioned.
+ULP_NOISE = 2.0 ** -52
+ROUNDING_PATHS = 100
 # float32 cannot be held to a fixed tolerance on tiny random batches: BN over 2-4 rows and LN
 # over 4-16 features amplify the rounding of z − μ by |z|/σ, and the NumPy reference itself then
 # misses the float64 truth by up to ~1e-2 on some gradients (measured). Both backends' float32
@@ -37,16 +48,23 @@ def parity_ok(a, b, rtol, atol_abs):
 
 
 @st.composite
-def cases(draw):
-    stem = draw(st.sampled_from(["lstm", "bn_lstm", "seq_bn_lstm", "ln_lstm"]))
+def cases(draw, stem=None):
+    stem = stem or draw(st.sampled_from(CELL_NAMES))
     training = draw(st.booleans())
     T = draw(st.integers(1, 6))
     B = draw(st.integers(2 if stem == "bn_lstm" and training else 1, 4))
     D, H = draw(st.integers(1, 4)), draw(st.integers(1, 4))
     lengths = draw(st.lists(st.integers(0, T), min_size=B, max_size=B).filter(any))
-    options = {}
+    # forget_bias (VAR 1) and term_beta (VAR 2) are folded into b by the cell before either
+    # backend runs; drawn anyway, so the folded b and the unfolded gradients are compared too.
+    options = {"forget_bias": draw(st.sampled_from([0.0, 1.0, -0.4]))}
+    if stem in ("bn_lstm", "ln_lstm"):
+        options["carry"] = draw(st.sampled_from(["raw", "normalized"]))           # (VAR 3)
     if stem == "ln_lstm":
         options["per_gate"] = draw(st.booleans())
+        options["terms"] = draw(st.sampled_from(["separate", "summed"]))          # (VAR 5)
+    if stem == "bn_lstm" or (stem == "ln_lstm" and options["terms"] == "separate"):
+        options["term_beta"] = draw(st.booleans())
     if stem in ("bn_lstm", "seq_bn_lstm"):
         options["eps"] = draw(st.sampled_from([1e-5, 1e-3]))
         options["pad_stats"] = draw(st.sampled_from(["exclude", "include"]))
@@ -54,8 +72,10 @@ def cases(draw):
     return stem, training, T, B, D, H, np.array(lengths), options, t0, draw(st.integers(0, 99))
 
 
-def run(cell, T, B, lengths, training, t0, seed, dtype, cast_to=None):
-    """Forward + backward on data drawn in `dtype` (then cast to `cast_to`, exactly)."""
+def run(cell, T, B, lengths, training, t0, seed, dtype, cast_to=None, state_grads=False,
+        jitter=None):
+    """Forward + backward on data drawn in `dtype` (then cast to `cast_to`, exactly), each
+    array passed through `jitter` if given."""
     rng = np.random.default_rng(seed)
     draw = lambda *shape: rng.standard_normal(shape).astype(dtype).astype(cast_to or dtype)  # noqa
     x = draw(T, B, cell.input_size)
@@ -63,33 +83,88 @@ def run(cell, T, B, lengths, training, t0, seed, dtype, cast_to=None):
     c0 = 0.5 * draw(B, cell.hidden_size)
     dhs = draw(T, B, cell.hidden_size)
     dhT = draw(B, cell.hidden_size)
+    if jitter is not None:
+        x, h0, c0, dhs, dhT = (jitter(v) for v in (x, h0, c0, dhs, dhT))
     hs, (hT, cT), cache = cell.forward(x, h0, c0, lengths=lengths, training=training, t0=t0,
                                        update_stats=False)
-    return hs, hT, cT, cache, cell.backward(dhs, cache, dhT, 0.5 * dhT[::-1].copy())
+    return hs, hT, cT, cache, cell.backward(dhs, cache, dhT, 0.5 * dhT[::-1].copy(),
+                                            state_grads=state_grads)
+
+
+def results(run_out):
+    """Every compared array of a run, by name: outputs, gradients ("d" + name) and the array
+    fields of the cache ("cache." + name)."""
+    hs, hT, cT, cache, grads = run_out
+    out = {"hs": hs, "hT": hT, "cT": cT, **{"d" + name: g for name, g in grads.items()}}
+    for field in dataclasses.fields(cache):
+        value = getattr(cache, field.name)
+        if isinstance(value, np.ndarray):
+            out["cache." + field.name] = value
+    return out
+
+
+def reference_sensitivity(stem, training, T, B, D, H, lengths, options, t0, seed, draws=2):
+    """Per array of results(), the largest absolute change of the NumPy reference's float64
+    result when every parameter, population statistic and input is multiplied by
+    (1 + ULP_NOISE·r), r ~ U(-1, 1): what one rounding of each input moves it by. Large only
+    where the draw itself is ill-conditioned."""
+    args = (T, B, lengths, training, t0, seed, "float64")
+    base = results(run(make_cell(stem, D, H, seed=seed, **options), *args, state_grads=True))
+    rng = np.random.default_rng(seed)
+    jitter = lambda v: v * (1 + ULP_NOISE * rng.uniform(-1, 1, np.shape(v)))  # noqa: E731
+    sens = dict.fromkeys(base, 0.0)
+    for _ in range(draws):
+        cell = make_cell(stem, D, H, seed=seed, **options)
+        for value in [*cell.params.values(), *getattr(cell, "stats", {}).values()]:
+            value[...] = jitter(value)
+        moved = results(run(cell, *args, state_grads=True, jitter=jitter))
+        for name in base:
+            sens[name] = max(sens[name], np.max(np.abs(moved[name] - base[name]), initial=0.0))
+    return sens
 
 
 def compare(stem, training, T, B, D, H, lengths, options, t0, seed):
-    """float64: numba vs numpy within PARITY, outputs, gradients and every cache field."""
+    """float64: numba vs numpy within PARITY, outputs, gradients (with the state gradients
+    "dh", "dc": dc is dĉ_t with carry="normalized") and every cache field (a field one backend
+    leaves None, e.g. LN-LSTM's a_hat with terms="summed", must be None in both; the parameters
+    the equations ran with, b folded, must be identical). An array outside PARITY passes if the
+    draw is that ill-conditioned (reference_sensitivity)."""
     tol, atol = PARITY["float64"]
     ref_cell = make_cell(stem, D, H, seed=seed, **options)
     fast_cell = make_cell(stem, D, H, seed=seed, backend="numba", **options)
-    ref = run(ref_cell, T, B, lengths, training, t0, seed, "float64")
-    fast = run(fast_cell, T, B, lengths, training, t0, seed, "float64")
+    ref = run(ref_cell, T, B, lengths, training, t0, seed, "float64", state_grads=True)
+    fast = run(fast_cell, T, B, lengths, training, t0, seed, "float64", state_grads=True)
+    outside = []                                  # names of the arrays outside PARITY
     for name, a, b in zip(("hs", "hT", "cT"), ref[:3], fast[:3]):
-        assert refnorm.relative_error(a, b) <= tol, name
+        if refnorm.relative_error(a, b) > tol:
+            outside.append(name)
     assert set(ref[4]) == set(fast[4])
-    G = max(np.max(np.abs(g)) for g in ref[4].values())
+    G = max(np.max(np.abs(g)) for name, g in ref[4].items() if name not in ("dh", "dc"))
     for name in ref[4]:
-        assert parity_ok(ref[4][name], fast[4][name], tol, atol * G), name
+        if not parity_ok(ref[4][name], fast[4][name], tol, atol * G):
+            outside.append("d" + name)
     assert type(ref[3]) is type(fast[3])
     for field in dataclasses.fields(ref[3]):
         a, b = getattr(ref[3], field.name), getattr(fast[3], field.name)
-        if isinstance(a, np.ndarray):
+        if a is None or b is None:
+            assert a is None and b is None, field.name
+        elif isinstance(a, np.ndarray):
+            assert isinstance(b, np.ndarray), field.name
             assert a.shape == b.shape and a.dtype == b.dtype, field.name
-            assert parity_ok(a, b, tol, atol * max(1.0, np.max(np.abs(a), initial=0))), \
+            if not parity_ok(a, b, tol, atol * max(1.0, np.max(np.abs(a), initial=0))):
+                outside.append("cache." + field.name)
+        elif field.name == "params":
+            assert set(a) == set(b), field.name
+            assert all(np.array_equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a), \
                 field.name
-        elif field.name != "params":
-            assert a == b, field.name
+        else:
+            assert type(a) is type(b) and a == b, field.name
+    if outside:
+        sens = reference_sensitivity(stem, training, T, B, D, H, lengths, options, t0, seed)
+        got, want = results(fast), results(ref)
+        for name in outside:
+            diff = np.max(np.abs(got[name] - want[name]))
+            assert diff <= ROUNDING_PATHS * sens[name], (name, diff, sens[name])
 
 
 def float32_error(stem, training, T, B, D, H, lengths, options, t0, seed, backend):
@@ -113,10 +188,13 @@ def float32_error(stem, training, T, B, D, H, lengths, options, t0, seed, backen
     return max(errors)
 
 
+@pytest.mark.parametrize("stem", CELL_NAMES)
 @settings(max_examples=60, deadline=None)
-@given(cases())
-def test_numba_matches_numpy_float64(case):
-    compare(*case)
+@given(data=st.data())
+def test_numba_matches_numpy_float64(stem, data):
+    """60 draws per cell: drawn together, Hypothesis left the last cell of the list a handful,
+    too few for the option combinations of BN-LSTM and LN-LSTM."""
+    compare(*data.draw(cases(stem), label="case"))
 
 
 def test_numba_float32_of_the_plain_lstm_is_float32_exact():
@@ -139,7 +217,7 @@ def test_every_compiled_function_cites_the_reference():
     import inspect
     import re
     from numba.core.registry import CPUDispatcher
-    tag = re.compile(r"\((BPTT|BN|LN|LSTM|BN-LSTM|SEQBN-LSTM|LN-LSTM) \d+[a-z]?\)")
+    tag = re.compile(r"\((BPTT|BN|LN|LSTM|BN-LSTM|SEQBN-LSTM|LN-LSTM|VAR) \d+[a-z]?\)")
     for module in ("common", "norms", "lstm", "bn_lstm", "seq_bn_lstm", "ln_lstm"):
         mod = getattr(refnorm.numba_cpu, module)
         for name, obj in vars(mod).items():

@@ -4,6 +4,10 @@ Same signatures and BNLSTMCache as the reference. Per step: one (B, H)·(H, 4H) 
 batch statistics of a_t, u_t and c̃_t by fused column reductions over the valid rows, and the
 gates fused into one pass. In inference the statistics arrays arrive holding the population
 statistics chosen for each step and are only read.
+
+carry="normalized" (VAR 3), (VAR 4) is a flag of the two loops: the forward carries
+γ_c ⊙ ĉ_t + β_c in place of c̃_t, the backward adds the carry gradient before the cell's BN
+backward. The term shifts and a run-time forget bias arrive folded into b (VAR 1), (VAR 2).
 """
 
 import numpy as np
@@ -14,6 +18,8 @@ from .common import (
     JIT,
     normalized_backward_buffers,
     normalized_backward_grads,
+    normalized_carry_backward,
+    normalized_cell_forward,
     normalized_gates_backward,
     normalized_gates_forward,
     normalized_output_backward,
@@ -26,12 +32,13 @@ from .norms import batchnorm_backward, batchnorm_normalize, batchnorm_stats
 
 @njit(**JIT)
 def bn_lstm_forward_loop(U, mask, stat_mask, Wh, b, gamma_x, gamma_h, gamma_c, beta_c, eps,
-                         training, h, c, hs, count, a_hat, u_hat, gates, c_hat, tanh_c,
-                         mean_h, var_h, mean_x, var_x, mean_c, var_c):
+                         training, normalized_carry, h, c, hs, count, a_hat, u_hat, gates, c_hat,
+                         tanh_c, mean_h, var_h, mean_x, var_x, mean_c, var_c):
     T, B, G = U.shape
     H = G // 4
     a = np.empty((B, G), U.dtype)
     c_new = np.empty((B, H), U.dtype)
+    c_norm = np.empty((B, H), U.dtype)
     for t in range(T):
         m = stat_mask[t]                                   # rows of step t's statistics, s_t
         np.dot(h[t], Wh, a)                                # a = h_prev @ p["Wh"]  (BN-LSTM 1)
@@ -47,16 +54,24 @@ def bn_lstm_forward_loop(U, mask, stat_mask, Wh, b, gamma_x, gamma_h, gamma_c, b
         if training:
             batchnorm_stats(c_new, m, mean_c[t], var_c[t])
         batchnorm_normalize(c_new, m, mean_c[t], var_c[t], eps, c_hat[t])       # (BN-LSTM 4)
-        normalized_output_forward(c_hat[t], gamma_c, beta_c, gates[t], c_new, mask[t], h[t],
-                                  c[t], h[t + 1], c[t + 1], hs[t], tanh_c[t])   # (BN-LSTM 4)
+        if normalized_carry:   # c_state = c_bn if carry_mode == "normalized" else c_new
+            normalized_cell_forward(c_hat[t], gamma_c, beta_c, c_norm)          # (VAR 3)
+            normalized_output_forward(c_hat[t], gamma_c, beta_c, gates[t], c_norm, mask[t],
+                                      h[t], c[t], h[t + 1], c[t + 1], hs[t], tanh_c[t])
+        else:
+            normalized_output_forward(c_hat[t], gamma_c, beta_c, gates[t], c_new, mask[t],
+                                      h[t], c[t], h[t + 1], c[t + 1], hs[t],
+                                      tanh_c[t])                         # (BN-LSTM 4)
 
 
 @njit(**JIT)
 def bn_lstm_backward_loop(dhs, dhT, dcT, mask, stat_mask, c, a_hat, u_hat, gates, c_hat, tanh_c,
                           var_h, var_x, var_c, gamma_x, gamma_h, gamma_c, WhT, eps, training,
-                          dA, dU, db, dgamma_x, dgamma_h, dgamma_c, dbeta_c, dh, dc):
+                          normalized_carry, dA, dU, db, dgamma_x, dgamma_h, dgamma_c, dbeta_c,
+                          dh, dc):
     """BPTT over t = T-1 .. 0: fills dA = da_t and dU = du_t (T, B, 4H), adds to the gain and
-    bias gradients; fills dh, dc (T, B, H) = dL/dh̃_t, dL/dc̃_t; returns dh0, dc0."""
+    bias gradients; fills dh, dc (T, B, H) = dL/dh̃_t and the gradient of the carried cell
+    (dc̃_t, or dĉ_t with normalized_carry); returns dh0, dc0."""
     T, B, G = dU.shape
     H = G // 4
     dH = dhT.copy()
@@ -64,6 +79,7 @@ def bn_lstm_backward_loop(dhs, dhT, dcT, mask, stat_mask, c, a_hat, u_hat, gates
     dz = np.empty((B, G), dhs.dtype)
     dc_bn = np.empty((B, H), dhs.dtype)
     dc_norm = np.empty((B, H), dhs.dtype)
+    dc_new = np.empty((B, H), dhs.dtype)
     dh_rec = np.empty((B, H), dhs.dtype)
     no_beta = np.empty(0, dhs.dtype)
     for t in range(T - 1, -1, -1):
@@ -71,10 +87,17 @@ def bn_lstm_backward_loop(dhs, dhT, dcT, mask, stat_mask, c, a_hat, u_hat, gates
         s = stat_mask[t]
         normalized_output_backward(dhs[t], dH, m, gates[t], tanh_c[t], dh[t], dz,
                                    dc_bn)                          # (BPTT 4), (BN-LSTM 6)
-        batchnorm_backward(dc_bn, c_hat[t], var_c[t], s, gamma_c, eps, training, dc_norm,
-                           dgamma_c, dbeta_c)                        # (BN-LSTM 7)
-        normalized_gates_backward(dC, dc_norm, m, gates[t], c[t], dc[t], dz,
-                                  db)                              # (BN-LSTM 7), (BN-LSTM 8)
+        if normalized_carry:
+            normalized_carry_backward(dC, m, dc_bn, dc[t])         # (BPTT 5), (VAR 4)
+            batchnorm_backward(dc[t], c_hat[t], var_c[t], s, gamma_c, eps, training, dc_norm,
+                               dgamma_c, dbeta_c)                    # (VAR 4)
+            normalized_gates_backward(dC, dc_norm, m, gates[t], c[t], True, dc_new, dz,
+                                      db)                          # (VAR 4), (BN-LSTM 8)
+        else:
+            batchnorm_backward(dc_bn, c_hat[t], var_c[t], s, gamma_c, eps, training, dc_norm,
+                               dgamma_c, dbeta_c)                    # (BN-LSTM 7)
+            normalized_gates_backward(dC, dc_norm, m, gates[t], c[t], False, dc[t], dz,
+                                      db)                          # (BN-LSTM 7), (BN-LSTM 8)
         batchnorm_backward(dz, a_hat[t], var_h[t], s, gamma_h, eps, training, dA[t],
                            dgamma_h, no_beta)                        # (BN-LSTM 9)
         batchnorm_backward(dz, u_hat[t], var_x[t], s, gamma_x, eps, training, dU[t],
@@ -86,8 +109,6 @@ def bn_lstm_backward_loop(dhs, dhT, dcT, mask, stat_mask, c, a_hat, u_hat, gates
 
 def bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None, pad_stats="exclude",
                     carry="raw"):
-    if carry != "raw":
-        raise NotImplementedError("carry='normalized' is not on this backend yet")
     """Same contract as refnorm.numpy_ref.bn_lstm.bn_lstm_forward."""
     if not training and pop is None:
         raise ValueError("inference needs population statistics (pop)")
@@ -107,14 +128,15 @@ def bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None, pad_sta
            "gates": np.empty((T, B, G), dt), "c_hat": np.empty((T, B, H), dt),
            "tanh_c": np.empty((T, B, H), dt)}
     bn_lstm_forward_loop(U, mask, stat_mask, p["Wh"], p["b"], p["gamma_x"], p["gamma_h"],
-                         p["gamma_c"], p["beta_c"], dt.type(eps), training, h, c, out["hs"],
+                         p["gamma_c"], p["beta_c"], dt.type(eps), training,
+                         carry == "normalized", h, c, out["hs"],
                          out["count"], out["a_hat"], out["u_hat"], out["gates"], out["c_hat"],
                          out["tanh_c"],
                          stats["mean_h"], stats["var_h"], stats["mean_x"], stats["var_x"],
                          stats["mean_c"], stats["var_c"])
     hs = out.pop("hs")
-    cache = BNLSTMCache(x=x, mask=mask, stat_mask=stat_mask, params=params, training=training, carry=carry,
-                        eps=eps, h=h, c=c, **out, **stats)
+    cache = BNLSTMCache(x=x, mask=mask, stat_mask=stat_mask, params=params, training=training,
+                        eps=eps, carry=carry, h=h, c=c, **out, **stats)
     return hs, h[-1], c[-1], cache
 
 
@@ -127,5 +149,6 @@ def bn_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
         cache.gates, cache.c_hat,
         cache.tanh_c, cache.var_h, cache.var_x, cache.var_c, p["gamma_x"], p["gamma_h"],
         p["gamma_c"], np.ascontiguousarray(p["Wh"].T), dhs.dtype.type(cache.eps), cache.training,
-        dA, dU, g["b"], g["gamma_x"], g["gamma_h"], g["gamma_c"], g["beta_c"], dh, dc)
+        cache.carry == "normalized", dA, dU, g["b"], g["gamma_x"], g["gamma_h"], g["gamma_c"],
+        g["beta_c"], dh, dc)
     return normalized_backward_grads(cache, dA, dU, g, dh0, dc0, dh, dc, state_grads)

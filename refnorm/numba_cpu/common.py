@@ -106,6 +106,15 @@ def normalized_output_forward(c_hat, gamma_c, beta_c, gates, c_new, m, h_prev, c
 
 
 @njit(**JIT)
+def normalized_cell_forward(c_hat, gamma_c, beta_c, c_norm):
+    """c_norm = γ_c ⊙ ĉ + β_c, the normalised cell that carry="normalized" carries (VAR 3)."""
+    B, H = c_hat.shape
+    for r in range(B):
+        for j in range(H):
+            c_norm[r, j] = gamma_c[j] * c_hat[r, j] + beta_c[j]   # c_state = c_bn / c_ln  (VAR 3)
+
+
+@njit(**JIT)
 def normalized_output_backward(dy, dH, m, gates, tanh_c, dh, dz, dc_norm_in):
     """dh̃ = m ⊙ (dy + dH) (BPTT 4); do into dz's o block (BN-LSTM 6), (LN-LSTM 5), (LSTM 8);
     the gradient reaching the normalised cell, dc_norm_in = dh̃ ⊙ o ⊙ (1 − tanh²)."""
@@ -120,15 +129,30 @@ def normalized_output_backward(dy, dH, m, gates, tanh_c, dh, dz, dc_norm_in):
 
 
 @njit(**JIT)
-def normalized_gates_backward(dC, dc_norm, m, gates, c_prev, dc, dz, db):
-    """dc̃ = m ⊙ dC + (norm backward) (BPTT 5); di, df, dg (LSTM 7) into dz (LSTM 8); the carry
-    of dC to step t−1 (BPTT 6); db += Σ_b dz (BN-LSTM 8), (LN-LSTM 7)."""
+def normalized_carry_backward(dC, m, dc_norm_in, dc_state):
+    """carry="normalized": the carry gradient joins the output path before the normalisation
+    backward, dĉ = dc_norm_in + m ⊙ dC (BPTT 5), (VAR 4); dc_state = dĉ is "dc"."""
+    B, H = dC.shape
+    for r in range(B):
+        for j in range(H):                   # dc_bn = dc_bn + valid * dC; dc_state = dc_bn
+            dc_state[r, j] = dc_norm_in[r, j] + m[r] * dC[r, j]
+
+
+@njit(**JIT)
+def normalized_gates_backward(dC, dc_norm, m, gates, c_prev, normalized_carry, dc, dz, db):
+    """dc̃ = m ⊙ dC + (norm backward) (BPTT 5), or the norm backward alone when dC already
+    entered it (normalized_carry, (VAR 4)); di, df, dg (LSTM 7) into dz (LSTM 8); the carry of
+    dC to step t−1 (BPTT 6); db += Σ_b dz (BN-LSTM 8), (LN-LSTM 7)."""
     B, G = dz.shape
     H = G // 4
     for r in range(B):
         valid = m[r]
-        for j in range(H):
-            dc[r, j] = valid * dC[r, j] + dc_norm[r, j]      # dc_new = valid * dC + dc_norm
+        if normalized_carry:
+            for j in range(H):
+                dc[r, j] = dc_norm[r, j]                     # dc_new = Nback(dc_bn)  (VAR 4)
+        else:
+            for j in range(H):
+                dc[r, j] = valid * dC[r, j] + dc_norm[r, j]  # dc_new = valid * dC + dc_norm
         for j in range(H):                                               # di = dc_new * g
             i = gates[r, j]
             dz[r, j] = dc[r, j] * gates[r, 2 * H + j] * i * (1 - i)
@@ -162,11 +186,16 @@ def recurrent_weight_grad(h, dZ):
 # -- the Python side of BN-LSTM and LN-LSTM backward (buffers in, gradients out) ---------------
 def normalized_backward_buffers(dhs, cache):
     """What the BN-LSTM / LN-LSTM backward loops fill: dA = da_t, dU = du_t (T, B, 4H), dh, dc
-    (T, B, H), and the zeroed gain and bias gradients they add to."""
+    (T, B, H), and the zeroed gain and bias gradients they add to. With LN-LSTM's
+    terms="summed", da_t = du_t = ds_t (VAR 6): dU is dA, one array, and the one gain is
+    gamma_z."""
     dt, (H, G) = dhs.dtype, cache.params["Wh"].shape
-    dA, dU = np.empty(cache.gates.shape, dt), np.empty(cache.gates.shape, dt)
+    summed = getattr(cache, "terms", "separate") == "summed"
+    dA = np.empty(cache.gates.shape, dt)
+    dU = dA if summed else np.empty(cache.gates.shape, dt)                      # (VAR 6)
     dh, dc = np.empty_like(dhs), np.empty_like(dhs)
-    g = {"b": np.zeros(G, dt), "gamma_h": np.zeros(G, dt), "gamma_x": np.zeros(G, dt),
+    gains = ("gamma_z",) if summed else ("gamma_h", "gamma_x")
+    g = {"b": np.zeros(G, dt), **{name: np.zeros(G, dt) for name in gains},
          "gamma_c": np.zeros(H, dt), "beta_c": np.zeros(H, dt)}
     return dA, dU, dh, dc, g
 

@@ -2,6 +2,12 @@
 
 Same signatures and LNLSTMCache as the reference. Per step: one (B, H)·(H, 4H) product, the row
 statistics of a_t, u_t and c̃_t, and the gates fused into one pass over the batch.
+
+The variants are flags of the two loops (derivations/variants.md): normalized_carry (VAR 3),
+(VAR 4) carries γ_c ⊙ ĉ_t + β_c in place of c̃_t and adds the carry gradient before the cell's
+LN backward; summed (VAR 5), (VAR 6) normalises s_t = a_t + u_t once with the gain γ_z and
+hands the one LN backward to both terms. The term shifts and a run-time forget bias arrive
+folded into b (VAR 1), (VAR 2).
 """
 
 import numpy as np
@@ -12,92 +18,160 @@ from .common import (
     JIT,
     normalized_backward_buffers,
     normalized_backward_grads,
+    normalized_carry_backward,
+    normalized_cell_forward,
     normalized_gates_backward,
     normalized_gates_forward,
     normalized_output_backward,
     normalized_output_forward,
     recurrent_state_backward,
+    sigmoid,
+    tanh,
 )
 from .lstm import states
 from .norms import layernorm_backward, layernorm_forward
 
 
 @njit(**JIT)
-def ln_lstm_forward_loop(U, mask, Wh, b, gamma_x, gamma_h, gamma_c, beta_c, eps, groups,
-                         h, c, hs, a_hat, u_hat, gates, c_hat, tanh_c,
-                         mean_h, var_h, mean_x, var_x, mean_c, var_c):
+def summed_gates_forward(s_hat, gamma_z, b, c_prev, gates, c_new):
+    """z = γ_z ⊙ ŝ + b (VAR 5), gates (LSTM 2), c_new = f ⊙ c_prev + i ⊙ g (LSTM 3)."""
+    B, G = gates.shape
+    H = G // 4
+    for r in range(B):
+        # z = s_ln + p["b"]; gates = gates_forward(z)                     (VAR 5), (LSTM 2)
+        for k in range(2 * H):                             # i, f = σ(z^i), σ(z^f)
+            gates[r, k] = sigmoid(gamma_z[k] * s_hat[r, k] + b[k])
+        for k in range(2 * H, 3 * H):                      # g = tanh(z^g)
+            gates[r, k] = tanh(gamma_z[k] * s_hat[r, k] + b[k])
+        for k in range(3 * H, G):                          # o = σ(z^o)
+            gates[r, k] = sigmoid(gamma_z[k] * s_hat[r, k] + b[k])
+        for j in range(H):                                 # c_new = f * c_prev + i * g
+            c_new[r, j] = gates[r, H + j] * c_prev[r, j] + gates[r, j] * gates[r, 2 * H + j]
+
+
+@njit(**JIT)
+def ln_lstm_forward_loop(U, mask, Wh, b, gamma_x, gamma_h, gamma_z, gamma_c, beta_c, eps,
+                         groups, summed, normalized_carry, h, c, hs, gates, c_hat, tanh_c,
+                         mean_c, var_c, a_hat, u_hat, mean_h, var_h, mean_x, var_x,
+                         s_hat, mean_s, var_s):
+    """The arrays of the terms mode not in use (a_hat .. var_x when summed, s_hat .. var_s
+    when separate) and its gains are placeholders the loop never touches."""
     T, B, G = U.shape
     H = G // 4
     a = np.empty((B, G), U.dtype)
     c_new = np.empty((B, H), U.dtype)
+    c_norm = np.empty((B, H), U.dtype)
     for t in range(T):
         np.dot(h[t], Wh, a)                                # a = h_prev @ p["Wh"]  (LN-LSTM 1)
-        layernorm_forward(a, eps, groups, a_hat[t], mean_h[t], var_h[t])
-        layernorm_forward(U[t], eps, groups, u_hat[t], mean_x[t], var_x[t])
-        normalized_gates_forward(a_hat[t], u_hat[t], gamma_h, gamma_x, b, c[t], gates[t],
-                                 c_new)                            # (LN-LSTM 2), (LN-LSTM 3)
+        if summed:
+            a += U[t]                                      # s = a + u_t  (VAR 5)
+            layernorm_forward(a, eps, groups, s_hat[t], mean_s[t], var_s[t])    # (VAR 5)
+            summed_gates_forward(s_hat[t], gamma_z, b, c[t], gates[t], c_new)   # (LN-LSTM 3)
+        else:
+            layernorm_forward(a, eps, groups, a_hat[t], mean_h[t], var_h[t])
+            layernorm_forward(U[t], eps, groups, u_hat[t], mean_x[t], var_x[t])
+            normalized_gates_forward(a_hat[t], u_hat[t], gamma_h, gamma_x, b, c[t], gates[t],
+                                     c_new)                        # (LN-LSTM 2), (LN-LSTM 3)
         layernorm_forward(c_new, eps, 1, c_hat[t], mean_c[t], var_c[t])        # (LN-LSTM 4)
-        normalized_output_forward(c_hat[t], gamma_c, beta_c, gates[t], c_new, mask[t], h[t],
-                                  c[t], h[t + 1], c[t + 1], hs[t], tanh_c[t])   # (LN-LSTM 4)
+        if normalized_carry:   # c_state = c_ln if carry_mode == "normalized" else c_new
+            normalized_cell_forward(c_hat[t], gamma_c, beta_c, c_norm)          # (VAR 3)
+            normalized_output_forward(c_hat[t], gamma_c, beta_c, gates[t], c_norm, mask[t],
+                                      h[t], c[t], h[t + 1], c[t + 1], hs[t], tanh_c[t])
+        else:
+            normalized_output_forward(c_hat[t], gamma_c, beta_c, gates[t], c_new, mask[t],
+                                      h[t], c[t], h[t + 1], c[t + 1], hs[t],
+                                      tanh_c[t])                         # (LN-LSTM 4)
 
 
 @njit(**JIT)
-def ln_lstm_backward_loop(dhs, dhT, dcT, mask, c, a_hat, u_hat, gates, c_hat, tanh_c,
-                          var_h, var_x, var_c, gamma_x, gamma_h, gamma_c, WhT, eps, groups,
-                          dA, dU, db, dgamma_x, dgamma_h, dgamma_c, dbeta_c, dh, dc):
-    """BPTT over t = T-1 .. 0: fills dA = da_t and dU = du_t (T, B, 4H), adds to the gain and
-    bias gradients; fills dh, dc (T, B, H) = dL/dh̃_t, dL/dc̃_t; returns dh0, dc0."""
-    T, B, G = dU.shape
+def ln_lstm_backward_loop(dhs, dhT, dcT, mask, c, gates, c_hat, tanh_c, var_c, gamma_c, WhT,
+                          eps, groups, summed, normalized_carry, a_hat, u_hat, var_h, var_x,
+                          gamma_x, gamma_h, s_hat, var_s, gamma_z, dA, dU, db, dgamma_x,
+                          dgamma_h, dgamma_z, dgamma_c, dbeta_c, dh, dc):
+    """BPTT over t = T-1 .. 0: fills dA = da_t and dU = du_t (T, B, 4H) (summed: dU is dA, and
+    only dA is written), adds to the gain and bias gradients; fills dh, dc (T, B, H) = dL/dh̃_t
+    and the gradient of the carried cell (dc̃_t, or dĉ_t with normalized_carry); returns dh0,
+    dc0. The arrays of the terms mode not in use are placeholders, as in the forward loop."""
+    T, B, G = dA.shape
     H = G // 4
     dH = dhT.copy()
     dC = dcT.copy()
     dz = np.empty((B, G), dhs.dtype)
     dc_ln = np.empty((B, H), dhs.dtype)
     dc_norm = np.empty((B, H), dhs.dtype)
+    dc_new = np.empty((B, H), dhs.dtype)
     dh_rec = np.empty((B, H), dhs.dtype)
     no_beta = np.empty(0, dhs.dtype)
     for t in range(T - 1, -1, -1):
         normalized_output_backward(dhs[t], dH, mask[t], gates[t], tanh_c[t], dh[t], dz,
                                    dc_ln)                          # (BPTT 4), (LN-LSTM 5)
-        layernorm_backward(dc_ln, c_hat[t], var_c[t], gamma_c, eps, 1, dc_norm,
-                           dgamma_c, dbeta_c)                        # (LN-LSTM 6)
-        normalized_gates_backward(dC, dc_norm, mask[t], gates[t], c[t], dc[t], dz,
-                                  db)                              # (LN-LSTM 6), (LN-LSTM 7)
-        layernorm_backward(dz, a_hat[t], var_h[t], gamma_h, eps, groups, dA[t], dgamma_h,
-                           no_beta)                                  # (LN-LSTM 8)
-        layernorm_backward(dz, u_hat[t], var_x[t], gamma_x, eps, groups, dU[t], dgamma_x,
-                           no_beta)                                  # (LN-LSTM 8)
+        if normalized_carry:
+            normalized_carry_backward(dC, mask[t], dc_ln, dc[t])   # (BPTT 5), (VAR 4)
+            layernorm_backward(dc[t], c_hat[t], var_c[t], gamma_c, eps, 1, dc_norm,
+                               dgamma_c, dbeta_c)                    # (VAR 4)
+            normalized_gates_backward(dC, dc_norm, mask[t], gates[t], c[t], True, dc_new, dz,
+                                      db)                          # (VAR 4), (LN-LSTM 7)
+        else:
+            layernorm_backward(dc_ln, c_hat[t], var_c[t], gamma_c, eps, 1, dc_norm,
+                               dgamma_c, dbeta_c)                    # (LN-LSTM 6)
+            normalized_gates_backward(dC, dc_norm, mask[t], gates[t], c[t], False, dc[t], dz,
+                                      db)                          # (LN-LSTM 6), (LN-LSTM 7)
+        if summed:   # ds = LNback(dz; γ_z); da, du = ds, ds: dU is dA
+            layernorm_backward(dz, s_hat[t], var_s[t], gamma_z, eps, groups, dA[t], dgamma_z,
+                               no_beta)                              # (VAR 6)
+        else:
+            layernorm_backward(dz, a_hat[t], var_h[t], gamma_h, eps, groups, dA[t], dgamma_h,
+                               no_beta)                              # (LN-LSTM 8)
+            layernorm_backward(dz, u_hat[t], var_x[t], gamma_x, eps, groups, dU[t], dgamma_x,
+                               no_beta)                              # (LN-LSTM 8)
         np.dot(dA[t], WhT, dh_rec)                                   # da @ p["Wh"].T
         recurrent_state_backward(dH, mask[t], dh_rec)               # (LN-LSTM 9)
     return dH, dC
 
 
+# The cache fields of each terms mode (those of the other mode are None) and the gate-term gains
+# of both (gamma_x, gamma_h when separate, gamma_z when summed).
+TERM_FIELDS = {"separate": ("a_hat", "u_hat", "mean_h", "var_h", "mean_x", "var_x"),
+               "summed": ("s_hat", "mean_s", "var_s")}
+TERM_GAINS = ("gamma_x", "gamma_h", "gamma_z")
+
+
+def stand_ins(dt):
+    """Empty (·, ·, ·) and (·) arrays the loops receive, and never touch, in place of the arrays
+    and gains of the terms mode not in use."""
+    return np.empty((0, 0, 0), dt), np.empty(0, dt)
+
+
 def ln_lstm_forward(x, h0, c0, mask, params, *, eps, per_gate=False, carry="raw",
                     terms="separate"):
-    if carry != "raw" or terms != "separate":
-        raise NotImplementedError("LNLSTM variants are not on this backend yet")
     """Same contract as refnorm.numpy_ref.ln_lstm.ln_lstm_forward."""
     p = params
     groups = 4 if per_gate else 1
+    summed = terms == "summed"
     T, B, _ = x.shape
     G = p["Wh"].shape[1]
     H = G // 4
     dt = x.dtype
     U = np.ascontiguousarray(x @ p["Wx"])                        # (LN-LSTM 1), (BPTT 8)
     h, c = states(h0, c0, T)
-    out = {"hs": np.empty((T, B, H), dt), "a_hat": np.empty((T, B, G), dt),
-           "u_hat": np.empty((T, B, G), dt), "gates": np.empty((T, B, G), dt),
+    out = {"hs": np.empty((T, B, H), dt), "gates": np.empty((T, B, G), dt),
            "c_hat": np.empty((T, B, H), dt), "tanh_c": np.empty((T, B, H), dt),
-           "mean_h": np.empty((T, B, groups), dt), "var_h": np.empty((T, B, groups), dt),
-           "mean_x": np.empty((T, B, groups), dt), "var_x": np.empty((T, B, groups), dt),
            "mean_c": np.empty((T, B, 1), dt), "var_c": np.empty((T, B, 1), dt)}
-    ln_lstm_forward_loop(U, mask, p["Wh"], p["b"], p["gamma_x"], p["gamma_h"], p["gamma_c"],
-                         p["beta_c"], dt.type(eps), groups, h, c, out["hs"], out["a_hat"],
-                         out["u_hat"], out["gates"], out["c_hat"], out["tanh_c"],
-                         out["mean_h"], out["var_h"], out["mean_x"], out["var_x"],
-                         out["mean_c"], out["var_c"])
+    terms_out = {name: np.empty((T, B, G if name.endswith("_hat") else groups), dt)
+                 for name in TERM_FIELDS[terms]}
+    unused, no_gain = stand_ins(dt)
+    a = {name: terms_out.get(name, unused)
+         for name in TERM_FIELDS["separate"] + TERM_FIELDS["summed"]}
+    a.update({name: p.get(name, no_gain) for name in TERM_GAINS})
+    ln_lstm_forward_loop(U, mask, p["Wh"], p["b"], a["gamma_x"], a["gamma_h"], a["gamma_z"],
+                         p["gamma_c"], p["beta_c"], dt.type(eps), groups, summed,
+                         carry == "normalized", h, c, out["hs"], out["gates"], out["c_hat"],
+                         out["tanh_c"], out["mean_c"], out["var_c"], a["a_hat"], a["u_hat"],
+                         a["mean_h"], a["var_h"], a["mean_x"], a["var_x"], a["s_hat"],
+                         a["mean_s"], a["var_s"])
     hs = out.pop("hs")
-    cache = LNLSTMCache(x=x, mask=mask, params=params, eps=eps, groups=groups, carry=carry, terms=terms, h=h, c=c, **out)
+    cache = LNLSTMCache(x=x, mask=mask, params=params, eps=eps, groups=groups, carry=carry,
+                        terms=terms, h=h, c=c, **out, **terms_out)
     return hs, h[-1], c[-1], cache
 
 
@@ -105,9 +179,17 @@ def ln_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
     """Same contract as refnorm.numpy_ref.ln_lstm.ln_lstm_backward."""
     p = cache.params
     dA, dU, dh, dc, g = normalized_backward_buffers(dhs, cache)
+    dt = dhs.dtype
+    unused, no_gain = stand_ins(dt)
+    a = {name: unused if getattr(cache, name) is None else getattr(cache, name)
+         for name in ("a_hat", "u_hat", "var_h", "var_x", "s_hat", "var_s")}
+    a.update({name: p.get(name, no_gain) for name in TERM_GAINS})
+    d = {name: g.get(name, no_gain) for name in TERM_GAINS}
     dh0, dc0 = ln_lstm_backward_loop(
-        dhs, dhT, dcT, cache.mask, cache.c, cache.a_hat, cache.u_hat, cache.gates, cache.c_hat,
-        cache.tanh_c, cache.var_h, cache.var_x, cache.var_c, p["gamma_x"], p["gamma_h"],
-        p["gamma_c"], np.ascontiguousarray(p["Wh"].T), dhs.dtype.type(cache.eps), cache.groups,
-        dA, dU, g["b"], g["gamma_x"], g["gamma_h"], g["gamma_c"], g["beta_c"], dh, dc)
+        dhs, dhT, dcT, cache.mask, cache.c, cache.gates, cache.c_hat, cache.tanh_c, cache.var_c,
+        p["gamma_c"], np.ascontiguousarray(p["Wh"].T), dt.type(cache.eps), cache.groups,
+        cache.terms == "summed", cache.carry == "normalized", a["a_hat"], a["u_hat"],
+        a["var_h"], a["var_x"], a["gamma_x"], a["gamma_h"], a["s_hat"], a["var_s"],
+        a["gamma_z"], dA, dU, g["b"], d["gamma_x"], d["gamma_h"], d["gamma_z"], g["gamma_c"],
+        g["beta_c"], dh, dc)
     return normalized_backward_grads(cache, dA, dU, g, dh0, dc0, dh, dc, state_grads)

@@ -44,8 +44,10 @@ def fold_into_bias(params, forget_bias):
 
         b_run = b + φ e_f          (VAR 1)        b_run = b + β_x + β_h          (VAR 2)
 
-    Returns a new dict without beta_x, beta_h; params is left alone."""
-    run = {name: value for name, value in params.items() if name not in ("beta_x", "beta_h")}
+    Returns copies in a new dict without beta_x, beta_h (the cache keeps them, so later edits of
+    params cannot reach a backward); params is left alone."""
+    run = {name: value.copy() for name, value in params.items()
+           if name not in ("beta_x", "beta_h", "b")}
     b = params["b"].copy()
     H = b.shape[0] // 4
     b[H:2 * H] += forget_bias                                                   # (VAR 1)
