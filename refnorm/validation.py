@@ -168,103 +168,105 @@ def _torch_grads_as_module(module, grads):
     return twin
 
 
-class _TorchAdapter(_Adapter):
+class _ModuleAdapter(_Adapter):
+    """A torch.nn.Module target (torch or haste): its forward under torch autograd, the loss of
+    refnorm's (BPTT 1), and its parameter gradients through the converter that read its
+    weights. Subclasses set `convert` (refnorm.interop.from_*) and define `forward`."""
+
+    family = convert = None
+
     def __init__(self, module):
+        if getattr(module, "batch_first", False):
+            raise ValueError("build the module with batch_first=False for validation (the "
+                             "weights do not depend on it)")
+        self.module = module
+        self.cell = type(self).convert(module)
+        self.dtype = str(next(module.parameters()).dtype).replace("torch.", "")
+        self.name = f"{self.family}.{type(module).__name__}"
+
+    def forward(self, t, data):
+        """hs (T, B, H) masked at padded steps, hT, cT (B, H) from tensors t = x, h0, c0."""
+        raise NotImplementedError
+
+    def run(self, data, training):
         import torch
 
-        from .interop import from_torch
+        m = self.module
+        p0 = next(m.parameters())
+        t = {k: torch.tensor(data[k], dtype=p0.dtype, device=p0.device, requires_grad=True)
+             for k in ("x", "h0", "c0")}
+        t["mask"] = torch.tensor(data["mask"], dtype=p0.dtype, device=p0.device)
+        up = {k: torch.tensor(data[k], dtype=p0.dtype, device=p0.device)
+              for k in ("dhs", "dhT", "dcT")}
+        was_training = m.training
+        m.eval()                      # no dropout, DropConnect or zoneout while validating
+        try:
+            hs, hT, cT = self.forward(t, data)
+        finally:
+            m.train(was_training)
+        loss = (up["dhs"] * hs).sum() + (up["dhT"] * hT).sum() + (up["dcT"] * cT).sum()
+        names = [n for n, _ in m.named_parameters()]
+        leaves = [t["x"], t["h0"], t["c0"]] + [p for _, p in m.named_parameters()]
+        grads = torch.autograd.grad(loss, leaves)
+        numpy = lambda v: v.detach().double().cpu().numpy()  # noqa: E731
+        out = {"hs": numpy(hs), "hT": numpy(hT), "cT": numpy(cT)}
+        out.update({"d" + k: numpy(g) for k, g in zip(("x", "h0", "c0"), grads)})
+        as_cell = type(self).convert(_torch_grads_as_module(m, dict(zip(names, grads[3:]))))
+        out.update({"d" + k: v for k, v in as_cell.params.items()})
+        return out
+
+
+def _from_torch(module):
+    from .interop import from_torch
+    return from_torch(module)
+
+
+def _from_haste(module):
+    from .interop import from_haste
+    return from_haste(module)
+
+
+class _TorchAdapter(_ModuleAdapter):
+    family, convert = "torch.nn", staticmethod(_from_torch)
+
+    def __init__(self, module):
+        import torch
 
         if isinstance(module, torch.nn.LSTM) and (module.num_layers != 1 or module.bidirectional):
             raise ValueError("refnorm validate takes a one-layer, one-direction torch.nn.LSTM: "
                              "copy the layer you want into torch.nn.LSTM(D, H) (or validate "
                              "refnorm.interop.from_torch(module, layer=, reverse=) by hand)")
-        if isinstance(module, torch.nn.LSTM) and module.batch_first:
-            raise ValueError("build the module with batch_first=False for validation (the "
-                             "weights do not depend on it)")
-        self.module = module
-        self.cell = from_torch(module)
-        self.dtype = str(next(module.parameters()).dtype).replace("torch.", "")
-        self.name = f"torch.nn.{type(module).__name__}"
+        super().__init__(module)
 
-    def run(self, data, training):
+    def forward(self, t, data):
         import torch
         from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-        from .interop import from_torch
-
         m = self.module
-        p0 = next(m.parameters())
-        t = {k: torch.tensor(data[k], dtype=p0.dtype, device=p0.device, requires_grad=True)
-             for k in ("x", "h0", "c0")}
-        up = {k: torch.tensor(data[k], dtype=p0.dtype, device=p0.device)
-              for k in ("dhs", "dhT", "dcT", "mask")}
-        if isinstance(m, torch.nn.LSTMCell):
+        if isinstance(m, torch.nn.LSTMCell):       # stepped here, with refnorm's masked carry
             h, c, outs = t["h0"], t["c0"], []
-            for x_t, m_t in zip(t["x"].unbind(0), up["mask"].unbind(0)):
+            for x_t, m_t in zip(t["x"].unbind(0), t["mask"].unbind(0)):
                 h_new, c_new = m(x_t, (h, c))
                 keep = m_t[:, None] > 0
                 h, c = torch.where(keep, h_new, h), torch.where(keep, c_new, c)
                 outs.append(m_t[:, None] * h_new)
-            hs, hT, cT = torch.stack(outs), h, c
-        else:
-            packed = pack_padded_sequence(t["x"], torch.as_tensor(data["lengths"]),
-                                          enforce_sorted=False)
-            out, (hn, cn) = m(packed, (t["h0"][None], t["c0"][None]))
-            hs, _ = pad_packed_sequence(out, total_length=data["x"].shape[0])
-            hT, cT = hn[0], cn[0]
-        loss = (up["dhs"] * hs).sum() + (up["dhT"] * hT).sum() + (up["dcT"] * cT).sum()
-        names = [n for n, _ in m.named_parameters()]
-        leaves = [t["x"], t["h0"], t["c0"]] + [p for _, p in m.named_parameters()]
-        grads = torch.autograd.grad(loss, leaves)
-        out = {"hs": hs.detach().double().cpu().numpy(), "hT": hT.detach().double().cpu().numpy(),
-               "cT": cT.detach().double().cpu().numpy()}
-        out.update({"d" + k: g.double().cpu().numpy() for k, g in zip(("x", "h0", "c0"), grads)})
-        as_cell = from_torch(_torch_grads_as_module(m, dict(zip(names, grads[3:]))))
-        out.update({"d" + k: v for k, v in as_cell.params.items()})
-        return out
+            return torch.stack(outs), h, c
+        packed = pack_padded_sequence(t["x"], torch.as_tensor(data["lengths"]),
+                                      enforce_sorted=False)
+        out, (hn, cn) = m(packed, (t["h0"][None], t["c0"][None]))
+        hs, _ = pad_packed_sequence(out, total_length=data["x"].shape[0])
+        return hs, hn[0], cn[0]
 
 
-class _HasteAdapter(_Adapter):
-    def __init__(self, module):
-        from .interop import from_haste
+class _HasteAdapter(_ModuleAdapter):
+    family, convert = "haste_pytorch", staticmethod(_from_haste)
 
-        if getattr(module, "batch_first", False):
-            raise ValueError("build the haste module with batch_first=False for validation")
-        self.module = module
-        self.cell = from_haste(module)
-        self.dtype = str(next(module.parameters()).dtype).replace("torch.", "")
-        self.name = f"haste_pytorch.{type(module).__name__}"
-
-    def run(self, data, training):
+    def forward(self, t, data):
         import torch
 
-        from .interop import from_haste
-
-        m = self.module
-        p0 = next(m.parameters())
-        t = {k: torch.tensor(data[k], dtype=p0.dtype, device=p0.device, requires_grad=True)
-             for k in ("x", "h0", "c0")}
-        up = {k: torch.tensor(data[k], dtype=p0.dtype, device=p0.device)
-              for k in ("dhs", "dhT", "dcT")}
-        was_training = m.training
-        m.eval()                        # no DropConnect / zoneout randomness while validating
-        try:
-            hs, (hn, cn) = m(t["x"], (t["h0"][None], t["c0"][None]),
-                             lengths=torch.as_tensor(data["lengths"]))
-        finally:
-            m.train(was_training)
-        hs = hs * torch.as_tensor(data["mask"], dtype=p0.dtype, device=p0.device)[..., None]
-        loss = (up["dhs"] * hs).sum() + (up["dhT"] * hn[0]).sum() + (up["dcT"] * cn[0]).sum()
-        names = [n for n, _ in m.named_parameters()]
-        leaves = [t["x"], t["h0"], t["c0"]] + [p for _, p in m.named_parameters()]
-        grads = torch.autograd.grad(loss, leaves)
-        out = {"hs": hs.detach().double().cpu().numpy(),
-               "hT": hn[0].detach().double().cpu().numpy(),
-               "cT": cn[0].detach().double().cpu().numpy()}
-        out.update({"d" + k: g.double().cpu().numpy() for k, g in zip(("x", "h0", "c0"), grads)})
-        as_cell = from_haste(_torch_grads_as_module(m, dict(zip(names, grads[3:]))))
-        out.update({"d" + k: v for k, v in as_cell.params.items()})
-        return out
+        hs, (hn, cn) = self.module(t["x"], (t["h0"][None], t["c0"][None]),
+                                   lengths=torch.as_tensor(data["lengths"]))
+        return hs * t["mask"][..., None], hn[0], cn[0]      # haste leaves padded steps unmasked
 
 
 class _KerasAdapter(_Adapter):

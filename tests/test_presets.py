@@ -268,6 +268,20 @@ def jihunchoi_params(seed):
                        "bn_c.weight": ((H,), "gain"), "bn_c.bias": ((H,), "w")}, seed)
 
 
+def jihunchoi_cell(p, **options):
+    """The preset holding the port's parameters p (gate order f, i, o, g) in refnorm's layout."""
+    order = "fiog"
+    cell = presets.jihunchoi_bn_lstm(D, H, **options)
+    cell.params.update(Wx=blocks(p["weight_ih"], order), Wh=blocks(p["weight_hh"], order),
+                       b=blocks(p["bias"], order),
+                       gamma_x=blocks(p["bn_ih.weight"], order),
+                       beta_x=blocks(p["bn_ih.bias"], order),
+                       gamma_h=blocks(p["bn_hh.weight"], order),
+                       beta_h=blocks(p["bn_hh.bias"], order),
+                       gamma_c=p["bn_c.weight"], beta_c=p["bn_c.bias"])
+    return cell
+
+
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_jihunchoi_bn_lstm(training):
     order = "fiog"
@@ -276,14 +290,7 @@ def test_jihunchoi_bn_lstm(training):
     rng = np.random.default_rng(8)
     stats = {site: (0.5 * rng.standard_normal((slots, F_)), rng.uniform(0.5, 1.5, (slots, F_)))
              for site, F_ in (("ih", 4 * H), ("hh", 4 * H), ("c", H))}
-    cell = presets.jihunchoi_bn_lstm(D, H, max_steps=slots)
-    cell.params.update(Wx=blocks(p["weight_ih"], order), Wh=blocks(p["weight_hh"], order),
-                       b=blocks(p["bias"], order),
-                       gamma_x=blocks(p["bn_ih.weight"], order),
-                       beta_x=blocks(p["bn_ih.bias"], order),
-                       gamma_h=blocks(p["bn_hh.weight"], order),
-                       beta_h=blocks(p["bn_hh.bias"], order),
-                       gamma_c=p["bn_c.weight"], beta_c=p["bn_c.bias"])
+    cell = jihunchoi_cell(p, max_steps=slots)
     for ours_site, site in (("x", "ih"), ("h", "hh"), ("c", "c")):
         mean, var = stats[site]
         width = (lambda a: blocks(a, order)) if site != "c" else (lambda a: a)
@@ -307,14 +314,7 @@ def test_jihunchoi_running_statistics_follow_torch_batch_norm():
     0.1, unbiased variance, padded rows included."""
     order = "fiog"
     p = jihunchoi_params(10)
-    cell = presets.jihunchoi_bn_lstm(D, H, max_steps=T)
-    cell.params.update(Wx=blocks(p["weight_ih"], order), Wh=blocks(p["weight_hh"], order),
-                       b=blocks(p["bias"], order),
-                       gamma_x=blocks(p["bn_ih.weight"], order),
-                       beta_x=blocks(p["bn_ih.bias"], order),
-                       gamma_h=blocks(p["bn_hh.weight"], order),
-                       beta_h=blocks(p["bn_hh.bias"], order),
-                       gamma_c=p["bn_c.weight"], beta_c=p["bn_c.bias"])
+    cell = jihunchoi_cell(p, max_steps=T)
     running = {site: (torch.zeros(T, F_, dtype=torch.float64),
                       torch.ones(T, F_, dtype=torch.float64))
                for site, F_ in (("ih", 4 * H), ("hh", 4 * H), ("c", H))}

@@ -16,14 +16,13 @@ from numba import njit
 from ..numpy_ref.bn_lstm import STAT_NAMES, BNLSTMCache
 from .common import (
     JIT,
+    cell_output_forward,
     normalized_backward_buffers,
     normalized_backward_grads,
     normalized_carry_backward,
-    normalized_cell_forward,
     normalized_gates_backward,
     normalized_gates_forward,
     normalized_output_backward,
-    normalized_output_forward,
     recurrent_state_backward,
 )
 from .lstm import states
@@ -54,14 +53,9 @@ def bn_lstm_forward_loop(U, mask, stat_mask, Wh, b, gamma_x, gamma_h, gamma_c, b
         if training:
             batchnorm_stats(c_new, m, mean_c[t], var_c[t])
         batchnorm_normalize(c_new, m, mean_c[t], var_c[t], eps, c_hat[t])       # (BN-LSTM 4)
-        if normalized_carry:   # c_state = c_bn if carry_mode == "normalized" else c_new
-            normalized_cell_forward(c_hat[t], gamma_c, beta_c, c_norm)          # (VAR 3)
-            normalized_output_forward(c_hat[t], gamma_c, beta_c, gates[t], c_norm, mask[t],
-                                      h[t], c[t], h[t + 1], c[t + 1], hs[t], tanh_c[t])
-        else:
-            normalized_output_forward(c_hat[t], gamma_c, beta_c, gates[t], c_new, mask[t],
-                                      h[t], c[t], h[t + 1], c[t + 1], hs[t],
-                                      tanh_c[t])                         # (BN-LSTM 4)
+        cell_output_forward(c_hat[t], gamma_c, beta_c, gates[t], c_new, c_norm, normalized_carry,
+                            mask[t], h[t], c[t], h[t + 1], c[t + 1], hs[t],
+                            tanh_c[t])                          # (BN-LSTM 4), (VAR 3)
 
 
 @njit(**JIT)

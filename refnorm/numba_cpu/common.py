@@ -115,6 +115,19 @@ def normalized_cell_forward(c_hat, gamma_c, beta_c, c_norm):
 
 
 @njit(**JIT)
+def cell_output_forward(c_hat, gamma_c, beta_c, gates, c_new, c_norm, normalized_carry, m,
+                        h_prev, c_prev, h_next, c_next, y, tanh_c):
+    """normalized_output_forward with the carried cell chosen by the carry option: c̃_t (raw)
+    or ĉ_t = γ_c ⊙ ĉ + β_c written into c_norm (VAR 3)."""
+    carried = c_new
+    if normalized_carry:   # c_state = c_norm if carry == "normalized" else c_new
+        normalized_cell_forward(c_hat, gamma_c, beta_c, c_norm)                 # (VAR 3)
+        carried = c_norm
+    normalized_output_forward(c_hat, gamma_c, beta_c, gates, carried, m, h_prev, c_prev, h_next,
+                              c_next, y, tanh_c)
+
+
+@njit(**JIT)
 def normalized_output_backward(dy, dH, m, gates, tanh_c, dh, dz, dc_norm_in):
     """dh̃ = m ⊙ (dy + dH) (BPTT 4); do into dz's o block (BN-LSTM 6), (LN-LSTM 5), (LSTM 8);
     the gradient reaching the normalised cell, dc_norm_in = dh̃ ⊙ o ⊙ (1 − tanh²)."""

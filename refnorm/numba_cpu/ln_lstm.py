@@ -16,14 +16,13 @@ from numba import njit
 from ..numpy_ref.ln_lstm import LNLSTMCache
 from .common import (
     JIT,
+    cell_output_forward,
     normalized_backward_buffers,
     normalized_backward_grads,
     normalized_carry_backward,
-    normalized_cell_forward,
     normalized_gates_backward,
     normalized_gates_forward,
     normalized_output_backward,
-    normalized_output_forward,
     recurrent_state_backward,
     sigmoid,
     tanh,
@@ -73,14 +72,9 @@ def ln_lstm_forward_loop(U, mask, Wh, b, gamma_x, gamma_h, gamma_z, gamma_c, bet
             normalized_gates_forward(a_hat[t], u_hat[t], gamma_h, gamma_x, b, c[t], gates[t],
                                      c_new)                        # (LN-LSTM 2), (LN-LSTM 3)
         layernorm_forward(c_new, eps, 1, c_hat[t], mean_c[t], var_c[t])        # (LN-LSTM 4)
-        if normalized_carry:   # c_state = c_ln if carry_mode == "normalized" else c_new
-            normalized_cell_forward(c_hat[t], gamma_c, beta_c, c_norm)          # (VAR 3)
-            normalized_output_forward(c_hat[t], gamma_c, beta_c, gates[t], c_norm, mask[t],
-                                      h[t], c[t], h[t + 1], c[t + 1], hs[t], tanh_c[t])
-        else:
-            normalized_output_forward(c_hat[t], gamma_c, beta_c, gates[t], c_new, mask[t],
-                                      h[t], c[t], h[t + 1], c[t + 1], hs[t],
-                                      tanh_c[t])                         # (LN-LSTM 4)
+        cell_output_forward(c_hat[t], gamma_c, beta_c, gates[t], c_new, c_norm, normalized_carry,
+                            mask[t], h[t], c[t], h[t + 1], c[t + 1], hs[t],
+                            tanh_c[t])                          # (LN-LSTM 4), (VAR 3)
 
 
 @njit(**JIT)

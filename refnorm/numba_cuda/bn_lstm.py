@@ -19,7 +19,8 @@ from numba import cuda, float64
 
 from ..numpy_ref.bn_lstm import STAT_NAMES, BNLSTMCache
 from . import common
-from .common import CARRY_MODES, MAX_THREADS, kernel_mode, normalized_gates
+from .common import (CARRY_MODES, MAX_THREADS, kernel_mode, normalized_cell_backward,
+                     normalized_gates)
 from .norms import column_backward, column_count, column_normalize, column_stats
 
 
@@ -109,19 +110,8 @@ def bn_lstm_step_backward_kernel(t, dhs, dH, dC, mask, stat_mask, c, a_hat, u_ha
                     buf)                                   # batchnorm_backward(dc_bn, ...)
     for r in range(tid, B, nt):
         valid = m[r]
-        i = gates[t, r, j]
-        f = gates[t, r, H + j]
-        g = gates[t, r, 2 * H + j]
-        if carry_mode == 1:
-            dc_new = dc[t, r, j]                           # dc_new = Nback(dc_bn)     (VAR 4)
-            dc[t, r, j] = dc_bn[t, r, j]                   # dc_state = dc_bn          (VAR 4)
-        else:
-            dc_new = valid * dC[r, j] + dc[t, r, j]        # (BPTT 5), (BN-LSTM 7)
-            dc[t, r, j] = dc_new                           # dc_state = dc_new
-        dZ[t, r, j] = dc_new * g * i * (1 - i)             # (LSTM 7), (LSTM 8)
-        dZ[t, r, H + j] = dc_new * c[t, r, j] * f * (1 - f)
-        dZ[t, r, 2 * H + j] = dc_new * i * (1 - g * g)
-        dC[r, j] = (1 - valid) * dC[r, j] + dc_new * f     # (BPTT 6)
+        normalized_cell_backward(t, r, j, valid, carry_mode, dc_bn, gates, c, dC, dc,
+                                 dZ)                       # (BN-LSTM 7), (VAR 4), (BPTT 6)
     for q in range(4):                                     # (BN-LSTM 9): da, du from dz
         k = q * H + j
         column_backward(dZ[t], a_hat[t], var_h[t, k], s, gamma_h[k], k, n, eps, training, dA[t],

@@ -141,6 +141,29 @@ def normalized_gates(t, r, j, a_hat, u_hat, gamma_h, gamma_x, b, summed, c, gate
 
 
 @cuda.jit(device=True)
+def normalized_cell_backward(t, r, j, valid, carry_mode, dc_norm, gates, c, dC, dc, dZ):
+    """For one (row r, hidden unit j) of step t of BN-LSTM / LN-LSTM, after the cell
+    normalisation's backward wrote its result into dc[t]: the complete dc̃_t, the i, f, g blocks
+    of dZ (LSTM 7), (LSTM 8), dc[t] = the carried state's gradient and dC <- dC_{t-1} (BPTT 6).
+    dc_norm[t] holds the gradient that reached the normalised cell (with carry_mode 1 the carry
+    part already in it, (VAR 4))."""
+    H = dc.shape[2]
+    i = gates[t, r, j]
+    f = gates[t, r, H + j]
+    g = gates[t, r, 2 * H + j]
+    if carry_mode == 1:
+        dc_new = dc[t, r, j]                           # dc_new = Nback(dc_norm)       (VAR 4)
+        dc[t, r, j] = dc_norm[t, r, j]                 # dc_state = dc_norm            (VAR 4)
+    else:
+        dc_new = valid * dC[r, j] + dc[t, r, j]        # (BPTT 5), (BN-LSTM 7), (LN-LSTM 6)
+        dc[t, r, j] = dc_new                           # dc_state = dc_new
+    dZ[t, r, j] = dc_new * g * i * (1 - i)             # (LSTM 7), (LSTM 8)
+    dZ[t, r, H + j] = dc_new * c[t, r, j] * f * (1 - f)
+    dZ[t, r, 2 * H + j] = dc_new * i * (1 - g * g)
+    dC[r, j] = (1 - valid) * dC[r, j] + dc_new * f     # (BPTT 6)
+
+
+@cuda.jit(device=True)
 def block_sum(v, buf):
     """Σ of v over the threads of the block (pairwise tree in buf, float64 shared (MAX_THREADS,));
     every thread gets the total. Every thread of the block must call it."""

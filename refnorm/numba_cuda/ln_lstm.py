@@ -18,7 +18,8 @@ from numba import cuda, float64
 
 from ..numpy_ref.ln_lstm import LNLSTMCache
 from . import common
-from .common import CARRY_MODES, MAX_THREADS, TERMS_MODES, kernel_mode, normalized_gates
+from .common import (CARRY_MODES, MAX_THREADS, TERMS_MODES, kernel_mode,
+                     normalized_cell_backward, normalized_gates)
 from .norms import row_backward, row_normalize, row_stats
 
 
@@ -105,19 +106,8 @@ def ln_lstm_step_backward_kernel(t, dhs, dH, dC, mask, c, a_hat, u_hat, gates, c
     row_backward(dc_ln[t], c_hat[t], var_c[t, r, 0], gamma_c, r, 0, H, eps, dc[t],
                  buf)                                      # layernorm_backward(dc_ln, ...)
     for j in range(tid, H, nt):
-        i = gates[t, r, j]
-        f = gates[t, r, H + j]
-        g = gates[t, r, 2 * H + j]
-        if carry_mode == 1:
-            dc_new = dc[t, r, j]                           # dc_new = Nback(dc_ln)     (VAR 4)
-            dc[t, r, j] = dc_ln[t, r, j]                   # dc_state = dc_ln          (VAR 4)
-        else:
-            dc_new = valid * dC[r, j] + dc[t, r, j]        # (BPTT 5), (LN-LSTM 6)
-            dc[t, r, j] = dc_new                           # dc_state = dc_new
-        dZ[t, r, j] = dc_new * g * i * (1 - i)             # (LSTM 7), (LSTM 8)
-        dZ[t, r, H + j] = dc_new * c[t, r, j] * f * (1 - f)
-        dZ[t, r, 2 * H + j] = dc_new * i * (1 - g * g)
-        dC[r, j] = (1 - valid) * dC[r, j] + dc_new * f     # (BPTT 6)
+        normalized_cell_backward(t, r, j, valid, carry_mode, dc_ln, gates, c, dC, dc,
+                                 dZ)                       # (LN-LSTM 6), (VAR 4), (BPTT 6)
     cuda.syncthreads()                                     # the whole row of dz is written
     for q in range(groups):                                # (LN-LSTM 8): da, du from dz
         lo = q * w
