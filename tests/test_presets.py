@@ -330,13 +330,14 @@ def test_jihunchoi_running_statistics_follow_torch_batch_norm():
 
 
 # -- Cooijmans et al. 2016, the authors' Theano code ------------------------------------------
-def cooijmans_bn_lstm(x, h0, c0, mask, p, popstats=None, record=None):
+def cooijmans_bn_lstm(x, h0, c0, mask, p, popstats=None, record=None, normalize_cell=False):
     """penntreebank.py: LSTM.construct_graph_popstats's stepfn and bn(): xtilde = x W_x for all
     steps; atilde = h W_h; a_normal = bn(atilde; a_gammas, ab_betas), b_normal = bn(btilde;
     b_gammas, 0); g, f, i, o from a_normal + b_normal (code order g, f, i, o); c_n = f c + i g;
-    h_n = o tanh(bn(c_n; c_gammas, c_betas)). bn(): batch mean and biased x.var(axis=0), or the
-    population statistic of the step; std = sqrt(var + epsilon), epsilon 1e-5. Fixed-length
-    sequences (no mask)."""
+    h_n = o tanh(bn(c_n; c_gammas, c_betas)); with --normalize-cell the normalised c_n is the
+    state carried to the next step. bn(): batch mean and biased x.var(axis=0), or the population
+    statistic of the step; std = sqrt(var + epsilon), epsilon 1e-5. Fixed-length sequences (no
+    mask)."""
     h, c, outputs = h0, c0, []
     Hh = h0.shape[1]
 
@@ -356,19 +357,25 @@ def cooijmans_bn_lstm(x, h0, c0, mask, p, popstats=None, record=None):
         g, f, i, o = [fn(ab[:, j * Hh:(j + 1) * Hh])
                       for j, fn in enumerate([torch.tanh] + 3 * [torch.sigmoid])]
         c = f * c + i * g
-        h = o * torch.tanh(bn(c, p["c_gammas"], p["c_betas"], "c", t))
+        c_normal = bn(c, p["c_gammas"], p["c_betas"], "c", t)
+        if normalize_cell:
+            c = c_normal
+        h = o * torch.tanh(c_normal)
         outputs.append(h)
     return torch.stack(outputs), h, c
 
 
+@pytest.mark.parametrize("normalize_cell", [False, True], ids=["raw-c", "normalize-cell"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_cooijmans_bn_lstm(training):
+def test_cooijmans_bn_lstm(training, normalize_cell):
+    """The preset, and with the code's --normalize-cell option, carry="normalized" (VAR 3)."""
     order = "gfio"
     G = 4 * H
     p = rng_params({"W_x": ((D, G), "w"), "W_h": ((H, G), "w"), "ab_betas": ((G,), "w"),
                     "a_gammas": ((G,), "gain"), "b_gammas": ((G,), "gain"),
                     "c_gammas": ((H,), "gain"), "c_betas": ((H,), "w")}, seed=12)
-    cell = presets.cooijmans_bn_lstm(D, H, max_steps=T)
+    cell = presets.cooijmans_bn_lstm(D, H, max_steps=T,
+                                     carry="normalized" if normalize_cell else "raw")
     assert cell.params["b"][H:2 * H].tolist() == [1.0] * H          # pffft[H:2H] = 1
     cell.params.update(Wx=blocks(p["W_x"], order), Wh=blocks(p["W_h"], order),
                        b=blocks(p["ab_betas"], order), gamma_h=blocks(p["a_gammas"], order),
@@ -384,7 +391,8 @@ def test_cooijmans_bn_lstm(training):
     d = data(14)
     record = {}
     pop_t = None if training else {k: (t64(m), t64(v)) for k, (m, v) in popstats.items()}
-    peer = peer_grads(lambda *a: cooijmans_bn_lstm(*a, popstats=pop_t, record=record), p, d)
+    peer = peer_grads(lambda *a: cooijmans_bn_lstm(*a, popstats=pop_t, record=record,
+                                                   normalize_cell=normalize_cell), p, d)
     compare(cell, d, peer, lambda g: {
         "Wx": blocks(g["W_x"], order), "Wh": blocks(g["W_h"], order),
         "b": blocks(g["ab_betas"], order), "gamma_h": blocks(g["a_gammas"], order),
