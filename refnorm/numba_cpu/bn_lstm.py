@@ -16,6 +16,7 @@ from numba import njit
 from ..numpy_ref.bn_lstm import STAT_NAMES, BNLSTMCache
 from .common import (
     JIT,
+    input_projection,
     cell_output_forward,
     normalized_backward_buffers,
     normalized_backward_grads,
@@ -112,7 +113,7 @@ def bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None, pad_sta
     G = p["Wh"].shape[1]
     H = G // 4
     dt = x.dtype
-    U = np.ascontiguousarray(x @ p["Wx"])                        # (BN-LSTM 1), (BPTT 8)
+    U = input_projection(x, p["Wx"])                             # (BN-LSTM 1), (BPTT 8)
     h, c = states(h0, c0, T)
     width = {"mean_x": G, "var_x": G, "mean_h": G, "var_h": G, "mean_c": H, "var_c": H}
     stats = {k: (np.empty((T, width[k]), dt) if training

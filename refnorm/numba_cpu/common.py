@@ -9,15 +9,19 @@ The gate nonlinearities need exp of a non-positive number only (σ(z) from e^{-|
 e^{-2|z|}). libm's exp and tanh are calls LLVM cannot vectorise (~10-25 ns each here), and five
 of them per hidden unit and step cost more than the step's matrix product, so exp_nonpos below
 is written out: Cody-Waite reduction y = k·ln2 + r with |r| <= ln2/2, the Taylor polynomial of
-e^r to degree 13 (truncation < 1e-17), and 2^k from a table. Relative error <= 2.3e-16 on
-[-708, 0] (tests/test_numba_backend.py); it vectorises.
+e^r to degree 13 (truncation < 1e-17), and 2^k built from its bits. Relative error <= 2.3e-16 on
+[-708, 0] (tests/test_numba_backend.py). Every step of it is a plain SIMD instruction, so loops
+over it vectorise with AVX2: k is rounded by the 1.5·2^52 shifter (no float -> int64
+conversion, which AVX2 lacks) and 2^k is the bit pattern (k + 1023) << 52 (no table lookup,
+which would be a gather). Measured in a loop: ~3.5 ns per σ instead of ~7 with a table.
 """
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import intrinsic
 
-from ..numpy_ref.common import input_projection_backward, with_state_grads
+from ..numpy_ref.common import with_state_grads
 
 JIT = {"cache": True, "error_model": "numpy", "fastmath": False, "nogil": True}
 INLINE = {**JIT, "inline": "always"}
@@ -25,16 +29,33 @@ INLINE = {**JIT, "inline": "always"}
 LOG2E = 1.4426950408889634                 # 1 / ln 2
 LN2_HI = 6.93147180369123816490e-01        # ln 2 split in two (fdlibm): k·LN2_HI is exact
 LN2_LO = 1.90821492927058770002e-10
-POW2_NEG = np.ldexp(1.0, -np.arange(1023))  # 2^-k for k = 0 .. 1022
+SHIFTER = 6755399441055744.0               # 1.5·2^52: v + SHIFTER holds round(v) in its low bits
 C0, C1, C2, C3, C4, C5, C6, C7, C8, C9, C10, C11, C12, C13 = (
     1.0 / math.factorial(k) for k in range(14))
+
+
+@intrinsic
+def float64_bits(typingctx, x):
+    """The IEEE-754 bits of a float64 as an int64 (an LLVM bitcast: free, and vectorisable)."""
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], context.get_value_type(types.int64))
+    return types.int64(types.float64), codegen
+
+
+@intrinsic
+def bits_float64(typingctx, n):
+    """The float64 whose IEEE-754 bits are the int64 n (the inverse of float64_bits)."""
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float64))
+    return types.float64(types.int64), codegen
 
 
 @njit(**INLINE)
 def exp_nonpos(y):
     """e^y for y <= 0 (y below -708 gives e^-708 ≈ 3e-308, i.e. 0 to any sum it enters)."""
     y = max(y, -708.0)
-    k = math.floor(y * LOG2E + 0.5)                        # y = k ln2 + r
+    t = y * LOG2E + SHIFTER                                # k = round(y / ln2), exactly:
+    k = t - SHIFTER                                        #   y = k ln2 + r, |r| <= ln2 / 2
     r = (y - k * LN2_HI) - k * LN2_LO
     p = C12 + r * C13                                      # e^r = Σ r^n / n!, Horner
     p = C11 + r * p
@@ -49,7 +70,8 @@ def exp_nonpos(y):
     p = C2 + r * p
     p = C1 + r * p
     p = C0 + r * p
-    return p * POW2_NEG[int(-k)]                           # e^y = e^r · 2^k
+    two_k = bits_float64((float64_bits(t) + 1023) << 52)   # 2^k: exponent field k + 1023
+    return p * two_k                                       # e^y = e^r · 2^k
 
 
 @njit(**INLINE)
@@ -188,6 +210,22 @@ def recurrent_state_backward(dH, m, dh_rec):
     for r in range(B):
         for j in range(H):
             dH[r, j] = (1 - m[r]) * dH[r, j] + dh_rec[r, j]   # dh_prev = (1-valid)*dH + da@Wh.T
+
+
+def input_projection(x, Wx):
+    """U = X Wx for all T·B frames as one GEMM on (T·B, D) (BPTT 8); NumPy's x @ Wx on the
+    (T, B, D) stack runs T small GEMMs, 15-30 % slower at the benchmark's small shapes."""
+    T, B, D = x.shape
+    return (x.reshape(T * B, D) @ Wx).reshape(T, B, Wx.shape[1])
+
+
+def input_projection_backward(x, dU, Wx):
+    """Mirror of numpy_ref.common.input_projection_backward (BPTT 8): dWx = X_flatᵀ dU_flat,
+    dX = dU Wxᵀ, both as one GEMM over the T·B frames."""
+    D, G = Wx.shape
+    dWx = x.reshape(-1, D).T @ dU.reshape(-1, G)     # (D, 4H)
+    dx = (dU.reshape(-1, G) @ Wx.T).reshape(x.shape)  # (T, B, D)
+    return dWx, dx
 
 
 def recurrent_weight_grad(h, dZ):

@@ -16,6 +16,7 @@ from numba import njit
 from ..numpy_ref.ln_lstm import LNLSTMCache
 from .common import (
     JIT,
+    input_projection,
     cell_output_forward,
     normalized_backward_buffers,
     normalized_backward_grads,
@@ -146,7 +147,7 @@ def ln_lstm_forward(x, h0, c0, mask, params, *, eps, per_gate=False, carry="raw"
     G = p["Wh"].shape[1]
     H = G // 4
     dt = x.dtype
-    U = np.ascontiguousarray(x @ p["Wx"])                        # (LN-LSTM 1), (BPTT 8)
+    U = input_projection(x, p["Wx"])                             # (LN-LSTM 1), (BPTT 8)
     h, c = states(h0, c0, T)
     out = {"hs": np.empty((T, B, H), dt), "gates": np.empty((T, B, G), dt),
            "c_hat": np.empty((T, B, H), dt), "tanh_c": np.empty((T, B, H), dt),

@@ -8,9 +8,10 @@ one (B, H)·(H, 4H) product per step and the rest of the step fused into one pas
 import numpy as np
 from numba import njit
 
-from ..numpy_ref.common import input_projection_backward, with_state_grads
+from ..numpy_ref.common import with_state_grads
 from ..numpy_ref.lstm import LSTMCache
-from .common import JIT, recurrent_weight_grad, sigmoid, tanh
+from .common import (JIT, input_projection, input_projection_backward, recurrent_weight_grad,
+                     sigmoid, tanh)
 
 
 @njit(**JIT)
@@ -97,7 +98,8 @@ def lstm_forward(x, h0, c0, mask, params):
     """Same contract as refnorm.numpy_ref.lstm.lstm_forward."""
     T, B, _ = x.shape
     G = params["Wh"].shape[1]
-    U = np.ascontiguousarray(x @ params["Wx"] + params["b"])    # (LSTM 1), (BPTT 8)
+    U = input_projection(x, params["Wx"])                       # (LSTM 1), (BPTT 8)
+    U += params["b"]
     h, c = states(h0, c0, T)
     hs = np.empty((T, B, G // 4), x.dtype)
     gates = np.empty((T, B, G), x.dtype)

@@ -5,9 +5,9 @@ compiled batch-norm loops; the recurrence is the compiled vanilla LSTM loop of .
 """
 import numpy as np
 
-from ..numpy_ref.common import input_projection_backward, with_state_grads
+from ..numpy_ref.common import with_state_grads
 from ..numpy_ref.seq_bn_lstm import SeqBNLSTMCache
-from .common import recurrent_weight_grad
+from .common import input_projection_backward, recurrent_weight_grad
 from .lstm import lstm_backward_loop, lstm_forward_loop, states
 from .norms import batchnorm_backward, batchnorm_normalize, batchnorm_stats
 
