@@ -236,14 +236,15 @@ def cell_output_forward(c_hat, gamma_c, beta_c, gates, c_new, c_norm, normalized
 def normalized_output_backward(dy, dH, m, gates, tanh_c, dh, dz, dc_norm_in):
     """dh̃ = m ⊙ (dy + dH) (BPTT 4); do into dz's o block (BN-LSTM 6), (LN-LSTM 5), (LSTM 8);
     the gradient reaching the normalised cell, dc_norm_in = dh̃ ⊙ o ⊙ (1 − tanh²)."""
+    one = dh.dtype.type(1)  # a literal 1 would turn float32 into float64
     B, H = dh.shape
     for r in range(B):
         for j in range(H):
             o = gates[r, 3 * H + j]
             th = tanh_c[r, j]
             dh[r, j] = m[r] * (dy[r, j] + dH[r, j])          # dh_new = valid * (dy + dH)
-            dz[r, 3 * H + j] = dh[r, j] * th * o * (1 - o)   # do = dh_new * tanh_c; (LSTM 8)
-            dc_norm_in[r, j] = dh[r, j] * o * (1 - th * th)  # dc_bn = dh_new * o * (1 - tanh_c**2)
+            dz[r, 3 * H + j] = dh[r, j] * th * o * (one - o)   # do = dh_new * tanh_c; (LSTM 8)
+            dc_norm_in[r, j] = dh[r, j] * o * (one - th * th)  # dh_new * o * (1 - tanh_c**2)
 
 
 @njit(**JIT)
@@ -261,6 +262,7 @@ def normalized_gates_backward(dC, dc_norm, m, gates, c_prev, normalized_carry, d
     """dc̃ = m ⊙ dC + (norm backward) (BPTT 5), or the norm backward alone when dC already
     entered it (normalized_carry, (VAR 4)); di, df, dg (LSTM 7) into dz (LSTM 8); the carry of
     dC to step t−1 (BPTT 6); db += Σ_b dz (BN-LSTM 8), (LN-LSTM 7)."""
+    one = dz.dtype.type(1)  # a literal 1 would turn float32 into float64
     B, G = dz.shape
     H = G // 4
     for r in range(B):
@@ -273,15 +275,15 @@ def normalized_gates_backward(dC, dc_norm, m, gates, c_prev, normalized_carry, d
                 dc[r, j] = valid * dC[r, j] + dc_norm[r, j]  # dc_new = valid * dC + dc_norm
         for j in range(H):                                               # di = dc_new * g
             i = gates[r, j]
-            dz[r, j] = dc[r, j] * gates[r, 2 * H + j] * i * (1 - i)
+            dz[r, j] = dc[r, j] * gates[r, 2 * H + j] * i * (one - i)
         for j in range(H):                                               # df = dc_new * c_prev
             f = gates[r, H + j]
-            dz[r, H + j] = dc[r, j] * c_prev[r, j] * f * (1 - f)
+            dz[r, H + j] = dc[r, j] * c_prev[r, j] * f * (one - f)
         for j in range(H):                                               # dg = dc_new * i
             g = gates[r, 2 * H + j]
-            dz[r, 2 * H + j] = dc[r, j] * gates[r, j] * (1 - g * g)
+            dz[r, 2 * H + j] = dc[r, j] * gates[r, j] * (one - g * g)
         for j in range(H):                            # dc_prev = (1 - valid) * dC + dc_new * f
-            dC[r, j] = (1 - valid) * dC[r, j] + dc[r, j] * gates[r, H + j]
+            dC[r, j] = (one - valid) * dC[r, j] + dc[r, j] * gates[r, H + j]
         for k in range(G):
             db[k] += dz[r, k]                                            # dz.sum(axis=0)
 
@@ -289,10 +291,11 @@ def normalized_gates_backward(dC, dc_norm, m, gates, c_prev, normalized_carry, d
 @njit(**JIT)
 def recurrent_state_backward(dH, m, dh_rec):
     """dh_prev = (1 − m) ⊙ dH + da Whᵀ (BPTT 6), with dh_rec = da Whᵀ already computed."""
+    one = dH.dtype.type(1)  # a literal 1 would turn float32 into float64
     B, H = dH.shape
     for r in range(B):
         for j in range(H):
-            dH[r, j] = (1 - m[r]) * dH[r, j] + dh_rec[r, j]   # dh_prev = (1-valid)*dH + da@Wh.T
+            dH[r, j] = (one - m[r]) * dH[r, j] + dh_rec[r, j]   # dh_prev = (1-valid)*dH + da@Wh.T
 
 
 def input_projection(x, Wx):

@@ -50,6 +50,7 @@ def lstm_forward_loop(U, mask, Wh, h, c, hs, gates, tanh_c):
 def lstm_backward_loop(dhs, dhT, dcT, mask, c, gates, tanh_c, WhT, dU, dh, dc):
     """BPTT over t = T-1 .. 0: fills dU (T, B, 4H) = dz_t and dh, dc (T, B, H) = dL/dh̃_t,
     dL/dc̃_t; returns dh0, dc0 (B, H)."""
+    one = dhs.dtype.type(1)  # a literal 1 would turn float32 into float64
     T, B, G = dU.shape
     H = G // 4
     dH = dhT.copy()
@@ -63,26 +64,26 @@ def lstm_backward_loop(dhs, dhT, dcT, mask, c, gates, tanh_c, WhT, dU, dh, dc):
                 th = tanh_c[t, r, j]
                 dh[t, r, j] = valid * (dhs[t, r, j] + dH[r, j])      # (BPTT 4)
                 dc[t, r, j] = (valid * dC[r, j]                      # (BPTT 5)
-                               + dh[t, r, j] * o * (1 - th * th))    # (LSTM 6)
+                               + dh[t, r, j] * o * (one - th * th))    # (LSTM 6)
             for j in range(H):                # dz = gates_backward(di, df, dg, do)  (LSTM 8)
                 i = gates[t, r, j]                                   # di = dc_new * g (LSTM 7)
-                dU[t, r, j] = dc[t, r, j] * gates[t, r, 2 * H + j] * i * (1 - i)
+                dU[t, r, j] = dc[t, r, j] * gates[t, r, 2 * H + j] * i * (one - i)
             for j in range(H):
                 f = gates[t, r, H + j]                               # df = dc_new * c_prev
-                dU[t, r, H + j] = dc[t, r, j] * c[t, r, j] * f * (1 - f)
+                dU[t, r, H + j] = dc[t, r, j] * c[t, r, j] * f * (one - f)
             for j in range(H):
                 g = gates[t, r, 2 * H + j]                           # dg = dc_new * i
-                dU[t, r, 2 * H + j] = dc[t, r, j] * gates[t, r, j] * (1 - g * g)
+                dU[t, r, 2 * H + j] = dc[t, r, j] * gates[t, r, j] * (one - g * g)
             for j in range(H):
                 o = gates[t, r, 3 * H + j]                           # do = dh_new * tanh_c
-                dU[t, r, 3 * H + j] = dh[t, r, j] * tanh_c[t, r, j] * o * (1 - o)   # (LSTM 5)
+                dU[t, r, 3 * H + j] = dh[t, r, j] * tanh_c[t, r, j] * o * (one - o)   # (LSTM 5)
             for j in range(H):
-                dC[r, j] = (1 - valid) * dC[r, j] + dc[t, r, j] * gates[t, r, H + j]  # (BPTT 6)
+                dC[r, j] = (one - valid) * dC[r, j] + dc[t, r, j] * gates[t, r, H + j]  # (BPTT 6)
         np.dot(dU[t], WhT, dh_rec)                                   # dz @ Wh.T  (LSTM 9)
         for r in range(B):
             valid = mask[t, r]
             for j in range(H):
-                dH[r, j] = (1 - valid) * dH[r, j] + dh_rec[r, j]     # (BPTT 6)
+                dH[r, j] = (one - valid) * dH[r, j] + dh_rec[r, j]     # (BPTT 6)
     return dH, dC
 
 
