@@ -2,6 +2,8 @@
 
 Row-major loops (rows outer, features inner) with per-feature accumulators, so the inner loops
 run over contiguous memory. Each loop carries the NumPy line of the reference it implements.
+Inner loops hold no branch and no division (1/s is taken once per feature or row and
+multiplied), so they vectorise; the result differs from the reference's x / s by a rounding.
 """
 import math
 
@@ -41,18 +43,18 @@ def batchnorm_stats(z, m, mean, var):
 def batchnorm_normalize(z, m, mean, var, eps, zhat):
     """(BN 4), (BN 5) / (BN 7): zhat = w * (z - mean) / np.sqrt(var + eps)."""
     N, F = z.shape
-    s = np.sqrt(var + eps)
+    inv_s = 1 / np.sqrt(var + eps)
     for r in range(N):
         w = m[r]
         for k in range(F):
-            zhat[r, k] = w * (z[r, k] - mean[k]) / s[k]   # w * (z - mean) / s  (BN 5)
+            zhat[r, k] = w * (z[r, k] - mean[k]) * inv_s[k]   # w * (z - mean) / s  (BN 5)
 
 
 @njit(**JIT)
 def batchnorm_backward(dy, zhat, var, m, gamma, eps, training, dz, dgamma, dbeta):
     """(BN 8)-(BN 11). Writes dz (N, F); adds to dgamma, dbeta (F,) (dbeta may be size 0)."""
     N, F = dy.shape
-    s = np.sqrt(var + eps)
+    inv_s = 1 / np.sqrt(var + eps)
     n = 0.0
     for r in range(N):
         n += m[r]
@@ -64,22 +66,24 @@ def batchnorm_backward(dy, zhat, var, m, gamma, eps, training, dz, dgamma, dbeta
         for k in range(F):
             d = dy[r, k]
             dgamma[k] += d * zhat[r, k]                    # dgamma = (dy * zhat).sum(axis=0)
-            if dbeta.size:
-                dbeta[k] += d                              # dbeta = dy.sum(axis=0)
             dzh = d * gamma[k]                             # dzhat = dy * gamma
             mean_dzhat[k] += w * dzh                       # (w * dzhat).sum(axis=0)
             mean_dzhat_zhat[k] += w * dzh * zhat[r, k]     # (w * dzhat * zhat).sum(axis=0)
+    if dbeta.size:
+        for r in range(N):
+            for k in range(F):
+                dbeta[k] += dy[r, k]                       # dbeta = dy.sum(axis=0)
     for k in range(F):
         mean_dzhat[k] /= nn
         mean_dzhat_zhat[k] /= nn
+    if not training:                                       # dz = w * dzhat / s
+        mean_dzhat[:] = 0
+        mean_dzhat_zhat[:] = 0
     for r in range(N):
         w = m[r]
-        for k in range(F):
-            dzh = dy[r, k] * gamma[k]
-            if training:   # dz = w / s * (dzhat - mean_dzhat - zhat * mean_dzhat_zhat)
-                dz[r, k] = w / s[k] * (dzh - mean_dzhat[k] - zhat[r, k] * mean_dzhat_zhat[k])
-            else:          # dz = w * dzhat / s
-                dz[r, k] = w * dzh / s[k]
+        for k in range(F):   # dz = w / s * (dzhat - mean_dzhat - zhat * mean_dzhat_zhat)
+            dz[r, k] = w * inv_s[k] * (dy[r, k] * gamma[k] - mean_dzhat[k]
+                                       - zhat[r, k] * mean_dzhat_zhat[k])
 
 
 @njit(**JIT)
@@ -100,9 +104,9 @@ def layernorm_forward(z, eps, groups, zhat, mean, var):
                 d = z[r, k] - mu
                 v += d * d
             v /= w                                         # var = ((zg - mean) ** 2).mean(-1)
-            s = math.sqrt(v + eps)
+            inv_s = 1 / math.sqrt(v + eps)
             for k in range(lo, lo + w):
-                zhat[r, k] = (z[r, k] - mu) / s            # zhat = (zg - mean) / sqrt(var + eps)
+                zhat[r, k] = (z[r, k] - mu) * inv_s        # zhat = (zg - mean) / sqrt(var + eps)
             mean[r, q] = mu
             var[r, q] = v
 
@@ -120,13 +124,15 @@ def layernorm_backward(dy, zhat, var, gamma, eps, groups, dz, dgamma, dbeta):
             for k in range(lo, lo + w):
                 d = dy[r, k]
                 dgamma[k] += d * zhat[r, k]                # dgamma = (dy * zhat).sum(axis=0)
-                if dbeta.size:
-                    dbeta[k] += d                          # dbeta = dy.sum(axis=0)
                 dzh = d * gamma[k]                         # dzhat = dy * gamma
                 m1 += dzh
                 m2 += dzh * zhat[r, k]
             m1 /= w                                        # dzhat.mean(-1)
             m2 /= w                                        # (dzhat * zh).mean(-1)
-            s = math.sqrt(var[r, q] + eps)
+            inv_s = 1 / math.sqrt(var[r, q] + eps)
             for k in range(lo, lo + w):                    # (dzhat - m1 - zh * m2) / s
-                dz[r, k] = (dy[r, k] * gamma[k] - m1 - zhat[r, k] * m2) / s
+                dz[r, k] = (dy[r, k] * gamma[k] - m1 - zhat[r, k] * m2) * inv_s
+    if dbeta.size:
+        for r in range(N):
+            for k in range(F):
+                dbeta[k] += dy[r, k]                       # dbeta = dy.sum(axis=0)
