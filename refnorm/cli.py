@@ -128,6 +128,9 @@ def add_validate_parser(sub):
     p.add_argument("target", metavar="TARGET")
     p.add_argument("--input-size", type=int, default=3)
     p.add_argument("--hidden-size", type=int, default=4)
+    p.add_argument("--layers", type=int, default=1,
+                   help="torch.nn.LSTM: num_layers (default 1)")
+    p.add_argument("--bidirectional", action="store_true", help="torch.nn.LSTM: two directions")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
                    help="the target's dtype for the built-in targets (default %(default)s)")
     p.add_argument("--T", type=int, default=6, dest="T", help="time steps (default 6)")
@@ -159,8 +162,10 @@ def _build_target(args):
         family, _, name = args.target.rpartition(".")
         if family.startswith("torch"):
             import torch
-            module = getattr(torch.nn, name)(D, H, dtype=getattr(torch, args.dtype))
-            return interop.to_torch(_random_cell(CELLS["lstm"], args), module), None
+            stack = {"num_layers": args.layers, "bidirectional": args.bidirectional}
+            module = getattr(torch.nn, name)(D, H, dtype=getattr(torch, args.dtype),
+                                             **(stack if name == "LSTM" else {}))
+            return _randomize_torch(module, args.seed), None
         if family == "haste":
             import haste_pytorch
             module = getattr(haste_pytorch, name)(D, H)
@@ -188,13 +193,25 @@ def _build_target(args):
                                  and not hasattr(obj, "get_weights")):
         obj = obj(D, H)
     if args.randomize:
-        from .validation import _adapter
-        cell = randomize(_adapter(obj, None).cell, seed=args.seed + 1)
-        kind = type(obj).__module__.split(".")[0]
-        convert = {"torch": interop.to_torch, "haste_pytorch": interop.to_haste,
-                   "keras": interop.to_keras}[kind]
-        convert(cell, obj)
+        from .validation import _adapter, _framework_kind
+        kind = _framework_kind(obj)
+        if kind == "torch":
+            return _randomize_torch(obj, args.seed), None
+        convert = {"haste": interop.to_haste, "keras": interop.to_keras}[kind]
+        convert(randomize(_adapter(obj, None).cell, seed=args.seed + 1), obj)
     return obj, None
+
+
+def _randomize_torch(module, seed):
+    """Every layer and direction of a torch.nn.LSTM (or an LSTMCell) redrawn at random and
+    non-zero through refnorm.randomize and the converter; returns the module."""
+    from . import interop
+    layers = getattr(module, "num_layers", 1)
+    dirs = 2 if getattr(module, "bidirectional", False) else 1
+    for k in range(layers * dirs):
+        cell = interop.from_torch(module, k // dirs, bool(k % dirs))
+        interop.to_torch(randomize(cell, seed=seed + 1 + k), module, k // dirs, bool(k % dirs))
+    return module
 
 
 def validate_command(args):

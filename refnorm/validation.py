@@ -13,7 +13,8 @@ gradients go through the same converter as its weights). Each tensor gets the re
 max|a - b| / max(|a| + |b|) and a verdict against a tolerance chosen by the framework's dtype.
 
 Targets:
-* torch.nn.LSTM (one layer, one direction; variable lengths through a PackedSequence) and
+* torch.nn.LSTM (variable lengths through a PackedSequence; several layers and two directions
+  are one refnorm cell per layer and direction, composed as torch composes them) and
   torch.nn.LSTMCell (stepped here, with refnorm's masked carry);
 * haste_pytorch.LSTM and LayerNormLSTM (lengths passed to the module; it leaves outputs at padded
   steps unmasked, so only valid steps are compared);
@@ -44,9 +45,10 @@ DEFAULT_T, DEFAULT_B = 6, 4
 class ValidationReport:
     """rows: (tensor, shape, max abs error, relative error, tolerance, ok); ok: all rows ok."""
 
-    def __init__(self, target, cell, dtype, tol, rows, lengths):
+    def __init__(self, target, cell, dtype, tol, rows, lengths, reference=None):
         self.target, self.cell, self.dtype, self.tol = target, cell, dtype, tol
         self.rows, self.lengths = rows, lengths
+        self.reference = reference or repr(cell)
 
     @property
     def ok(self):
@@ -57,13 +59,13 @@ class ValidationReport:
         return {row[0]: row[3] for row in self.rows}
 
     def __str__(self):
-        lines = [f"refnorm validate: {self.target} vs {self.cell!r} (float64 truth)",
+        lines = [f"refnorm validate: {self.target} vs {self.reference} (float64 truth)",
                  f"framework dtype {self.dtype}, tolerance {self.tol:g} (relative), lengths "
                  f"{[int(n) for n in self.lengths]}, random inputs, states and upstream gradients"]
-        header = f"{'tensor':10} {'shape':>14} {'max abs err':>12} {'rel. error':>11}  verdict"
+        header = f"{'tensor':16} {'shape':>14} {'max abs err':>12} {'rel. error':>11}  verdict"
         lines += [header, "-" * len(header)]
         for name, shape, abs_err, rel_err, tol, ok in self.rows:
-            lines.append(f"{name:10} {str(tuple(shape)):>14} {abs_err:12.2e} {rel_err:11.2e}  "
+            lines.append(f"{name:16} {str(tuple(shape)):>14} {abs_err:12.2e} {rel_err:11.2e}  "
                          f"{'ok' if ok else 'MISMATCH'}")
         bad = [row[0] for row in self.rows if not row[-1]]
         lines.append("PASS" if not bad else f"FAIL: {len(bad)} tensors differ ({', '.join(bad)})")
@@ -84,19 +86,15 @@ def validate(target, *, cell=None, T=DEFAULT_T, B=DEFAULT_B, lengths=None, seed=
     if lengths.shape != (B,) or lengths.min() < 1 or lengths.max() > T:
         raise ValueError(f"lengths must be B={B} integers in 1..T={T}, got {lengths.tolist()}")
     adapter = _adapter(target, cell)
-    ref = adapter.cell
-    D, H = ref.input_size, ref.hidden_size
+    D, H, stack, width = adapter.sizes()
+    state = (B, H) if stack is None else (stack, B, H)
     mask = (np.arange(T)[:, None] < lengths[None, :]).astype(np.float64)
-    data = {"x": rng.standard_normal((T, B, D)), "h0": 0.5 * rng.standard_normal((B, H)),
-            "c0": 0.5 * rng.standard_normal((B, H)), "mask": mask, "lengths": lengths,
-            "dhs": rng.standard_normal((T, B, H)) * mask[..., None],
-            "dhT": rng.standard_normal((B, H)), "dcT": rng.standard_normal((B, H))}
-
-    hs, (hT, cT), cache = ref.forward(data["x"], data["h0"], data["c0"], mask,
-                                      training=training, update_stats=False)
-    truth = {"hs": hs, "hT": hT, "cT": cT}
-    truth.update({"d" + k: v for k, v in ref.backward(data["dhs"], cache, data["dhT"],
-                                                      data["dcT"]).items()})
+    draw = rng.standard_normal
+    data = {"x": draw((T, B, D)), "h0": 0.5 * draw(state), "c0": 0.5 * draw(state),
+            "mask": mask, "lengths": lengths,
+            "dhs": draw((T, B, width)) * mask[..., None], "dhT": draw(state),
+            "dcT": draw(state)}
+    truth = adapter.truth(data, training)
     theirs = adapter.run({k: (v.copy() if isinstance(v, np.ndarray) else v)
                           for k, v in data.items()}, training)
     theirs["hs"] = np.asarray(theirs["hs"], dtype=np.float64) * mask[..., None]
@@ -113,12 +111,29 @@ def validate(target, *, cell=None, T=DEFAULT_T, B=DEFAULT_B, lengths=None, seed=
         abs_err = float(np.max(np.abs(ours - other))) if ours.size else 0.0
         rel = relative_error(ours, other) if ours.size else 0.0
         rows.append((name, ours.shape, abs_err, rel, tol, bool(rel <= tol)))
-    return ValidationReport(adapter.name, ref, dtype, tol, rows, lengths)
+    return ValidationReport(adapter.name, adapter.cell, dtype, tol, rows, lengths,
+                            getattr(adapter, "reference", None))
 
 
 # -- adapters: a refnorm cell holding the target's weights, and how to run the target -----------
 class _Adapter:
+    """cell: the refnorm cell holding the target's weights; run(data, training): the target's
+    outputs and gradients by name; sizes() and truth() describe and compute refnorm's side."""
+
     name = cell = dtype = None
+
+    def sizes(self):
+        """(input size D, hidden size H, number of stacked states or None for one cell, output
+        width) of the data to draw."""
+        return self.cell.input_size, self.cell.hidden_size, None, self.cell.hidden_size
+
+    def truth(self, data, training):
+        """refnorm's outputs and gradients (d + name) on `data`: the float64 truth."""
+        hs, (hT, cT), cache = self.cell.forward(data["x"], data["h0"], data["c0"],
+                                                data["mask"], training=training,
+                                                update_stats=False)
+        grads = self.cell.backward(data["dhs"], cache, data["dhT"], data["dcT"])
+        return {"hs": hs, "hT": hT, "cT": cT, **{"d" + k: v for k, v in grads.items()}}
 
     def run(self, data, training):
         raise NotImplementedError
@@ -127,6 +142,9 @@ class _Adapter:
 def _adapter(target, cell):
     kind = _framework_kind(target)
     if kind == "torch":
+        import torch
+        if isinstance(target, torch.nn.LSTM) and (target.num_layers > 1 or target.bidirectional):
+            return _TorchStackAdapter(target)
         return _TorchAdapter(target)
     if kind == "haste":
         return _HasteAdapter(target)
@@ -211,9 +229,12 @@ class _ModuleAdapter(_Adapter):
         numpy = lambda v: v.detach().double().cpu().numpy()  # noqa: E731
         out = {"hs": numpy(hs), "hT": numpy(hT), "cT": numpy(cT)}
         out.update({"d" + k: numpy(g) for k, g in zip(("x", "h0", "c0"), grads)})
-        as_cell = type(self).convert(_torch_grads_as_module(m, dict(zip(names, grads[3:]))))
-        out.update({"d" + k: v for k, v in as_cell.params.items()})
+        out.update(self.param_grads(_torch_grads_as_module(m, dict(zip(names, grads[3:])))))
         return out
+
+    def param_grads(self, twin):
+        """The parameter gradients in refnorm's layout, from a twin module holding them."""
+        return {"d" + k: v for k, v in type(self).convert(twin).params.items()}
 
 
 def _from_torch(module):
@@ -229,18 +250,8 @@ def _from_haste(module):
 class _TorchAdapter(_ModuleAdapter):
     family, convert = "torch.nn", staticmethod(_from_torch)
 
-    def __init__(self, module):
-        import torch
-
-        if isinstance(module, torch.nn.LSTM) and (module.num_layers != 1 or module.bidirectional):
-            raise ValueError("refnorm validate takes a one-layer, one-direction torch.nn.LSTM: "
-                             "copy the layer you want into torch.nn.LSTM(D, H) (or validate "
-                             "refnorm.interop.from_torch(module, layer=, reverse=) by hand)")
-        super().__init__(module)
-
     def forward(self, t, data):
         import torch
-        from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
         m = self.module
         if isinstance(m, torch.nn.LSTMCell):       # stepped here, with refnorm's masked carry
@@ -251,11 +262,102 @@ class _TorchAdapter(_ModuleAdapter):
                 h, c = torch.where(keep, h_new, h), torch.where(keep, c_new, c)
                 outs.append(m_t[:, None] * h_new)
             return torch.stack(outs), h, c
-        packed = pack_padded_sequence(t["x"], torch.as_tensor(data["lengths"]),
-                                      enforce_sorted=False)
-        out, (hn, cn) = m(packed, (t["h0"][None], t["c0"][None]))
-        hs, _ = pad_packed_sequence(out, total_length=data["x"].shape[0])
+        hs, hn, cn = self.packed(t["x"], t["h0"][None], t["c0"][None], data)
         return hs, hn[0], cn[0]
+
+    def packed(self, x, h0, c0, data):
+        """The module on a PackedSequence of x with data's lengths; outputs padded back to
+        (T, B, ·) with zeros, and h_n, c_n (layers * directions, B, H)."""
+        import torch
+        from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+        packed = pack_padded_sequence(x, torch.as_tensor(data["lengths"]), enforce_sorted=False)
+        out, (hn, cn) = self.module(packed, (h0, c0))
+        hs, _ = pad_packed_sequence(out, total_length=x.shape[0])
+        return hs, hn, cn
+
+
+class _TorchStackAdapter(_TorchAdapter):
+    """A torch.nn.LSTM with several layers or two directions: one refnorm cell per layer and
+    direction (refnorm.interop.from_torch), composed the way torch composes them. Layer l reads
+    [forward | reverse] outputs of layer l-1; a reverse direction reads each sequence reversed
+    within its length. h0, c0, hT, cT are (layers * directions, B, H), torch's order. Gradients
+    are named with torch's suffixes, e.g. dWx_l1_reverse."""
+
+    def __init__(self, module):
+        from .interop import from_torch
+
+        super().__init__(module)
+        self.dirs = 2 if module.bidirectional else 1
+        self.cells = [[from_torch(module, layer, bool(d)) for d in range(self.dirs)]
+                      for layer in range(module.num_layers)]
+        self.name = (f"torch.nn.LSTM(num_layers={module.num_layers}, "
+                     f"bidirectional={module.bidirectional})")
+        self.reference = (f"{module.num_layers * self.dirs} refnorm.LSTM cells "
+                          f"({module.num_layers} layers x {self.dirs} directions)")
+
+    def sizes(self):
+        H = self.module.hidden_size
+        return self.module.input_size, H, len(self.cells) * self.dirs, self.dirs * H
+
+    def suffix(self, k):
+        return f"_l{k // self.dirs}" + ("_reverse" if k % self.dirs else "")
+
+    def truth(self, data, training):
+        lengths, H = data["lengths"], self.module.hidden_size
+        flip = lambda a: _reverse_within(a, lengths)  # noqa: E731
+        inputs, caches, hT, cT = [data["x"]], {}, [], []
+        for layer, pair in enumerate(self.cells):
+            outs = []
+            for d, cell in enumerate(pair):
+                k = self.dirs * layer + d
+                xin = flip(inputs[-1]) if d else inputs[-1]
+                hs, (h, c), caches[k] = cell.forward(xin, data["h0"][k], data["c0"][k],
+                                                     lengths=lengths)
+                outs.append(flip(hs) if d else hs)
+                hT.append(h)
+                cT.append(c)
+            inputs.append(np.concatenate(outs, -1))
+        out = {"hs": inputs[-1], "hT": np.stack(hT), "cT": np.stack(cT)}
+        grads, d_above = {}, data["dhs"]
+        for layer in reversed(range(len(self.cells))):
+            dx = 0
+            for d, cell in enumerate(self.cells[layer]):
+                k = self.dirs * layer + d
+                dhs = np.ascontiguousarray(d_above[..., d * H:(d + 1) * H])
+                grads[k] = cell.backward(flip(dhs) if d else dhs, caches[k], data["dhT"][k],
+                                         data["dcT"][k])
+                dx = dx + (flip(grads[k]["x"]) if d else grads[k]["x"])
+            d_above = dx
+        n = len(grads)
+        out["dx"] = d_above
+        out["dh0"] = np.stack([grads[k]["h0"] for k in range(n)])
+        out["dc0"] = np.stack([grads[k]["c0"] for k in range(n)])
+        for k in range(n):
+            for name in ("Wx", "Wh", "b"):
+                out["d" + name + self.suffix(k)] = grads[k][name]
+        return out
+
+    def forward(self, t, data):
+        return self.packed(t["x"], t["h0"], t["c0"], data)
+
+    def param_grads(self, twin):
+        from .interop import from_torch
+
+        out = {}
+        for k in range(len(self.cells) * self.dirs):
+            cell = from_torch(twin, k // self.dirs, bool(k % self.dirs))
+            out.update({"d" + name + self.suffix(k): v for name, v in cell.params.items()})
+        return out
+
+
+def _reverse_within(a, lengths):
+    """a (T, B, ...) with each sequence's first lengths[b] steps reversed, padding left in
+    place: what a reverse direction reads."""
+    out = np.array(a)
+    for b, n in enumerate(lengths):
+        out[:n, b] = a[:n, b][::-1]
+    return out
 
 
 class _HasteAdapter(_ModuleAdapter):
