@@ -418,7 +418,10 @@ def test_every_preset_builds_and_names_its_source():
         cell = make(3, 2, seed=0)
         assert isinstance(cell, make.cls)
         for option, value in make.options.items():
-            assert getattr(cell, option, value) == value or option == "forget_bias_init", name
+            if option == "forget_bias_init":          # stored in b, not kept as an attribute
+                np.testing.assert_array_equal(cell.params["b"][2:4], value)
+            else:
+                assert getattr(cell, option) == value, (name, option)
         assert make.__name__ == name and getattr(presets, name) is make
         assert ".py" in make.__doc__ or "arXiv" in make.__doc__, name
     # overrides win over the preset's options

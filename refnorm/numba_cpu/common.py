@@ -43,36 +43,22 @@ F32_C = tuple(np.float32(1.0 / math.factorial(k)) for k in range(8))
 F32_ONE, F32_ZERO, F32_MINUS_TWO = np.float32(1.0), np.float32(0.0), np.float32(-2.0)
 
 
-@intrinsic
-def float32_bits(typingctx, x):
-    """The IEEE-754 bits of a float32 as an int32."""
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], context.get_value_type(types.int32))
-    return types.int32(types.float32), codegen
+def _bitcast(source, target, doc):
+    """An intrinsic reinterpreting the bits of a `source` scalar as a `target` scalar of the
+    same width (an LLVM bitcast: free, and vectorisable)."""
+    @intrinsic
+    def cast(typingctx, value):
+        def codegen(context, builder, sig, args):
+            return builder.bitcast(args[0], context.get_value_type(target))
+        return target(source), codegen
+    cast.__doc__ = doc
+    return cast
 
 
-@intrinsic
-def bits_float32(typingctx, n):
-    """The float32 whose IEEE-754 bits are the int32 n."""
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], context.get_value_type(types.float32))
-    return types.float32(types.int32), codegen
-
-
-@intrinsic
-def float64_bits(typingctx, x):
-    """The IEEE-754 bits of a float64 as an int64 (an LLVM bitcast: free, and vectorisable)."""
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], context.get_value_type(types.int64))
-    return types.int64(types.float64), codegen
-
-
-@intrinsic
-def bits_float64(typingctx, n):
-    """The float64 whose IEEE-754 bits are the int64 n (the inverse of float64_bits)."""
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], context.get_value_type(types.float64))
-    return types.float64(types.int64), codegen
+float64_bits = _bitcast(types.float64, types.int64, "The IEEE-754 bits of a float64, as int64.")
+bits_float64 = _bitcast(types.int64, types.float64, "The float64 with the IEEE-754 bits n.")
+float32_bits = _bitcast(types.float32, types.int32, "The IEEE-754 bits of a float32, as int32.")
+bits_float32 = _bitcast(types.int32, types.float32, "The float32 with the IEEE-754 bits n.")
 
 
 def _exp_nonpos64(z):

@@ -128,9 +128,7 @@ def bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None, pad_sta
         raise ValueError("inference needs population statistics (pop)")
     common.require_device()
     on_device = common.is_device_array(x)
-    stat_mask = mask if pad_stats == "exclude" else (     # np.ones_like(mask) on mask's side
-        common.to_device(np.ones(tuple(mask.shape), common.to_device(mask).dtype))
-        if common.is_device_array(mask) else np.ones_like(mask))
+    stat_mask = common.stat_mask(mask, pad_stats)        # mask, or np.ones_like(mask)
     T, B, _ = x.shape
     H, G = params["Wh"].shape
     xd = common.to_device(x)

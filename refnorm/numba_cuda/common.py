@@ -38,6 +38,16 @@ TERMS_MODES = {"separate": 0, "summed": 1}          # terms= of LN-LSTM         
 
 
 # -- the device and its arrays -------------------------------------------------------------
+def stat_mask(mask, pad_stats):
+    """The rows that enter the BN statistics: the validity mask (pad_stats="exclude") or all
+    ones (pad_stats="include"), on the side (host or device) the mask lives on."""
+    if pad_stats == "exclude":
+        return mask
+    if is_device_array(mask):
+        return to_device(np.ones(tuple(mask.shape), to_device(mask).dtype))
+    return np.ones_like(mask)
+
+
 def require_device():
     """RuntimeError naming what is missing when neither a GPU nor the simulator is there."""
     if not 1 <= THREADS <= MAX_THREADS or not 1 <= TILE <= 32:     # TILE² threads per block
