@@ -35,14 +35,23 @@ T_DEFAULT = 100
 
 
 def median_time(fn, repeats, warmup=1):
-    for _ in range(warmup):
-        fn()
-    times = []
+    return interleaved_medians([fn], repeats, warmup)[0]
+
+
+def interleaved_medians(fns, repeats, warmup=1):
+    """Median time of each function, the functions run in turn within each repeat: this
+    virtual machine's speed drifts by 10-20 % over minutes, and interleaving makes the drift
+    hit every column of a ratio alike instead of whichever ran in a slow minute."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, ts in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - start)
+    return [statistics.median(ts) for ts in times]
 
 
 # -- refnorm ---------------------------------------------------------------------------------
@@ -181,9 +190,7 @@ def table_vs_torch(shapes, T, repeats, out):
             fwd, fb = refnorm_case("lstm", T, B, H, dtype)
             tf, tfb = torch_lstm_case(T, B, H, dtype)
             floor = blas_floor_case(T, B, H, dtype)
-            r_fb, t_fb = median_time(fb, repeats), median_time(tfb, repeats)
-            fl = median_time(floor, repeats)
-            r_f, t_f = median_time(fwd, repeats), median_time(tf, repeats)
+            r_fb, t_fb, fl, r_f, t_f = interleaved_medians([fb, tfb, floor, fwd, tf], repeats)
             print(row([dtype, B, H, f"{r_fb * 1e3:.2f}", f"{t_fb * 1e3:.2f}",
                        f"{r_fb / t_fb:.2f}", f"{fl * 1e3:.2f}", f"{r_fb / fl:.2f}",
                        f"{r_f * 1e3:.2f}", f"{t_f * 1e3:.2f}", f"{r_f / t_f:.2f}"]), file=out)
@@ -198,10 +205,10 @@ def table_norm_cells(shapes, T, repeats, out):
     print(row(["---"] * 8), file=out)
     for dtype in ("float64", "float32"):
         for B, H in shapes:
-            base = median_time(refnorm_case("lstm", T, B, H, dtype)[1], repeats)
             for stem in ("bn_lstm", "seq_bn_lstm", "ln_lstm"):
-                mine = median_time(refnorm_case(stem, T, B, H, dtype)[1], repeats)
-                eager = median_time(torch_eager_case(stem, T, B, H, dtype), repeats)
+                base, mine, eager = interleaved_medians(
+                    [refnorm_case("lstm", T, B, H, dtype)[1], refnorm_case(stem, T, B, H, dtype)[1],
+                     torch_eager_case(stem, T, B, H, dtype)], repeats)
                 print(row([dtype, B, H, stem, f"{mine * 1e3:.2f}", f"{mine / base:.2f}",
                            f"{eager * 1e3:.2f}", f"{eager / mine:.1f}x"]), file=out)
                 out.flush()
@@ -243,20 +250,53 @@ def table_memory(B, H, T, out):
                    f"{peak / 1e6:.1f}", f"{peak / minimum:.2f}"]), file=out)
 
 
-def first_call_seconds():
-    """A fresh process with the on-disk cache warm: import refnorm + first forward+backward of
-    every cell on numba."""
-    code = ("import time; t = time.perf_counter(); import numpy as np, refnorm\n"
-            "x = np.ones((3, 2, 4))\n"
-            "for C in refnorm.CELLS.values():\n"
-            "    kw = {'max_steps': 3} if C is refnorm.BNLSTM else {}\n"
-            "    c = C(4, 4, seed=0, backend='numba', **kw)\n"
-            "    hs, _, k = c.forward(x); c.backward(hs, k)\n"
-            "print(time.perf_counter() - t)")
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)  # warm disk
-    res = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                         text=True)
-    return float(res.stdout.strip())
+FIRST_CALL = """
+import time
+t0 = time.perf_counter()
+import numpy as np
+t1 = time.perf_counter()
+import numba
+t2 = time.perf_counter()
+import refnorm
+t3 = time.perf_counter()
+import scipy.linalg  # what Numba imports at its first compile or cache load, timed apart
+t4 = time.perf_counter()
+x = np.ones((3, 2, 4))
+def first(C):
+    c = C(4, 4, seed=0, backend="numba", **({"max_steps": 3} if C is refnorm.BNLSTM else {}))
+    hs, _, k = c.forward(x)
+    c.backward(hs, k)
+first(refnorm.LSTM)
+t5 = time.perf_counter()
+for C in (refnorm.BNLSTM, refnorm.SeqBNLSTM, refnorm.LNLSTM):
+    first(C)
+t6 = time.perf_counter()
+print(t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)
+"""
+FIRST_CALL_PARTS = ("import numpy", "import numba", "import refnorm",
+                    "import scipy.linalg (Numba's BLAS)", "LSTM fwd+bwd", "the other three cells")
+
+
+def first_call_seconds(runs=5):
+    """Fresh processes with the on-disk cache warm: the median time of each stage of importing
+    refnorm and calling every cell on numba once (forward+backward)."""
+    subprocess.run([sys.executable, "-c", FIRST_CALL], check=True, capture_output=True)  # warm
+    parts = []
+    for _ in range(runs):
+        res = subprocess.run([sys.executable, "-c", FIRST_CALL], check=True,
+                             capture_output=True, text=True)
+        parts.append([float(v) for v in res.stdout.split()])
+    return [statistics.median(p[i] for p in parts) for i in range(len(FIRST_CALL_PARTS))]
+
+
+def table_first_call(out):
+    parts = first_call_seconds()
+    print("\n## First call in a fresh process, on-disk cache warm (s, median of 5 processes)\n",
+          file=out)
+    print(row(FIRST_CALL_PARTS + ("to the first LSTM result", "total")), file=out)
+    print(row(["---"] * (len(parts) + 2)), file=out)
+    print(row([f"{p:.3f}" for p in parts] + [f"{sum(parts[:5]):.3f}", f"{sum(parts):.3f}"]),
+          file=out)
 
 
 def main(argv=None):
@@ -283,8 +323,7 @@ def main(argv=None):
     table_norm_cells(shapes[:2] if not args.quick else shapes[:1], T_DEFAULT, repeats, out)
     table_linear_in_T(32, 128, 3, out)
     table_memory(32, 128, T_DEFAULT, out)
-    print(f"\nFirst call in a fresh process, on-disk cache warm: {first_call_seconds():.2f} s",
-          file=out)
+    table_first_call(out)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from .common import (
     JIT,
     input_projection,
     cell_output_forward,
+    gates_cell_forward,
     normalized_backward_buffers,
     normalized_backward_grads,
     normalized_carry_backward,
@@ -25,8 +26,6 @@ from .common import (
     normalized_gates_forward,
     normalized_output_backward,
     recurrent_state_backward,
-    sigmoid,
-    tanh,
 )
 from .lstm import states
 from .norms import layernorm_backward, layernorm_forward
@@ -36,17 +35,11 @@ from .norms import layernorm_backward, layernorm_forward
 def summed_gates_forward(s_hat, gamma_z, b, c_prev, gates, c_new):
     """z = γ_z ⊙ ŝ + b (VAR 5), gates (LSTM 2), c_new = f ⊙ c_prev + i ⊙ g (LSTM 3)."""
     B, G = gates.shape
-    H = G // 4
     for r in range(B):
-        # z = s_ln + p["b"]; gates = gates_forward(z)                     (VAR 5), (LSTM 2)
-        for k in range(2 * H):                             # i, f = σ(z^i), σ(z^f)
-            gates[r, k] = sigmoid(gamma_z[k] * s_hat[r, k] + b[k])
-        for k in range(2 * H, 3 * H):                      # g = tanh(z^g)
-            gates[r, k] = tanh(gamma_z[k] * s_hat[r, k] + b[k])
-        for k in range(3 * H, G):                          # o = σ(z^o)
-            gates[r, k] = sigmoid(gamma_z[k] * s_hat[r, k] + b[k])
-        for j in range(H):                                 # c_new = f * c_prev + i * g
-            c_new[r, j] = gates[r, H + j] * c_prev[r, j] + gates[r, j] * gates[r, 2 * H + j]
+        zr, sh = gates[r], s_hat[r]
+        for k in range(G):                                 # z = s_ln + p["b"]  (VAR 5)
+            zr[k] = gamma_z[k] * sh[k] + b[k]
+        gates_cell_forward(zr, c_prev[r], c_new[r])        # (LSTM 2), (LSTM 3)
 
 
 @njit(**JIT)

@@ -11,39 +11,45 @@ from numba import njit
 from ..numpy_ref.common import with_state_grads
 from ..numpy_ref.lstm import LSTMCache
 from .common import (JIT, input_projection, input_projection_backward, recurrent_weight_grad,
-                     sigmoid, tanh)
+                     sigmoid, split_gates, tanh)
 
 
 @njit(**JIT)
 def lstm_forward_loop(U, mask, Wh, h, c, hs, gates, tanh_c):
     """U (T, B, 4H) = x Wx + b; fills h, c (T+1, B, H) (h[0], c[0] given), hs, gates, tanh_c.
 
-    One loop per gate block (σ, σ, tanh, σ) so each is a plain vectorisable loop."""
+    Per row, plain loops over views that start at 0 (see common.split_gates), so they
+    vectorise."""
     T, B, G = U.shape
     H = G // 4
     z = np.empty((B, G), U.dtype)
     for t in range(T):
         np.dot(h[t], Wh, z)                                # h_prev @ Wh        (LSTM 1)
         for r in range(B):
-            # z = u_t + h_prev @ Wh; gates = gates_forward(z)                (LSTM 1), (LSTM 2)
-            for k in range(2 * H):                         # i, f = σ(z^i), σ(z^f)
-                gates[t, r, k] = sigmoid(U[t, r, k] + z[r, k])
-            for k in range(2 * H, 3 * H):                  # g = tanh(z^g)
-                gates[t, r, k] = tanh(U[t, r, k] + z[r, k])
-            for k in range(3 * H, G):                      # o = σ(z^o)
-                gates[t, r, k] = sigmoid(U[t, r, k] + z[r, k])
+            zr, u = z[r], U[t, r]
+            for k in range(G):
+                zr[k] += u[k]                              # z = u_t + h_prev @ Wh (LSTM 1)
+            zi, zf, zg, zo = split_gates(zr)
+            i, f, g, o = split_gates(gates[t, r])          # gates = gates_forward(z)  (LSTM 2)
             for j in range(H):
-                c_new = gates[t, r, H + j] * c[t, r, j] + gates[t, r, j] * gates[t, r, 2 * H + j]
-                th = tanh(c_new)                           # c_new = f * c_prev + i * g (LSTM 3)
-                tanh_c[t, r, j] = th
-                c[t + 1, r, j] = c_new
-                h[t + 1, r, j] = gates[t, r, 3 * H + j] * th     # h_new = o * tanh_c (LSTM 4)
-                hs[t, r, j] = h[t + 1, r, j]               # y = m_t[:, None] * h_new   (BPTT 3)
+                i[j] = sigmoid(zi[j])
+                f[j] = sigmoid(zf[j])
+                g[j] = tanh(zg[j])
+                o[j] = sigmoid(zo[j])
+            c_prev, c_next, h_next = c[t, r], c[t + 1, r], h[t + 1, r]
+            th, y = tanh_c[t, r], hs[t, r]
+            for j in range(H):
+                c_new = f[j] * c_prev[j] + i[j] * g[j]     # c_new = f * c_prev + i * g (LSTM 3)
+                th[j] = tanh(c_new)                        # tanh_c = np.tanh(c_new)
+                c_next[j] = c_new
+                h_next[j] = o[j] * th[j]                   # h_new = o * tanh_c         (LSTM 4)
+                y[j] = h_next[j]                           # y = m_t[:, None] * h_new   (BPTT 3)
             if mask[t, r] == 0:                            # carry(m_t, new, old)       (BPTT 2)
+                h_prev = h[t, r]
                 for j in range(H):
-                    hs[t, r, j] = 0.0
-                    h[t + 1, r, j] = h[t, r, j]
-                    c[t + 1, r, j] = c[t, r, j]
+                    y[j] = 0.0
+                    h_next[j] = h_prev[j]
+                    c_next[j] = c_prev[j]
 
 
 @njit(**JIT)
@@ -57,33 +63,28 @@ def lstm_backward_loop(dhs, dhT, dcT, mask, c, gates, tanh_c, WhT, dU, dh, dc):
     dC = dcT.copy()
     dh_rec = np.empty((B, H), dhs.dtype)
     for t in range(T - 1, -1, -1):
-        for r in range(B):                    # short loops writing one or two arrays vectorise
-            valid = mask[t, r]
-            for j in range(H):
-                o = gates[t, r, 3 * H + j]
-                th = tanh_c[t, r, j]
-                dh[t, r, j] = valid * (dhs[t, r, j] + dH[r, j])      # (BPTT 4)
-                dc[t, r, j] = (valid * dC[r, j]                      # (BPTT 5)
-                               + dh[t, r, j] * o * (one - th * th))    # (LSTM 6)
-            for j in range(H):                # dz = gates_backward(di, df, dg, do)  (LSTM 8)
-                i = gates[t, r, j]                                   # di = dc_new * g (LSTM 7)
-                dU[t, r, j] = dc[t, r, j] * gates[t, r, 2 * H + j] * i * (one - i)
-            for j in range(H):
-                f = gates[t, r, H + j]                               # df = dc_new * c_prev
-                dU[t, r, H + j] = dc[t, r, j] * c[t, r, j] * f * (one - f)
-            for j in range(H):
-                g = gates[t, r, 2 * H + j]                           # dg = dc_new * i
-                dU[t, r, 2 * H + j] = dc[t, r, j] * gates[t, r, j] * (one - g * g)
-            for j in range(H):
-                o = gates[t, r, 3 * H + j]                           # do = dh_new * tanh_c
-                dU[t, r, 3 * H + j] = dh[t, r, j] * tanh_c[t, r, j] * o * (one - o)   # (LSTM 5)
-            for j in range(H):
-                dC[r, j] = (one - valid) * dC[r, j] + dc[t, r, j] * gates[t, r, H + j]  # (BPTT 6)
-        np.dot(dU[t], WhT, dh_rec)                                   # dz @ Wh.T  (LSTM 9)
         for r in range(B):
             valid = mask[t, r]
+            i, f, g, o = split_gates(gates[t, r])
+            di, df, dg, do = split_gates(dU[t, r])
+            th, c_prev, dy = tanh_c[t, r], c[t, r], dhs[t, r]
+            dh_new, dc_new, dHr, dCr = dh[t, r], dc[t, r], dH[r], dC[r]
             for j in range(H):
-                dH[r, j] = (one - valid) * dH[r, j] + dh_rec[r, j]     # (BPTT 6)
+                dh_new[j] = valid * (dy[j] + dHr[j])                   # (BPTT 4)
+                dc_new[j] = (valid * dCr[j]                            # (BPTT 5)
+                             + dh_new[j] * o[j] * (one - th[j] * th[j]))   # (LSTM 6)
+            for j in range(H):   # dz = gates_backward(di, df, dg, do)           (LSTM 7), (LSTM 8)
+                di[j] = dc_new[j] * g[j] * i[j] * (one - i[j])         # di = dc_new * g
+                df[j] = dc_new[j] * c_prev[j] * f[j] * (one - f[j])    # df = dc_new * c_prev
+                dg[j] = dc_new[j] * i[j] * (one - g[j] * g[j])         # dg = dc_new * i
+                do[j] = dh_new[j] * th[j] * o[j] * (one - o[j])        # do = dh_new * tanh_c (LSTM 5)
+                dCr[j] = (one - valid) * dCr[j] + dc_new[j] * f[j]     # (BPTT 6)
+        np.dot(dU[t], WhT, dh_rec)                                     # dz @ Wh.T  (LSTM 9)
+        for r in range(B):
+            valid = mask[t, r]
+            dHr, rec = dH[r], dh_rec[r]
+            for j in range(H):
+                dHr[j] = (one - valid) * dHr[j] + rec[j]               # (BPTT 6)
     return dH, dC
 
 

@@ -12,6 +12,40 @@ from numba import njit
 
 from .common import JIT
 
+# The row sums of layer norm may be reordered: with fastmath's `reassoc` (and nothing else) LLVM
+# splits them over SIMD lanes instead of waiting on one accumulator per add. Only these sums
+# carry the flag; the reordering changes a sum by a rounding, as NumPy's own pairwise sum does.
+REDUCE = dict(JIT, fastmath={"reassoc"})
+
+
+@njit(**REDUCE)
+def mean_var(z):
+    """mean and biased variance of the vector z, two passes, accumulated in float64."""
+    w = z.shape[0]
+    mu = 0.0
+    for k in range(w):
+        mu += z[k]
+    mu /= w                                                # mean = zg.mean(axis=-1)
+    v = 0.0
+    for k in range(w):
+        d = z[k] - mu
+        v += d * d
+    return mu, v / w                                       # var = ((zg - mean) ** 2).mean(-1)
+
+
+@njit(**REDUCE)
+def mean_dzhat(dy, gamma, zhat):
+    """The two row means of the LN backward, with dzhat = dy * gamma: (dzhat.mean(),
+    (dzhat * zhat).mean()), accumulated in float64."""
+    w = dy.shape[0]
+    m1 = 0.0
+    m2 = 0.0
+    for k in range(w):
+        dzh = dy[k] * gamma[k]                             # dzhat = dy * gamma
+        m1 += dzh
+        m2 += dzh * zhat[k]
+    return m1 / w, m2 / w                                  # dzhat.mean(-1), (dzhat * zh).mean(-1)
+
 
 @njit(**JIT)
 def batchnorm_stats(z, m, mean, var):
@@ -89,24 +123,16 @@ def batchnorm_backward(dy, zhat, var, m, gamma, eps, training, dz, dgamma, dbeta
 @njit(**JIT)
 def layernorm_forward(z, eps, groups, zhat, mean, var):
     """(LN 1)-(LN 4) per row of z (N, F) over each of `groups` blocks: zhat (N, F), mean and
-    var (N, groups)."""
+    var (N, groups). The blocks are views from index 0 (see common.split_gates)."""
     N, F = z.shape
     w = F // groups
     for r in range(N):
         for q in range(groups):
-            lo = q * w
-            mu = 0.0
-            for k in range(lo, lo + w):
-                mu += z[r, k]
-            mu /= w                                        # mean = zg.mean(axis=-1)
-            v = 0.0
-            for k in range(lo, lo + w):
-                d = z[r, k] - mu
-                v += d * d
-            v /= w                                         # var = ((zg - mean) ** 2).mean(-1)
+            zg, out = z[r, q * w:(q + 1) * w], zhat[r, q * w:(q + 1) * w]
+            mu, v = mean_var(zg)                           # (LN 1), (LN 2)
             inv_s = 1 / math.sqrt(v + eps)
-            for k in range(lo, lo + w):
-                zhat[r, k] = (z[r, k] - mu) * inv_s        # zhat = (zg - mean) / sqrt(var + eps)
+            for k in range(w):
+                out[k] = (zg[k] - mu) * inv_s              # zhat = (zg - mean) / sqrt(var + eps)
             mean[r, q] = mu
             var[r, q] = v
 
@@ -117,22 +143,18 @@ def layernorm_backward(dy, zhat, var, gamma, eps, groups, dz, dgamma, dbeta):
     N, F = dy.shape
     w = F // groups
     for r in range(N):
+        dyr, zhr = dy[r], zhat[r]
+        for k in range(F):
+            dgamma[k] += dyr[k] * zhr[k]                   # dgamma = (dy * zhat).sum(axis=0)
         for q in range(groups):
-            lo = q * w
-            m1 = 0.0
-            m2 = 0.0
-            for k in range(lo, lo + w):
-                d = dy[r, k]
-                dgamma[k] += d * zhat[r, k]                # dgamma = (dy * zhat).sum(axis=0)
-                dzh = d * gamma[k]                         # dzhat = dy * gamma
-                m1 += dzh
-                m2 += dzh * zhat[r, k]
-            m1 /= w                                        # dzhat.mean(-1)
-            m2 /= w                                        # (dzhat * zh).mean(-1)
+            lo, hi = q * w, (q + 1) * w
+            dyg, zh, gg, out = dy[r, lo:hi], zhat[r, lo:hi], gamma[lo:hi], dz[r, lo:hi]
+            m1, m2 = mean_dzhat(dyg, gg, zh)               # dzhat = dy * gamma; its two means
             inv_s = 1 / math.sqrt(var[r, q] + eps)
-            for k in range(lo, lo + w):                    # (dzhat - m1 - zh * m2) / s
-                dz[r, k] = (dy[r, k] * gamma[k] - m1 - zhat[r, k] * m2) * inv_s
+            for k in range(w):                             # (dzhat - m1 - zh * m2) / s
+                out[k] = (dyg[k] * gg[k] - m1 - zh[k] * m2) * inv_s
     if dbeta.size:
         for r in range(N):
+            dyr = dy[r]
             for k in range(F):
-                dbeta[k] += dy[r, k]                       # dbeta = dy.sum(axis=0)
+                dbeta[k] += dyr[k]                         # dbeta = dy.sum(axis=0)
