@@ -18,8 +18,8 @@ from .common import (JIT, input_projection, input_projection_backward, recurrent
 def lstm_forward_loop(U, mask, Wh, h, c, hs, gates, tanh_c):
     """U (T, B, 4H) = x Wx + b; fills h, c (T+1, B, H) (h[0], c[0] given), hs, gates, tanh_c.
 
-    Per row, plain loops over views that start at 0 (see common.split_gates), so they
-    vectorise."""
+    Per row, short loops over views that start at 0, each writing one array, so they vectorise
+    (see common.split_gates)."""
     T, B, G = U.shape
     H = G // 4
     z = np.empty((B, G), U.dtype)
@@ -33,16 +33,21 @@ def lstm_forward_loop(U, mask, Wh, h, c, hs, gates, tanh_c):
             i, f, g, o = split_gates(gates[t, r])          # gates = gates_forward(z)  (LSTM 2)
             for j in range(H):
                 i[j] = sigmoid(zi[j])
+            for j in range(H):
                 f[j] = sigmoid(zf[j])
+            for j in range(H):
                 g[j] = tanh(zg[j])
+            for j in range(H):
                 o[j] = sigmoid(zo[j])
             c_prev, c_next, h_next = c[t, r], c[t + 1, r], h[t + 1, r]
             th, y = tanh_c[t, r], hs[t, r]
             for j in range(H):
-                c_new = f[j] * c_prev[j] + i[j] * g[j]     # c_new = f * c_prev + i * g (LSTM 3)
-                th[j] = tanh(c_new)                        # tanh_c = np.tanh(c_new)
-                c_next[j] = c_new
+                c_next[j] = f[j] * c_prev[j] + i[j] * g[j]  # c_new = f * c_prev + i * g (LSTM 3)
+            for j in range(H):
+                th[j] = tanh(c_next[j])                    # tanh_c = np.tanh(c_new)
+            for j in range(H):
                 h_next[j] = o[j] * th[j]                   # h_new = o * tanh_c         (LSTM 4)
+            for j in range(H):
                 y[j] = h_next[j]                           # y = m_t[:, None] * h_new   (BPTT 3)
             if mask[t, r] == 0:                            # carry(m_t, new, old)       (BPTT 2)
                 h_prev = h[t, r]
@@ -71,13 +76,19 @@ def lstm_backward_loop(dhs, dhT, dcT, mask, c, gates, tanh_c, WhT, dU, dh, dc):
             dh_new, dc_new, dHr, dCr = dh[t, r], dc[t, r], dH[r], dC[r]
             for j in range(H):
                 dh_new[j] = valid * (dy[j] + dHr[j])                   # (BPTT 4)
+            for j in range(H):
                 dc_new[j] = (valid * dCr[j]                            # (BPTT 5)
                              + dh_new[j] * o[j] * (one - th[j] * th[j]))   # (LSTM 6)
-            for j in range(H):   # dz = gates_backward(di, df, dg, do)           (LSTM 7), (LSTM 8)
+            # dz = gates_backward(di, df, dg, do)                          (LSTM 7), (LSTM 8)
+            for j in range(H):
                 di[j] = dc_new[j] * g[j] * i[j] * (one - i[j])         # di = dc_new * g
+            for j in range(H):
                 df[j] = dc_new[j] * c_prev[j] * f[j] * (one - f[j])    # df = dc_new * c_prev
+            for j in range(H):
                 dg[j] = dc_new[j] * i[j] * (one - g[j] * g[j])         # dg = dc_new * i
+            for j in range(H):
                 do[j] = dh_new[j] * th[j] * o[j] * (one - o[j])        # do = dh_new * tanh_c (LSTM 5)
+            for j in range(H):
                 dCr[j] = (one - valid) * dCr[j] + dc_new[j] * f[j]     # (BPTT 6)
         np.dot(dU[t], WhT, dh_rec)                                     # dz @ Wh.T  (LSTM 9)
         for r in range(B):

@@ -86,7 +86,8 @@ def batchnorm_normalize(z, m, mean, var, eps, zhat):
 
 @njit(**JIT)
 def batchnorm_backward(dy, zhat, var, m, gamma, eps, training, dz, dgamma, dbeta):
-    """(BN 8)-(BN 11). Writes dz (N, F); adds to dgamma, dbeta (F,) (dbeta may be size 0)."""
+    """(BN 8)-(BN 11). Writes dz (N, F); adds to dgamma, dbeta (F,) (dbeta may be size 0).
+    Each loop adds into one accumulator (see common.split_gates on why)."""
     N, F = dy.shape
     inv_s = 1 / np.sqrt(var + eps)
     n = 0.0
@@ -96,28 +97,25 @@ def batchnorm_backward(dy, zhat, var, m, gamma, eps, training, dz, dgamma, dbeta
     mean_dzhat = np.zeros(F, dy.dtype)
     mean_dzhat_zhat = np.zeros(F, dy.dtype)
     for r in range(N):
-        w = m[r]
+        w, dyr, zhr = m[r], dy[r], zhat[r]
         for k in range(F):
-            d = dy[r, k]
-            dgamma[k] += d * zhat[r, k]                    # dgamma = (dy * zhat).sum(axis=0)
-            dzh = d * gamma[k]                             # dzhat = dy * gamma
-            mean_dzhat[k] += w * dzh                       # (w * dzhat).sum(axis=0)
-            mean_dzhat_zhat[k] += w * dzh * zhat[r, k]     # (w * dzhat * zhat).sum(axis=0)
-    if dbeta.size:
-        for r in range(N):
+            dgamma[k] += dyr[k] * zhr[k]                   # dgamma = (dy * zhat).sum(axis=0)
+        if training:                                       # dzhat = dy * gamma
             for k in range(F):
-                dbeta[k] += dy[r, k]                       # dbeta = dy.sum(axis=0)
-    for k in range(F):
+                mean_dzhat[k] += w * dyr[k] * gamma[k]     # (w * dzhat).sum(axis=0)
+            for k in range(F):
+                mean_dzhat_zhat[k] += w * dyr[k] * gamma[k] * zhr[k]  # (w * dzhat * zhat).sum(0)
+        if dbeta.size:
+            for k in range(F):
+                dbeta[k] += dyr[k]                         # dbeta = dy.sum(axis=0)
+    for k in range(F):   # zero in inference, where dz = w * dzhat / s
         mean_dzhat[k] /= nn
         mean_dzhat_zhat[k] /= nn
-    if not training:                                       # dz = w * dzhat / s
-        mean_dzhat[:] = 0
-        mean_dzhat_zhat[:] = 0
     for r in range(N):
-        w = m[r]
+        w, dyr, zhr, dzr = m[r], dy[r], zhat[r], dz[r]
         for k in range(F):   # dz = w / s * (dzhat - mean_dzhat - zhat * mean_dzhat_zhat)
-            dz[r, k] = w * inv_s[k] * (dy[r, k] * gamma[k] - mean_dzhat[k]
-                                       - zhat[r, k] * mean_dzhat_zhat[k])
+            dzr[k] = w * inv_s[k] * (dyr[k] * gamma[k] - mean_dzhat[k]
+                                     - zhr[k] * mean_dzhat_zhat[k])
 
 
 @njit(**JIT)
