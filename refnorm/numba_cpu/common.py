@@ -164,47 +164,47 @@ for _stub, _f64, _f32 in ((exp_nonpos, _exp_nonpos64, _exp_nonpos32),
     overload(_stub, jit_options=GATE_JIT)(_by_precision(_f64, _f32))
 
 
-# -- views that start at index 0 ---------------------------------------------------------------
-# The loops below index views, never a row at an offset: a[2 * H + j] is an index LLVM cannot
-# prove non-negative, so Numba's negative-index wraparound puts a select on every element, the
-# loads become gathers and the loop stays scalar (measured: a (32, 512) layer norm 6x slower).
-# On a view g = a[2 * H:3 * H], g[j] with j from range(H) is plain contiguous memory.
-# And each loop writes one array (two at most): LLVM cannot prove that views do not overlap, so
-# it checks every written array against every other array the loop touches before it runs the
-# vector version, and past 8 such checks it keeps the loop scalar.
-@njit(**JIT)
-def split_gates(a):
-    """Mirror of numpy_ref.common.split_gates on one row a (4H,): the views i, f, g, o (H,)."""
-    H = a.shape[0] // 4
-    return a[0:H], a[H:2 * H], a[2 * H:3 * H], a[3 * H:4 * H]   # i, f, g, o = split_gates(a)
+# -- indexing the gate blocks ------------------------------------------------------------------
+# The loops index a (..., 4H) array through its (..., 4, H) reshape, gates4[t, r, G_, j], never
+# at an offset like gates[t, r, 2 * H + j]: that is an index LLVM cannot prove non-negative, so
+# Numba's negative-index wraparound puts a select on every element, the loads become gathers and
+# the loop stays scalar (a (32, 512) layer norm ran 6x slower). Nor through a view per row
+# (gates[t, r, 2 * H:3 * H]): each view costs two atomic reference-count calls, which at H = 64
+# made a step's elementwise work 2-6x slower.
+# And each loop writes one array: LLVM cannot prove that two arrays do not overlap, so it checks
+# every written array against every other array the loop touches before it runs the vector
+# version, and past 8 such checks it keeps the loop scalar.
+I, F, G_, O = 0, 1, 2, 3   # the gate blocks of z and of the gates, in refnorm's order i, f, g, o
 
 
-# -- the LSTM part that BN-LSTM and LN-LSTM share, one step at a time, on (B, ·) views ----------
+# -- the LSTM part that BN-LSTM and LN-LSTM share, one step at a time, on (B, ·) arrays ---------
 @njit(**JIT)
 def normalized_gates_forward(a_hat, u_hat, gamma_h, gamma_x, b, c_prev, gates, c_new):
     """z = γ_h ⊙ â + γ_x ⊙ û + b, gates (LSTM 2), c_new = f ⊙ c_prev + i ⊙ g (LSTM 3)."""
     B, G = gates.shape
     for r in range(B):
-        zr, ah, uh = gates[r], a_hat[r], u_hat[r]
-        for k in range(G):   # z = a_n + u_n + p["b"]  (BN-LSTM 2), (LN-LSTM 2), in gates' row
-            zr[k] = gamma_h[k] * ah[k] + gamma_x[k] * uh[k] + b[k]
-        gates_cell_forward(zr, c_prev[r], c_new[r])
+        for k in range(G):   # z = a_n + u_n + p["b"]  (BN-LSTM 2), (LN-LSTM 2), into gates
+            gates[r, k] = gamma_h[k] * a_hat[r, k] + gamma_x[k] * u_hat[r, k] + b[k]
+    gates_cell_forward(gates, c_prev, c_new)
 
 
 @njit(**JIT)
-def gates_cell_forward(zr, c_prev, c_new):
-    """One row: zr (4H,) holds z on entry and the gates on exit, gates = gates_forward(z)
+def gates_cell_forward(gates, c_prev, c_new):
+    """gates (B, 4H) holds z on entry and the gates on exit, gates = gates_forward(z)
     (LSTM 2); c_new = f ⊙ c_prev + i ⊙ g (LSTM 3)."""
-    i, f, g, o = split_gates(zr)
-    H = c_new.shape[0]
-    for j in range(2 * H):
-        zr[j] = sigmoid(zr[j])                             # i, f = σ(z^i), σ(z^f)
-    for j in range(H):
-        g[j] = tanh(g[j])                                  # g = tanh(z^g)
-    for j in range(H):
-        o[j] = sigmoid(o[j])                               # o = σ(z^o)
-    for j in range(H):
-        c_new[j] = f[j] * c_prev[j] + i[j] * g[j]          # c_new = f * c_prev + i * g
+    B, H = c_new.shape
+    g4 = gates.reshape((B, 4, H))
+    for r in range(B):
+        for j in range(H):
+            g4[r, I, j] = sigmoid(g4[r, I, j])             # i = σ(z^i)
+        for j in range(H):
+            g4[r, F, j] = sigmoid(g4[r, F, j])             # f = σ(z^f)
+        for j in range(H):
+            g4[r, G_, j] = tanh(g4[r, G_, j])              # g = tanh(z^g)
+        for j in range(H):
+            g4[r, O, j] = sigmoid(g4[r, O, j])             # o = σ(z^o)
+        for j in range(H):                                 # c_new = f * c_prev + i * g
+            c_new[r, j] = g4[r, F, j] * c_prev[r, j] + g4[r, I, j] * g4[r, G_, j]
 
 
 @njit(**JIT)
@@ -213,23 +213,21 @@ def normalized_output_forward(c_hat, gamma_c, beta_c, gates, c_new, m, h_prev, c
     """h_new = o ⊙ tanh(γ_c ⊙ ĉ + β_c) (BN-LSTM 4), (LN-LSTM 4); the masked carry (BPTT 2)
     into h_next, c_next and the output y = m ⊙ h_new (BPTT 3)."""
     B, H = c_hat.shape
+    g4 = gates.reshape((B, 4, H))
     for r in range(B):
-        o = split_gates(gates[r])[3]
-        ch, cn, hn, cx, yr, th = c_hat[r], c_new[r], h_next[r], c_next[r], y[r], tanh_c[r]
         for j in range(H):
-            th[j] = tanh(gamma_c[j] * ch[j] + beta_c[j])   # tanh_c = np.tanh(c_norm)
+            tanh_c[r, j] = tanh(gamma_c[j] * c_hat[r, j] + beta_c[j])   # tanh_c = np.tanh(c_norm)
         for j in range(H):
-            cx[j] = cn[j]
+            c_next[r, j] = c_new[r, j]
         for j in range(H):
-            hn[j] = o[j] * th[j]                           # h_new = o * tanh_c
+            h_next[r, j] = g4[r, O, j] * tanh_c[r, j]      # h_new = o * tanh_c
         for j in range(H):
-            yr[j] = hn[j]
+            y[r, j] = h_next[r, j]
         if m[r] == 0:                                      # carry(m_t, new, old)
-            hp, cp = h_prev[r], c_prev[r]
             for j in range(H):
-                yr[j] = 0.0
-                hn[j] = hp[j]
-                cx[j] = cp[j]
+                y[r, j] = 0.0
+                h_next[r, j] = h_prev[r, j]
+                c_next[r, j] = c_prev[r, j]
 
 
 @njit(**JIT)
@@ -237,9 +235,8 @@ def normalized_cell_forward(c_hat, gamma_c, beta_c, c_norm):
     """c_norm = γ_c ⊙ ĉ + β_c, the normalised cell that carry="normalized" carries (VAR 3)."""
     B, H = c_hat.shape
     for r in range(B):
-        ch, cn = c_hat[r], c_norm[r]
         for j in range(H):
-            cn[j] = gamma_c[j] * ch[j] + beta_c[j]         # c_state = c_bn / c_ln  (VAR 3)
+            c_norm[r, j] = gamma_c[j] * c_hat[r, j] + beta_c[j]   # c_state = c_bn / c_ln (VAR 3)
 
 
 @njit(**JIT)
@@ -261,15 +258,16 @@ def normalized_output_backward(dy, dH, m, gates, tanh_c, dh, dz, dc_norm_in):
     the gradient reaching the normalised cell, dc_norm_in = dh̃ ⊙ o ⊙ (1 − tanh²)."""
     one = dh.dtype.type(1)  # a literal 1 would turn float32 into float64
     B, H = dh.shape
+    g4, dz4 = gates.reshape((B, 4, H)), dz.reshape((B, 4, H))
     for r in range(B):
-        o, do = split_gates(gates[r])[3], split_gates(dz[r])[3]
-        th, dyr, dHr, dhr, dcn = tanh_c[r], dy[r], dH[r], dh[r], dc_norm_in[r]
         for j in range(H):
-            dhr[j] = m[r] * (dyr[j] + dHr[j])              # dh_new = valid * (dy + dH)
+            dh[r, j] = m[r] * (dy[r, j] + dH[r, j])        # dh_new = valid * (dy + dH)
         for j in range(H):
-            do[j] = dhr[j] * th[j] * o[j] * (one - o[j])   # do = dh_new * tanh_c; (LSTM 8)
+            o = g4[r, O, j]                                # do = dh_new * tanh_c; (LSTM 8)
+            dz4[r, O, j] = dh[r, j] * tanh_c[r, j] * o * (one - o)
         for j in range(H):
-            dcn[j] = dhr[j] * o[j] * (one - th[j] * th[j])  # dh_new * o * (1 - tanh_c**2)
+            th = tanh_c[r, j]                              # dh_new * o * (1 - tanh_c**2)
+            dc_norm_in[r, j] = dh[r, j] * g4[r, O, j] * (one - th * th)
 
 
 @njit(**JIT)
@@ -278,9 +276,8 @@ def normalized_carry_backward(dC, m, dc_norm_in, dc_state):
     backward, dĉ = dc_norm_in + m ⊙ dC (BPTT 5), (VAR 4); dc_state = dĉ is "dc"."""
     B, H = dC.shape
     for r in range(B):
-        dCr, dcn, dcs = dC[r], dc_norm_in[r], dc_state[r]
         for j in range(H):                   # dc_bn = dc_bn + valid * dC; dc_state = dc_bn
-            dcs[j] = dcn[j] + m[r] * dCr[j]
+            dc_state[r, j] = dc_norm_in[r, j] + m[r] * dC[r, j]
 
 
 @njit(**JIT)
@@ -291,28 +288,28 @@ def normalized_gates_backward(dC, dc_norm, m, gates, c_prev, normalized_carry, d
     one = dz.dtype.type(1)  # a literal 1 would turn float32 into float64
     B, G = dz.shape
     H = G // 4
+    g4, dz4 = gates.reshape((B, 4, H)), dz.reshape((B, 4, H))
     for r in range(B):
         valid = m[r]
-        dCr, dcn, dcr, cp = dC[r], dc_norm[r], dc[r], c_prev[r]
-        i, f, g, o = split_gates(gates[r])
-        di, df, dg, do = split_gates(dz[r])
         if normalized_carry:
             for j in range(H):
-                dcr[j] = dcn[j]                            # dc_new = Nback(dc_bn)  (VAR 4)
+                dc[r, j] = dc_norm[r, j]                   # dc_new = Nback(dc_bn)  (VAR 4)
         else:
             for j in range(H):
-                dcr[j] = valid * dCr[j] + dcn[j]           # dc_new = valid * dC + dc_norm
+                dc[r, j] = valid * dC[r, j] + dc_norm[r, j]   # dc_new = valid * dC + dc_norm
         for j in range(H):
-            di[j] = dcr[j] * g[j] * i[j] * (one - i[j])    # di = dc_new * g
+            i = g4[r, I, j]
+            dz4[r, I, j] = dc[r, j] * g4[r, G_, j] * i * (one - i)   # di = dc_new * g
         for j in range(H):
-            df[j] = dcr[j] * cp[j] * f[j] * (one - f[j])   # df = dc_new * c_prev
+            f = g4[r, F, j]
+            dz4[r, F, j] = dc[r, j] * c_prev[r, j] * f * (one - f)   # df = dc_new * c_prev
         for j in range(H):
-            dg[j] = dcr[j] * i[j] * (one - g[j] * g[j])    # dg = dc_new * i
-        for j in range(H):
-            dCr[j] = (one - valid) * dCr[j] + dcr[j] * f[j]   # dc_prev = (1-valid)*dC + dc_new*f
-        dzr = dz[r]
+            g = g4[r, G_, j]
+            dz4[r, G_, j] = dc[r, j] * g4[r, I, j] * (one - g * g)   # dg = dc_new * i
+        for j in range(H):   # dc_prev = (1 - valid) * dC + dc_new * f
+            dC[r, j] = (one - valid) * dC[r, j] + dc[r, j] * g4[r, F, j]
         for k in range(G):
-            db[k] += dzr[k]                                # dz.sum(axis=0)
+            db[k] += dz[r, k]                              # dz.sum(axis=0)
 
 
 @njit(**JIT)
@@ -321,9 +318,8 @@ def recurrent_state_backward(dH, m, dh_rec):
     one = dH.dtype.type(1)  # a literal 1 would turn float32 into float64
     B, H = dH.shape
     for r in range(B):
-        dHr, rec = dH[r], dh_rec[r]
         for j in range(H):
-            dHr[j] = (one - m[r]) * dHr[j] + rec[j]        # dh_prev = (1-valid)*dH + da@Wh.T
+            dH[r, j] = (one - m[r]) * dH[r, j] + dh_rec[r, j]   # dh_prev = (1-valid)*dH + da@Wh.T
 
 
 def input_projection(x, Wx):

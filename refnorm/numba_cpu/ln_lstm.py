@@ -36,10 +36,9 @@ def summed_gates_forward(s_hat, gamma_z, b, c_prev, gates, c_new):
     """z = γ_z ⊙ ŝ + b (VAR 5), gates (LSTM 2), c_new = f ⊙ c_prev + i ⊙ g (LSTM 3)."""
     B, G = gates.shape
     for r in range(B):
-        zr, sh = gates[r], s_hat[r]
         for k in range(G):                                 # z = s_ln + p["b"]  (VAR 5)
-            zr[k] = gamma_z[k] * sh[k] + b[k]
-        gates_cell_forward(zr, c_prev[r], c_new[r])        # (LSTM 2), (LSTM 3)
+            gates[r, k] = gamma_z[k] * s_hat[r, k] + b[k]
+    gates_cell_forward(gates, c_prev, c_new)               # (LSTM 2), (LSTM 3)
 
 
 @njit(**JIT)

@@ -2,7 +2,8 @@
 
 Same signatures and the same LSTMCache as the reference. The whole-sequence products (input
 projection, dWx, dWh, dx) are single BLAS calls from NumPy; the step loop runs compiled, with
-one (B, H)·(H, 4H) product per step and the rest of the step fused into one pass over (B, H).
+one (B, H)·(H, 4H) product per step and the rest of the step in short vectorised loops over
+each row (the note above common.I says what keeps them vectorised).
 """
 
 import numpy as np
@@ -11,50 +12,47 @@ from numba import njit
 from ..numpy_ref.common import with_state_grads
 from ..numpy_ref.lstm import LSTMCache
 from .common import (JIT, input_projection, input_projection_backward, recurrent_weight_grad,
-                     sigmoid, split_gates, tanh)
+                     sigmoid, tanh, I, F, G_, O)
 
 
 @njit(**JIT)
 def lstm_forward_loop(U, mask, Wh, h, c, hs, gates, tanh_c):
     """U (T, B, 4H) = x Wx + b; fills h, c (T+1, B, H) (h[0], c[0] given), hs, gates, tanh_c.
 
-    Per row, short loops over views that start at 0, each writing one array, so they vectorise
-    (see common.split_gates)."""
+    The gate blocks are indexed by gate, gates4[t, r, F, j] (see common.I), and every short loop
+    writes one array, so each vectorises."""
     T, B, G = U.shape
     H = G // 4
     z = np.empty((B, G), U.dtype)
+    z4, gates4 = z.reshape((B, 4, H)), gates.reshape((T, B, 4, H))
     for t in range(T):
         np.dot(h[t], Wh, z)                                # h_prev @ Wh        (LSTM 1)
         for r in range(B):
-            zr, u = z[r], U[t, r]
             for k in range(G):
-                zr[k] += u[k]                              # z = u_t + h_prev @ Wh (LSTM 1)
-            zi, zf, zg, zo = split_gates(zr)
-            i, f, g, o = split_gates(gates[t, r])          # gates = gates_forward(z)  (LSTM 2)
+                z[r, k] += U[t, r, k]                      # z = u_t + h_prev @ Wh (LSTM 1)
+            # gates = gates_forward(z)                                          (LSTM 2)
             for j in range(H):
-                i[j] = sigmoid(zi[j])
+                gates4[t, r, I, j] = sigmoid(z4[r, I, j])  # i = σ(z^i)
             for j in range(H):
-                f[j] = sigmoid(zf[j])
+                gates4[t, r, F, j] = sigmoid(z4[r, F, j])  # f = σ(z^f)
             for j in range(H):
-                g[j] = tanh(zg[j])
+                gates4[t, r, G_, j] = tanh(z4[r, G_, j])   # g = tanh(z^g)
             for j in range(H):
-                o[j] = sigmoid(zo[j])
-            c_prev, c_next, h_next = c[t, r], c[t + 1, r], h[t + 1, r]
-            th, y = tanh_c[t, r], hs[t, r]
+                gates4[t, r, O, j] = sigmoid(z4[r, O, j])  # o = σ(z^o)
+            for j in range(H):                             # c_new = f * c_prev + i * g (LSTM 3)
+                c[t + 1, r, j] = (gates4[t, r, F, j] * c[t, r, j]
+                                  + gates4[t, r, I, j] * gates4[t, r, G_, j])
             for j in range(H):
-                c_next[j] = f[j] * c_prev[j] + i[j] * g[j]  # c_new = f * c_prev + i * g (LSTM 3)
+                tanh_c[t, r, j] = tanh(c[t + 1, r, j])     # tanh_c = np.tanh(c_new)
             for j in range(H):
-                th[j] = tanh(c_next[j])                    # tanh_c = np.tanh(c_new)
+                h[t + 1, r, j] = gates4[t, r, O, j] * tanh_c[t, r, j]   # h_new = o * tanh_c (LSTM 4)
             for j in range(H):
-                h_next[j] = o[j] * th[j]                   # h_new = o * tanh_c         (LSTM 4)
-            for j in range(H):
-                y[j] = h_next[j]                           # y = m_t[:, None] * h_new   (BPTT 3)
+                hs[t, r, j] = h[t + 1, r, j]               # y = m_t[:, None] * h_new   (BPTT 3)
             if mask[t, r] == 0:                            # carry(m_t, new, old)       (BPTT 2)
-                h_prev = h[t, r]
                 for j in range(H):
-                    y[j] = 0.0
-                    h_next[j] = h_prev[j]
-                    c_next[j] = c_prev[j]
+                    hs[t, r, j] = 0.0
+                    h[t + 1, r, j] = h[t, r, j]
+                    c[t + 1, r, j] = c[t, r, j]
 
 
 @njit(**JIT)
@@ -64,38 +62,38 @@ def lstm_backward_loop(dhs, dhT, dcT, mask, c, gates, tanh_c, WhT, dU, dh, dc):
     one = dhs.dtype.type(1)  # a literal 1 would turn float32 into float64
     T, B, G = dU.shape
     H = G // 4
+    gates4, dU4 = gates.reshape((T, B, 4, H)), dU.reshape((T, B, 4, H))
     dH = dhT.copy()
     dC = dcT.copy()
     dh_rec = np.empty((B, H), dhs.dtype)
     for t in range(T - 1, -1, -1):
         for r in range(B):
             valid = mask[t, r]
-            i, f, g, o = split_gates(gates[t, r])
-            di, df, dg, do = split_gates(dU[t, r])
-            th, c_prev, dy = tanh_c[t, r], c[t, r], dhs[t, r]
-            dh_new, dc_new, dHr, dCr = dh[t, r], dc[t, r], dH[r], dC[r]
             for j in range(H):
-                dh_new[j] = valid * (dy[j] + dHr[j])                   # (BPTT 4)
+                dh[t, r, j] = valid * (dhs[t, r, j] + dH[r, j])          # (BPTT 4)
             for j in range(H):
-                dc_new[j] = (valid * dCr[j]                            # (BPTT 5)
-                             + dh_new[j] * o[j] * (one - th[j] * th[j]))   # (LSTM 6)
+                o, th = gates4[t, r, O, j], tanh_c[t, r, j]
+                dc[t, r, j] = valid * dC[r, j] + dh[t, r, j] * o * (one - th * th)  # (BPTT 5), (LSTM 6)
             # dz = gates_backward(di, df, dg, do)                          (LSTM 7), (LSTM 8)
             for j in range(H):
-                di[j] = dc_new[j] * g[j] * i[j] * (one - i[j])         # di = dc_new * g
+                i, g = gates4[t, r, I, j], gates4[t, r, G_, j]
+                dU4[t, r, I, j] = dc[t, r, j] * g * i * (one - i)       # di = dc_new * g
             for j in range(H):
-                df[j] = dc_new[j] * c_prev[j] * f[j] * (one - f[j])    # df = dc_new * c_prev
+                f = gates4[t, r, F, j]
+                dU4[t, r, F, j] = dc[t, r, j] * c[t, r, j] * f * (one - f)   # df = dc_new * c_prev
             for j in range(H):
-                dg[j] = dc_new[j] * i[j] * (one - g[j] * g[j])         # dg = dc_new * i
+                i, g = gates4[t, r, I, j], gates4[t, r, G_, j]
+                dU4[t, r, G_, j] = dc[t, r, j] * i * (one - g * g)      # dg = dc_new * i
             for j in range(H):
-                do[j] = dh_new[j] * th[j] * o[j] * (one - o[j])        # do = dh_new * tanh_c (LSTM 5)
+                o = gates4[t, r, O, j]                                  # do = dh_new * tanh_c
+                dU4[t, r, O, j] = dh[t, r, j] * tanh_c[t, r, j] * o * (one - o)   # (LSTM 5)
             for j in range(H):
-                dCr[j] = (one - valid) * dCr[j] + dc_new[j] * f[j]     # (BPTT 6)
+                dC[r, j] = (one - valid) * dC[r, j] + dc[t, r, j] * gates4[t, r, F, j]  # (BPTT 6)
         np.dot(dU[t], WhT, dh_rec)                                     # dz @ Wh.T  (LSTM 9)
         for r in range(B):
             valid = mask[t, r]
-            dHr, rec = dH[r], dh_rec[r]
             for j in range(H):
-                dHr[j] = (one - valid) * dHr[j] + rec[j]               # (BPTT 6)
+                dH[r, j] = (one - valid) * dH[r, j] + dh_rec[r, j]     # (BPTT 6)
     return dH, dC
 
 

@@ -19,31 +19,31 @@ REDUCE = dict(JIT, fastmath={"reassoc"})
 
 
 @njit(**REDUCE)
-def mean_var(z):
-    """mean and biased variance of the vector z, two passes, accumulated in float64."""
-    w = z.shape[0]
+def mean_var(z3, r, q):
+    """Mean and biased variance of the block z3[r, q, :], two passes, accumulated in float64."""
+    w = z3.shape[2]
     mu = 0.0
     for k in range(w):
-        mu += z[k]
+        mu += z3[r, q, k]
     mu /= w                                                # mean = zg.mean(axis=-1)
     v = 0.0
     for k in range(w):
-        d = z[k] - mu
+        d = z3[r, q, k] - mu
         v += d * d
     return mu, v / w                                       # var = ((zg - mean) ** 2).mean(-1)
 
 
 @njit(**REDUCE)
-def mean_dzhat(dy, gamma, zhat):
-    """The two row means of the LN backward, with dzhat = dy * gamma: (dzhat.mean(),
-    (dzhat * zhat).mean()), accumulated in float64."""
-    w = dy.shape[0]
+def mean_dzhat(dy3, gamma2, zhat3, r, q):
+    """The two block means of the LN backward with dzhat = dy * gamma, over block q of row r:
+    (dzhat.mean(), (dzhat * zhat).mean()), accumulated in float64."""
+    w = dy3.shape[2]
     m1 = 0.0
     m2 = 0.0
     for k in range(w):
-        dzh = dy[k] * gamma[k]                             # dzhat = dy * gamma
+        dzh = dy3[r, q, k] * gamma2[q, k]                  # dzhat = dy * gamma
         m1 += dzh
-        m2 += dzh * zhat[k]
+        m2 += dzh * zhat3[r, q, k]
     return m1 / w, m2 / w                                  # dzhat.mean(-1), (dzhat * zh).mean(-1)
 
 
@@ -87,7 +87,7 @@ def batchnorm_normalize(z, m, mean, var, eps, zhat):
 @njit(**JIT)
 def batchnorm_backward(dy, zhat, var, m, gamma, eps, training, dz, dgamma, dbeta):
     """(BN 8)-(BN 11). Writes dz (N, F); adds to dgamma, dbeta (F,) (dbeta may be size 0).
-    Each loop adds into one accumulator (see common.split_gates on why)."""
+    Each loop adds into one accumulator (see the note above common.I)."""
     N, F = dy.shape
     inv_s = 1 / np.sqrt(var + eps)
     n = 0.0
@@ -97,40 +97,41 @@ def batchnorm_backward(dy, zhat, var, m, gamma, eps, training, dz, dgamma, dbeta
     mean_dzhat = np.zeros(F, dy.dtype)
     mean_dzhat_zhat = np.zeros(F, dy.dtype)
     for r in range(N):
-        w, dyr, zhr = m[r], dy[r], zhat[r]
+        w = m[r]
         for k in range(F):
-            dgamma[k] += dyr[k] * zhr[k]                   # dgamma = (dy * zhat).sum(axis=0)
+            dgamma[k] += dy[r, k] * zhat[r, k]             # dgamma = (dy * zhat).sum(axis=0)
         if training:                                       # dzhat = dy * gamma
             for k in range(F):
-                mean_dzhat[k] += w * dyr[k] * gamma[k]     # (w * dzhat).sum(axis=0)
-            for k in range(F):
-                mean_dzhat_zhat[k] += w * dyr[k] * gamma[k] * zhr[k]  # (w * dzhat * zhat).sum(0)
+                mean_dzhat[k] += w * dy[r, k] * gamma[k]   # (w * dzhat).sum(axis=0)
+            for k in range(F):                             # (w * dzhat * zhat).sum(axis=0)
+                mean_dzhat_zhat[k] += w * dy[r, k] * gamma[k] * zhat[r, k]
         if dbeta.size:
             for k in range(F):
-                dbeta[k] += dyr[k]                         # dbeta = dy.sum(axis=0)
+                dbeta[k] += dy[r, k]                       # dbeta = dy.sum(axis=0)
     for k in range(F):   # zero in inference, where dz = w * dzhat / s
         mean_dzhat[k] /= nn
         mean_dzhat_zhat[k] /= nn
     for r in range(N):
-        w, dyr, zhr, dzr = m[r], dy[r], zhat[r], dz[r]
+        w = m[r]
         for k in range(F):   # dz = w / s * (dzhat - mean_dzhat - zhat * mean_dzhat_zhat)
-            dzr[k] = w * inv_s[k] * (dyr[k] * gamma[k] - mean_dzhat[k]
-                                     - zhr[k] * mean_dzhat_zhat[k])
+            dz[r, k] = w * inv_s[k] * (dy[r, k] * gamma[k] - mean_dzhat[k]
+                                       - zhat[r, k] * mean_dzhat_zhat[k])
 
 
 @njit(**JIT)
 def layernorm_forward(z, eps, groups, zhat, mean, var):
     """(LN 1)-(LN 4) per row of z (N, F) over each of `groups` blocks: zhat (N, F), mean and
-    var (N, groups). The blocks are views from index 0 (see common.split_gates)."""
+    var (N, groups). Block q of row r is z3[r, q, :] of the (N, groups, F / groups) reshape
+    (see the note above common.I)."""
     N, F = z.shape
     w = F // groups
+    z3, zhat3 = z.reshape((N, groups, w)), zhat.reshape((N, groups, w))
     for r in range(N):
         for q in range(groups):
-            zg, out = z[r, q * w:(q + 1) * w], zhat[r, q * w:(q + 1) * w]
-            mu, v = mean_var(zg)                           # (LN 1), (LN 2)
+            mu, v = mean_var(z3, r, q)                     # (LN 1), (LN 2)
             inv_s = 1 / math.sqrt(v + eps)
-            for k in range(w):
-                out[k] = (zg[k] - mu) * inv_s              # zhat = (zg - mean) / sqrt(var + eps)
+            for k in range(w):                             # zhat = (zg - mean) / sqrt(var + eps)
+                zhat3[r, q, k] = (z3[r, q, k] - mu) * inv_s
             mean[r, q] = mu
             var[r, q] = v
 
@@ -140,19 +141,17 @@ def layernorm_backward(dy, zhat, var, gamma, eps, groups, dz, dgamma, dbeta):
     """(LN 6)-(LN 8). Writes dz (N, F); adds to dgamma, dbeta (F,) (dbeta may be size 0)."""
     N, F = dy.shape
     w = F // groups
+    dy3, zhat3, dz3 = dy.reshape((N, groups, w)), zhat.reshape((N, groups, w)), dz.reshape((N, groups, w))
+    gamma2 = gamma.reshape((groups, w))
     for r in range(N):
-        dyr, zhr = dy[r], zhat[r]
         for k in range(F):
-            dgamma[k] += dyr[k] * zhr[k]                   # dgamma = (dy * zhat).sum(axis=0)
+            dgamma[k] += dy[r, k] * zhat[r, k]             # dgamma = (dy * zhat).sum(axis=0)
         for q in range(groups):
-            lo, hi = q * w, (q + 1) * w
-            dyg, zh, gg, out = dy[r, lo:hi], zhat[r, lo:hi], gamma[lo:hi], dz[r, lo:hi]
-            m1, m2 = mean_dzhat(dyg, gg, zh)               # dzhat = dy * gamma; its two means
+            m1, m2 = mean_dzhat(dy3, gamma2, zhat3, r, q)  # dzhat = dy * gamma; its two means
             inv_s = 1 / math.sqrt(var[r, q] + eps)
             for k in range(w):                             # (dzhat - m1 - zh * m2) / s
-                out[k] = (dyg[k] * gg[k] - m1 - zh[k] * m2) * inv_s
+                dz3[r, q, k] = (dy3[r, q, k] * gamma2[q, k] - m1 - zhat3[r, q, k] * m2) * inv_s
     if dbeta.size:
         for r in range(N):
-            dyr = dy[r]
             for k in range(F):
-                dbeta[k] += dyr[k]                         # dbeta = dy.sum(axis=0)
+                dbeta[k] += dy[r, k]                       # dbeta = dy.sum(axis=0)
