@@ -44,8 +44,8 @@ def lstm_forward_loop(U, mask, Wh, h, c, hs, gates, tanh_c):
                                   + gates4[t, r, I, j] * gates4[t, r, G_, j])
             for j in range(H):
                 tanh_c[t, r, j] = tanh(c[t + 1, r, j])     # tanh_c = np.tanh(c_new)
-            for j in range(H):
-                h[t + 1, r, j] = gates4[t, r, O, j] * tanh_c[t, r, j]   # h_new = o * tanh_c (LSTM 4)
+            for j in range(H):                             # h_new = o * tanh_c         (LSTM 4)
+                h[t + 1, r, j] = gates4[t, r, O, j] * tanh_c[t, r, j]
             for j in range(H):
                 hs[t, r, j] = h[t + 1, r, j]               # y = m_t[:, None] * h_new   (BPTT 3)
             if mask[t, r] == 0:                            # carry(m_t, new, old)       (BPTT 2)
@@ -71,9 +71,9 @@ def lstm_backward_loop(dhs, dhT, dcT, mask, c, gates, tanh_c, WhT, dU, dh, dc):
             valid = mask[t, r]
             for j in range(H):
                 dh[t, r, j] = valid * (dhs[t, r, j] + dH[r, j])          # (BPTT 4)
-            for j in range(H):
+            for j in range(H):                                           # (BPTT 5), (LSTM 6)
                 o, th = gates4[t, r, O, j], tanh_c[t, r, j]
-                dc[t, r, j] = valid * dC[r, j] + dh[t, r, j] * o * (one - th * th)  # (BPTT 5), (LSTM 6)
+                dc[t, r, j] = valid * dC[r, j] + dh[t, r, j] * o * (one - th * th)
             # dz = gates_backward(di, df, dg, do)                          (LSTM 7), (LSTM 8)
             for j in range(H):
                 i, g = gates4[t, r, I, j], gates4[t, r, G_, j]

@@ -141,7 +141,8 @@ def layernorm_backward(dy, zhat, var, gamma, eps, groups, dz, dgamma, dbeta):
     """(LN 6)-(LN 8). Writes dz (N, F); adds to dgamma, dbeta (F,) (dbeta may be size 0)."""
     N, F = dy.shape
     w = F // groups
-    dy3, zhat3, dz3 = dy.reshape((N, groups, w)), zhat.reshape((N, groups, w)), dz.reshape((N, groups, w))
+    dy3, zhat3 = dy.reshape((N, groups, w)), zhat.reshape((N, groups, w))
+    dz3 = dz.reshape((N, groups, w))
     gamma2 = gamma.reshape((groups, w))
     for r in range(N):
         for k in range(F):
