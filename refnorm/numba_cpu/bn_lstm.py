@@ -118,9 +118,10 @@ def bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None, pad_sta
     width = {"mean_x": G, "var_x": G, "mean_h": G, "var_h": G, "mean_c": H, "var_c": H}
     stats = {k: (np.empty((T, width[k]), dt) if training
                  else np.ascontiguousarray(pop[k], dtype=dt)) for k in STAT_NAMES}
+    # "gates": U -- the loop has read u_t when it writes step t's gates: one (T, B, 4H) array less
     out = {"hs": np.empty((T, B, H), dt), "count": np.empty(T, dt),
            "a_hat": np.empty((T, B, G), dt), "u_hat": np.empty((T, B, G), dt),
-           "gates": np.empty((T, B, G), dt), "c_hat": np.empty((T, B, H), dt),
+           "gates": U, "c_hat": np.empty((T, B, H), dt),
            "tanh_c": np.empty((T, B, H), dt)}
     bn_lstm_forward_loop(U, mask, stat_mask, p["Wh"], p["b"], p["gamma_x"], p["gamma_h"],
                          p["gamma_c"], p["beta_c"], dt.type(eps), training,

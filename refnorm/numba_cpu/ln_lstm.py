@@ -141,7 +141,8 @@ def ln_lstm_forward(x, h0, c0, mask, params, *, eps, per_gate=False, carry="raw"
     dt = x.dtype
     U = input_projection(x, p["Wx"])                             # (LN-LSTM 1), (BPTT 8)
     h, c = states(h0, c0, T)
-    out = {"hs": np.empty((T, B, H), dt), "gates": np.empty((T, B, G), dt),
+    # "gates": U -- the loop has read u_t when it writes step t's gates: one (T, B, 4H) array less
+    out = {"hs": np.empty((T, B, H), dt), "gates": U,
            "c_hat": np.empty((T, B, H), dt), "tanh_c": np.empty((T, B, H), dt),
            "mean_c": np.empty((T, B, 1), dt), "var_c": np.empty((T, B, 1), dt)}
     terms_out = {name: np.empty((T, B, G if name.endswith("_hat") else groups), dt)

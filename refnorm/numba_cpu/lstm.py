@@ -113,7 +113,7 @@ def lstm_forward(x, h0, c0, mask, params):
     U += params["b"]
     h, c = states(h0, c0, T)
     hs = np.empty((T, B, G // 4), x.dtype)
-    gates = np.empty((T, B, G), x.dtype)
+    gates = U   # the loop overwrites each row of U with its gates once it has read it
     tanh_c = np.empty((T, B, G // 4), x.dtype)
     lstm_forward_loop(U, mask, params["Wh"], h, c, hs, gates, tanh_c)
     cache = LSTMCache(x=x, mask=mask, params=params, h=h, c=c, gates=gates, tanh_c=tanh_c)

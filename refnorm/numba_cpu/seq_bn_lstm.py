@@ -32,10 +32,12 @@ def seq_bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None,
                          np.ascontiguousarray(pop["var_x"], dtype=dt))
     u_hat = np.empty((T * B, G), dt)
     batchnorm_normalize(U, m, mean_x, var_x, dt.type(eps), u_hat)          # (SEQBN-LSTM 2)
-    V = (p["gamma_x"] * u_hat + p["b"]).reshape(T, B, G)                    # (SEQBN-LSTM 3)
+    V = np.multiply(p["gamma_x"], u_hat, out=U)   # V = γ_x ⊙ û + b into U, read (SEQBN-LSTM 3)
+    V += p["b"]
+    V = V.reshape(T, B, G)
     h, c = states(h0, c0, T)
     hs = np.empty((T, B, G // 4), dt)
-    gates = np.empty((T, B, G), dt)
+    gates = V   # the loop overwrites each row of V with its gates once it has read it
     tanh_c = np.empty((T, B, G // 4), dt)
     lstm_forward_loop(V, mask, p["Wh"], h, c, hs, gates, tanh_c)
     cache = SeqBNLSTMCache(x=x, mask=mask, stat_mask=stat_mask, params=params,
