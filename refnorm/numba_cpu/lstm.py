@@ -16,29 +16,28 @@ from .common import (JIT, input_projection, input_projection_backward, recurrent
 
 
 @njit(**JIT)
-def lstm_forward_loop(U, mask, Wh, h, c, hs, gates, tanh_c):
-    """U (T, B, 4H) = x Wx + b; fills h, c (T+1, B, H) (h[0], c[0] given), hs, gates, tanh_c.
+def lstm_forward_loop(mask, Wh, h, c, hs, gates, tanh_c):
+    """gates (T, B, 4H) arrives holding U = x Wx + b and leaves holding the gates, row by row;
+    fills h, c (T+1, B, H) (h[0], c[0] given), hs, tanh_c.
 
     The gate blocks are indexed by gate, gates4[t, r, F, j] (see common.I), and every short loop
-    writes one array, so each vectorises."""
-    T, B, G = U.shape
+    writes one array (two at most), so each vectorises."""
+    T, B, G = gates.shape
     H = G // 4
-    z = np.empty((B, G), U.dtype)
+    z = np.empty((B, G), gates.dtype)
     z4, gates4 = z.reshape((B, 4, H)), gates.reshape((T, B, 4, H))
     for t in range(T):
         np.dot(h[t], Wh, z)                                # h_prev @ Wh        (LSTM 1)
         for r in range(B):
-            for k in range(G):
-                z[r, k] += U[t, r, k]                      # z = u_t + h_prev @ Wh (LSTM 1)
-            # gates = gates_forward(z)                                          (LSTM 2)
+            # z = u_t + h_prev @ Wh (LSTM 1); gates = gates_forward(z) (LSTM 2), u_t read in place
             for j in range(H):
-                gates4[t, r, I, j] = sigmoid(z4[r, I, j])  # i = σ(z^i)
+                gates4[t, r, I, j] = sigmoid(gates4[t, r, I, j] + z4[r, I, j])   # i = σ(z^i)
             for j in range(H):
-                gates4[t, r, F, j] = sigmoid(z4[r, F, j])  # f = σ(z^f)
+                gates4[t, r, F, j] = sigmoid(gates4[t, r, F, j] + z4[r, F, j])   # f = σ(z^f)
             for j in range(H):
-                gates4[t, r, G_, j] = tanh(z4[r, G_, j])   # g = tanh(z^g)
+                gates4[t, r, G_, j] = tanh(gates4[t, r, G_, j] + z4[r, G_, j])   # g = tanh(z^g)
             for j in range(H):
-                gates4[t, r, O, j] = sigmoid(z4[r, O, j])  # o = σ(z^o)
+                gates4[t, r, O, j] = sigmoid(gates4[t, r, O, j] + z4[r, O, j])   # o = σ(z^o)
             for j in range(H):                             # c_new = f * c_prev + i * g (LSTM 3)
                 c[t + 1, r, j] = (gates4[t, r, F, j] * c[t, r, j]
                                   + gates4[t, r, I, j] * gates4[t, r, G_, j])
@@ -46,7 +45,6 @@ def lstm_forward_loop(U, mask, Wh, h, c, hs, gates, tanh_c):
                 tanh_c[t, r, j] = tanh(c[t + 1, r, j])     # tanh_c = np.tanh(c_new)
             for j in range(H):                             # h_new = o * tanh_c         (LSTM 4)
                 h[t + 1, r, j] = gates4[t, r, O, j] * tanh_c[t, r, j]
-            for j in range(H):
                 hs[t, r, j] = h[t + 1, r, j]               # y = m_t[:, None] * h_new   (BPTT 3)
             if mask[t, r] == 0:                            # carry(m_t, new, old)       (BPTT 2)
                 for j in range(H):
@@ -113,9 +111,9 @@ def lstm_forward(x, h0, c0, mask, params):
     U += params["b"]
     h, c = states(h0, c0, T)
     hs = np.empty((T, B, G // 4), x.dtype)
-    gates = U   # the loop overwrites each row of U with its gates once it has read it
+    gates = U   # the loop turns each row of U into its gates, in place
     tanh_c = np.empty((T, B, G // 4), x.dtype)
-    lstm_forward_loop(U, mask, params["Wh"], h, c, hs, gates, tanh_c)
+    lstm_forward_loop(mask, params["Wh"], h, c, hs, gates, tanh_c)
     cache = LSTMCache(x=x, mask=mask, params=params, h=h, c=c, gates=gates, tanh_c=tanh_c)
     return hs, h[-1], c[-1], cache
 

@@ -37,9 +37,9 @@ def seq_bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None,
     V = V.reshape(T, B, G)
     h, c = states(h0, c0, T)
     hs = np.empty((T, B, G // 4), dt)
-    gates = V   # the loop overwrites each row of V with its gates once it has read it
+    gates = V   # the loop turns each row of V into its gates, in place
     tanh_c = np.empty((T, B, G // 4), dt)
-    lstm_forward_loop(V, mask, p["Wh"], h, c, hs, gates, tanh_c)
+    lstm_forward_loop(mask, p["Wh"], h, c, hs, gates, tanh_c)
     cache = SeqBNLSTMCache(x=x, mask=mask, stat_mask=stat_mask, params=params,
                            training=training, eps=eps, count=stat_mask.sum(),
                            u_hat=u_hat.reshape(T, B, G), mean_x=mean_x,
