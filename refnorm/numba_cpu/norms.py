@@ -87,30 +87,37 @@ def batchnorm_normalize(z, m, mean, var, eps, zhat):
 @njit(**JIT)
 def batchnorm_backward(dy, zhat, var, m, gamma, eps, training, dz, dgamma, dbeta):
     """(BN 8)-(BN 11). Writes dz (N, F); adds to dgamma, dbeta (F,) (dbeta may be size 0).
-    Each loop adds into one accumulator (see the note above common.I)."""
+
+    γ is one number per feature, so the two means of (BN 10) are γ ⊙ mean(m dy) and
+    γ ⊙ mean(m dy ⊙ ẑ); and m_r ẑ_r = ẑ_r, as the forward left ẑ = 0 on the rows outside the
+    statistics (BN 5), so Σ m dy ⊙ ẑ is dgamma's own sum. One pass over the rows accumulates
+    both sums, a second writes dz."""
     N, F = dy.shape
-    inv_s = 1 / np.sqrt(var + eps)
     n = 0.0
     for r in range(N):
         n += m[r]
     nn = max(n, 1.0)
-    mean_dzhat = np.zeros(F, dy.dtype)
-    mean_dzhat_zhat = np.zeros(F, dy.dtype)
+    sum_dy = np.zeros(F, dy.dtype)
+    sum_dy_zhat = np.zeros(F, dy.dtype)
     for r in range(N):
         w = m[r]
         for k in range(F):
-            dgamma[k] += dy[r, k] * zhat[r, k]             # dgamma = (dy * zhat).sum(axis=0)
-        if training:                                       # dzhat = dy * gamma
-            for k in range(F):
-                mean_dzhat[k] += w * dy[r, k] * gamma[k]   # (w * dzhat).sum(axis=0)
-            for k in range(F):                             # (w * dzhat * zhat).sum(axis=0)
-                mean_dzhat_zhat[k] += w * dy[r, k] * gamma[k] * zhat[r, k]
-        if dbeta.size:
+            sum_dy[k] += w * dy[r, k]                      # (w * dy).sum(axis=0)
+            sum_dy_zhat[k] += dy[r, k] * zhat[r, k]        # (dy * zhat).sum(axis=0)
+    if dbeta.size:
+        for r in range(N):
             for k in range(F):
                 dbeta[k] += dy[r, k]                       # dbeta = dy.sum(axis=0)
-    for k in range(F):   # zero in inference, where dz = w * dzhat / s
-        mean_dzhat[k] /= nn
-        mean_dzhat_zhat[k] /= nn
+    inv_s = np.empty(F, dy.dtype)
+    mean_dzhat = np.zeros(F, dy.dtype)                     # stay 0 in inference: dz = w * dzhat / s
+    mean_dzhat_zhat = np.zeros(F, dy.dtype)
+    for k in range(F):
+        dgamma[k] += sum_dy_zhat[k]                        # dgamma = (dy * zhat).sum(axis=0)
+        inv_s[k] = 1 / math.sqrt(var[k] + eps)
+    if training:
+        for k in range(F):
+            mean_dzhat[k] = gamma[k] * sum_dy[k] / nn      # (w * dzhat).sum(axis=0) / n
+            mean_dzhat_zhat[k] = gamma[k] * sum_dy_zhat[k] / nn  # (w * dzhat * zhat).sum(0) / n
     for r in range(N):
         w = m[r]
         for k in range(F):   # dz = w / s * (dzhat - mean_dzhat - zhat * mean_dzhat_zhat)
