@@ -34,6 +34,8 @@ from .norms import batchnorm_backward, batchnorm_normalize, batchnorm_stats
 def bn_lstm_forward_loop(U, mask, stat_mask, Wh, b, gamma_x, gamma_h, gamma_c, beta_c, eps,
                          training, normalized_carry, h, c, hs, count, a_hat, u_hat, gates, c_hat,
                          tanh_c, mean_h, var_h, mean_x, var_x, mean_c, var_c):
+    """gates may be U itself (bn_lstm_forward passes it so): step t reads U[t] only before it
+    writes gates[t]; keep it that way."""
     T, B, G = U.shape
     H = G // 4
     a = np.empty((B, G), U.dtype)

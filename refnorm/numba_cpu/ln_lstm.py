@@ -47,7 +47,9 @@ def ln_lstm_forward_loop(U, mask, Wh, b, gamma_x, gamma_h, gamma_z, gamma_c, bet
                          mean_c, var_c, a_hat, u_hat, mean_h, var_h, mean_x, var_x,
                          s_hat, mean_s, var_s):
     """The arrays of the terms mode not in use (a_hat .. var_x when summed, s_hat .. var_s
-    when separate) and its gains are placeholders the loop never touches."""
+    when separate) and its gains are placeholders the loop never touches. gates may be U itself
+    (ln_lstm_forward passes it so): step t reads U[t] only before it writes gates[t]; keep it
+    that way."""
     T, B, G = U.shape
     H = G // 4
     a = np.empty((B, G), U.dtype)

@@ -32,8 +32,8 @@ def seq_bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None,
                          np.ascontiguousarray(pop["var_x"], dtype=dt))
     u_hat = np.empty((T * B, G), dt)
     batchnorm_normalize(U, m, mean_x, var_x, dt.type(eps), u_hat)          # (SEQBN-LSTM 2)
-    V = np.multiply(p["gamma_x"], u_hat, out=U)   # V = γ_x ⊙ û + b into U, read (SEQBN-LSTM 3)
-    V += p["b"]
+    V = np.multiply(p["gamma_x"], u_hat, out=U)   # V = γ_x ⊙ û + b, into U (SEQBN-LSTM 3):
+    V += p["b"]                                   # U is not needed once û is computed
     V = V.reshape(T, B, G)
     h, c = states(h0, c0, T)
     hs = np.empty((T, B, G // 4), dt)
