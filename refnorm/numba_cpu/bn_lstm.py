@@ -67,8 +67,8 @@ def bn_lstm_backward_loop(dhs, dhT, dcT, mask, stat_mask, c, a_hat, u_hat, gates
                           normalized_carry, dA, dU, db, dgamma_x, dgamma_h, dgamma_c, dbeta_c,
                           dh, dc):
     """BPTT over t = T-1 .. 0: fills dA = da_t and dU = du_t (T, B, 4H), adds to the gain and
-    bias gradients; fills dh, dc (T, B, H) = dL/dh̃_t and the gradient of the carried cell
-    (dc̃_t, or dĉ_t with normalized_carry); returns dh0, dc0."""
+    bias gradients; fills dh, dc (common.state_grad_buffers) with dL/dh̃_t and the gradient of
+    the carried cell (dc̃_t, or dĉ_t with normalized_carry); returns dh0, dc0."""
     T, B, G = dU.shape
     H = G // 4
     dH = dhT.copy()
@@ -80,20 +80,21 @@ def bn_lstm_backward_loop(dhs, dhT, dcT, mask, stat_mask, c, a_hat, u_hat, gates
     dh_rec = np.empty((B, H), dhs.dtype)
     no_beta = np.empty(0, dhs.dtype)
     for t in range(T - 1, -1, -1):
+        k = t if dh.shape[0] == T else 0   # step t's row of dh, dc, or the one reused row
         m = mask[t]
         s = stat_mask[t]
-        normalized_output_backward(dhs[t], dH, m, gates[t], tanh_c[t], dh[t], dz,
+        normalized_output_backward(dhs[t], dH, m, gates[t], tanh_c[t], dh[k], dz,
                                    dc_bn)                          # (BPTT 4), (BN-LSTM 6)
         if normalized_carry:
-            normalized_carry_backward(dC, m, dc_bn, dc[t])         # (BPTT 5), (VAR 4)
-            batchnorm_backward(dc[t], c_hat[t], var_c[t], s, gamma_c, eps, training, dc_norm,
+            normalized_carry_backward(dC, m, dc_bn, dc[k])         # (BPTT 5), (VAR 4)
+            batchnorm_backward(dc[k], c_hat[t], var_c[t], s, gamma_c, eps, training, dc_norm,
                                dgamma_c, dbeta_c)                    # (VAR 4)
             normalized_gates_backward(dC, dc_norm, m, gates[t], c[t], True, dc_new, dz,
                                       db)                          # (VAR 4), (BN-LSTM 8)
         else:
             batchnorm_backward(dc_bn, c_hat[t], var_c[t], s, gamma_c, eps, training, dc_norm,
                                dgamma_c, dbeta_c)                    # (BN-LSTM 7)
-            normalized_gates_backward(dC, dc_norm, m, gates[t], c[t], False, dc[t], dz,
+            normalized_gates_backward(dC, dc_norm, m, gates[t], c[t], False, dc[k], dz,
                                       db)                          # (BN-LSTM 7), (BN-LSTM 8)
         batchnorm_backward(dz, a_hat[t], var_h[t], s, gamma_h, eps, training, dA[t],
                            dgamma_h, no_beta)                        # (BN-LSTM 9)
@@ -141,7 +142,7 @@ def bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None, pad_sta
 def bn_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
     """Same contract as refnorm.numpy_ref.bn_lstm.bn_lstm_backward."""
     p = cache.params
-    dA, dU, dh, dc, g = normalized_backward_buffers(dhs, cache)
+    dA, dU, dh, dc, g = normalized_backward_buffers(dhs, cache, state_grads)
     dh0, dc0 = bn_lstm_backward_loop(
         dhs, dhT, dcT, cache.mask, cache.stat_mask, cache.c, cache.a_hat, cache.u_hat,
         cache.gates, cache.c_hat,

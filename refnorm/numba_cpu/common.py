@@ -344,17 +344,25 @@ def recurrent_weight_grad(h, dZ):
     return h[:-1].reshape(-1, H).T @ dZ.reshape(-1, G)
 
 
-# -- the Python side of BN-LSTM and LN-LSTM backward (buffers in, gradients out) ---------------
-def normalized_backward_buffers(dhs, cache):
+# -- the Python side of the backward passes (buffers in, gradients out) --------------------------
+def state_grad_buffers(dhs, state_grads):
+    """dh, dc for a backward loop to fill with dL/dh̃_t, dL/dc̃_t: (T, B, H) when the caller
+    asked for them (state_grads), else (1, B, H), one row that every step reuses -- two
+    (T, B, H) arrays fewer to allocate and write. The loops pick the row by dh.shape[0]."""
+    shape = dhs.shape if state_grads else (1,) + dhs.shape[1:]
+    return np.empty(shape, dhs.dtype), np.empty(shape, dhs.dtype)
+
+
+def normalized_backward_buffers(dhs, cache, state_grads):
     """What the BN-LSTM / LN-LSTM backward loops fill: dA = da_t, dU = du_t (T, B, 4H), dh, dc
-    (T, B, H), and the zeroed gain and bias gradients they add to. With LN-LSTM's
+    (state_grad_buffers), and the zeroed gain and bias gradients they add to. With LN-LSTM's
     terms="summed", da_t = du_t = ds_t (VAR 6): dU is dA, one array, and the one gain is
     gamma_z."""
     dt, (H, G) = dhs.dtype, cache.params["Wh"].shape
     summed = getattr(cache, "terms", "separate") == "summed"
     dA = np.empty(cache.gates.shape, dt)
     dU = dA if summed else np.empty(cache.gates.shape, dt)                      # (VAR 6)
-    dh, dc = np.empty_like(dhs), np.empty_like(dhs)
+    dh, dc = state_grad_buffers(dhs, state_grads)
     gains = ("gamma_z",) if summed else ("gamma_h", "gamma_x")
     g = {"b": np.zeros(G, dt), **{name: np.zeros(G, dt) for name in gains},
          "gamma_c": np.zeros(H, dt), "beta_c": np.zeros(H, dt)}

@@ -78,8 +78,8 @@ def ln_lstm_backward_loop(dhs, dhT, dcT, mask, c, gates, c_hat, tanh_c, var_c, g
                           gamma_x, gamma_h, s_hat, var_s, gamma_z, dA, dU, db, dgamma_x,
                           dgamma_h, dgamma_z, dgamma_c, dbeta_c, dh, dc):
     """BPTT over t = T-1 .. 0: fills dA = da_t and dU = du_t (T, B, 4H) (summed: dU is dA, and
-    only dA is written), adds to the gain and bias gradients; fills dh, dc (T, B, H) = dL/dh̃_t
-    and the gradient of the carried cell (dc̃_t, or dĉ_t with normalized_carry); returns dh0,
+    only dA is written), adds to the gain and bias gradients; fills dh, dc
+    (common.state_grad_buffers) with dL/dh̃_t and the gradient of the carried cell (dc̃_t, or dĉ_t with normalized_carry); returns dh0,
     dc0. The arrays of the terms mode not in use are placeholders, as in the forward loop."""
     T, B, G = dA.shape
     H = G // 4
@@ -92,18 +92,19 @@ def ln_lstm_backward_loop(dhs, dhT, dcT, mask, c, gates, c_hat, tanh_c, var_c, g
     dh_rec = np.empty((B, H), dhs.dtype)
     no_beta = np.empty(0, dhs.dtype)
     for t in range(T - 1, -1, -1):
-        normalized_output_backward(dhs[t], dH, mask[t], gates[t], tanh_c[t], dh[t], dz,
+        k = t if dh.shape[0] == T else 0   # step t's row of dh, dc, or the one reused row
+        normalized_output_backward(dhs[t], dH, mask[t], gates[t], tanh_c[t], dh[k], dz,
                                    dc_ln)                          # (BPTT 4), (LN-LSTM 5)
         if normalized_carry:
-            normalized_carry_backward(dC, mask[t], dc_ln, dc[t])   # (BPTT 5), (VAR 4)
-            layernorm_backward(dc[t], c_hat[t], var_c[t], gamma_c, eps, 1, dc_norm,
+            normalized_carry_backward(dC, mask[t], dc_ln, dc[k])   # (BPTT 5), (VAR 4)
+            layernorm_backward(dc[k], c_hat[t], var_c[t], gamma_c, eps, 1, dc_norm,
                                dgamma_c, dbeta_c)                    # (VAR 4)
             normalized_gates_backward(dC, dc_norm, mask[t], gates[t], c[t], True, dc_new, dz,
                                       db)                          # (VAR 4), (LN-LSTM 7)
         else:
             layernorm_backward(dc_ln, c_hat[t], var_c[t], gamma_c, eps, 1, dc_norm,
                                dgamma_c, dbeta_c)                    # (LN-LSTM 6)
-            normalized_gates_backward(dC, dc_norm, mask[t], gates[t], c[t], False, dc[t], dz,
+            normalized_gates_backward(dC, dc_norm, mask[t], gates[t], c[t], False, dc[k], dz,
                                       db)                          # (LN-LSTM 6), (LN-LSTM 7)
         if summed:   # ds = LNback(dz; γ_z); da, du = ds, ds: dU is dA
             layernorm_backward(dz, s_hat[t], var_s[t], gamma_z, eps, groups, dA[t], dgamma_z,
@@ -168,7 +169,7 @@ def ln_lstm_forward(x, h0, c0, mask, params, *, eps, per_gate=False, carry="raw"
 def ln_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
     """Same contract as refnorm.numpy_ref.ln_lstm.ln_lstm_backward."""
     p = cache.params
-    dA, dU, dh, dc, g = normalized_backward_buffers(dhs, cache)
+    dA, dU, dh, dc, g = normalized_backward_buffers(dhs, cache, state_grads)
     dt = dhs.dtype
     unused, no_gain = stand_ins(dt)
     a = {name: unused if getattr(cache, name) is None else getattr(cache, name)

@@ -12,32 +12,34 @@ from numba import njit
 from ..numpy_ref.common import with_state_grads
 from ..numpy_ref.lstm import LSTMCache
 from .common import (JIT, input_projection, input_projection_backward, recurrent_weight_grad,
-                     sigmoid, tanh, I, F, G_, O)
+                     sigmoid, state_grad_buffers, tanh, I, F, G_, O)
 
 
 @njit(**JIT)
-def lstm_forward_loop(mask, Wh, h, c, hs, gates, tanh_c):
-    """gates (T, B, 4H) arrives holding U = x Wx + b and leaves holding the gates, row by row;
-    fills h, c (T+1, B, H) (h[0], c[0] given), hs, tanh_c.
+def lstm_forward_loop(mask, Wh, b, h, c, hs, gates, tanh_c):
+    """gates (T, B, 4H) arrives holding x Wx and leaves holding the gates, row by row; fills
+    h, c (T+1, B, H) (h[0], c[0] given), hs, tanh_c.
 
-    The gate blocks are indexed by gate, gates4[t, r, F, j] (see common.I), and every short loop
-    writes one array (two at most), so each vectorises."""
+    The bias joins here, u_t = x_t Wx + b, added in the reference's order (x_t Wx + b) + h Wh:
+    adding it to the whole (T, B, 4H) projection first would be one more pass over it. The gate
+    blocks are indexed by gate, gates4[t, r, F, j] (see common.I), and every short loop writes
+    one array (two at most), so each vectorises."""
     T, B, G = gates.shape
     H = G // 4
     z = np.empty((B, G), gates.dtype)
-    z4, gates4 = z.reshape((B, 4, H)), gates.reshape((T, B, 4, H))
+    z4, gates4, b4 = z.reshape((B, 4, H)), gates.reshape((T, B, 4, H)), b.reshape((4, H))
     for t in range(T):
         np.dot(h[t], Wh, z)                                # h_prev @ Wh        (LSTM 1)
         for r in range(B):
-            # z = u_t + h_prev @ Wh (LSTM 1); gates = gates_forward(z) (LSTM 2), u_t read in place
+            # z = u_t + h_prev @ Wh (LSTM 1); gates = gates_forward(z) (LSTM 2), in place
             for j in range(H):
-                gates4[t, r, I, j] = sigmoid(gates4[t, r, I, j] + z4[r, I, j])   # i = σ(z^i)
+                gates4[t, r, I, j] = sigmoid(gates4[t, r, I, j] + b4[I, j] + z4[r, I, j])    # i
             for j in range(H):
-                gates4[t, r, F, j] = sigmoid(gates4[t, r, F, j] + z4[r, F, j])   # f = σ(z^f)
+                gates4[t, r, F, j] = sigmoid(gates4[t, r, F, j] + b4[F, j] + z4[r, F, j])    # f
             for j in range(H):
-                gates4[t, r, G_, j] = tanh(gates4[t, r, G_, j] + z4[r, G_, j])   # g = tanh(z^g)
+                gates4[t, r, G_, j] = tanh(gates4[t, r, G_, j] + b4[G_, j] + z4[r, G_, j])   # g
             for j in range(H):
-                gates4[t, r, O, j] = sigmoid(gates4[t, r, O, j] + z4[r, O, j])   # o = σ(z^o)
+                gates4[t, r, O, j] = sigmoid(gates4[t, r, O, j] + b4[O, j] + z4[r, O, j])    # o
             for j in range(H):                             # c_new = f * c_prev + i * g (LSTM 3)
                 c[t + 1, r, j] = (gates4[t, r, F, j] * c[t, r, j]
                                   + gates4[t, r, I, j] * gates4[t, r, G_, j])
@@ -54,9 +56,9 @@ def lstm_forward_loop(mask, Wh, h, c, hs, gates, tanh_c):
 
 
 @njit(**JIT)
-def lstm_backward_loop(dhs, dhT, dcT, mask, c, gates, tanh_c, WhT, dU, dh, dc):
-    """BPTT over t = T-1 .. 0: fills dU (T, B, 4H) = dz_t and dh, dc (T, B, H) = dL/dh̃_t,
-    dL/dc̃_t; returns dh0, dc0 (B, H)."""
+def lstm_backward_loop(dhs, dhT, dcT, mask, c, gates, tanh_c, WhT, dU, db, dh, dc):
+    """BPTT over t = T-1 .. 0: fills dU (T, B, 4H) = dz_t, adds Σ_b dz_t to db (4H), fills
+    dh, dc = dL/dh̃_t, dL/dc̃_t (see common.state_grad_buffers); returns dh0, dc0 (B, H)."""
     one = dhs.dtype.type(1)  # a literal 1 would turn float32 into float64
     T, B, G = dU.shape
     H = G // 4
@@ -65,28 +67,31 @@ def lstm_backward_loop(dhs, dhT, dcT, mask, c, gates, tanh_c, WhT, dU, dh, dc):
     dC = dcT.copy()
     dh_rec = np.empty((B, H), dhs.dtype)
     for t in range(T - 1, -1, -1):
+        k = t if dh.shape[0] == T else 0                  # step t's row of dh, dc, or the one row
         for r in range(B):
             valid = mask[t, r]
             for j in range(H):
-                dh[t, r, j] = valid * (dhs[t, r, j] + dH[r, j])          # (BPTT 4)
+                dh[k, r, j] = valid * (dhs[t, r, j] + dH[r, j])          # (BPTT 4)
             for j in range(H):                                           # (BPTT 5), (LSTM 6)
                 o, th = gates4[t, r, O, j], tanh_c[t, r, j]
-                dc[t, r, j] = valid * dC[r, j] + dh[t, r, j] * o * (one - th * th)
+                dc[k, r, j] = valid * dC[r, j] + dh[k, r, j] * o * (one - th * th)
             # dz = gates_backward(di, df, dg, do)                          (LSTM 7), (LSTM 8)
             for j in range(H):
                 i, g = gates4[t, r, I, j], gates4[t, r, G_, j]
-                dU4[t, r, I, j] = dc[t, r, j] * g * i * (one - i)       # di = dc_new * g
+                dU4[t, r, I, j] = dc[k, r, j] * g * i * (one - i)       # di = dc_new * g
             for j in range(H):
                 f = gates4[t, r, F, j]
-                dU4[t, r, F, j] = dc[t, r, j] * c[t, r, j] * f * (one - f)   # df = dc_new * c_prev
+                dU4[t, r, F, j] = dc[k, r, j] * c[t, r, j] * f * (one - f)   # df = dc_new * c_prev
             for j in range(H):
                 i, g = gates4[t, r, I, j], gates4[t, r, G_, j]
-                dU4[t, r, G_, j] = dc[t, r, j] * i * (one - g * g)      # dg = dc_new * i
+                dU4[t, r, G_, j] = dc[k, r, j] * i * (one - g * g)      # dg = dc_new * i
             for j in range(H):
                 o = gates4[t, r, O, j]                                  # do = dh_new * tanh_c
-                dU4[t, r, O, j] = dh[t, r, j] * tanh_c[t, r, j] * o * (one - o)   # (LSTM 5)
+                dU4[t, r, O, j] = dh[k, r, j] * tanh_c[t, r, j] * o * (one - o)   # (LSTM 5)
             for j in range(H):
-                dC[r, j] = (one - valid) * dC[r, j] + dc[t, r, j] * gates4[t, r, F, j]  # (BPTT 6)
+                dC[r, j] = (one - valid) * dC[r, j] + dc[k, r, j] * gates4[t, r, F, j]  # (BPTT 6)
+            for q in range(G):
+                db[q] += dU[t, r, q]                     # db = dU.sum(axis=(0, 1)) (LSTM 9)
         np.dot(dU[t], WhT, dh_rec)                                     # dz @ Wh.T  (LSTM 9)
         for r in range(B):
             valid = mask[t, r]
@@ -107,13 +112,11 @@ def lstm_forward(x, h0, c0, mask, params):
     """Same contract as refnorm.numpy_ref.lstm.lstm_forward."""
     T, B, _ = x.shape
     G = params["Wh"].shape[1]
-    U = input_projection(x, params["Wx"])                       # (LSTM 1), (BPTT 8)
-    U += params["b"]
     h, c = states(h0, c0, T)
     hs = np.empty((T, B, G // 4), x.dtype)
-    gates = U   # the loop turns each row of U into its gates, in place
-    tanh_c = np.empty((T, B, G // 4), x.dtype)
-    lstm_forward_loop(mask, params["Wh"], h, c, hs, gates, tanh_c)
+    gates = input_projection(x, params["Wx"])   # x Wx (LSTM 1), (BPTT 8): the loop adds b and
+    tanh_c = np.empty((T, B, G // 4), x.dtype)  # turns each row into its gates, in place
+    lstm_forward_loop(mask, params["Wh"], params["b"], h, c, hs, gates, tanh_c)
     cache = LSTMCache(x=x, mask=mask, params=params, h=h, c=c, gates=gates, tanh_c=tanh_c)
     return hs, h[-1], c[-1], cache
 
@@ -122,11 +125,12 @@ def lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
     """Same contract as refnorm.numpy_ref.lstm.lstm_backward."""
     p = cache.params
     dU = np.empty(cache.gates.shape, dhs.dtype)
-    dh, dc = np.empty_like(dhs), np.empty_like(dhs)
+    db = np.zeros(dU.shape[2], dhs.dtype)
+    dh, dc = state_grad_buffers(dhs, state_grads)
     WhT = np.ascontiguousarray(p["Wh"].T)
     dh0, dc0 = lstm_backward_loop(dhs, dhT, dcT, cache.mask, cache.c, cache.gates, cache.tanh_c,
-                                  WhT, dU, dh, dc)
+                                  WhT, dU, db, dh, dc)
     dWx, dx = input_projection_backward(cache.x, dU, p["Wx"])   # (LSTM 10), (BPTT 8)
-    grads = {"Wx": dWx, "Wh": recurrent_weight_grad(cache.h, dU), "b": dU.sum(axis=(0, 1)),
-             "x": dx, "h0": dh0, "c0": dc0}
+    grads = {"Wx": dWx, "Wh": recurrent_weight_grad(cache.h, dU), "b": db, "x": dx, "h0": dh0,
+             "c0": dc0}
     return with_state_grads(grads, (dh, dc), state_grads)

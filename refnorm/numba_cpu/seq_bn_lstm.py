@@ -7,7 +7,7 @@ import numpy as np
 
 from ..numpy_ref.common import with_state_grads
 from ..numpy_ref.seq_bn_lstm import SeqBNLSTMCache
-from .common import input_projection_backward, recurrent_weight_grad
+from .common import input_projection_backward, recurrent_weight_grad, state_grad_buffers
 from .lstm import lstm_backward_loop, lstm_forward_loop, states
 from .norms import batchnorm_backward, batchnorm_normalize, batchnorm_stats
 
@@ -32,14 +32,13 @@ def seq_bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None,
                          np.ascontiguousarray(pop["var_x"], dtype=dt))
     u_hat = np.empty((T * B, G), dt)
     batchnorm_normalize(U, m, mean_x, var_x, dt.type(eps), u_hat)          # (SEQBN-LSTM 2)
-    V = np.multiply(p["gamma_x"], u_hat, out=U)   # V = γ_x ⊙ û + b, into U (SEQBN-LSTM 3):
-    V += p["b"]                                   # U is not needed once û is computed
-    V = V.reshape(T, B, G)
+    # V = γ_x ⊙ û + b (SEQBN-LSTM 3): γ_x ⊙ û goes into U, which is not needed once û is
+    # computed, and the loop adds b and turns each row into its gates, in place
+    gates = np.multiply(p["gamma_x"], u_hat, out=U).reshape(T, B, G)
     h, c = states(h0, c0, T)
     hs = np.empty((T, B, G // 4), dt)
-    gates = V   # the loop turns each row of V into its gates, in place
     tanh_c = np.empty((T, B, G // 4), dt)
-    lstm_forward_loop(mask, p["Wh"], h, c, hs, gates, tanh_c)
+    lstm_forward_loop(mask, p["Wh"], p["b"], h, c, hs, gates, tanh_c)
     cache = SeqBNLSTMCache(x=x, mask=mask, stat_mask=stat_mask, params=params,
                            training=training, eps=eps, count=stat_mask.sum(),
                            u_hat=u_hat.reshape(T, B, G), mean_x=mean_x,
@@ -53,10 +52,11 @@ def seq_bn_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
     T, B, G = cache.gates.shape
     dt = dhs.dtype
     dV = np.empty((T, B, G), dt)
-    dh, dc = np.empty_like(dhs), np.empty_like(dhs)
+    db = np.zeros(G, dt)
+    dh, dc = state_grad_buffers(dhs, state_grads)
     dh0, dc0 = lstm_backward_loop(dhs, dhT, dcT, cache.mask, cache.c, cache.gates,
                                   cache.tanh_c, np.ascontiguousarray(p["Wh"].T),
-                                  dV, dh, dc)                               # (SEQBN-LSTM 4)
+                                  dV, db, dh, dc)                           # (SEQBN-LSTM 4)
     dU = np.empty((T * B, G), dt)
     dgamma_x = np.zeros(G, dt)
     batchnorm_backward(dV.reshape(T * B, G), cache.u_hat.reshape(T * B, G), cache.var_x,
@@ -64,6 +64,6 @@ def seq_bn_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
                        dt.type(cache.eps), cache.training, dU, dgamma_x,
                        np.empty(0, dt))                                     # (SEQBN-LSTM 5)
     dWx, dx = input_projection_backward(cache.x, dU.reshape(T, B, G), p["Wx"])   # (SEQBN-LSTM 6)
-    grads = {"Wx": dWx, "Wh": recurrent_weight_grad(cache.h, dV), "b": dV.sum(axis=(0, 1)),
+    grads = {"Wx": dWx, "Wh": recurrent_weight_grad(cache.h, dV), "b": db,
              "gamma_x": dgamma_x, "x": dx, "h0": dh0, "c0": dc0}
     return with_state_grads(grads, (dh, dc), state_grads)
