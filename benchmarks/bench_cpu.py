@@ -14,8 +14,11 @@ Anchors, all in this process, on the same threads:
 Ratios < 1 mean refnorm is faster. Medians of repeated runs after a warm-up.
 """
 import argparse
+import ctypes
+import ctypes.util
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -35,23 +38,41 @@ T_DEFAULT = 100
 
 
 def median_time(fn, repeats, warmup=1):
-    return interleaved_medians([fn], repeats, warmup)[0]
+    return interleaved_runs([fn], repeats, warmup)[0][0]
 
 
-def interleaved_medians(fns, repeats, warmup=1):
-    """Median time of each function, the functions run in turn within each repeat: this
-    virtual machine's speed drifts by 10-20 % over minutes, and interleaving makes the drift
-    hit every column of a ratio alike instead of whichever ran in a slow minute."""
+def page_faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def interleaved_runs(fns, repeats, warmup=1):
+    """The median time and the median number of page faults of each function's call, the
+    functions run in turn within each repeat: this virtual machine's speed drifts by 10-20 %
+    over minutes, and interleaving makes the drift hit every column of a ratio alike instead
+    of whichever ran in a slow minute. A call that writes memory the allocator has just
+    returned to the system (or mapped anew) pays a fault per 4 KiB page, ~3-4 µs each here."""
     for fn in fns:
         for _ in range(warmup):
             fn()
-    times = [[] for _ in fns]
+    times, faults = [[] for _ in fns], [[] for _ in fns]
     for _ in range(repeats):
-        for fn, ts in zip(fns, times):
-            start = time.perf_counter()
+        for fn, ts, fs in zip(fns, times, faults):
+            f0, start = page_faults(), time.perf_counter()
             fn()
             ts.append(time.perf_counter() - start)
-    return [statistics.median(ts) for ts in times]
+            fs.append(page_faults() - f0)
+    return [(statistics.median(ts), statistics.median(fs)) for ts, fs in zip(times, faults)]
+
+
+def keep_freed_memory():
+    """Make glibc's malloc keep freed memory for reuse (M_TRIM_THRESHOLD 1 GiB, M_MMAP_THRESHOLD
+    32 MiB, its largest) instead of returning it to the system, for every library in the
+    process alike. Without it, freeing and allocating in turn with another library (torch
+    here) makes each call write fresh pages. Returns whether glibc accepted both settings."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30) and libc.mallopt(M_MMAP_THRESHOLD,
+                                                                        32 << 20))
 
 
 # -- refnorm ---------------------------------------------------------------------------------
@@ -183,17 +204,20 @@ def table_vs_torch(shapes, T, repeats, out):
     print("\n## LSTM: refnorm numba vs torch.nn.LSTM and the BLAS floor "
           f"(T={T}, D=H, ms, median of {repeats})\n", file=out)
     print(row(["dtype", "B", "H", "refnorm fwd+bwd", "torch fwd+bwd", "ratio",
-               "BLAS floor", "ratio", "refnorm fwd", "torch fwd", "ratio"]), file=out)
-    print(row(["---"] * 11), file=out)
+               "BLAS floor", "ratio", "refnorm fwd", "torch fwd", "ratio",
+               "page faults per fwd+bwd (refnorm / torch)"]), file=out)
+    print(row(["---"] * 12), file=out)
     for dtype in ("float64", "float32"):
         for B, H in shapes:
             fwd, fb = refnorm_case("lstm", T, B, H, dtype)
             tf, tfb = torch_lstm_case(T, B, H, dtype)
             floor = blas_floor_case(T, B, H, dtype)
-            r_fb, t_fb, fl, r_f, t_f = interleaved_medians([fb, tfb, floor, fwd, tf], repeats)
+            (r_fb, r_pf), (t_fb, t_pf), (fl, _), (r_f, _), (t_f, _) = interleaved_runs(
+                [fb, tfb, floor, fwd, tf], repeats)
             print(row([dtype, B, H, f"{r_fb * 1e3:.2f}", f"{t_fb * 1e3:.2f}",
                        f"{r_fb / t_fb:.2f}", f"{fl * 1e3:.2f}", f"{r_fb / fl:.2f}",
-                       f"{r_f * 1e3:.2f}", f"{t_f * 1e3:.2f}", f"{r_f / t_f:.2f}"]), file=out)
+                       f"{r_f * 1e3:.2f}", f"{t_f * 1e3:.2f}", f"{r_f / t_f:.2f}",
+                       f"{r_pf:.0f} / {t_pf:.0f}"]), file=out)
             out.flush()
 
 
@@ -201,16 +225,17 @@ def table_norm_cells(shapes, T, repeats, out):
     print("\n## Normalised cells on numba: fwd+bwd vs refnorm's LSTM and vs the same equations "
           f"in PyTorch eager (T={T}, ms)\n", file=out)
     print(row(["dtype", "B", "H", "cell", "refnorm", "vs refnorm LSTM", "torch eager",
-               "speed-up vs eager"]), file=out)
-    print(row(["---"] * 8), file=out)
+               "speed-up vs eager", "page faults per fwd+bwd (LSTM / cell)"]), file=out)
+    print(row(["---"] * 9), file=out)
     for dtype in ("float64", "float32"):
         for B, H in shapes:
             for stem in ("bn_lstm", "seq_bn_lstm", "ln_lstm"):
-                base, mine, eager = interleaved_medians(
+                (base, base_pf), (mine, mine_pf), (eager, _) = interleaved_runs(
                     [refnorm_case("lstm", T, B, H, dtype)[1], refnorm_case(stem, T, B, H, dtype)[1],
                      torch_eager_case(stem, T, B, H, dtype)], repeats)
                 print(row([dtype, B, H, stem, f"{mine * 1e3:.2f}", f"{mine / base:.2f}",
-                           f"{eager * 1e3:.2f}", f"{eager / mine:.1f}x"]), file=out)
+                           f"{eager * 1e3:.2f}", f"{eager / mine:.1f}x",
+                           f"{base_pf:.0f} / {mine_pf:.0f}"]), file=out)
                 out.flush()
 
 
@@ -310,7 +335,15 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1,
                         help="threads for torch and every BLAS (default 1: on 2 cores two "
                              "OpenBLAS threads made the small per-step products erratic)")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="make glibc's malloc keep freed memory instead of returning it to "
+                             "the system (see keep_freed_memory), for torch and refnorm alike")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="repeats per measurement (default 7, --quick 3)")
     args = parser.parse_args(argv)
+    kept = args.keep_freed_memory and keep_freed_memory()
+    if args.keep_freed_memory and not kept:
+        parser.error("glibc's mallopt refused the settings")
     torch.set_num_threads(args.threads)
     try:
         from threadpoolctl import threadpool_limits
@@ -318,12 +351,14 @@ def main(argv=None):
     except ImportError:
         pass
     shapes = SHAPES[:2] if args.quick else SHAPES
-    repeats = 3 if args.quick else 7
+    repeats = args.repeats or (3 if args.quick else 7)
     out = sys.stdout
     print(f"# refnorm CPU benchmark, {time.strftime('%Y-%m-%d')}\n", file=out)
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"{args.threads} threads; Python {platform.python_version()}, numpy {np.__version__}, "
-          f"numba {__import__('numba').__version__}, torch {torch.__version__}", file=out)
+          f"numba {__import__('numba').__version__}, torch {torch.__version__}; malloc "
+          f"{'keeps freed memory (--keep-freed-memory)' if kept else 'as configured (default)'}",
+          file=out)
     table_vs_torch(shapes, T_DEFAULT, repeats, out)
     table_norm_cells(shapes[:2] if not args.quick else shapes[:1], T_DEFAULT, repeats, out)
     table_linear_in_T(32, 128, 3, out)
