@@ -79,8 +79,9 @@ def ln_lstm_backward_loop(dhs, dhT, dcT, mask, c, gates, c_hat, tanh_c, var_c, g
                           dgamma_h, dgamma_z, dgamma_c, dbeta_c, dh, dc):
     """BPTT over t = T-1 .. 0: fills dA = da_t and dU = du_t (T, B, 4H) (summed: dU is dA, and
     only dA is written), adds to the gain and bias gradients; fills dh, dc
-    (common.state_grad_buffers) with dL/dh̃_t and the gradient of the carried cell (dc̃_t, or dĉ_t with normalized_carry); returns dh0,
-    dc0. The arrays of the terms mode not in use are placeholders, as in the forward loop."""
+    (common.state_grad_buffers) with dL/dh̃_t and the gradient of the carried cell (dc̃_t, or
+    dĉ_t with normalized_carry); returns dh0, dc0. The arrays of the terms mode not in use are
+    placeholders, as in the forward loop."""
     T, B, G = dA.shape
     H = G // 4
     dH = dhT.copy()

@@ -31,7 +31,8 @@ def lstm_forward_loop(mask, Wh, b, h, c, hs, gates, tanh_c):
     for t in range(T):
         np.dot(h[t], Wh, z)                                # h_prev @ Wh        (LSTM 1)
         for r in range(B):
-            # z = u_t + h_prev @ Wh (LSTM 1); gates = gates_forward(z) (LSTM 2), in place
+            # z = u_t + h_prev @ Wh (LSTM 1); gates = gates_forward(z) (LSTM 2), in place:
+            # i = σ(z^i), f = σ(z^f), g = tanh(z^g), o = σ(z^o)
             for j in range(H):
                 gates4[t, r, I, j] = sigmoid(gates4[t, r, I, j] + b4[I, j] + z4[r, I, j])    # i
             for j in range(H):
