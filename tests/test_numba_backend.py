@@ -319,3 +319,88 @@ def test_layer_norm_loops_vectorise():
         layer_norm = best(norms.layernorm_forward, z, dt(1e-5), 1, zhat,
                           np.empty((32, 1), dt), np.empty((32, 1), dt))
         assert layer_norm < 8 * one_pass, (dt, layer_norm / one_pass)
+
+
+# -- the backward passes' scratch memory (refnorm/numba_cpu/common.py, scratch) -----------------
+def _backward_run(stem, state_grads, seed, *, T=5, B=4, H=6, **options):
+    from helpers import random_data
+    if stem == "bn_lstm":
+        options = dict(options, max_steps=T)
+    cell = make_cell(stem, H, H, backend="numba", **options)
+    d = random_data(cell, T=T, B=B, seed=seed)
+    hs, _, cache = cell.forward(d["x"], d["h0"], d["c0"])
+    return cell, cache, d
+
+
+VARIANTS = [("lstm", {}), ("bn_lstm", {}), ("seq_bn_lstm", {}), ("ln_lstm", {}),
+            ("ln_lstm", {"terms": "summed"})]
+
+
+@pytest.mark.parametrize("state_grads", [False, True])
+@pytest.mark.parametrize("stem, options", VARIANTS)
+def test_backward_returns_nothing_of_its_scratch(stem, options, state_grads):
+    """The scratch buffer is reused by the next backward pass, so no returned gradient may live
+    in it: a second backward (smaller, so in the same buffer; other upstream gradient) leaves the first one's
+    gradients as they were, and none of them shares memory with the buffer."""
+    from refnorm.numba_cpu import common
+    cell, cache, d = _backward_run(stem, state_grads, 0, **options)
+    grads = cell.backward(d["dhs"], cache, d["dhT"], d["dcT"], state_grads=state_grads)
+    kept = {k: v.copy() for k, v in grads.items()}
+    cell2, cache2, d2 = _backward_run(stem, state_grads, 1, T=4, B=3, **options)
+    cell2.backward(d2["dhs"], cache2, d2["dhT"], d2["dcT"], state_grads=state_grads)
+    for k, v in grads.items():
+        assert np.array_equal(v, kept[k]), k
+        assert not np.shares_memory(v, common._scratch.buffer), k
+
+
+def test_scratch_hands_out_aligned_disjoint_views_of_one_reused_buffer():
+    from refnorm.numba_cpu import common
+    common.release_scratch()
+    shapes = [(5, 3, 24), (24, 6), (1, 3, 6), (1, 3, 6)]
+    first = common.scratch(np.float32, *shapes)
+    buffer = common._scratch.buffer
+    again = common.scratch(np.float64, (2, 2))                  # smaller: the same buffer
+    assert common._scratch.buffer is buffer
+    assert [a.shape for a in first] == shapes and all(a.dtype == np.float32 for a in first)
+    assert again[0].dtype == np.float64
+    for i, a in enumerate(first):
+        assert a.flags.c_contiguous and a.ctypes.data % 64 == 0
+        assert np.shares_memory(a, buffer)
+        assert not any(np.shares_memory(a, b) for b in first[i + 1:])
+    bigger = common.scratch(np.float64, (1000, 10))             # larger: a new buffer
+    assert common._scratch.buffer is not buffer and np.shares_memory(bigger[0],
+                                                                     common._scratch.buffer)
+
+
+def test_scratch_past_its_limit_is_plain_memory(monkeypatch):
+    """Above SCRATCH_MAX_BYTES the backward works in arrays of its own and leaves the buffer
+    alone; the gradients are the same either way (same code, same order of operations)."""
+    from refnorm.numba_cpu import common
+    cell, cache, d = _backward_run("bn_lstm", False, 2)
+    common.release_scratch()
+    pooled = cell.backward(d["dhs"], cache, d["dhT"], d["dcT"])
+    assert common._scratch.buffer is not None
+    common.release_scratch()
+    monkeypatch.setattr(common, "SCRATCH_MAX_BYTES", 64)
+    plain = cell.backward(d["dhs"], cache, d["dhT"], d["dcT"])
+    assert common._scratch.buffer is None
+    for k in pooled:
+        assert np.array_equal(pooled[k], plain[k]), k
+
+
+@pytest.mark.parametrize("stem, options", VARIANTS)
+def test_backward_passes_in_threads_do_not_share_scratch(stem, options):
+    """The loops release the GIL, so backward passes of several threads run at once. Each
+    thread has its own scratch: every thread's gradients equal the single-threaded ones bit for
+    bit (a buffer shared between threads would mix their dz_t and fail this)."""
+    from concurrent.futures import ThreadPoolExecutor
+    runs = [_backward_run(stem, False, seed, T=30, B=8, H=16, **options) for seed in range(4)]
+    back = lambda run: run[0].backward(run[2]["dhs"], run[1], run[2]["dhT"],  # noqa: E731
+                                       run[2]["dcT"])
+    alone = [back(run) for run in runs]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(5):
+            together = list(pool.map(back, runs))
+            for a, b in zip(alone, together):
+                for k in a:
+                    assert np.array_equal(a[k], b[k]), k

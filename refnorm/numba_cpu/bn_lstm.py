@@ -67,7 +67,7 @@ def bn_lstm_backward_loop(dhs, dhT, dcT, mask, stat_mask, c, a_hat, u_hat, gates
                           normalized_carry, dA, dU, db, dgamma_x, dgamma_h, dgamma_c, dbeta_c,
                           dh, dc):
     """BPTT over t = T-1 .. 0: fills dA = da_t and dU = du_t (T, B, 4H), adds to the gain and
-    bias gradients; fills dh, dc (common.state_grad_buffers) with dL/dh̃_t and the gradient of
+    bias gradients; fills dh, dc (common.backward_buffers) with dL/dh̃_t and the gradient of
     the carried cell (dc̃_t, or dĉ_t with normalized_carry); returns dh0, dc0."""
     T, B, G = dU.shape
     H = G // 4
@@ -142,12 +142,12 @@ def bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None, pad_sta
 def bn_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
     """Same contract as refnorm.numpy_ref.bn_lstm.bn_lstm_backward."""
     p = cache.params
-    dA, dU, dh, dc, g = normalized_backward_buffers(dhs, cache, state_grads)
+    dA, dU, WhT, dh, dc, g = normalized_backward_buffers(dhs, cache, state_grads)
     dh0, dc0 = bn_lstm_backward_loop(
         dhs, dhT, dcT, cache.mask, cache.stat_mask, cache.c, cache.a_hat, cache.u_hat,
         cache.gates, cache.c_hat,
         cache.tanh_c, cache.var_h, cache.var_x, cache.var_c, p["gamma_x"], p["gamma_h"],
-        p["gamma_c"], np.ascontiguousarray(p["Wh"].T), dhs.dtype.type(cache.eps), cache.training,
+        p["gamma_c"], WhT, dhs.dtype.type(cache.eps), cache.training,
         cache.carry == "normalized", dA, dU, g["b"], g["gamma_x"], g["gamma_h"], g["gamma_c"],
         g["beta_c"], dh, dc)
     return normalized_backward_grads(cache, dA, dU, g, dh0, dc0, dh, dc, state_grads)

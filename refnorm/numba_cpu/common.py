@@ -19,6 +19,7 @@ which would be a gather). Measured in a loop (Zen 3, 2.45 GHz): σ 7 ns with a t
 3.4 ns with the bits, 1.7 ns once the polynomial's multiply-adds became FMAs (float32: 0.7 ns).
 """
 import math
+import threading
 
 import numpy as np
 from numba import njit, types
@@ -345,28 +346,79 @@ def recurrent_weight_grad(h, dZ):
 
 
 # -- the Python side of the backward passes (buffers in, gradients out) --------------------------
-def state_grad_buffers(dhs, state_grads):
-    """dh, dc for a backward loop to fill with dL/dh̃_t, dL/dc̃_t: (T, B, H) when the caller
-    asked for them (state_grads), else (1, B, H), one row that every step reuses -- two
-    (T, B, H) arrays fewer to allocate and write. The loops pick the row by dh.shape[0]."""
-    shape = dhs.shape if state_grads else (1,) + dhs.shape[1:]
-    return np.empty(shape, dhs.dtype), np.empty(shape, dhs.dtype)
+SCRATCH_MAX_BYTES = 64 << 20
+_scratch = threading.local()
+
+
+def scratch(dtype, *shapes):
+    """Arrays of these shapes for a backward pass's own working values, which it never returns
+    (dz_t, da_t, Whᵀ): views of one buffer per thread, kept from call to call, as oneDNN's
+    scratchpad is. Their contents on entry are whatever the last call left.
+
+    Why: a fresh (T, B, 4H) array is fresh memory whenever the allocator has handed the last
+    call's memory back to the system (glibc trims the top of its heap once the free memory
+    there passes a threshold, which calls of a few MB each keep crossing), and every first
+    write to a 4 KiB page of it then faults, ~3.7 µs each on our virtual machine: 800 faults,
+    ~3 ms, for the LSTM's dU at (16, 64) in float64, a fifth of its forward+backward. Measured
+    in one process against the fresh arrays: BN- and LN-LSTM at (16, 64) in float64 11-18 %
+    faster where those faults had landed, no change where none did (benchmarks/RESULTS.md).
+    One call per backward pass: a second call hands out the same memory.
+    Thread-local, so backward passes running at once in several threads (the loops release the
+    GIL) never share it. Past SCRATCH_MAX_BYTES in all the arrays are plain np.empty: NumPy
+    gives arrays of 4 MiB and more 2 MiB pages, whose few faults cost little next to the
+    products at such shapes, and the buffer would hold that memory after the call."""
+    dtype = np.dtype(dtype)
+    sizes = [math.prod(shape) * dtype.itemsize for shape in shapes]
+    starts = [64 * sum(-(-n // 64) for n in sizes[:i]) for i in range(len(sizes))]  # 64 B aligned
+    need = starts[-1] + sizes[-1]
+    if need > SCRATCH_MAX_BYTES:
+        return [np.empty(shape, dtype) for shape in shapes]
+    buffer = getattr(_scratch, "buffer", None)
+    if buffer is None or buffer.nbytes < need + 64:
+        buffer = _scratch.buffer = np.empty(need + 64, np.uint8)
+    base = -buffer.ctypes.data % 64
+    return [buffer[base + start:base + start + n].view(dtype).reshape(shape)
+            for start, n, shape in zip(starts, sizes, shapes)]
+
+
+def release_scratch():
+    """Free the calling thread's scratch buffer (the next backward pass allocates it anew)."""
+    _scratch.buffer = None
+
+
+def backward_buffers(dhs, Wh, n_gate_grads, state_grads):
+    """What a backward loop works in. From scratch(): n_gate_grads arrays (T, B, 4H) for dz_t
+    (or da_t, du_t) and WhT = Whᵀ, contiguous for the step product dz_t Whᵀ. And dh, dc for
+    dL/dh̃_t, dL/dc̃_t: (T, B, H) arrays of their own when the caller asked for them
+    (state_grads), else one (1, B, H) row each from scratch, which every step reuses -- the
+    loops pick the row by dh.shape[0]. Returns the list of gate gradients, WhT, dh, dc."""
+    T, B, H = dhs.shape
+    G = Wh.shape[1]
+    rows = [] if state_grads else [(1, B, H)] * 2
+    arrays = scratch(dhs.dtype, *[(T, B, G)] * n_gate_grads, (G, H), *rows)
+    WhT = arrays[n_gate_grads]
+    WhT[...] = Wh.T
+    if state_grads:
+        dh, dc = np.empty(dhs.shape, dhs.dtype), np.empty(dhs.shape, dhs.dtype)
+    else:
+        dh, dc = arrays[n_gate_grads + 1:]
+    return arrays[:n_gate_grads], WhT, dh, dc
 
 
 def normalized_backward_buffers(dhs, cache, state_grads):
-    """What the BN-LSTM / LN-LSTM backward loops fill: dA = da_t, dU = du_t (T, B, 4H), dh, dc
-    (state_grad_buffers), and the zeroed gain and bias gradients they add to. With LN-LSTM's
-    terms="summed", da_t = du_t = ds_t (VAR 6): dU is dA, one array, and the one gain is
-    gamma_z."""
+    """What the BN-LSTM / LN-LSTM backward loops fill: dA = da_t, dU = du_t (T, B, 4H), WhT,
+    dh, dc (backward_buffers), and the zeroed gain and bias gradients they add to. With
+    LN-LSTM's terms="summed", da_t = du_t = ds_t (VAR 6): dU is dA, one array, and the one gain
+    is gamma_z."""
     dt, (H, G) = dhs.dtype, cache.params["Wh"].shape
     summed = getattr(cache, "terms", "separate") == "summed"
-    dA = np.empty(cache.gates.shape, dt)
-    dU = dA if summed else np.empty(cache.gates.shape, dt)                      # (VAR 6)
-    dh, dc = state_grad_buffers(dhs, state_grads)
+    gate_grads, WhT, dh, dc = backward_buffers(dhs, cache.params["Wh"], 1 if summed else 2,
+                                               state_grads)
+    dA, dU = gate_grads * 2 if summed else gate_grads                           # (VAR 6)
     gains = ("gamma_z",) if summed else ("gamma_h", "gamma_x")
     g = {"b": np.zeros(G, dt), **{name: np.zeros(G, dt) for name in gains},
          "gamma_c": np.zeros(H, dt), "beta_c": np.zeros(H, dt)}
-    return dA, dU, dh, dc, g
+    return dA, dU, WhT, dh, dc, g
 
 
 def normalized_backward_grads(cache, dA, dU, g, dh0, dc0, dh, dc, state_grads):

@@ -79,7 +79,7 @@ def ln_lstm_backward_loop(dhs, dhT, dcT, mask, c, gates, c_hat, tanh_c, var_c, g
                           dgamma_h, dgamma_z, dgamma_c, dbeta_c, dh, dc):
     """BPTT over t = T-1 .. 0: fills dA = da_t and dU = du_t (T, B, 4H) (summed: dU is dA, and
     only dA is written), adds to the gain and bias gradients; fills dh, dc
-    (common.state_grad_buffers) with dL/dh̃_t and the gradient of the carried cell (dc̃_t, or
+    (common.backward_buffers) with dL/dh̃_t and the gradient of the carried cell (dc̃_t, or
     dĉ_t with normalized_carry); returns dh0, dc0. The arrays of the terms mode not in use are
     placeholders, as in the forward loop."""
     T, B, G = dA.shape
@@ -170,7 +170,7 @@ def ln_lstm_forward(x, h0, c0, mask, params, *, eps, per_gate=False, carry="raw"
 def ln_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
     """Same contract as refnorm.numpy_ref.ln_lstm.ln_lstm_backward."""
     p = cache.params
-    dA, dU, dh, dc, g = normalized_backward_buffers(dhs, cache, state_grads)
+    dA, dU, WhT, dh, dc, g = normalized_backward_buffers(dhs, cache, state_grads)
     dt = dhs.dtype
     unused, no_gain = stand_ins(dt)
     a = {name: unused if getattr(cache, name) is None else getattr(cache, name)
@@ -179,7 +179,7 @@ def ln_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
     d = {name: g.get(name, no_gain) for name in TERM_GAINS}
     dh0, dc0 = ln_lstm_backward_loop(
         dhs, dhT, dcT, cache.mask, cache.c, cache.gates, cache.c_hat, cache.tanh_c, cache.var_c,
-        p["gamma_c"], np.ascontiguousarray(p["Wh"].T), dt.type(cache.eps), cache.groups,
+        p["gamma_c"], WhT, dt.type(cache.eps), cache.groups,
         cache.terms == "summed", cache.carry == "normalized", a["a_hat"], a["u_hat"],
         a["var_h"], a["var_x"], a["gamma_x"], a["gamma_h"], a["s_hat"], a["var_s"],
         a["gamma_z"], dA, dU, g["b"], d["gamma_x"], d["gamma_h"], d["gamma_z"], g["gamma_c"],

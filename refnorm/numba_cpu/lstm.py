@@ -12,7 +12,7 @@ from numba import njit
 from ..numpy_ref.common import with_state_grads
 from ..numpy_ref.lstm import LSTMCache
 from .common import (JIT, input_projection, input_projection_backward, recurrent_weight_grad,
-                     sigmoid, state_grad_buffers, tanh, I, F, G_, O)
+                     backward_buffers, sigmoid, tanh, I, F, G_, O)
 
 
 @njit(**JIT)
@@ -59,7 +59,7 @@ def lstm_forward_loop(mask, Wh, b, h, c, hs, gates, tanh_c):
 @njit(**JIT)
 def lstm_backward_loop(dhs, dhT, dcT, mask, c, gates, tanh_c, WhT, dU, db, dh, dc):
     """BPTT over t = T-1 .. 0: fills dU (T, B, 4H) = dz_t, adds Σ_b dz_t to db (4H), fills
-    dh, dc = dL/dh̃_t, dL/dc̃_t (see common.state_grad_buffers); returns dh0, dc0 (B, H)."""
+    dh, dc = dL/dh̃_t, dL/dc̃_t (see common.backward_buffers); returns dh0, dc0 (B, H)."""
     one = dhs.dtype.type(1)  # a literal 1 would turn float32 into float64
     T, B, G = dU.shape
     H = G // 4
@@ -125,10 +125,8 @@ def lstm_forward(x, h0, c0, mask, params):
 def lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
     """Same contract as refnorm.numpy_ref.lstm.lstm_backward."""
     p = cache.params
-    dU = np.empty(cache.gates.shape, dhs.dtype)
+    (dU,), WhT, dh, dc = backward_buffers(dhs, p["Wh"], 1, state_grads)
     db = np.zeros(dU.shape[2], dhs.dtype)
-    dh, dc = state_grad_buffers(dhs, state_grads)
-    WhT = np.ascontiguousarray(p["Wh"].T)
     dh0, dc0 = lstm_backward_loop(dhs, dhT, dcT, cache.mask, cache.c, cache.gates, cache.tanh_c,
                                   WhT, dU, db, dh, dc)
     dWx, dx = input_projection_backward(cache.x, dU, p["Wx"])   # (LSTM 10), (BPTT 8)

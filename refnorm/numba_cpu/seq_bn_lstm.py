@@ -7,7 +7,7 @@ import numpy as np
 
 from ..numpy_ref.common import with_state_grads
 from ..numpy_ref.seq_bn_lstm import SeqBNLSTMCache
-from .common import input_projection_backward, recurrent_weight_grad, state_grad_buffers
+from .common import backward_buffers, input_projection_backward, recurrent_weight_grad
 from .lstm import lstm_backward_loop, lstm_forward_loop, states
 from .norms import batchnorm_backward, batchnorm_normalize, batchnorm_stats
 
@@ -51,13 +51,11 @@ def seq_bn_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
     p = cache.params
     T, B, G = cache.gates.shape
     dt = dhs.dtype
-    dV = np.empty((T, B, G), dt)
+    (dV, dU), WhT, dh, dc = backward_buffers(dhs, p["Wh"], 2, state_grads)
     db = np.zeros(G, dt)
-    dh, dc = state_grad_buffers(dhs, state_grads)
     dh0, dc0 = lstm_backward_loop(dhs, dhT, dcT, cache.mask, cache.c, cache.gates,
-                                  cache.tanh_c, np.ascontiguousarray(p["Wh"].T),
-                                  dV, db, dh, dc)                           # (SEQBN-LSTM 4)
-    dU = np.empty((T * B, G), dt)
+                                  cache.tanh_c, WhT, dV, db, dh, dc)        # (SEQBN-LSTM 4)
+    dU = dU.reshape(T * B, G)
     dgamma_x = np.zeros(G, dt)
     batchnorm_backward(dV.reshape(T * B, G), cache.u_hat.reshape(T * B, G), cache.var_x,
                        np.ascontiguousarray(cache.stat_mask.reshape(T * B)), p["gamma_x"],
