@@ -9,6 +9,8 @@ Anchors, all in this process, on the same threads:
     (B,H)·(H,4H) product per step forward and one (B,4H)·(4H,H) backward, dWx, dWh, dx), through
     the same BLAS calls refnorm uses (NumPy's for whole-sequence products, Numba's np.dot, i.e.
     SciPy's BLAS, inside the step loop);
+  * the large-GEMM ceiling: the rate this BLAS reaches on one large square product, which
+    bounds what any implementation of the same products could reach (table_product_bound);
   * the same normalised-cell equations in PyTorch eager with autograd, written the fast way
     (input projection once, time axis by unbind).
 Ratios < 1 mean refnorm is faster. Medians of repeated runs after a warm-up.
@@ -200,13 +202,49 @@ def row(cells):
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
+def product_flops(T, B, H):
+    """Floating-point operations of the matrix products an LSTM's BPTT must do (D = H): six of
+    (T·B)×H×4H, i.e. x Wx and the T products h_{t-1} Wh forward, the T products dz_t Whᵀ, dWx,
+    dWh and dx backward, two operations per multiply-add."""
+    return 6 * 2 * T * B * H * 4 * H
+
+
+def gemm_ceiling(dtype, n=1024, repeats=5):
+    """What this BLAS reaches on one large square product (n×n by n×n, NumPy's BLAS, output
+    preallocated), in FLOP/s: no implementation of the same products runs faster than that."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n)).astype(dtype) for _ in range(2))
+    c = np.empty((n, n), dtype)
+    return 2 * n ** 3 / median_time(lambda: np.matmul(a, b, out=c), repeats)
+
+
+def table_product_bound(measured, T, out):
+    """For each shape: the products' FLOPs, the rate the BLAS floor and refnorm reach, and the
+    best ratio to torch any implementation could reach if it did the products at the large-GEMM
+    ceiling and nothing else -- where that bound exceeds a target, the target is out of reach
+    on this machine whatever the code does."""
+    print("\n## What the matrix products allow (same runs as above)\n", file=out)
+    print(row(["dtype", "B", "H", "GFLOP per fwd+bwd", "BLAS floor GFLOP/s",
+               "refnorm GFLOP/s", "large-GEMM ceiling GFLOP/s",
+               "least possible time / torch fwd+bwd"]), file=out)
+    print(row(["---"] * 8), file=out)
+    ceiling = {dtype: gemm_ceiling(dtype) for dtype in ("float64", "float32")}
+    for dtype, B, H, r_fb, t_fb, fl in measured:
+        flops = product_flops(T, B, H)
+        print(row([dtype, B, H, f"{flops / 1e9:.2f}", f"{flops / fl / 1e9:.1f}",
+                   f"{flops / r_fb / 1e9:.1f}", f"{ceiling[dtype] / 1e9:.1f}",
+                   f"{flops / ceiling[dtype] / t_fb:.2f}"]), file=out)
+
+
 def table_vs_torch(shapes, T, repeats, out):
+    """Prints the table; returns (dtype, B, H, refnorm, torch, floor seconds) per shape."""
     print("\n## LSTM: refnorm numba vs torch.nn.LSTM and the BLAS floor "
           f"(T={T}, D=H, ms, median of {repeats})\n", file=out)
     print(row(["dtype", "B", "H", "refnorm fwd+bwd", "torch fwd+bwd", "ratio",
                "BLAS floor", "ratio", "refnorm fwd", "torch fwd", "ratio",
                "page faults per fwd+bwd (refnorm / torch)"]), file=out)
     print(row(["---"] * 12), file=out)
+    measured = []
     for dtype in ("float64", "float32"):
         for B, H in shapes:
             fwd, fb = refnorm_case("lstm", T, B, H, dtype)
@@ -219,6 +257,8 @@ def table_vs_torch(shapes, T, repeats, out):
                        f"{r_f * 1e3:.2f}", f"{t_f * 1e3:.2f}", f"{r_f / t_f:.2f}",
                        f"{r_pf:.0f} / {t_pf:.0f}"]), file=out)
             out.flush()
+            measured.append((dtype, B, H, r_fb, t_fb, fl))
+    return measured
 
 
 def table_norm_cells(shapes, T, repeats, out):
@@ -359,7 +399,8 @@ def main(argv=None):
           f"numba {__import__('numba').__version__}, torch {torch.__version__}; malloc "
           f"{'keeps freed memory (--keep-freed-memory)' if kept else 'as configured (default)'}",
           file=out)
-    table_vs_torch(shapes, T_DEFAULT, repeats, out)
+    measured = table_vs_torch(shapes, T_DEFAULT, repeats, out)
+    table_product_bound(measured, T_DEFAULT, out)
     table_norm_cells(shapes[:2] if not args.quick else shapes[:1], T_DEFAULT, repeats, out)
     table_linear_in_T(32, 128, 3, out)
     table_memory(32, 128, T_DEFAULT, out)
