@@ -322,7 +322,8 @@ def test_layer_norm_loops_vectorise():
 
 
 # -- the backward passes' scratch memory (refnorm/numba_cpu/common.py, scratch) -----------------
-def _backward_run(stem, state_grads, seed, *, T=5, B=4, H=6, **options):
+def _backward_run(stem, seed, *, T=5, B=4, H=6, **options):
+    """A numba cell with random parameters, its cache of a forward over random data, the data."""
     from helpers import random_data
     if stem == "bn_lstm":
         options = dict(options, max_steps=T)
@@ -340,13 +341,13 @@ VARIANTS = [("lstm", {}), ("bn_lstm", {}), ("seq_bn_lstm", {}), ("ln_lstm", {}),
 @pytest.mark.parametrize("stem, options", VARIANTS)
 def test_backward_returns_nothing_of_its_scratch(stem, options, state_grads):
     """The scratch buffer is reused by the next backward pass, so no returned gradient may live
-    in it: a second backward (smaller, so in the same buffer; other upstream gradient) leaves the first one's
-    gradients as they were, and none of them shares memory with the buffer."""
+    in it: a second backward (smaller, so in the same buffer; other upstream gradient) leaves
+    the first one's gradients as they were, and none of them shares memory with the buffer."""
     from refnorm.numba_cpu import common
-    cell, cache, d = _backward_run(stem, state_grads, 0, **options)
+    cell, cache, d = _backward_run(stem, 0, **options)
     grads = cell.backward(d["dhs"], cache, d["dhT"], d["dcT"], state_grads=state_grads)
     kept = {k: v.copy() for k, v in grads.items()}
-    cell2, cache2, d2 = _backward_run(stem, state_grads, 1, T=4, B=3, **options)
+    cell2, cache2, d2 = _backward_run(stem, 1, T=4, B=3, **options)
     cell2.backward(d2["dhs"], cache2, d2["dhT"], d2["dcT"], state_grads=state_grads)
     for k, v in grads.items():
         assert np.array_equal(v, kept[k]), k
@@ -376,7 +377,7 @@ def test_scratch_past_its_limit_is_plain_memory(monkeypatch):
     """Above SCRATCH_MAX_BYTES the backward works in arrays of its own and leaves the buffer
     alone; the gradients are the same either way (same code, same order of operations)."""
     from refnorm.numba_cpu import common
-    cell, cache, d = _backward_run("bn_lstm", False, 2)
+    cell, cache, d = _backward_run("bn_lstm", 2)
     common.release_scratch()
     pooled = cell.backward(d["dhs"], cache, d["dhT"], d["dcT"])
     assert common._scratch.buffer is not None
@@ -394,7 +395,7 @@ def test_backward_passes_in_threads_do_not_share_scratch(stem, options):
     thread has its own scratch: every thread's gradients equal the single-threaded ones bit for
     bit (a buffer shared between threads would mix their dz_t and fail this)."""
     from concurrent.futures import ThreadPoolExecutor
-    runs = [_backward_run(stem, False, seed, T=30, B=8, H=16, **options) for seed in range(4)]
+    runs = [_backward_run(stem, seed, T=30, B=8, H=16, **options) for seed in range(4)]
     back = lambda run: run[0].backward(run[2]["dhs"], run[1], run[2]["dhT"],  # noqa: E731
                                        run[2]["dcT"])
     alone = [back(run) for run in runs]
