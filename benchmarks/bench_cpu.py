@@ -7,8 +7,8 @@ Anchors, all in this process, on the same threads:
   * torch.nn.LSTM forward+backward and forward alone (oneDNN in float32, native in float64);
   * the BLAS floor: the matrix products an LSTM's BPTT must do, alone (input projection, one
     (B,H)·(H,4H) product per step forward and one (B,4H)·(4H,H) backward, dWx, dWh, dx), through
-    the same BLAS calls refnorm uses (NumPy's for whole-sequence products, Numba's np.dot, i.e.
-    SciPy's BLAS, inside the step loop);
+    the same BLAS calls refnorm uses (NumPy's `@` for whole-sequence products, and inside the
+    step loop refnorm's matmul, a direct ?gemm call into the same library);
   * the best product rate: what this BLAS reaches on one large square product (or a floor, if
     faster), which bounds what any implementation of the same products could reach
     (table_product_bound);
@@ -29,12 +29,12 @@ import time
 import tracemalloc
 
 import numpy as np
-import scipy.linalg.cython_blas  # noqa: F401  (load SciPy's BLAS before limiting threads)
 import torch
 from numba import njit
 
 import refnorm
 from refnorm.gradcheck import randomize
+from refnorm.numba_cpu.common import gemm_for, matmul
 
 SHAPES = [(16, 64), (32, 128), (64, 256), (128, 512)]
 T_DEFAULT = 100
@@ -98,10 +98,10 @@ def refnorm_case(stem, T, B, H, dtype, backend="numba"):
 
 # -- the BLAS floor --------------------------------------------------------------------------
 @njit(cache=True)
-def _step_products(h, Wh, WhT, dz, out_f, out_b):
+def _step_products(gemm, h, Wh, dz, out_f, out_b):
     for t in range(h.shape[0]):
-        np.dot(h[t], Wh, out_f)            # forward recurrent product
-        np.dot(dz[t], WhT, out_b)          # backward recurrent product
+        matmul(gemm, h[t], Wh, out_f)                      # forward recurrent product
+        matmul(gemm, dz[t], Wh, out_b, transpose_b=True)   # backward recurrent product
 
 
 def blas_floor_case(T, B, H, dtype):
@@ -110,14 +110,14 @@ def blas_floor_case(T, B, H, dtype):
     x = rng.standard_normal((T, B, D)).astype(dtype)
     Wx = rng.standard_normal((D, G)).astype(dtype)
     Wh = rng.standard_normal((H, G)).astype(dtype)
-    WhT = np.ascontiguousarray(Wh.T)
     h = rng.standard_normal((T, B, H)).astype(dtype)
     dz = rng.standard_normal((T, B, G)).astype(dtype)
     out_f, out_b = np.empty((B, G), dtype), np.empty((B, H), dtype)
+    gemm = gemm_for(dtype)
 
     def products():
         x.reshape(-1, D) @ Wx                               # input projection
-        _step_products(h, Wh, WhT, dz, out_f, out_b)        # T forward + T backward products
+        _step_products(gemm, h, Wh, dz, out_f, out_b)       # T forward + T backward products
         x.reshape(-1, D).T @ dz.reshape(-1, G)              # dWx
         h.reshape(-1, H).T @ dz.reshape(-1, G)              # dWh
         dz.reshape(-1, G) @ Wx.T                            # dx (one product, as refnorm's)
@@ -322,57 +322,69 @@ def table_memory(B, H, T, out):
 
 
 FIRST_CALL = """
-import sys, time
+import importlib.abc, sys, time
 sys.path.insert(0, {here!r})
+if sys.argv[1] == "hide-scipy":          # as if SciPy were not installed
+    class HideSciPy(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name.split(".")[0] == "scipy":
+                raise ModuleNotFoundError(name)
+    sys.meta_path.insert(0, HideSciPy())
 t0 = time.perf_counter()
 import numpy as np
 t1 = time.perf_counter()
 import numba
 t2 = time.perf_counter()
-import scipy.linalg  # what Numba imports at its first compile or cache load, timed apart
-t3 = time.perf_counter()
 from first_call_probe import probe
 probe(1.0)           # Numba's start-up, paid by any first call of a jitted function
-t4 = time.perf_counter()
+t3 = time.perf_counter()
 import refnorm
-t5 = time.perf_counter()
+t4 = time.perf_counter()
 x = np.ones((3, 2, 4))
 def first(C):
     c = C(4, 4, seed=0, backend="numba", **({{"max_steps": 3}} if C is refnorm.BNLSTM else {{}}))
     hs, _, k = c.forward(x)
     c.backward(hs, k)
 first(refnorm.LSTM)
-t6 = time.perf_counter()
+t5 = time.perf_counter()
 for C in (refnorm.BNLSTM, refnorm.SeqBNLSTM, refnorm.LNLSTM):
     first(C)
-t7 = time.perf_counter()
-print(t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5, t7 - t6)
+t6 = time.perf_counter()
+print(t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)
 """.format(here=os.path.dirname(os.path.abspath(__file__)))
-FIRST_CALL_PARTS = ("import numpy", "import numba", "import scipy.linalg (Numba's BLAS)",
-                    "Numba's start-up (a trivial cached function)", "import refnorm",
-                    "LSTM fwd+bwd", "the other three cells")
+FIRST_CALL_PARTS = ("import numpy", "import numba", "Numba's start-up (a trivial cached function)",
+                    "import refnorm", "LSTM fwd+bwd", "the other three cells")
+# Numba's start-up imports scipy.linalg whenever SciPy is installed (numba.np.arraymath checks
+# for its BLAS at import), ~0.2 s here, though refnorm calls NumPy's BLAS and needs no SciPy.
+# Both cases are timed: SciPy installed, and hidden from the process as if it were not.
+FIRST_CALL_CASES = (("SciPy installed", "as-installed"), ("SciPy absent", "hide-scipy"))
 
 
-def first_call_seconds(runs=5):
-    """Fresh processes with the on-disk cache warm: the median time of each stage of importing
-    refnorm and calling every cell on numba once (forward+backward)."""
-    subprocess.run([sys.executable, "-c", FIRST_CALL], check=True, capture_output=True)  # warm
-    parts = []
+def first_call_seconds(runs=7):
+    """Fresh processes with the on-disk cache warm: for each case of FIRST_CALL_CASES, the
+    median time of each stage of importing refnorm and calling every cell on numba once
+    (forward+backward). The cases alternate, process by process, so that a drift of the
+    machine's speed hits both alike."""
+    commands = [[sys.executable, "-c", FIRST_CALL, case] for _, case in FIRST_CALL_CASES]
+    for command in commands:
+        subprocess.run(command, check=True, capture_output=True)  # warm
+    parts = [[] for _ in commands]
     for _ in range(runs):
-        res = subprocess.run([sys.executable, "-c", FIRST_CALL], check=True,
-                             capture_output=True, text=True)
-        parts.append([float(v) for v in res.stdout.split()])
-    return [statistics.median(p[i] for p in parts) for i in range(len(FIRST_CALL_PARTS))]
+        for command, times in zip(commands, parts):
+            res = subprocess.run(command, check=True, capture_output=True, text=True)
+            times.append([float(v) for v in res.stdout.split()])
+    return [[statistics.median(p[i] for p in times) for i in range(len(FIRST_CALL_PARTS))]
+            for times in parts]
 
 
 def table_first_call(out):
-    parts = first_call_seconds()
-    print("\n## First call in a fresh process, on-disk cache warm (s, median of 5 processes)\n",
-          file=out)
-    print(row(FIRST_CALL_PARTS + ("to the first LSTM result", "total")), file=out)
-    print(row(["---"] * (len(parts) + 2)), file=out)
-    print(row([f"{p:.3f}" for p in parts] + [f"{sum(parts[:6]):.3f}", f"{sum(parts):.3f}"]),
-          file=out)
+    print("\n## First call in a fresh process, on-disk cache warm (s, median of 7 processes "
+          "each, the two cases alternating)\n", file=out)
+    print(row(("SciPy",) + FIRST_CALL_PARTS + ("to the first LSTM result", "total")), file=out)
+    print(row(["---"] * (len(FIRST_CALL_PARTS) + 3)), file=out)
+    for (label, _), parts in zip(FIRST_CALL_CASES, first_call_seconds()):
+        print(row([label] + [f"{p:.3f}" for p in parts]
+                  + [f"{sum(parts[:5]):.3f}", f"{sum(parts):.3f}"]), file=out)
 
 
 def main(argv=None):

@@ -405,3 +405,119 @@ def test_backward_passes_in_threads_do_not_share_scratch(stem, options):
             for a, b in zip(alone, together):
                 for k in a:
                     assert np.array_equal(a[k], b[k]), k
+
+
+# -- the step product (refnorm/numba_cpu/common.py, matmul: ?gemm of NumPy's BLAS) -------------
+def _product_bound(A, B, dtype):
+    """The rounding bound of a K-term dot product, K·eps·(|A| |B|), entry by entry (Higham,
+    Accuracy and Stability, 3.5): a wrong stride or operand misses it by O(1)."""
+    K = A.shape[1]
+    return K * np.finfo(dtype).eps * (np.abs(A).astype(np.float64) @ np.abs(B).astype(np.float64))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_matmul_is_the_product_on_the_views_the_loops_pass(dtype):
+    """C = A·B and C = A·Bᵀ on a step's rows h[t] (a row block of a (T, B, H) array), and on
+    rows with padding (leading dimension > columns), for both ?gemm. Random values, shapes
+    with no two sides equal."""
+    from refnorm.numba_cpu.common import gemm_for, matmul
+    rng = np.random.default_rng(3)
+    gemm = gemm_for(dtype)
+    h = rng.standard_normal((3, 5, 7)).astype(dtype)                    # (T, B, H)
+    Wh = rng.standard_normal((7, 12)).astype(dtype)                     # (H, 4H)
+    dz = rng.standard_normal((3, 5, 12)).astype(dtype)
+    C, D = np.full((5, 12), np.nan, dtype), np.full((5, 7), np.nan, dtype)
+    matmul(gemm, h[1], Wh, C)                                           # h_prev @ Wh
+    A = h[1].astype(np.float64)
+    assert np.all(np.abs(C - A @ Wh.astype(np.float64)) <= _product_bound(h[1], Wh, dtype))
+    matmul(gemm, dz[2], Wh, D, transpose_b=True)                        # dz @ Wh.T
+    assert np.all(np.abs(D - dz[2].astype(np.float64) @ Wh.T.astype(np.float64))
+                  <= _product_bound(dz[2], Wh.T, dtype))
+    padded = rng.standard_normal((5, 10)).astype(dtype)[:, 2:9]         # rows 10 apart, 7 wide
+    wide = np.full((5, 15), np.nan, dtype)
+    matmul(gemm, padded, Wh, wide[:, 1:13])
+    assert np.all(np.abs(wide[:, 1:13] - padded.astype(np.float64) @ Wh.astype(np.float64))
+                  <= _product_bound(padded, Wh, dtype))
+    assert np.isnan(wide[:, [0, 13, 14]]).all()                         # nothing outside C
+
+
+def test_matmul_refuses_what_gemm_cannot_take():
+    """Columns of non-unit stride, overlapping rows or mismatched shapes are a ValueError, and
+    C is left as it was."""
+    from numpy.lib.stride_tricks import as_strided
+
+    from refnorm.numba_cpu.common import gemm_for, matmul
+    rng = np.random.default_rng(4)
+    gemm = gemm_for(np.float64)
+    A, B = rng.standard_normal((4, 6)), rng.standard_normal((6, 5))
+    C = rng.standard_normal((4, 5))
+    before = C.copy()
+    overlapping = as_strided(A, shape=(4, 6), strides=(16, 8))
+    for args, message in [((A[:, ::2], B[:3], C), "unit stride"),
+                          ((overlapping, B, C), "overlap"),
+                          ((A, B[:4], C), "shapes"),
+                          ((A, B, C[:3]), "shapes")]:
+        with pytest.raises(ValueError, match=message):
+            matmul(gemm, *args)
+        assert np.array_equal(C, before)
+
+
+@pytest.mark.parametrize("stem", ["lstm", "bn_lstm", "seq_bn_lstm", "ln_lstm"])
+def test_numba_takes_weights_of_any_memory_layout(stem):
+    """?gemm needs rows of unit stride; the functional API still takes a Wh in Fortran order
+    (or any view) and gives what it gives for a C-ordered copy, leaving the caller's dict as it
+    was."""
+    import refnorm.backends
+    cell, cache, d = _backward_run(stem, 5)
+    fns = refnorm.backends.get("numba")
+    forward = getattr(fns, stem + "_forward")
+    kwargs = {k: getattr(cache, k) for k in ("training", "eps") if hasattr(cache, k)}
+    mask = np.ones(d["x"].shape[:2])
+    params = dict(cell.params, Wh=np.asfortranarray(cell.params["Wh"]))
+    ref = forward(d["x"], d["h0"], d["c0"], mask, dict(cell.params), **kwargs)
+    got = forward(d["x"], d["h0"], d["c0"], mask, params, **kwargs)
+    assert params["Wh"].flags.f_contiguous and not params["Wh"].flags.c_contiguous
+    for a, b in zip(ref[:3], got[:3]):
+        assert np.array_equal(a, b)
+
+
+def test_a_missing_blas_is_a_clear_error(monkeypatch):
+    from refnorm.numba_cpu import common
+    monkeypatch.setattr(common, "_GEMMS", {})
+    cell = make_cell("lstm", 3, 3, backend="numba")
+    with pytest.raises(RuntimeError, match="found no CBLAS gemm"):
+        cell.forward(np.ones((2, 2, 3)))
+
+
+def test_the_numba_backend_runs_without_scipy():
+    """The step loops call NumPy's BLAS directly, so SciPy is no dependency of refnorm: a fresh
+    process in which SciPy cannot be imported runs every cell on numba, forward and backward,
+    with its step products in the very library NumPy loaded (one BLAS, whose thread count a
+    threadpool_limits set before the first call governs).
+    (Numba's np.dot, which the loops used before, links scipy.linalg.cython_blas and refuses to
+    compile without it. Where SciPy is installed, Numba itself imports scipy.linalg at its
+    start-up, whatever the code it loads; benchmarks/bench_cpu.py times both cases.)"""
+    import subprocess
+    import sys
+    code = ("import importlib.abc, sys\n"
+            "class HideSciPy(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path, target=None):\n"
+            "        if name.split('.')[0] == 'scipy':\n"
+            "            raise ModuleNotFoundError(name)\n"
+            "sys.meta_path.insert(0, HideSciPy())\n"
+            "import os, numpy as np\n"
+            "from threadpoolctl import threadpool_info\n"
+            "numpy_blas = {os.path.realpath(i['filepath']) for i in threadpool_info()}\n"
+            "import refnorm, refnorm.numba_cpu.common as common\n"
+            "for C in (refnorm.LSTM, refnorm.BNLSTM, refnorm.SeqBNLSTM, refnorm.LNLSTM):\n"
+            "    c = C(4, 4, seed=0, backend='numba', **({'max_steps': 3} if C is refnorm.BNLSTM"
+            " else {}))\n"
+            "    hs, _, k = c.forward(np.linspace(-1, 1, 24).reshape(3, 2, 4))\n"
+            "    g = c.backward(hs, k)\n"
+            "    assert np.isfinite(g['Wh']).all() and np.abs(g['Wh']).max() > 0\n"
+            "assert os.path.realpath(common.LIBRARY) in numpy_blas, (common.LIBRARY, numpy_blas)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'scipy'))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=pathlib.Path(refnorm.__file__).parents[1])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout

@@ -18,7 +18,11 @@ conversion, which AVX2 lacks) and 2^k is the bit pattern (k + 1023) << 52 (no ta
 which would be a gather). Measured in a loop (Zen 3, 2.45 GHz): σ 7 ns with a table lookup,
 3.4 ns with the bits, 1.7 ns once the polynomial's multiply-adds became FMAs (float32: 0.7 ns).
 """
+import ctypes
+import ctypes.util
+import glob
 import math
+import os
 import threading
 
 import numpy as np
@@ -345,6 +349,158 @@ def recurrent_weight_grad(h, dZ):
     return h[:-1].reshape(-1, H).T @ dZ.reshape(-1, G)
 
 
+# -- the step product: ?gemm of the BLAS NumPy uses ---------------------------------------------
+# The step loops' one product per step, C = A·B or A·Bᵀ, is a direct CBLAS ?gemm call into the
+# BLAS that NumPy itself uses.
+#
+# Why not np.dot in the loops: Numba's np.dot calls SciPy's BLAS (scipy.linalg.cython_blas),
+# a second OpenBLAS in the process. It made SciPy a dependency (np.dot refuses to compile
+# without it), loaded that library only at the first compiled call, after a user's
+# threadpool_limits(1) had set the thread count of the BLAS libraries then loaded (measured: the
+# step products of the old version then ran on 2 threads), and its wrapper cost 3-20 % of a step
+# product at the benchmark's shapes against a direct call (benchmarks/RESULTS.md). NumPy has a
+# BLAS loaded already, the one its `@` calls for the whole-sequence products; the step products
+# now go to the same library. ?gemm also takes Bᵀ as it stands (the backward's dz_t Whᵀ needs no
+# transposed copy).
+#
+# How: ctypes finds cblas_dgemm / cblas_sgemm in that library, and the compiled loops take the
+# function as an argument, `gemm`. Numba calls a ctypes function directly (no Python in between),
+# and its type is its C signature, so a loop compiled for one library's integer width is cached
+# on disk under that signature and never handed another library's.
+#
+# Where the library is: NumPy's wheels carry OpenBLAS in numpy.libs/ (Linux, Windows) or
+# numpy/.dylibs/ (macOS), with 64-bit integers and suffixed names (scipy_cblas_dgemm64_); a NumPy
+# built against a system BLAS (conda, distributions) has it among the libraries this process has
+# loaded (/proc/self/maps on Linux), or ctypes.util.find_library finds one. The first that
+# exports a CBLAS gemm and passes a small product against NumPy's is used.
+ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112          # CBLAS enums: CblasRowMajor, CblasNoTrans, ...
+
+# (name pattern, integer width): OpenBLAS as NumPy and SciPy bundle it (ILP64 gets the 64_
+# suffix), then plain CBLAS (MKL, Accelerate, a system OpenBLAS).
+SYMBOLS = (("scipy_cblas_{}gemm64_", 64), ("cblas_{}gemm64_", 64), ("scipy_cblas_{}gemm", 32),
+           ("cblas_{}gemm", 32))
+
+
+def _candidate_libraries():
+    """Paths (or names) of libraries that may hold NumPy's BLAS, the likeliest first; a
+    generator, so that find_library (~80 ms: it runs ldconfig) runs only when nothing else
+    served."""
+    here = os.path.dirname(np.__file__)
+    for folder in (os.path.join(here, os.pardir, "numpy.libs"), os.path.join(here, ".dylibs")):
+        yield from sorted(glob.glob(os.path.join(os.path.normpath(folder), "*blas*")))
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = [line.split()[-1] for line in maps]
+    except OSError:                                  # not Linux
+        paths = []
+    for path in dict.fromkeys(paths):
+        name = os.path.basename(path).lower()
+        if "blas" in name or "mkl_rt" in name:
+            yield path
+    for name in ("openblas", "cblas", "blas", "Accelerate"):
+        found = ctypes.util.find_library(name)
+        if found:
+            yield found
+
+
+def _cblas_gemm(lib, prefix, ctype):
+    """The library's cblas_?gemm as a typed ctypes function, or None."""
+    for pattern, width in SYMBOLS:
+        name = pattern.format(prefix)
+        if not hasattr(lib, name):
+            continue
+        if width == 32 and "USE64BITINT" in _openblas_config(lib):
+            width = 64                               # an ILP64 OpenBLAS without the suffix
+        n = ctypes.c_int64 if width == 64 else ctypes.c_int32
+        f = getattr(lib, name)
+        f.restype = None
+        #            order, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc
+        f.argtypes = [ctypes.c_int32] * 3 + [n] * 3 + [ctype, ctypes.c_void_p, n,
+                                                       ctypes.c_void_p, n, ctype,
+                                                       ctypes.c_void_p, n]
+        return f
+    return None
+
+
+def _openblas_config(lib):
+    for name in ("scipy_openblas_get_config64_", "openblas_get_config64_", "openblas_get_config"):
+        if hasattr(lib, name):
+            get = getattr(lib, name)
+            get.restype = ctypes.c_char_p
+            return get().decode(errors="replace")
+    return ""
+
+
+def _agrees(gemm, dtype):
+    """One small product, A·Bᵀ added to C, against NumPy: catches a wrong integer width or a
+    library that is not a CBLAS."""
+    rng = np.random.default_rng(0)
+    A, B, C = (rng.standard_normal(s).astype(dtype) for s in ((3, 5), (4, 5), (3, 4)))
+    want = C + A @ B.T
+    gemm(ROW_MAJOR, NO_TRANS, TRANS, 3, 4, 5, 1.0, A.ctypes.data, 5, B.ctypes.data, 5, 1.0,
+         C.ctypes.data, 4)
+    return np.allclose(C, want, rtol=1e-5, atol=1e-5)
+
+
+def _find_gemms():
+    for path in _candidate_libraries():
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        gemms = {np.dtype(np.float64): _cblas_gemm(lib, "d", ctypes.c_double),
+                 np.dtype(np.float32): _cblas_gemm(lib, "s", ctypes.c_float)}
+        if all(f is not None and _agrees(f, dt) for dt, f in gemms.items()):
+            return path, gemms
+    return None, {}
+
+
+LIBRARY, _GEMMS = None, None                         # found at the first gemm_for call
+
+
+def gemm_for(dtype):
+    """The ctypes cblas_?gemm for float64 or float32 arrays, a compiled loop's `gemm`."""
+    global LIBRARY, _GEMMS
+    if _GEMMS is None:
+        LIBRARY, _GEMMS = _find_gemms()
+    if not _GEMMS:
+        raise RuntimeError(
+            "backend='numba' found no CBLAS gemm: it looks in the BLAS NumPy bundles "
+            "(numpy.libs/, numpy/.dylibs/), in the libraries this process has loaded, and in "
+            "ctypes.util.find_library('openblas' | 'cblas' | 'blas' | 'Accelerate'). Install "
+            "NumPy from its wheels, or a CBLAS, or use backend='numpy'.")
+    return _GEMMS[np.dtype(dtype)]
+
+
+@njit(**JIT)
+def leading_dimension(X):
+    """The row stride of a 2-D array in elements, BLAS's lda; its rows must have unit stride."""
+    rows, cols = X.shape
+    if cols > 1 and X.strides[1] != X.itemsize:
+        raise ValueError("matmul needs rows of unit stride")
+    ld = X.strides[0] // X.itemsize              # lda = the row stride, in elements
+    if rows == 1:
+        return max(ld, cols, 1)                  # a single row's stride is never followed
+    if ld < cols:
+        raise ValueError("matmul needs rows that do not overlap")
+    return ld
+
+
+@njit(**JIT)
+def matmul(gemm, A, B, C, transpose_b=False):
+    """C = A·B, or A·Bᵀ with transpose_b, by one ?gemm call: no copy, no temporary. A, B, C are
+    2-D with rows of unit stride (C-contiguous arrays, or row blocks of them)."""
+    m, k = A.shape
+    n = C.shape[1]
+    if C.shape[0] != m or B.shape[1 if transpose_b else 0] != k or \
+            B.shape[0 if transpose_b else 1] != n:
+        raise ValueError("matmul: the shapes do not match")
+    # C = A @ B, or C = A @ B.T: C = 1·op(A)·op(B) + 0·C
+    gemm(ROW_MAJOR, NO_TRANS, TRANS if transpose_b else NO_TRANS, m, n, k, 1.0,
+         A.ctypes.data, leading_dimension(A), B.ctypes.data, leading_dimension(B), 0.0,
+         C.ctypes.data, leading_dimension(C))
+
+
 # -- the Python side of the backward passes (buffers in, gradients out) --------------------------
 SCRATCH_MAX_BYTES = 64 << 20
 _scratch = threading.local()
@@ -352,8 +508,8 @@ _scratch = threading.local()
 
 def scratch(dtype, *shapes):
     """Arrays of these shapes for a backward pass's own working values, which it never returns
-    (dz_t, da_t, Whᵀ): views of one buffer per thread, kept from call to call, as oneDNN's
-    scratchpad is. Their contents on entry are whatever the last call left.
+    (dz_t, da_t, the dh, dc rows): views of one buffer per thread, kept from call to call, as
+    oneDNN's scratchpad is. Their contents on entry are whatever the last call left.
 
     Why: a fresh (T, B, 4H) array is fresh memory whenever the allocator has handed the last
     call's memory back to the system (glibc trims the top of its heap once the free memory
@@ -388,37 +544,35 @@ def release_scratch():
 
 def backward_buffers(dhs, Wh, n_gate_grads, state_grads):
     """What a backward loop works in. From scratch(): n_gate_grads arrays (T, B, 4H) for dz_t
-    (or da_t, du_t) and WhT = Whᵀ, contiguous for the step product dz_t Whᵀ. And dh, dc for
-    dL/dh̃_t, dL/dc̃_t: (T, B, H) arrays of their own when the caller asked for them
-    (state_grads), else one (1, B, H) row each from scratch, which every step reuses -- the
-    loops pick the row by dh.shape[0]. Returns the list of gate gradients, WhT, dh, dc."""
+    (or da_t, du_t). And dh, dc for dL/dh̃_t, dL/dc̃_t: (T, B, H) arrays of their own when the
+    caller asked for them (state_grads), else one (1, B, H) row each from scratch, which every
+    step reuses -- the loops pick the row by dh.shape[0]. Returns the list of gate gradients,
+    dh, dc."""
     T, B, H = dhs.shape
     G = Wh.shape[1]
     rows = [] if state_grads else [(1, B, H)] * 2
-    arrays = scratch(dhs.dtype, *[(T, B, G)] * n_gate_grads, (G, H), *rows)
-    WhT = arrays[n_gate_grads]
-    WhT[...] = Wh.T
+    arrays = scratch(dhs.dtype, *[(T, B, G)] * n_gate_grads, *rows)
     if state_grads:
         dh, dc = np.empty(dhs.shape, dhs.dtype), np.empty(dhs.shape, dhs.dtype)
     else:
-        dh, dc = arrays[n_gate_grads + 1:]
-    return arrays[:n_gate_grads], WhT, dh, dc
+        dh, dc = arrays[n_gate_grads:]
+    return arrays[:n_gate_grads], dh, dc
 
 
 def normalized_backward_buffers(dhs, cache, state_grads):
-    """What the BN-LSTM / LN-LSTM backward loops fill: dA = da_t, dU = du_t (T, B, 4H), WhT,
-    dh, dc (backward_buffers), and the zeroed gain and bias gradients they add to. With
+    """What the BN-LSTM / LN-LSTM backward loops fill: dA = da_t, dU = du_t (T, B, 4H), dh,
+    dc (backward_buffers), and the zeroed gain and bias gradients they add to. With
     LN-LSTM's terms="summed", da_t = du_t = ds_t (VAR 6): dU is dA, one array, and the one gain
     is gamma_z."""
     dt, (H, G) = dhs.dtype, cache.params["Wh"].shape
     summed = getattr(cache, "terms", "separate") == "summed"
-    gate_grads, WhT, dh, dc = backward_buffers(dhs, cache.params["Wh"], 1 if summed else 2,
+    gate_grads, dh, dc = backward_buffers(dhs, cache.params["Wh"], 1 if summed else 2,
                                                state_grads)
     dA, dU = gate_grads * 2 if summed else gate_grads                           # (VAR 6)
     gains = ("gamma_z",) if summed else ("gamma_h", "gamma_x")
     g = {"b": np.zeros(G, dt), **{name: np.zeros(G, dt) for name in gains},
          "gamma_c": np.zeros(H, dt), "beta_c": np.zeros(H, dt)}
-    return dA, dU, WhT, dh, dc, g
+    return dA, dU, dh, dc, g
 
 
 def normalized_backward_grads(cache, dA, dU, g, dh0, dc0, dh, dc, state_grads):

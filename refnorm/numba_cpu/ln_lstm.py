@@ -16,6 +16,8 @@ from numba import njit
 from ..numpy_ref.ln_lstm import LNLSTMCache
 from .common import (
     JIT,
+    gemm_for,
+    matmul,
     input_projection,
     cell_output_forward,
     gates_cell_forward,
@@ -42,7 +44,7 @@ def summed_gates_forward(s_hat, gamma_z, b, c_prev, gates, c_new):
 
 
 @njit(**JIT)
-def ln_lstm_forward_loop(U, mask, Wh, b, gamma_x, gamma_h, gamma_z, gamma_c, beta_c, eps,
+def ln_lstm_forward_loop(gemm, U, mask, Wh, b, gamma_x, gamma_h, gamma_z, gamma_c, beta_c, eps,
                          groups, summed, normalized_carry, h, c, hs, gates, c_hat, tanh_c,
                          mean_c, var_c, a_hat, u_hat, mean_h, var_h, mean_x, var_x,
                          s_hat, mean_s, var_s):
@@ -56,7 +58,7 @@ def ln_lstm_forward_loop(U, mask, Wh, b, gamma_x, gamma_h, gamma_z, gamma_c, bet
     c_new = np.empty((B, H), U.dtype)
     c_norm = np.empty((B, H), U.dtype)
     for t in range(T):
-        np.dot(h[t], Wh, a)                                # a = h_prev @ p["Wh"]  (LN-LSTM 1)
+        matmul(gemm, h[t], Wh, a)                          # a = h_prev @ p["Wh"]  (LN-LSTM 1)
         if summed:
             a += U[t]                                      # s = a + u_t  (VAR 5)
             layernorm_forward(a, eps, groups, s_hat[t], mean_s[t], var_s[t])    # (VAR 5)
@@ -73,8 +75,8 @@ def ln_lstm_forward_loop(U, mask, Wh, b, gamma_x, gamma_h, gamma_z, gamma_c, bet
 
 
 @njit(**JIT)
-def ln_lstm_backward_loop(dhs, dhT, dcT, mask, c, gates, c_hat, tanh_c, var_c, gamma_c, WhT,
-                          eps, groups, summed, normalized_carry, a_hat, u_hat, var_h, var_x,
+def ln_lstm_backward_loop(gemm, dhs, dhT, dcT, mask, c, gates, c_hat, tanh_c, var_c, gamma_c,
+                          Wh, eps, groups, summed, normalized_carry, a_hat, u_hat, var_h, var_x,
                           gamma_x, gamma_h, s_hat, var_s, gamma_z, dA, dU, db, dgamma_x,
                           dgamma_h, dgamma_z, dgamma_c, dbeta_c, dh, dc):
     """BPTT over t = T-1 .. 0: fills dA = da_t and dU = du_t (T, B, 4H) (summed: dU is dA, and
@@ -115,7 +117,7 @@ def ln_lstm_backward_loop(dhs, dhT, dcT, mask, c, gates, c_hat, tanh_c, var_c, g
                                no_beta)                              # (LN-LSTM 8)
             layernorm_backward(dz, u_hat[t], var_x[t], gamma_x, eps, groups, dU[t], dgamma_x,
                                no_beta)                              # (LN-LSTM 8)
-        np.dot(dA[t], WhT, dh_rec)                                   # da @ p["Wh"].T
+        matmul(gemm, dA[t], Wh, dh_rec, transpose_b=True)            # da @ p["Wh"].T
         recurrent_state_backward(dH, mask[t], dh_rec)               # (LN-LSTM 9)
     return dH, dC
 
@@ -155,12 +157,12 @@ def ln_lstm_forward(x, h0, c0, mask, params, *, eps, per_gate=False, carry="raw"
     a = {name: terms_out.get(name, unused)
          for name in TERM_FIELDS["separate"] + TERM_FIELDS["summed"]}
     a.update({name: p.get(name, no_gain) for name in TERM_GAINS})
-    ln_lstm_forward_loop(U, mask, p["Wh"], p["b"], a["gamma_x"], a["gamma_h"], a["gamma_z"],
-                         p["gamma_c"], p["beta_c"], dt.type(eps), groups, summed,
-                         carry == "normalized", h, c, out["hs"], out["gates"], out["c_hat"],
-                         out["tanh_c"], out["mean_c"], out["var_c"], a["a_hat"], a["u_hat"],
-                         a["mean_h"], a["var_h"], a["mean_x"], a["var_x"], a["s_hat"],
-                         a["mean_s"], a["var_s"])
+    ln_lstm_forward_loop(gemm_for(dt), U, mask, np.ascontiguousarray(p["Wh"]), p["b"],
+                         a["gamma_x"], a["gamma_h"], a["gamma_z"], p["gamma_c"], p["beta_c"],
+                         dt.type(eps), groups, summed, carry == "normalized", h, c, out["hs"],
+                         out["gates"], out["c_hat"], out["tanh_c"], out["mean_c"], out["var_c"],
+                         a["a_hat"], a["u_hat"], a["mean_h"], a["var_h"], a["mean_x"],
+                         a["var_x"], a["s_hat"], a["mean_s"], a["var_s"])
     hs = out.pop("hs")
     cache = LNLSTMCache(x=x, mask=mask, params=params, eps=eps, groups=groups, carry=carry,
                         terms=terms, h=h, c=c, **out, **terms_out)
@@ -170,7 +172,7 @@ def ln_lstm_forward(x, h0, c0, mask, params, *, eps, per_gate=False, carry="raw"
 def ln_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
     """Same contract as refnorm.numpy_ref.ln_lstm.ln_lstm_backward."""
     p = cache.params
-    dA, dU, WhT, dh, dc, g = normalized_backward_buffers(dhs, cache, state_grads)
+    dA, dU, dh, dc, g = normalized_backward_buffers(dhs, cache, state_grads)
     dt = dhs.dtype
     unused, no_gain = stand_ins(dt)
     a = {name: unused if getattr(cache, name) is None else getattr(cache, name)
@@ -178,8 +180,8 @@ def ln_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
     a.update({name: p.get(name, no_gain) for name in TERM_GAINS})
     d = {name: g.get(name, no_gain) for name in TERM_GAINS}
     dh0, dc0 = ln_lstm_backward_loop(
-        dhs, dhT, dcT, cache.mask, cache.c, cache.gates, cache.c_hat, cache.tanh_c, cache.var_c,
-        p["gamma_c"], WhT, dt.type(cache.eps), cache.groups,
+        gemm_for(dt), dhs, dhT, dcT, cache.mask, cache.c, cache.gates, cache.c_hat, cache.tanh_c,
+        cache.var_c, p["gamma_c"], np.ascontiguousarray(p["Wh"]), dt.type(cache.eps), cache.groups,
         cache.terms == "summed", cache.carry == "normalized", a["a_hat"], a["u_hat"],
         a["var_h"], a["var_x"], a["gamma_x"], a["gamma_h"], a["s_hat"], a["var_s"],
         a["gamma_z"], dA, dU, g["b"], d["gamma_x"], d["gamma_h"], d["gamma_z"], g["gamma_c"],
