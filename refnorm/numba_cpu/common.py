@@ -355,13 +355,13 @@ def recurrent_weight_grad(h, dZ):
 #
 # Why not np.dot in the loops: Numba's np.dot calls SciPy's BLAS (scipy.linalg.cython_blas),
 # a second OpenBLAS in the process. It made SciPy a dependency (np.dot refuses to compile
-# without it), loaded that library only at the first compiled call, after a user's
+# without it), and it loaded that library only at the first compiled call, after a user's
 # threadpool_limits(1) had set the thread count of the BLAS libraries then loaded (measured: the
-# step products of the old version then ran on 2 threads), and its wrapper cost 3-20 % of a step
-# product at the benchmark's shapes against a direct call (benchmarks/RESULTS.md). NumPy has a
-# BLAS loaded already, the one its `@` calls for the whole-sequence products; the step products
-# now go to the same library. ?gemm also takes Bᵀ as it stands (the backward's dz_t Whᵀ needs no
-# transposed copy).
+# step products of the old version then ran on 2 threads). NumPy has a BLAS loaded already, the
+# one its `@` calls for the whole-sequence products; the step products now go to the same
+# library, and a direct call into it took 0.76-1.03x the time of np.dot's per step product at the
+# benchmark's shapes, most gained in float32 (benchmarks/RESULTS.md). ?gemm also takes Bᵀ as it
+# stands (the backward's dz_t Whᵀ needs no transposed copy).
 #
 # How: ctypes finds cblas_dgemm / cblas_sgemm in that library, and the compiled loops take the
 # function as an argument, `gemm`. Numba calls a ctypes function directly (no Python in between),
