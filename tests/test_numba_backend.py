@@ -521,3 +521,28 @@ def test_the_numba_backend_runs_without_scipy():
                          cwd=pathlib.Path(refnorm.__file__).parents[1])
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_blas_discovery_skips_what_is_not_a_working_cblas(monkeypatch):
+    """The search takes the first candidate that loads, exports both ?gemm and computes a small
+    product right: a path that does not load and a library without CBLAS (libc) are passed
+    over; a gemm that leaves C wrong fails the check."""
+    import ctypes
+    import ctypes.util
+
+    from refnorm.numba_cpu import common
+    common.gemm_for(np.float64)                      # the search has run: LIBRARY is set
+    numpy_blas = common.LIBRARY
+    libc = ctypes.util.find_library("c") or "libc.so.6"
+    monkeypatch.setattr(common, "_candidate_libraries",
+                        lambda: iter(["/nonexistent/libblas.so", libc, numpy_blas]))
+    path, gemms = common._find_gemms()
+    assert path == numpy_blas and set(gemms) == {np.dtype(np.float64), np.dtype(np.float32)}
+
+    signature = ctypes.CFUNCTYPE(None, *[ctypes.c_int32] * 3, *[ctypes.c_int64] * 3,
+                                 ctypes.c_double, ctypes.c_void_p, ctypes.c_int64,
+                                 ctypes.c_void_p, ctypes.c_int64, ctypes.c_double,
+                                 ctypes.c_void_p, ctypes.c_int64)
+    does_nothing = signature(lambda *args: None)
+    assert not common._agrees(does_nothing, np.float64)
+    assert common._agrees(gemms[np.dtype(np.float64)], np.float64)
