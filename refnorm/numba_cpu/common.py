@@ -423,7 +423,9 @@ def _cblas_gemm(lib, prefix, ctype):
 
 
 def _openblas_config(lib):
-    for name in ("scipy_openblas_get_config64_", "openblas_get_config64_", "openblas_get_config"):
+    """OpenBLAS's build configuration string (it names USE64BITINT), or "" for other BLAS."""
+    for name in ("scipy_openblas_get_config64_", "openblas_get_config64_",
+                 "scipy_openblas_get_config", "openblas_get_config"):
         if hasattr(lib, name):
             get = getattr(lib, name)
             get.restype = ctypes.c_char_p
