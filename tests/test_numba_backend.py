@@ -473,10 +473,13 @@ def test_numba_takes_weights_of_any_memory_layout(stem):
     forward = getattr(fns, stem + "_forward")
     kwargs = {k: getattr(cache, k) for k in ("training", "eps") if hasattr(cache, k)}
     mask = np.ones(d["x"].shape[:2])
-    params = dict(cell.params, Wh=np.asfortranarray(cell.params["Wh"]))
+    Wh = np.asfortranarray(cell.params["Wh"])
+    params = dict(cell.params, Wh=Wh)
+    kept = {k: v.copy() for k, v in params.items()}
     ref = forward(d["x"], d["h0"], d["c0"], mask, dict(cell.params), **kwargs)
     got = forward(d["x"], d["h0"], d["c0"], mask, params, **kwargs)
-    assert params["Wh"].flags.f_contiguous and not params["Wh"].flags.c_contiguous
+    assert params["Wh"] is Wh and Wh.flags.f_contiguous and not Wh.flags.c_contiguous
+    assert all(np.array_equal(params[k], kept[k]) for k in kept)
     for a, b in zip(ref[:3], got[:3]):
         assert np.array_equal(a, b)
 
