@@ -115,14 +115,20 @@ def blas_floor_case(T, B, H, dtype):
     out_f, out_b = np.empty((B, G), dtype), np.empty((B, H), dtype)
     gemm = gemm_for(dtype)
 
-    def products():
-        x.reshape(-1, D) @ Wx                               # input projection
+    def step_products():
         _step_products(gemm, h, Wh, dz, out_f, out_b)       # T forward + T backward products
+
+    def whole_sequence_products():
+        x.reshape(-1, D) @ Wx                               # input projection
         x.reshape(-1, D).T @ dz.reshape(-1, G)              # dWx
         h.reshape(-1, H).T @ dz.reshape(-1, G)              # dWh
         dz.reshape(-1, G) @ Wx.T                            # dx (one product, as refnorm's)
 
-    return products
+    def products():
+        whole_sequence_products()
+        step_products()
+
+    return products, step_products, whole_sequence_products
 
 
 # -- torch -----------------------------------------------------------------------------------
@@ -210,6 +216,9 @@ def product_flops(T, B, H):
     return 6 * 2 * T * B * H * 4 * H
 
 
+STEP_SHARE = 2 / 6   # of product_flops: the 2T step products; the other 4 are whole-sequence
+
+
 def gemm_ceiling(dtype, n=1536, repeats=5):
     """What this BLAS reaches on one large square product (n×n by n×n, NumPy's BLAS, output
     preallocated), in FLOP/s: the products of an LSTM, smaller and thinner, do not run faster
@@ -225,25 +234,32 @@ def table_product_bound(measured, T, out):
     best ratio to torch any implementation could reach if it did the products at the best rate
     this BLAS showed in the run (the large square product, or a floor that beat it) and nothing
     else -- where that bound exceeds a target, the target is out of reach on this machine with
-    this BLAS whatever the code around the products does."""
+    this BLAS whatever the code around the products does. The floor's rate is also split: its
+    2T step products (a third of the FLOPs, one small product per call, each packing Wh anew)
+    and its four whole-sequence products, timed apart in the same interleaved runs."""
     print("\n## What the matrix products allow (same runs as above)\n", file=out)
     print(row(["dtype", "B", "H", "GFLOP per fwd+bwd", "BLAS floor GFLOP/s",
+               "its 2T step products GFLOP/s", "its 4 whole-sequence products GFLOP/s",
                "refnorm GFLOP/s", "best product rate GFLOP/s",
                "least possible time / torch fwd+bwd"]), file=out)
-    print(row(["---"] * 8), file=out)
+    print(row(["---"] * 10), file=out)
     ceiling = {}
     for dtype in ("float64", "float32"):
-        floors = [product_flops(T, B, H) / fl for dt, B, H, _, _, fl in measured if dt == dtype]
+        floors = [product_flops(T, B, H) / fl for dt, B, H, _, _, fl, _, _ in measured
+                  if dt == dtype]
         ceiling[dtype] = max([gemm_ceiling(dtype)] + floors)
-    for dtype, B, H, r_fb, t_fb, fl in measured:
+    for dtype, B, H, r_fb, t_fb, fl, step, whole in measured:
         flops = product_flops(T, B, H)
         print(row([dtype, B, H, f"{flops / 1e9:.2f}", f"{flops / fl / 1e9:.1f}",
+                   f"{STEP_SHARE * flops / step / 1e9:.1f}",
+                   f"{(1 - STEP_SHARE) * flops / whole / 1e9:.1f}",
                    f"{flops / r_fb / 1e9:.1f}", f"{ceiling[dtype] / 1e9:.1f}",
                    f"{flops / ceiling[dtype] / t_fb:.2f}"]), file=out)
 
 
 def table_vs_torch(shapes, T, repeats, out):
-    """Prints the table; returns (dtype, B, H, refnorm, torch, floor seconds) per shape."""
+    """Prints the table; returns per shape (dtype, B, H) and the seconds of refnorm, torch, the
+    floor, and the floor's step and whole-sequence products timed apart."""
     print("\n## LSTM: refnorm numba vs torch.nn.LSTM and the BLAS floor "
           f"(T={T}, D=H, ms, median of {repeats})\n", file=out)
     print(row(["dtype", "B", "H", "refnorm fwd+bwd", "torch fwd+bwd", "ratio",
@@ -255,15 +271,15 @@ def table_vs_torch(shapes, T, repeats, out):
         for B, H in shapes:
             fwd, fb = refnorm_case("lstm", T, B, H, dtype)
             tf, tfb = torch_lstm_case(T, B, H, dtype)
-            floor = blas_floor_case(T, B, H, dtype)
-            (r_fb, r_pf), (t_fb, t_pf), (fl, _), (r_f, _), (t_f, _) = interleaved_runs(
-                [fb, tfb, floor, fwd, tf], repeats)
+            floor, step, whole = blas_floor_case(T, B, H, dtype)
+            (r_fb, r_pf), (t_fb, t_pf), (fl, _), (r_f, _), (t_f, _), (st, _), (wh, _) = \
+                interleaved_runs([fb, tfb, floor, fwd, tf, step, whole], repeats)
             print(row([dtype, B, H, f"{r_fb * 1e3:.2f}", f"{t_fb * 1e3:.2f}",
                        f"{r_fb / t_fb:.2f}", f"{fl * 1e3:.2f}", f"{r_fb / fl:.2f}",
                        f"{r_f * 1e3:.2f}", f"{t_f * 1e3:.2f}", f"{r_f / t_f:.2f}",
                        f"{r_pf:.0f} / {t_pf:.0f}"]), file=out)
             out.flush()
-            measured.append((dtype, B, H, r_fb, t_fb, fl))
+            measured.append((dtype, B, H, r_fb, t_fb, fl, st, wh))
     return measured
 
 
