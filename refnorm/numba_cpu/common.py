@@ -569,7 +569,7 @@ def normalized_backward_buffers(dhs, cache, state_grads):
     dt, (H, G) = dhs.dtype, cache.params["Wh"].shape
     summed = getattr(cache, "terms", "separate") == "summed"
     gate_grads, dh, dc = backward_buffers(dhs, cache.params["Wh"], 1 if summed else 2,
-                                               state_grads)
+                                          state_grads)
     dA, dU = gate_grads * 2 if summed else gate_grads                           # (VAR 6)
     gains = ("gamma_z",) if summed else ("gamma_h", "gamma_x")
     g = {"b": np.zeros(G, dt), **{name: np.zeros(G, dt) for name in gains},
