@@ -7,8 +7,10 @@ Anchors, all in this process, on the same threads:
   * torch.nn.LSTM forward+backward and forward alone (oneDNN in float32, native in float64);
   * the BLAS floor: the matrix products an LSTM's BPTT must do, alone (input projection, one
     (B,H)·(H,4H) product per step forward and one (B,4H)·(4H,H) backward, dWx, dWh, dx), through
-    the same BLAS calls refnorm uses (NumPy's `@` for whole-sequence products, and inside the
-    step loop refnorm's matmul, a direct ?gemm call into the same library);
+    NumPy's BLAS: `@` for the whole-sequence products, and for the step products a direct
+    ?gemm call into the same library from a compiled loop (blas_floor.py). refnorm does the
+    whole-sequence products the same way, and the step products with its own kernel on a
+    weight packed once per sequence, whose rate alone the product table also shows;
   * the best product rate: what this BLAS reaches on one large square product (or a floor, if
     faster), which bounds what any implementation of the same products could reach
     (table_product_bound);
@@ -34,7 +36,9 @@ from numba import njit
 
 import refnorm
 from refnorm.gradcheck import randomize
-from refnorm.numba_cpu.common import gemm_for, matmul
+from refnorm.numba_cpu.common import pack_panels, packed_matmul, product_workspace
+
+from blas_floor import gemm_for, matmul
 
 SHAPES = [(16, 64), (32, 128), (64, 256), (128, 512)]
 T_DEFAULT = 100
@@ -104,6 +108,15 @@ def _step_products(gemm, h, Wh, dz, out_f, out_b):
         matmul(gemm, dz[t], Wh, out_b, transpose_b=True)   # backward recurrent product
 
 
+@njit(cache=True)
+def _kernel_step_products(h, Whp, WhTp, dz, out_f, out_b):
+    work_f = product_workspace(h.shape[1], h.shape[2], Whp)
+    work_b = product_workspace(dz.shape[1], dz.shape[2], WhTp)
+    for t in range(h.shape[0]):
+        packed_matmul(h[t], Whp, out_f, work_f)             # forward recurrent product
+        packed_matmul(dz[t], WhTp, out_b, work_b)           # backward recurrent product
+
+
 def blas_floor_case(T, B, H, dtype):
     rng = np.random.default_rng(0)
     D, G = H, 4 * H
@@ -118,6 +131,10 @@ def blas_floor_case(T, B, H, dtype):
     def step_products():
         _step_products(gemm, h, Wh, dz, out_f, out_b)       # T forward + T backward products
 
+    def kernel_step_products():
+        _kernel_step_products(h, pack_panels(Wh), pack_panels(Wh.T), dz, out_f,
+                              out_b)   # the same in refnorm's kernel, packing once as it does
+
     def whole_sequence_products():
         x.reshape(-1, D) @ Wx                               # input projection
         x.reshape(-1, D).T @ dz.reshape(-1, G)              # dWx
@@ -128,7 +145,7 @@ def blas_floor_case(T, B, H, dtype):
         whole_sequence_products()
         step_products()
 
-    return products, step_products, whole_sequence_products
+    return products, step_products, whole_sequence_products, kernel_step_products
 
 
 # -- torch -----------------------------------------------------------------------------------
@@ -236,30 +253,33 @@ def table_product_bound(measured, T, out):
     else -- where that bound exceeds a target, the target is out of reach on this machine with
     this BLAS whatever the code around the products does. The floor's rate is also split: its
     2T step products (a third of the FLOPs, one small product per call, each packing Wh anew)
-    and its four whole-sequence products, timed apart in the same interleaved runs."""
+    and its four whole-sequence products, timed apart in the same interleaved runs; and the
+    same 2T step products in refnorm's own kernel (packing Wh and Whᵀ once, as a call does)."""
     print("\n## What the matrix products allow (same runs as above)\n", file=out)
     print(row(["dtype", "B", "H", "GFLOP per fwd+bwd", "BLAS floor GFLOP/s",
                "its 2T step products GFLOP/s", "its 4 whole-sequence products GFLOP/s",
-               "refnorm GFLOP/s", "best product rate GFLOP/s",
+               "the 2T step products in refnorm's kernel GFLOP/s", "refnorm GFLOP/s", "best product rate GFLOP/s",
                "least possible time / torch fwd+bwd"]), file=out)
-    print(row(["---"] * 10), file=out)
+    print(row(["---"] * 11), file=out)
     ceiling = {}
     for dtype in ("float64", "float32"):
-        floors = [product_flops(T, B, H) / fl for dt, B, H, _, _, fl, _, _ in measured
+        floors = [product_flops(T, B, H) / fl for dt, B, H, _, _, fl, _, _, _ in measured
                   if dt == dtype]
         ceiling[dtype] = max([gemm_ceiling(dtype)] + floors)
-    for dtype, B, H, r_fb, t_fb, fl, step, whole in measured:
+    for dtype, B, H, r_fb, t_fb, fl, step, whole, kernel in measured:
         flops = product_flops(T, B, H)
         print(row([dtype, B, H, f"{flops / 1e9:.2f}", f"{flops / fl / 1e9:.1f}",
                    f"{STEP_SHARE * flops / step / 1e9:.1f}",
                    f"{(1 - STEP_SHARE) * flops / whole / 1e9:.1f}",
+                   f"{STEP_SHARE * flops / kernel / 1e9:.1f}",
                    f"{flops / r_fb / 1e9:.1f}", f"{ceiling[dtype] / 1e9:.1f}",
                    f"{flops / ceiling[dtype] / t_fb:.2f}"]), file=out)
 
 
 def table_vs_torch(shapes, T, repeats, out):
     """Prints the table; returns per shape (dtype, B, H) and the seconds of refnorm, torch, the
-    floor, and the floor's step and whole-sequence products timed apart."""
+    floor, the floor's step and whole-sequence products timed apart, and the same step
+    products in refnorm's kernel."""
     print("\n## LSTM: refnorm numba vs torch.nn.LSTM and the BLAS floor "
           f"(T={T}, D=H, ms, median of {repeats})\n", file=out)
     print(row(["dtype", "B", "H", "refnorm fwd+bwd", "torch fwd+bwd", "ratio",
@@ -271,15 +291,16 @@ def table_vs_torch(shapes, T, repeats, out):
         for B, H in shapes:
             fwd, fb = refnorm_case("lstm", T, B, H, dtype)
             tf, tfb = torch_lstm_case(T, B, H, dtype)
-            floor, step, whole = blas_floor_case(T, B, H, dtype)
-            (r_fb, r_pf), (t_fb, t_pf), (fl, _), (r_f, _), (t_f, _), (st, _), (wh, _) = \
-                interleaved_runs([fb, tfb, floor, fwd, tf, step, whole], repeats)
+            floor, step, whole, kernel = blas_floor_case(T, B, H, dtype)
+            (r_fb, r_pf), (t_fb, t_pf), (fl, _), (r_f, _), (t_f, _), (st, _), (wh, _), \
+                (kn, _) = interleaved_runs([fb, tfb, floor, fwd, tf, step, whole, kernel],
+                                           repeats)
             print(row([dtype, B, H, f"{r_fb * 1e3:.2f}", f"{t_fb * 1e3:.2f}",
                        f"{r_fb / t_fb:.2f}", f"{fl * 1e3:.2f}", f"{r_fb / fl:.2f}",
                        f"{r_f * 1e3:.2f}", f"{t_f * 1e3:.2f}", f"{r_f / t_f:.2f}",
                        f"{r_pf:.0f} / {t_pf:.0f}"]), file=out)
             out.flush()
-            measured.append((dtype, B, H, r_fb, t_fb, fl, st, wh))
+            measured.append((dtype, B, H, r_fb, t_fb, fl, st, wh, kn))
     return measured
 
 

@@ -407,65 +407,85 @@ def test_backward_passes_in_threads_do_not_share_scratch(stem, options):
                     assert np.array_equal(a[k], b[k]), k
 
 
-# -- the step product (refnorm/numba_cpu/common.py, matmul: ?gemm of NumPy's BLAS) -------------
+# -- the step product (refnorm/numba_cpu/common.py: packed_matmul on pack_panels) ---------------
 def _product_bound(A, B, dtype):
     """The rounding bound of a K-term dot product, K·eps·(|A| |B|), entry by entry (Higham,
-    Accuracy and Stability, 3.5): a wrong stride or operand misses it by O(1)."""
+    Accuracy and Stability, 3.5): a wrong index, stride or panel misses it by O(1)."""
     K = A.shape[1]
     return K * np.finfo(dtype).eps * (np.abs(A).astype(np.float64) @ np.abs(B).astype(np.float64))
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_matmul_is_the_product_on_the_views_the_loops_pass(dtype):
-    """C = A·B and C = A·Bᵀ on a step's rows h[t] (a row block of a (T, B, H) array), and on
-    rows with padding (leading dimension > columns), for both ?gemm. Random values, shapes
-    with no two sides equal."""
-    from refnorm.numba_cpu.common import gemm_for, matmul
-    rng = np.random.default_rng(3)
-    gemm = gemm_for(dtype)
-    h = rng.standard_normal((3, 5, 7)).astype(dtype)                    # (T, B, H)
-    Wh = rng.standard_normal((7, 12)).astype(dtype)                     # (H, 4H)
-    dz = rng.standard_normal((3, 5, 12)).astype(dtype)
-    C, D = np.full((5, 12), np.nan, dtype), np.full((5, 7), np.nan, dtype)
-    matmul(gemm, h[1], Wh, C)                                           # h_prev @ Wh
-    A = h[1].astype(np.float64)
-    assert np.all(np.abs(C - A @ Wh.astype(np.float64)) <= _product_bound(h[1], Wh, dtype))
-    matmul(gemm, dz[2], Wh, D, transpose_b=True)                        # dz @ Wh.T
-    assert np.all(np.abs(D - dz[2].astype(np.float64) @ Wh.T.astype(np.float64))
-                  <= _product_bound(dz[2], Wh.T, dtype))
-    padded = rng.standard_normal((5, 10)).astype(dtype)[:, 2:9]         # rows 10 apart, 7 wide
-    wide = np.full((5, 15), np.nan, dtype)
-    matmul(gemm, padded, Wh, wide[:, 1:13])
-    assert np.all(np.abs(wide[:, 1:13] - padded.astype(np.float64) @ Wh.astype(np.float64))
-                  <= _product_bound(padded, Wh, dtype))
-    assert np.isnan(wide[:, [0, 13, 14]]).all()                         # nothing outside C
+@pytest.mark.parametrize("M", [1, 7, 8])
+def test_packed_matmul_is_the_product_on_the_views_the_loops_pass(dtype, M):
+    """C = A·W on a step's rows (a row block of a (T, B, K) array) into a column window of a
+    wider array, and A·Wᵀ with W packed from its transposed view: M below, at, and past a tile
+    of MR rows, N not a multiple of the panel width NR, K past KC (two depth passes, the second
+    adding to C). Random values; nothing outside C is written."""
+    from refnorm.numba_cpu.common import KC, pack_panels, packed_matmul, panel_width, \
+        product_workspace
+    rng = np.random.default_rng(3 + M)
+    NR = panel_width(dtype)
+    K, N = KC + 37, 2 * NR + 5
+    A = rng.standard_normal((3, M, K)).astype(dtype)[1]     # (T, B, K)[t]
+    W = rng.standard_normal((K, N)).astype(dtype)
+    wide = np.full((M, N + 3), np.nan, dtype)
+    C = wide[:, 1:N + 1]
+    Wp = pack_panels(W)
+    packed_matmul(A, Wp, C, product_workspace(M, K, Wp))
+    assert np.all(np.abs(C - A.astype(np.float64) @ W.astype(np.float64))
+                  <= _product_bound(A, W, dtype))
+    assert np.isnan(wide[:, [0, N + 1, N + 2]]).all()
+    V = rng.standard_normal((N, K)).astype(dtype)           # A·Vᵀ, as dz_t Whᵀ
+    D = np.full((M, N), np.nan, dtype)
+    Vp = pack_panels(V.T)
+    packed_matmul(A, Vp, D, product_workspace(M, K, Vp))
+    assert np.all(np.abs(D - A.astype(np.float64) @ V.T.astype(np.float64))
+                  <= _product_bound(A, V.T, dtype))
 
 
-def test_matmul_refuses_what_gemm_cannot_take():
-    """Columns of non-unit stride, overlapping rows or mismatched shapes are a ValueError, and
-    C is left as it was."""
-    from numpy.lib.stride_tricks import as_strided
+def test_pack_panels_is_the_weight_in_column_panels():
+    """Wp[q, p, j] = W[p, q·NR + j], zero past W's last column, whatever W's strides."""
+    from refnorm.numba_cpu.common import pack_panels, panel_width
+    W = np.random.default_rng(5).standard_normal((7, 13))
+    NR = panel_width(W.dtype)
+    Wp = pack_panels(W)
+    assert Wp.shape == (-(-13 // NR), 7, NR)
+    padded = np.zeros((7, Wp.shape[0] * NR))
+    padded[:, :13] = W
+    assert np.array_equal(Wp, padded.reshape(7, -1, NR).transpose(1, 0, 2))
+    assert np.array_equal(pack_panels(np.asfortranarray(W)), Wp)
+    assert np.array_equal(pack_panels(W.T.copy().T), Wp)
 
-    from refnorm.numba_cpu.common import gemm_for, matmul
+
+def test_packed_matmul_refuses_what_it_cannot_take():
+    """Mismatched shapes (A's columns against W's rows, C's rows against A's, C's width
+    against W's panels), or C with columns of non-unit stride, are a ValueError, and C is left
+    as it was."""
+    from refnorm.numba_cpu.common import pack_panels, packed_matmul, panel_width, \
+        product_workspace
     rng = np.random.default_rng(4)
-    gemm = gemm_for(np.float64)
-    A, B = rng.standard_normal((4, 6)), rng.standard_normal((6, 5))
-    C = rng.standard_normal((4, 5))
+    NR = panel_width(np.float64)
+    N = 2 * NR + 3                                          # three panels, the last partial
+    A, W = rng.standard_normal((4, 6)), rng.standard_normal((6, N))
+    Wp = pack_panels(W)
+    work = product_workspace(4, 6, Wp)
+    C = rng.standard_normal((4, 2 * N))
     before = C.copy()
-    overlapping = as_strided(A, shape=(4, 6), strides=(16, 8))
-    for args, message in [((A[:, ::2], B[:3], C), "unit stride"),
-                          ((overlapping, B, C), "overlap"),
-                          ((A, B[:4], C), "shapes"),
-                          ((A, B, C[:3]), "shapes")]:
+    for args, message in [((A[:, :5], Wp, C[:, :N]), "shapes"),
+                          ((A, Wp, C[:3, :N]), "shapes"),
+                          ((A, Wp, C[:, :2 * NR]), "shapes"),        # two panels' worth
+                          ((A, Wp, C[:, :3 * NR + 1]), "shapes"),    # past the third
+                          ((A, Wp, C[:, ::2]), "unit stride")]:
         with pytest.raises(ValueError, match=message):
-            matmul(gemm, *args)
+            packed_matmul(args[0], args[1], args[2], work)
         assert np.array_equal(C, before)
 
 
 @pytest.mark.parametrize("stem", ["lstm", "bn_lstm", "seq_bn_lstm", "ln_lstm"])
 def test_numba_takes_weights_of_any_memory_layout(stem):
-    """?gemm needs rows of unit stride; the functional API still takes a Wh in Fortran order
-    (or any view) and gives what it gives for a C-ordered copy, leaving the caller's dict as it
+    """The functional API takes a Wh in Fortran order (or any view; the packing reads any
+    strides) and gives what it gives for a C-ordered copy, leaving the caller's dict as it
     was."""
     import refnorm.backends
     cell, cache, d = _backward_run(stem, 5)
@@ -484,20 +504,11 @@ def test_numba_takes_weights_of_any_memory_layout(stem):
         assert np.array_equal(a, b)
 
 
-def test_a_missing_blas_is_a_clear_error(monkeypatch):
-    from refnorm.numba_cpu import common
-    monkeypatch.setattr(common, "_GEMMS", {})
-    cell = make_cell("lstm", 3, 3, backend="numba")
-    with pytest.raises(RuntimeError, match="found no CBLAS gemm"):
-        cell.forward(np.ones((2, 2, 3)))
-
-
 def test_the_numba_backend_runs_without_scipy():
-    """The step loops call NumPy's BLAS directly, so SciPy is no dependency of refnorm: a fresh
-    process in which SciPy cannot be imported runs every cell on numba, forward and backward,
-    with its step products in the very library NumPy loaded (one BLAS, whose thread count a
-    threadpool_limits set before the first call governs).
-    (Numba's np.dot, which the loops used before, links scipy.linalg.cython_blas and refuses to
+    """SciPy is no dependency of refnorm: the step loops run their own product kernel and the
+    whole-sequence products are NumPy's, so a fresh process in which SciPy cannot be imported
+    runs every cell on numba, forward and backward.
+    (Numba's np.dot, which the loops once used, links scipy.linalg.cython_blas and refuses to
     compile without it. Where SciPy is installed, Numba itself imports scipy.linalg at its
     start-up, whatever the code it loads; benchmarks/bench_cpu.py times both cases.)"""
     import subprocess
@@ -508,44 +519,15 @@ def test_the_numba_backend_runs_without_scipy():
             "        if name.split('.')[0] == 'scipy':\n"
             "            raise ModuleNotFoundError(name)\n"
             "sys.meta_path.insert(0, HideSciPy())\n"
-            "import os, numpy as np\n"
-            "from threadpoolctl import threadpool_info\n"
-            "numpy_blas = {os.path.realpath(i['filepath']) for i in threadpool_info()}\n"
-            "import refnorm, refnorm.numba_cpu.common as common\n"
+            "import numpy as np, refnorm\n"
             "for C in (refnorm.LSTM, refnorm.BNLSTM, refnorm.SeqBNLSTM, refnorm.LNLSTM):\n"
             "    c = C(4, 4, seed=0, backend='numba', **({'max_steps': 3} if C is refnorm.BNLSTM"
             " else {}))\n"
             "    hs, _, k = c.forward(np.linspace(-1, 1, 24).reshape(3, 2, 4))\n"
             "    g = c.backward(hs, k)\n"
             "    assert np.isfinite(g['Wh']).all() and np.abs(g['Wh']).max() > 0\n"
-            "assert os.path.realpath(common.LIBRARY) in numpy_blas, (common.LIBRARY, numpy_blas)\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'scipy'))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=pathlib.Path(refnorm.__file__).parents[1])
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
-
-
-def test_blas_discovery_skips_what_is_not_a_working_cblas(monkeypatch):
-    """The search takes the first candidate that loads, exports both ?gemm and computes a small
-    product right: a path that does not load and a library without CBLAS (libc) are passed
-    over; a gemm that leaves C wrong fails the check."""
-    import ctypes
-    import ctypes.util
-
-    from refnorm.numba_cpu import common
-    common.gemm_for(np.float64)                      # the search has run: LIBRARY is set
-    numpy_blas = common.LIBRARY
-    libc = ctypes.util.find_library("c") or "libc.so.6"
-    monkeypatch.setattr(common, "_candidate_libraries",
-                        lambda: iter(["/nonexistent/libblas.so", libc, numpy_blas]))
-    path, gemms = common._find_gemms()
-    assert path == numpy_blas and set(gemms) == {np.dtype(np.float64), np.dtype(np.float32)}
-
-    signature = ctypes.CFUNCTYPE(None, *[ctypes.c_int32] * 3, *[ctypes.c_int64] * 3,
-                                 ctypes.c_double, ctypes.c_void_p, ctypes.c_int64,
-                                 ctypes.c_void_p, ctypes.c_int64, ctypes.c_double,
-                                 ctypes.c_void_p, ctypes.c_int64)
-    does_nothing = signature(lambda *args: None)
-    assert not common._agrees(does_nothing, np.float64)
-    assert common._agrees(gemms[np.dtype(np.float64)], np.float64)

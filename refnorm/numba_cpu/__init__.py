@@ -3,7 +3,8 @@
 Mirror of refnorm.numpy_ref file for file (common, norms, lstm, bn_lstm, seq_bn_lstm,
 ln_lstm); the same eight functions with the same signatures, returning the same cache classes,
 so every test of the reference runs on it unchanged. Whole-sequence products stay NumPy BLAS
-calls; the step loops call the same BLAS's gemm directly (common.matmul).
+calls; the step loops run their one product per step in a kernel of their own on a weight
+packed once per sequence (common.packed_matmul).
 """
 from .bn_lstm import bn_lstm_backward, bn_lstm_forward
 from .ln_lstm import ln_lstm_backward, ln_lstm_forward

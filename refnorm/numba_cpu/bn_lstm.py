@@ -16,8 +16,9 @@ from numba import njit
 from ..numpy_ref.bn_lstm import STAT_NAMES, BNLSTMCache
 from .common import (
     JIT,
-    gemm_for,
-    matmul,
+    pack_panels,
+    packed_matmul,
+    product_workspace,
     input_projection,
     cell_output_forward,
     normalized_backward_buffers,
@@ -33,19 +34,20 @@ from .norms import batchnorm_backward, batchnorm_normalize, batchnorm_stats
 
 
 @njit(**JIT)
-def bn_lstm_forward_loop(gemm, U, mask, stat_mask, Wh, b, gamma_x, gamma_h, gamma_c, beta_c, eps,
+def bn_lstm_forward_loop(U, mask, stat_mask, Whp, b, gamma_x, gamma_h, gamma_c, beta_c, eps,
                          training, normalized_carry, h, c, hs, count, a_hat, u_hat, gates, c_hat,
                          tanh_c, mean_h, var_h, mean_x, var_x, mean_c, var_c):
     """gates may be U itself (bn_lstm_forward passes it so): step t reads U[t] only before it
-    writes gates[t]; keep it that way."""
+    writes gates[t]; keep it that way. Whp is common.pack_panels(Wh)."""
     T, B, G = U.shape
     H = G // 4
     a = np.empty((B, G), U.dtype)
     c_new = np.empty((B, H), U.dtype)
     c_norm = np.empty((B, H), U.dtype)
+    work = product_workspace(B, H, Whp)
     for t in range(T):
         m = stat_mask[t]                                   # rows of step t's statistics, s_t
-        matmul(gemm, h[t], Wh, a)                          # a = h_prev @ p["Wh"]  (BN-LSTM 1)
+        packed_matmul(h[t], Whp, a, work)                  # a = h_prev @ p["Wh"]  (BN-LSTM 1)
         if training:                                       # batchnorm_forward(a, s_t, ...)
             count[t] = batchnorm_stats(a, m, mean_h[t], var_h[t])
             batchnorm_stats(U[t], m, mean_x[t], var_x[t])
@@ -64,13 +66,14 @@ def bn_lstm_forward_loop(gemm, U, mask, stat_mask, Wh, b, gamma_x, gamma_h, gamm
 
 
 @njit(**JIT)
-def bn_lstm_backward_loop(gemm, dhs, dhT, dcT, mask, stat_mask, c, a_hat, u_hat, gates, c_hat,
-                          tanh_c, var_h, var_x, var_c, gamma_x, gamma_h, gamma_c, Wh, eps, training,
+def bn_lstm_backward_loop(dhs, dhT, dcT, mask, stat_mask, c, a_hat, u_hat, gates, c_hat,
+                          tanh_c, var_h, var_x, var_c, gamma_x, gamma_h, gamma_c, WhTp, eps, training,
                           normalized_carry, dA, dU, db, dgamma_x, dgamma_h, dgamma_c, dbeta_c,
                           dh, dc):
     """BPTT over t = T-1 .. 0: fills dA = da_t and dU = du_t (T, B, 4H), adds to the gain and
     bias gradients; fills dh, dc (common.backward_buffers) with dL/dh̃_t and the gradient of
-    the carried cell (dc̃_t, or dĉ_t with normalized_carry); returns dh0, dc0."""
+    the carried cell (dc̃_t, or dĉ_t with normalized_carry); returns dh0, dc0. WhTp is
+    common.pack_panels(Wh.T)."""
     T, B, G = dU.shape
     H = G // 4
     dH = dhT.copy()
@@ -81,6 +84,7 @@ def bn_lstm_backward_loop(gemm, dhs, dhT, dcT, mask, stat_mask, c, a_hat, u_hat,
     dc_new = np.empty((B, H), dhs.dtype)
     dh_rec = np.empty((B, H), dhs.dtype)
     no_beta = np.empty(0, dhs.dtype)
+    work = product_workspace(B, G, WhTp)
     for t in range(T - 1, -1, -1):
         k = t if dh.shape[0] == T else 0   # step t's row of dh, dc, or the one reused row
         m = mask[t]
@@ -102,7 +106,7 @@ def bn_lstm_backward_loop(gemm, dhs, dhT, dcT, mask, stat_mask, c, a_hat, u_hat,
                            dgamma_h, no_beta)                        # (BN-LSTM 9)
         batchnorm_backward(dz, u_hat[t], var_x[t], s, gamma_x, eps, training, dU[t],
                            dgamma_x, no_beta)                        # (BN-LSTM 9)
-        matmul(gemm, dA[t], Wh, dh_rec, transpose_b=True)            # da @ p["Wh"].T
+        packed_matmul(dA[t], WhTp, dh_rec, work)                     # da @ p["Wh"].T
         recurrent_state_backward(dH, m, dh_rec)                     # (BN-LSTM 10)
     return dH, dC
 
@@ -128,7 +132,7 @@ def bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None, pad_sta
            "a_hat": np.empty((T, B, G), dt), "u_hat": np.empty((T, B, G), dt),
            "gates": U, "c_hat": np.empty((T, B, H), dt),
            "tanh_c": np.empty((T, B, H), dt)}
-    bn_lstm_forward_loop(gemm_for(dt), U, mask, stat_mask, np.ascontiguousarray(p["Wh"]), p["b"],
+    bn_lstm_forward_loop(U, mask, stat_mask, pack_panels(p["Wh"]), p["b"],
                          p["gamma_x"], p["gamma_h"], p["gamma_c"], p["beta_c"], dt.type(eps),
                          training, carry == "normalized", h, c, out["hs"], out["count"],
                          out["a_hat"], out["u_hat"], out["gates"], out["c_hat"], out["tanh_c"],
@@ -145,9 +149,9 @@ def bn_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
     p = cache.params
     dA, dU, dh, dc, g = normalized_backward_buffers(dhs, cache, state_grads)
     dh0, dc0 = bn_lstm_backward_loop(
-        gemm_for(dhs.dtype), dhs, dhT, dcT, cache.mask, cache.stat_mask, cache.c, cache.a_hat,
+        dhs, dhT, dcT, cache.mask, cache.stat_mask, cache.c, cache.a_hat,
         cache.u_hat, cache.gates, cache.c_hat, cache.tanh_c, cache.var_h, cache.var_x, cache.var_c,
-        p["gamma_x"], p["gamma_h"], p["gamma_c"], np.ascontiguousarray(p["Wh"]),
+        p["gamma_x"], p["gamma_h"], p["gamma_c"], pack_panels(p["Wh"].T),
         dhs.dtype.type(cache.eps), cache.training, cache.carry == "normalized", dA, dU, g["b"],
         g["gamma_x"], g["gamma_h"], g["gamma_c"], g["beta_c"], dh, dc)
     return normalized_backward_grads(cache, dA, dU, g, dh0, dc0, dh, dc, state_grads)

@@ -18,15 +18,13 @@ conversion, which AVX2 lacks) and 2^k is the bit pattern (k + 1023) << 52 (no ta
 which would be a gather). Measured in a loop (Zen 3, 2.45 GHz): σ 7 ns with a table lookup,
 3.4 ns with the bits, 1.7 ns once the polynomial's multiply-adds became FMAs (float32: 0.7 ns).
 """
-import ctypes
-import ctypes.util
-import glob
 import math
-import os
 import threading
 
 import numpy as np
+from llvmlite import ir
 from numba import njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from ..numpy_ref.common import with_state_grads
@@ -349,158 +347,172 @@ def recurrent_weight_grad(h, dZ):
     return h[:-1].reshape(-1, H).T @ dZ.reshape(-1, G)
 
 
-# -- the step product: ?gemm of the BLAS NumPy uses ---------------------------------------------
-# The step loops' one product per step, C = A·B or A·Bᵀ, is a direct CBLAS ?gemm call into the
-# BLAS that NumPy itself uses.
-#
-# Why not np.dot in the loops: Numba's np.dot calls SciPy's BLAS (scipy.linalg.cython_blas),
-# a second OpenBLAS in the process. It made SciPy a dependency (np.dot refuses to compile
-# without it), and it loaded that library only at the first compiled call, after a user's
-# threadpool_limits(1) had set the thread count of the BLAS libraries then loaded (measured: the
-# step products of the old version then ran on 2 threads). NumPy has a BLAS loaded already, the
-# one its `@` calls for the whole-sequence products; the step products now go to the same
-# library, and a direct call into it took 0.76-1.03x the time of np.dot's per step product at the
-# benchmark's shapes, most gained in float32 (benchmarks/RESULTS.md). ?gemm also takes Bᵀ as it
-# stands (the backward's dz_t Whᵀ needs no transposed copy).
-#
-# How: ctypes finds cblas_dgemm / cblas_sgemm in that library, and the compiled loops take the
-# function as an argument, `gemm`. Numba calls a ctypes function directly (no Python in between),
-# and its type is its C signature, so a loop compiled for one library's integer width is cached
-# on disk under that signature and never handed another library's.
-#
-# Where the library is: NumPy's wheels carry OpenBLAS in numpy.libs/ (Linux, Windows) or
-# numpy/.dylibs/ (macOS), with 64-bit integers and suffixed names (scipy_cblas_dgemm64_); a NumPy
-# built against a system BLAS (conda, distributions) has it among the libraries this process has
-# loaded (/proc/self/maps on Linux), or ctypes.util.find_library finds one. The first that
-# exports a CBLAS gemm and passes a small product against NumPy's is used.
-ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112          # CBLAS enums: CblasRowMajor, CblasNoTrans, ...
-
-# (name pattern, integer width): OpenBLAS as NumPy and SciPy bundle it (ILP64 gets the 64_
-# suffix), then plain CBLAS (MKL, Accelerate, a system OpenBLAS).
-SYMBOLS = (("scipy_cblas_{}gemm64_", 64), ("cblas_{}gemm64_", 64), ("scipy_cblas_{}gemm", 32),
-           ("cblas_{}gemm", 32))
+# -- the step product: a micro-kernel over Wh packed once per sequence ----------------------------
+# The one product per step, h_{t-1} Wh forward and dz_t Whᵀ backward, multiplies a small (B, K)
+# block by the same weight at every step. A BLAS call repacks that weight into its own panel
+# layout at every call, and at the benchmark's small shapes the call and the packing cost as
+# much as the arithmetic: in one process, OpenBLAS ran T such products at 26-37 GFLOP/s in
+# float64 and 28-78 in float32, rising with the shape (Zen 3; benchmarks/RESULTS.md).
+# So the weight is packed once per sequence (pack_panels), and each step runs the GotoBLAS/BLIS
+# scheme on it (packed_matmul): C is cut into MR × NR tiles; for each tile, micro_tile keeps its
+# MR × NR sums in MR·NV vector registers and adds, for p = 0 .. kc-1, row p of a kc × NR weight
+# panel (NV vector loads) times MR broadcast entries of A. The panel, kc·NR values (24 KiB at
+# KC = 256), stays in L1 while every row block of A passes over it; A, packed per step into
+# MR-row blocks, stays in L2. The same T products then ran at 30-42 GFLOP/s in float64 and
+# 44-81 in float32: 0.64-0.92x the step loops' time in float64, 0.65-1.0x in float32.
+# Why an intrinsic: written as Numba loops, the tile's sums were 32 scalar FMAs per p that LLVM
+# neither kept in registers nor vectorised (3.6 GFLOP/s). micro_tile spells out the LLVM vector
+# type, <4 x double> or <8 x float> (an AVX2 register), and the fused multiply-add llvm.fma on it;
+# LLVM lowers both to whatever the machine has (two SSE/NEON registers, or a libm call where
+# there is no FMA unit). Tiles of 4 × 3 registers ran 0-8 % faster in the loops than 6 × 2, and
+# split the benchmark's batch sizes (multiples of 4) into whole tiles.
+# The kernel runs on one thread: the step products no longer follow a BLAS thread setting (the
+# whole-sequence products, NumPy's `@`, still do).
+NV = 3          # vector registers per tile row: NR = NV·(32 bytes / itemsize) columns
+MR = 4          # rows per tile: MR·NV = 12 sums + NV panel vectors + 1 broadcast = 16 registers
+KC = 256        # depth per pass: the kc × NR panel, 96·kc bytes, stays in L1 (32 KiB)
 
 
-def _candidate_libraries():
-    """Paths (or names) of libraries that may hold NumPy's BLAS, the likeliest first; a
-    generator, so that find_library (~80 ms: it runs ldconfig) runs only when nothing else
-    served."""
-    here = os.path.dirname(np.__file__)
-    for folder in (os.path.join(here, os.pardir, "numpy.libs"), os.path.join(here, ".dylibs")):
-        yield from sorted(glob.glob(os.path.join(os.path.normpath(folder), "*blas*")))
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = [line.split()[-1] for line in maps]
-    except OSError:                                  # not Linux
-        paths = []
-    for path in dict.fromkeys(paths):
-        name = os.path.basename(path).lower()
-        if "blas" in name or "mkl_rt" in name:
-            yield path
-    for name in ("openblas", "cblas", "blas", "Accelerate"):
-        found = ctypes.util.find_library(name)
-        if found:
-            yield found
+def panel_width(dtype):
+    """NR: NV 32-byte vector registers of the dtype (12 float64, 24 float32)."""
+    return NV * 32 // np.dtype(dtype).itemsize
 
 
-def _cblas_gemm(lib, prefix, ctype):
-    """The library's cblas_?gemm as a typed ctypes function, or None."""
-    for pattern, width in SYMBOLS:
-        name = pattern.format(prefix)
-        if not hasattr(lib, name):
-            continue
-        if width == 32 and "USE64BITINT" in _openblas_config(lib):
-            width = 64                               # an ILP64 OpenBLAS without the suffix
-        n = ctypes.c_int64 if width == 64 else ctypes.c_int32
-        f = getattr(lib, name)
-        f.restype = None
-        #            order, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc
-        f.argtypes = [ctypes.c_int32] * 3 + [n] * 3 + [ctype, ctypes.c_void_p, n,
-                                                       ctypes.c_void_p, n, ctype,
-                                                       ctypes.c_void_p, n]
-        return f
-    return None
+@intrinsic
+def micro_tile(typingctx, kc, Ap, a0, Wp, w0, C, row, col, first):
+    """C[row:row+MR, col:col+NR] = Σ_p A_p ⊗ W_p over p < kc, or += that sum when not first,
+    with A_p = Ap[a0 + p·MR : a0 + p·MR + MR] (MR rows of A, packed by packed_matmul) and
+    W_p = Wp[w0 + p·NR : w0 + p·NR + NR] (a row of a panel, pack_panels). C's rows have unit
+    stride. The sums live in MR·NV vector registers: each p is NV vector loads, MR broadcasts
+    and MR·NV vector FMAs."""
+    dtype = Ap.dtype
+    if dtype not in (types.float64, types.float32) or Wp.dtype != dtype or C.dtype != dtype:
+        return None
+    width = 32 // (8 if dtype == types.float64 else 4)        # lanes of a 32-byte register
+    sig = types.void(types.intp, Ap, types.intp, Wp, types.intp, C, types.intp, types.intp,
+                     types.boolean)
 
+    def codegen(context, builder, signature, args):
+        kc, Ap_, a0, Wp_, w0, C_, row, col, first = args
+        scalar = context.get_value_type(dtype)
+        vec = ir.VectorType(scalar, width)
+        i64, i32 = ir.IntType(64), ir.IntType(32)
 
-def _openblas_config(lib):
-    """OpenBLAS's build configuration string (it names USE64BITINT), or "" for other BLAS."""
-    for name in ("scipy_openblas_get_config64_", "openblas_get_config64_",
-                 "scipy_openblas_get_config", "openblas_get_config"):
-        if hasattr(lib, name):
-            get = getattr(lib, name)
-            get.restype = ctypes.c_char_p
-            return get().decode(errors="replace")
-    return ""
+        def const(n):
+            return ir.Constant(i64, n)
 
-
-def _agrees(gemm, dtype):
-    """One small product, A·Bᵀ added to C, against NumPy: catches a wrong integer width or a
-    library that is not a CBLAS."""
-    rng = np.random.default_rng(0)
-    A, B, C = (rng.standard_normal(s).astype(dtype) for s in ((3, 5), (4, 5), (3, 4)))
-    want = C + A @ B.T
-    gemm(ROW_MAJOR, NO_TRANS, TRANS, 3, 4, 5, 1.0, A.ctypes.data, 5, B.ctypes.data, 5, 1.0,
-         C.ctypes.data, 4)
-    return np.allclose(C, want, rtol=1e-5, atol=1e-5)
-
-
-def _find_gemms():
-    for path in _candidate_libraries():
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        gemms = {np.dtype(np.float64): _cblas_gemm(lib, "d", ctypes.c_double),
-                 np.dtype(np.float32): _cblas_gemm(lib, "s", ctypes.c_float)}
-        if all(f is not None and _agrees(f, dt) for dt, f in gemms.items()):
-            return path, gemms
-    return None, {}
-
-
-LIBRARY, _GEMMS = None, None                         # found at the first gemm_for call
-
-
-def gemm_for(dtype):
-    """The ctypes cblas_?gemm for float64 or float32 arrays, a compiled loop's `gemm`."""
-    global LIBRARY, _GEMMS
-    if _GEMMS is None:
-        LIBRARY, _GEMMS = _find_gemms()
-    if not _GEMMS:
-        raise RuntimeError(
-            "backend='numba' found no CBLAS gemm: it looks in the BLAS NumPy bundles "
-            "(numpy.libs/, numpy/.dylibs/), in the libraries this process has loaded, and in "
-            "ctypes.util.find_library('openblas' | 'cblas' | 'blas' | 'Accelerate'). Install "
-            "NumPy from its wheels, or a CBLAS, or use backend='numpy'.")
-    return _GEMMS[np.dtype(dtype)]
+        fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vec, [vec] * 3),
+            f"llvm.fma.v{width}{'f64' if dtype == types.float64 else 'f32'}")
+        a = context.make_array(signature.args[1])(context, builder, Ap_).data
+        w = context.make_array(signature.args[3])(context, builder, Wp_).data
+        c = context.make_array(signature.args[5])(context, builder, C_)
+        ldc = builder.sdiv(builder.extract_value(c.strides, 0), const(dtype.bitwidth // 8))
+        zero = ir.Constant(vec, [0.0] * width)
+        sums = [[cgutils.alloca_once_value(builder, zero) for _ in range(NV)] for _ in range(MR)]
+        with cgutils.for_range(builder, kc) as loop:                 # for p in range(kc):
+            p = loop.index
+            w_p = builder.gep(w, [builder.add(w0, builder.mul(p, const(NV * width)))])
+            panel = [builder.load(builder.bitcast(builder.gep(w_p, [const(v * width)]),
+                                                  vec.as_pointer()), align=dtype.bitwidth // 8)
+                     for v in range(NV)]                             # W_p, NV registers
+            a_p = builder.add(a0, builder.mul(p, const(MR)))
+            for i in range(MR):                                      # sums[i] += A_p[i] * W_p
+                entry = builder.load(builder.gep(a, [builder.add(a_p, const(i))]))
+                lanes = builder.insert_element(ir.Constant(vec, ir.Undefined), entry,
+                                               ir.Constant(i32, 0))
+                broadcast = builder.shuffle_vector(lanes, ir.Constant(vec, ir.Undefined),
+                                                   ir.Constant(ir.VectorType(i32, width),
+                                                               [0] * width))
+                for v in range(NV):
+                    builder.store(builder.call(fma, [broadcast, panel[v],
+                                                     builder.load(sums[i][v])]), sums[i][v])
+        for i in range(MR):                                          # C tile = (or +=) sums
+            c_row = builder.gep(c.data, [builder.mul(builder.add(row, const(i)), ldc)])
+            for v in range(NV):
+                target = builder.bitcast(builder.gep(c_row, [builder.add(col, const(v * width))]),
+                                         vec.as_pointer())
+                total = builder.load(sums[i][v])
+                old = builder.load(target, align=dtype.bitwidth // 8)
+                builder.store(builder.select(first, total, builder.fadd(old, total)), target,
+                              align=dtype.bitwidth // 8)
+        return context.get_dummy_value()
+    return sig, codegen
 
 
 @njit(**JIT)
-def leading_dimension(X):
-    """The row stride of a 2-D array in elements, BLAS's lda; its rows must have unit stride."""
-    rows, cols = X.shape
-    if cols > 1 and X.strides[1] != X.itemsize:
-        raise ValueError("matmul needs rows of unit stride")
-    ld = X.strides[0] // X.itemsize              # lda = the row stride, in elements
-    if rows == 1:
-        return max(ld, cols, 1)                  # a single row's stride is never followed
-    if ld < cols:
-        raise ValueError("matmul needs rows that do not overlap")
-    return ld
+def pack_panels_into(W, Wp):
+    """Wp[q, p, j] = W[p, q·NR + j], zero past W's last column: W (K, N) cut into column panels
+    NR wide, each stored row after row (micro_tile reads one panel row as NV vectors)."""
+    K, N = W.shape
+    P, _, NR = Wp.shape
+    for q in range(P):
+        for p in range(K):
+            for j in range(NR):
+                col = q * NR + j                         # Wp[q] = W[:, q*NR:(q+1)*NR], padded
+                Wp[q, p, j] = W[p, col] if col < N else 0.0
+
+
+def pack_panels(W):
+    """W (K, N) packed for packed_matmul: (ceil(N / NR), K, NR), NR = panel_width(W.dtype).
+    Once per sequence: Wh forward, Whᵀ backward (a view; the packing reads any strides)."""
+    K, N = W.shape
+    NR = panel_width(W.dtype)
+    Wp = np.empty((-(-N // NR), K, NR), W.dtype)
+    pack_panels_into(W, Wp)
+    return Wp
 
 
 @njit(**JIT)
-def matmul(gemm, A, B, C, transpose_b=False):
-    """C = A·B, or A·Bᵀ with transpose_b, by one ?gemm call: no copy, no temporary. A, B, C are
-    2-D with rows of unit stride (C-contiguous arrays, or row blocks of them)."""
-    m, k = A.shape
-    n = C.shape[1]
-    if C.shape[0] != m or B.shape[1 if transpose_b else 0] != k or \
-            B.shape[0 if transpose_b else 1] != n:
-        raise ValueError("matmul: the shapes do not match")
-    # C = A @ B, or C = A @ B.T: C = 1·op(A)·op(B) + 0·C
-    gemm(ROW_MAJOR, NO_TRANS, TRANS if transpose_b else NO_TRANS, m, n, k, 1.0,
-         A.ctypes.data, leading_dimension(A), B.ctypes.data, leading_dimension(B), 0.0,
-         C.ctypes.data, leading_dimension(C))
+def product_workspace(M, K, Wp):
+    """packed_matmul's working memory for an (M, K) A: its packed row blocks and one tile."""
+    NR = Wp.shape[2]                             # = np.empty(packed A blocks + one tile)
+    return np.empty(-(-M // MR) * MR * min(K, KC) + MR * NR, Wp.dtype)
+
+
+@njit(**JIT)
+def packed_matmul(A, Wp, C, work):
+    """C = A·W, with W given as Wp = pack_panels(W) (np.dot(A, W, out=C)). A (M, K) any strides,
+    C (M, N) rows of unit stride, work = product_workspace(M, K, Wp). The panels keep no record
+    of W's exact width: C's width N is checked only to end within Wp's last panel.
+
+    For each depth block of KC: pack A's rows in blocks of MR (zero rows past M), then run
+    micro_tile over every (row block, column panel) tile; the first block writes C, the later
+    ones add to it. Tiles that run past C's last row or column are computed into a tile of
+    their own and copied."""
+    M, K = A.shape
+    N = C.shape[1]
+    P, K_w, NR = Wp.shape
+    if K_w != K or C.shape[0] != M or not (P - 1) * NR < N <= P * NR:
+        raise ValueError("packed_matmul: the shapes do not match")
+    if N > 1 and C.strides[1] != C.itemsize:
+        raise ValueError("packed_matmul needs C's rows of unit stride")
+    blocks = -(-M // MR)
+    W_flat = Wp.reshape(-1)
+    depth = min(K, KC)
+    Ap = work[:blocks * MR * depth]
+    tile = work[blocks * MR * depth:blocks * MR * depth + MR * NR].reshape((MR, NR))
+    for pc in range(0, K, KC):
+        kc = min(KC, K - pc)
+        for b in range(blocks):                  # Ap[(b·kc + p)·MR + i] = A[b·MR + i, pc + p]
+            for p in range(kc):
+                for i in range(MR):
+                    r = b * MR + i
+                    Ap[(b * kc + p) * MR + i] = A[r, pc + p] if r < M else 0.0
+        for q in range(P):
+            for b in range(blocks):
+                r0, c0 = b * MR, q * NR
+                w0 = (q * K + pc) * NR           # row pc of panel q
+                if r0 + MR <= M and c0 + NR <= N:
+                    micro_tile(kc, Ap, b * kc * MR, W_flat, w0, C, r0, c0, pc == 0)
+                else:
+                    micro_tile(kc, Ap, b * kc * MR, W_flat, w0, tile, 0, 0, True)
+                    for i in range(min(MR, M - r0)):
+                        for j in range(min(NR, N - c0)):
+                            if pc == 0:
+                                C[r0 + i, c0 + j] = tile[i, j]
+                            else:
+                                C[r0 + i, c0 + j] += tile[i, j]
 
 
 # -- the Python side of the backward passes (buffers in, gradients out) --------------------------

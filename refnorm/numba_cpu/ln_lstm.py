@@ -16,8 +16,9 @@ from numba import njit
 from ..numpy_ref.ln_lstm import LNLSTMCache
 from .common import (
     JIT,
-    gemm_for,
-    matmul,
+    pack_panels,
+    packed_matmul,
+    product_workspace,
     input_projection,
     cell_output_forward,
     gates_cell_forward,
@@ -44,21 +45,22 @@ def summed_gates_forward(s_hat, gamma_z, b, c_prev, gates, c_new):
 
 
 @njit(**JIT)
-def ln_lstm_forward_loop(gemm, U, mask, Wh, b, gamma_x, gamma_h, gamma_z, gamma_c, beta_c, eps,
+def ln_lstm_forward_loop(U, mask, Whp, b, gamma_x, gamma_h, gamma_z, gamma_c, beta_c, eps,
                          groups, summed, normalized_carry, h, c, hs, gates, c_hat, tanh_c,
                          mean_c, var_c, a_hat, u_hat, mean_h, var_h, mean_x, var_x,
                          s_hat, mean_s, var_s):
     """The arrays of the terms mode not in use (a_hat .. var_x when summed, s_hat .. var_s
     when separate) and its gains are placeholders the loop never touches. gates may be U itself
     (ln_lstm_forward passes it so): step t reads U[t] only before it writes gates[t]; keep it
-    that way."""
+    that way. Whp is common.pack_panels(Wh)."""
     T, B, G = U.shape
     H = G // 4
     a = np.empty((B, G), U.dtype)
     c_new = np.empty((B, H), U.dtype)
     c_norm = np.empty((B, H), U.dtype)
+    work = product_workspace(B, H, Whp)
     for t in range(T):
-        matmul(gemm, h[t], Wh, a)                          # a = h_prev @ p["Wh"]  (LN-LSTM 1)
+        packed_matmul(h[t], Whp, a, work)                  # a = h_prev @ p["Wh"]  (LN-LSTM 1)
         if summed:
             a += U[t]                                      # s = a + u_t  (VAR 5)
             layernorm_forward(a, eps, groups, s_hat[t], mean_s[t], var_s[t])    # (VAR 5)
@@ -75,15 +77,15 @@ def ln_lstm_forward_loop(gemm, U, mask, Wh, b, gamma_x, gamma_h, gamma_z, gamma_
 
 
 @njit(**JIT)
-def ln_lstm_backward_loop(gemm, dhs, dhT, dcT, mask, c, gates, c_hat, tanh_c, var_c, gamma_c,
-                          Wh, eps, groups, summed, normalized_carry, a_hat, u_hat, var_h, var_x,
+def ln_lstm_backward_loop(dhs, dhT, dcT, mask, c, gates, c_hat, tanh_c, var_c, gamma_c,
+                          WhTp, eps, groups, summed, normalized_carry, a_hat, u_hat, var_h, var_x,
                           gamma_x, gamma_h, s_hat, var_s, gamma_z, dA, dU, db, dgamma_x,
                           dgamma_h, dgamma_z, dgamma_c, dbeta_c, dh, dc):
     """BPTT over t = T-1 .. 0: fills dA = da_t and dU = du_t (T, B, 4H) (summed: dU is dA, and
     only dA is written), adds to the gain and bias gradients; fills dh, dc
     (common.backward_buffers) with dL/dh̃_t and the gradient of the carried cell (dc̃_t, or
     dĉ_t with normalized_carry); returns dh0, dc0. The arrays of the terms mode not in use are
-    placeholders, as in the forward loop."""
+    placeholders, as in the forward loop. WhTp is common.pack_panels(Wh.T)."""
     T, B, G = dA.shape
     H = G // 4
     dH = dhT.copy()
@@ -94,6 +96,7 @@ def ln_lstm_backward_loop(gemm, dhs, dhT, dcT, mask, c, gates, c_hat, tanh_c, va
     dc_new = np.empty((B, H), dhs.dtype)
     dh_rec = np.empty((B, H), dhs.dtype)
     no_beta = np.empty(0, dhs.dtype)
+    work = product_workspace(B, G, WhTp)
     for t in range(T - 1, -1, -1):
         k = t if dh.shape[0] == T else 0   # step t's row of dh, dc, or the one reused row
         normalized_output_backward(dhs[t], dH, mask[t], gates[t], tanh_c[t], dh[k], dz,
@@ -117,7 +120,7 @@ def ln_lstm_backward_loop(gemm, dhs, dhT, dcT, mask, c, gates, c_hat, tanh_c, va
                                no_beta)                              # (LN-LSTM 8)
             layernorm_backward(dz, u_hat[t], var_x[t], gamma_x, eps, groups, dU[t], dgamma_x,
                                no_beta)                              # (LN-LSTM 8)
-        matmul(gemm, dA[t], Wh, dh_rec, transpose_b=True)            # da @ p["Wh"].T
+        packed_matmul(dA[t], WhTp, dh_rec, work)                     # da @ p["Wh"].T
         recurrent_state_backward(dH, mask[t], dh_rec)               # (LN-LSTM 9)
     return dH, dC
 
@@ -157,7 +160,7 @@ def ln_lstm_forward(x, h0, c0, mask, params, *, eps, per_gate=False, carry="raw"
     a = {name: terms_out.get(name, unused)
          for name in TERM_FIELDS["separate"] + TERM_FIELDS["summed"]}
     a.update({name: p.get(name, no_gain) for name in TERM_GAINS})
-    ln_lstm_forward_loop(gemm_for(dt), U, mask, np.ascontiguousarray(p["Wh"]), p["b"],
+    ln_lstm_forward_loop(U, mask, pack_panels(p["Wh"]), p["b"],
                          a["gamma_x"], a["gamma_h"], a["gamma_z"], p["gamma_c"], p["beta_c"],
                          dt.type(eps), groups, summed, carry == "normalized", h, c, out["hs"],
                          out["gates"], out["c_hat"], out["tanh_c"], out["mean_c"], out["var_c"],
@@ -180,8 +183,8 @@ def ln_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
     a.update({name: p.get(name, no_gain) for name in TERM_GAINS})
     d = {name: g.get(name, no_gain) for name in TERM_GAINS}
     dh0, dc0 = ln_lstm_backward_loop(
-        gemm_for(dt), dhs, dhT, dcT, cache.mask, cache.c, cache.gates, cache.c_hat, cache.tanh_c,
-        cache.var_c, p["gamma_c"], np.ascontiguousarray(p["Wh"]), dt.type(cache.eps), cache.groups,
+        dhs, dhT, dcT, cache.mask, cache.c, cache.gates, cache.c_hat, cache.tanh_c,
+        cache.var_c, p["gamma_c"], pack_panels(p["Wh"].T), dt.type(cache.eps), cache.groups,
         cache.terms == "summed", cache.carry == "normalized", a["a_hat"], a["u_hat"],
         a["var_h"], a["var_x"], a["gamma_x"], a["gamma_h"], a["s_hat"], a["var_s"],
         a["gamma_z"], dA, dU, g["b"], d["gamma_x"], d["gamma_h"], d["gamma_z"], g["gamma_c"],

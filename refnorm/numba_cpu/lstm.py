@@ -12,25 +12,27 @@ from numba import njit
 from ..numpy_ref.common import with_state_grads
 from ..numpy_ref.lstm import LSTMCache
 from .common import (JIT, input_projection, input_projection_backward, recurrent_weight_grad,
-                     backward_buffers, gemm_for, matmul, sigmoid, tanh, I, F, G_, O)
+                     backward_buffers, pack_panels, packed_matmul, product_workspace, sigmoid,
+                     tanh, I, F, G_, O)
 
 
 @njit(**JIT)
-def lstm_forward_loop(gemm, mask, Wh, b, h, c, hs, gates, tanh_c):
+def lstm_forward_loop(mask, Whp, b, h, c, hs, gates, tanh_c):
     """gates (T, B, 4H) arrives holding x Wx and leaves holding the gates, row by row; fills
     h, c (T+1, B, H) (h[0], c[0] given), hs, tanh_c.
 
     The bias joins here, u_t = x_t Wx + b, added in the reference's order (x_t Wx + b) + h Wh:
     adding it to the whole (T, B, 4H) projection first would be one more pass over it. The gate
     blocks are indexed by gate, gates4[t, r, F, j] (see common.I), and every short loop writes
-    one array (two at most), so each vectorises. gemm is common.gemm_for(dtype): the step's
-    product is one call of it (common.matmul), as in every step loop of this backend."""
+    one array (two at most), so each vectorises. Whp is common.pack_panels(Wh): the step's
+    product is common.packed_matmul on it, as in every step loop of this backend."""
     T, B, G = gates.shape
     H = G // 4
     z = np.empty((B, G), gates.dtype)
+    work = product_workspace(B, H, Whp)
     z4, gates4, b4 = z.reshape((B, 4, H)), gates.reshape((T, B, 4, H)), b.reshape((4, H))
     for t in range(T):
-        matmul(gemm, h[t], Wh, z)                          # h_prev @ Wh        (LSTM 1)
+        packed_matmul(h[t], Whp, z, work)                  # h_prev @ Wh        (LSTM 1)
         for r in range(B):
             # z = u_t + h_prev @ Wh (LSTM 1); gates = gates_forward(z) (LSTM 2), in place:
             # i = σ(z^i), f = σ(z^f), g = tanh(z^g), o = σ(z^o)
@@ -58,9 +60,10 @@ def lstm_forward_loop(gemm, mask, Wh, b, h, c, hs, gates, tanh_c):
 
 
 @njit(**JIT)
-def lstm_backward_loop(gemm, dhs, dhT, dcT, mask, c, gates, tanh_c, Wh, dU, db, dh, dc):
+def lstm_backward_loop(dhs, dhT, dcT, mask, c, gates, tanh_c, WhTp, dU, db, dh, dc):
     """BPTT over t = T-1 .. 0: fills dU (T, B, 4H) = dz_t, adds Σ_b dz_t to db (4H), fills
-    dh, dc = dL/dh̃_t, dL/dc̃_t (see common.backward_buffers); returns dh0, dc0 (B, H)."""
+    dh, dc = dL/dh̃_t, dL/dc̃_t (see common.backward_buffers); returns dh0, dc0 (B, H).
+    WhTp is common.pack_panels(Wh.T)."""
     one = dhs.dtype.type(1)  # a literal 1 would turn float32 into float64
     T, B, G = dU.shape
     H = G // 4
@@ -68,6 +71,7 @@ def lstm_backward_loop(gemm, dhs, dhT, dcT, mask, c, gates, tanh_c, Wh, dU, db, 
     dH = dhT.copy()
     dC = dcT.copy()
     dh_rec = np.empty((B, H), dhs.dtype)
+    work = product_workspace(B, G, WhTp)
     for t in range(T - 1, -1, -1):
         k = t if dh.shape[0] == T else 0                  # step t's row of dh, dc, or the one row
         for r in range(B):
@@ -94,7 +98,7 @@ def lstm_backward_loop(gemm, dhs, dhT, dcT, mask, c, gates, tanh_c, Wh, dU, db, 
                 dC[r, j] = (one - valid) * dC[r, j] + dc[k, r, j] * gates4[t, r, F, j]  # (BPTT 6)
             for q in range(G):
                 db[q] += dU[t, r, q]                     # db = dU.sum(axis=(0, 1)) (LSTM 9)
-        matmul(gemm, dU[t], Wh, dh_rec, transpose_b=True)              # dz @ Wh.T  (LSTM 9)
+        packed_matmul(dU[t], WhTp, dh_rec, work)                       # dz @ Wh.T  (LSTM 9)
         for r in range(B):
             valid = mask[t, r]
             for j in range(H):
@@ -118,8 +122,7 @@ def lstm_forward(x, h0, c0, mask, params):
     hs = np.empty((T, B, G // 4), x.dtype)
     gates = input_projection(x, params["Wx"])   # x Wx (LSTM 1), (BPTT 8): the loop adds b and
     tanh_c = np.empty((T, B, G // 4), x.dtype)  # turns each row into its gates, in place
-    lstm_forward_loop(gemm_for(x.dtype), mask, np.ascontiguousarray(params["Wh"]), params["b"],
-                      h, c, hs, gates, tanh_c)
+    lstm_forward_loop(mask, pack_panels(params["Wh"]), params["b"], h, c, hs, gates, tanh_c)
     cache = LSTMCache(x=x, mask=mask, params=params, h=h, c=c, gates=gates, tanh_c=tanh_c)
     return hs, h[-1], c[-1], cache
 
@@ -129,9 +132,8 @@ def lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
     p = cache.params
     (dU,), dh, dc = backward_buffers(dhs, p["Wh"], 1, state_grads)
     db = np.zeros(dU.shape[2], dhs.dtype)
-    dh0, dc0 = lstm_backward_loop(gemm_for(dhs.dtype), dhs, dhT, dcT, cache.mask, cache.c,
-                                  cache.gates, cache.tanh_c, np.ascontiguousarray(p["Wh"]), dU,
-                                  db, dh, dc)
+    dh0, dc0 = lstm_backward_loop(dhs, dhT, dcT, cache.mask, cache.c, cache.gates, cache.tanh_c,
+                                  pack_panels(p["Wh"].T), dU, db, dh, dc)
     dWx, dx = input_projection_backward(cache.x, dU, p["Wx"])   # (LSTM 10), (BPTT 8)
     grads = {"Wx": dWx, "Wh": recurrent_weight_grad(cache.h, dU), "b": db, "x": dx, "h0": dh0,
              "c0": dc0}

@@ -7,7 +7,7 @@ import numpy as np
 
 from ..numpy_ref.common import with_state_grads
 from ..numpy_ref.seq_bn_lstm import SeqBNLSTMCache
-from .common import (backward_buffers, gemm_for, input_projection_backward,
+from .common import (backward_buffers, pack_panels, input_projection_backward,
                      recurrent_weight_grad)
 from .lstm import lstm_backward_loop, lstm_forward_loop, states
 from .norms import batchnorm_backward, batchnorm_normalize, batchnorm_stats
@@ -39,8 +39,7 @@ def seq_bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None,
     h, c = states(h0, c0, T)
     hs = np.empty((T, B, G // 4), dt)
     tanh_c = np.empty((T, B, G // 4), dt)
-    lstm_forward_loop(gemm_for(dt), mask, np.ascontiguousarray(p["Wh"]), p["b"], h, c, hs,
-                      gates, tanh_c)
+    lstm_forward_loop(mask, pack_panels(p["Wh"]), p["b"], h, c, hs, gates, tanh_c)
     cache = SeqBNLSTMCache(x=x, mask=mask, stat_mask=stat_mask, params=params,
                            training=training, eps=eps, count=stat_mask.sum(),
                            u_hat=u_hat.reshape(T, B, G), mean_x=mean_x,
@@ -55,9 +54,9 @@ def seq_bn_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
     dt = dhs.dtype
     (dV, dU), dh, dc = backward_buffers(dhs, p["Wh"], 2, state_grads)
     db = np.zeros(G, dt)
-    dh0, dc0 = lstm_backward_loop(gemm_for(dt), dhs, dhT, dcT, cache.mask, cache.c,
-                                  cache.gates, cache.tanh_c, np.ascontiguousarray(p["Wh"]), dV,
-                                  db, dh, dc)                               # (SEQBN-LSTM 4)
+    dh0, dc0 = lstm_backward_loop(dhs, dhT, dcT, cache.mask, cache.c, cache.gates,
+                                  cache.tanh_c, pack_panels(p["Wh"].T), dV, db, dh,
+                                  dc)                                       # (SEQBN-LSTM 4)
     dU = dU.reshape(T * B, G)
     dgamma_x = np.zeros(G, dt)
     batchnorm_backward(dV.reshape(T * B, G), cache.u_hat.reshape(T * B, G), cache.var_x,
