@@ -17,6 +17,8 @@ over it vectorise with AVX2: k is rounded by the 1.5·2^52 shifter (no float -> 
 conversion, which AVX2 lacks) and 2^k is the bit pattern (k + 1023) << 52 (no table lookup,
 which would be a gather). Measured in a loop (Zen 3, 2.45 GHz): σ 7 ns with a table lookup,
 3.4 ns with the bits, 1.7 ns once the polynomial's multiply-adds became FMAs (float32: 0.7 ns).
+In float64 the polynomial's tail goes by Estrin's scheme (5 dependent steps instead of 11, same
+accuracy) and σ takes one division, not two: the gate pass 0.89x its time before (same process).
 """
 import math
 import threading
@@ -77,19 +79,13 @@ def _exp_nonpos64(z):
     t = z * LOG2E + SHIFTER                                # k = round(z / ln2), exactly:
     k = t - SHIFTER                                        #   z = k ln2 + r, |r| <= ln2 / 2
     r = (z - k * LN2_HI) - k * LN2_LO
-    p = C12 + r * C13                                      # e^r = Σ r^n / n!, Horner
-    p = C11 + r * p
-    p = C10 + r * p
-    p = C9 + r * p
-    p = C8 + r * p
-    p = C7 + r * p
-    p = C6 + r * p
-    p = C5 + r * p
-    p = C4 + r * p
-    p = C3 + r * p
-    p = C2 + r * p
-    p = C1 + r * p
-    p = C0 + r * p
+    r2 = r * r                      # e^r = Σ r^n / n! = 1 + r (1 + r s), with the tail
+    r4 = r2 * r2                    # s = Σ_{n>=2} r^{n-2} / n! by Estrin's scheme (pairs
+    r8 = r4 * r4                    # c_n + c_{n+1} r joined by r², r⁴, r⁸: 5 dependent steps,
+    s = (((C2 + C3 * r) + r2 * (C4 + C5 * r))           # not Horner's 11) and the last two
+         + r4 * ((C6 + C7 * r) + r2 * (C8 + C9 * r))    # steps by Horner, whose roundings
+         + r8 * ((C10 + C11 * r) + r2 * (C12 + C13 * r)))   # decide the accuracy
+    p = C0 + r * (C1 + r * s)
     two_k = bits_float64((float64_bits(t) + 1023) << 52)   # 2^k: exponent field k + 1023
     return p * two_k                                       # e^z = e^r · 2^k
 
@@ -97,7 +93,8 @@ def _exp_nonpos64(z):
 def _exp_nonpos32(z):
     """The same in float32 arithmetic, twice the SIMD width: Taylor to degree 7 (truncation
     < 5e-9 on |r| <= ln2/2), 2^k from the float32 exponent field, z clamped at -87 (e^-87 is
-    the smallest normal float32 magnitude). Relative error <= 2.5e-7 (~2 ulp)."""
+    the smallest normal float32 magnitude). Relative error <= 2.5e-7 (~2 ulp). Horner here:
+    the float64 version's Estrin tail measured no faster in float32 loops."""
     z = max(z, F32_MIN_EXP)
     t = z * F32_LOG2E + F32_SHIFTER                        # k = round(z / ln2)
     k = t - F32_SHIFTER
@@ -114,9 +111,11 @@ def _exp_nonpos32(z):
 
 
 def _sigmoid64(z):
-    # e = np.exp(-np.abs(z)); np.where(z >= 0, 1 / (1 + e), e / (1 + e))
+    # e = np.exp(-np.abs(z)); np.where(z >= 0, 1 / (1 + e), e / (1 + e)), with e / (1 + e)
+    # as e · (1 / (1 + e)): one division per element, not two (both sides of the select run)
     e = exp_nonpos(-abs(z))
-    return 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
+    q = 1.0 / (1.0 + e)
+    return q if z >= 0 else e * q
 
 
 def _sigmoid32(z):
