@@ -350,21 +350,25 @@ def recurrent_weight_grad(h, dZ):
 # The one product per step, h_{t-1} Wh forward and dz_t Whᵀ backward, multiplies a small (B, K)
 # block by the same weight at every step. A BLAS call repacks that weight into its own panel
 # layout at every call, and at the benchmark's small shapes the call and the packing cost as
-# much as the arithmetic: in one process, OpenBLAS ran T such products at 26-37 GFLOP/s in
-# float64 and 28-78 in float32, rising with the shape (Zen 3; benchmarks/RESULTS.md).
+# much as the arithmetic.
 # So the weight is packed once per sequence (pack_panels), and each step runs the GotoBLAS/BLIS
 # scheme on it (packed_matmul): C is cut into MR × NR tiles; for each tile, micro_tile keeps its
 # MR × NR sums in MR·NV vector registers and adds, for p = 0 .. kc-1, row p of a kc × NR weight
 # panel (NV vector loads) times MR broadcast entries of A. The panel, kc·NR values (24 KiB at
 # KC = 256), stays in L1 while every row block of A passes over it; A, packed per step into
-# MR-row blocks, stays in L2. The same T products then ran at 30-42 GFLOP/s in float64 and
-# 44-81 in float32: 0.64-0.92x the step loops' time in float64, 0.65-1.0x in float32.
+# MR-row blocks, stays in L2. In the benchmark's product table (Zen 3, one thread) the 2T step
+# products ran at 20-31 GFLOP/s in OpenBLAS and 25-38 in this kernel at (16, 64) and (32, 128)
+# in float64 (float32 28-53 and 37-58), and at the same rate, 80-100 % of the best product
+# rate, from (64, 256) up; the LSTM's forward+backward took 0.81-0.95x the time it took with
+# OpenBLAS step products, (16, 64) to (64, 256), measured in one process together with the
+# float64 gate change above (benchmarks/RESULTS.md, seventh session).
 # Why an intrinsic: written as Numba loops, the tile's sums were 32 scalar FMAs per p that LLVM
 # neither kept in registers nor vectorised (3.6 GFLOP/s). micro_tile spells out the LLVM vector
 # type, <4 x double> or <8 x float> (an AVX2 register), and the fused multiply-add llvm.fma on it;
-# LLVM lowers both to whatever the machine has (two SSE/NEON registers, or a libm call where
-# there is no FMA unit). Tiles of 4 × 3 registers ran 0-8 % faster in the loops than 6 × 2, and
-# split the benchmark's batch sizes (multiples of 4) into whole tiles.
+# LLVM lowers both for the machine it compiles for (without AVX2 or FMA, as narrower registers
+# and a slower fma; measured only on AVX2 here). Tiles of 4 × 3 registers ran as fast as 6 × 2
+# or up to 8 % faster in the loops, and split the benchmark's batch sizes (multiples of 4) into
+# whole tiles.
 # The kernel runs on one thread: the step products no longer follow a BLAS thread setting (the
 # whole-sequence products, NumPy's `@`, still do).
 NV = 3          # vector registers per tile row: NR = NV·(32 bytes / itemsize) columns
