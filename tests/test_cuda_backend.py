@@ -26,6 +26,10 @@ import refnorm.numba_cuda
 import refnorm.numpy_ref
 from helpers import TOL, make_cell, random_data, ragged_mask
 from refnorm.numba_cuda import common, norms
+# A name, not common.MAX_THREADS: shared arrays need a compile-time size, and on a real GPU
+# numba-cuda 0.30 types the module attribute as a plain int64 (TypingError); the simulator takes
+# either, so only the 2026-11-26 H200 run caught it.
+from refnorm.numba_cuda.common import MAX_THREADS
 from refnorm.numpy_ref import common as ref_common
 from refnorm.numpy_ref import norms as ref_norms
 
@@ -327,7 +331,7 @@ def sigmoid_caller(z, out):
 
 @cuda.jit
 def block_sum_caller(v, out):
-    buf = cuda.shared.array(common.MAX_THREADS, float64)
+    buf = cuda.shared.array(MAX_THREADS, float64)
     part = 0.0
     for r in range(cuda.threadIdx.x, v.shape[0], cuda.blockDim.x):
         part += v[r]
@@ -337,7 +341,7 @@ def block_sum_caller(v, out):
 
 @cuda.jit
 def row_stats_caller(Z, groups, eps, zhat, mean, var):
-    buf = cuda.shared.array(common.MAX_THREADS, float64)
+    buf = cuda.shared.array(MAX_THREADS, float64)
     r = cuda.blockIdx.x
     w = Z.shape[1] // groups
     for q in range(groups):
@@ -350,7 +354,7 @@ def row_stats_caller(Z, groups, eps, zhat, mean, var):
 
 @cuda.jit
 def row_backward_caller(dy, zhat, var, gamma, groups, eps, dz):
-    buf = cuda.shared.array(common.MAX_THREADS, float64)
+    buf = cuda.shared.array(MAX_THREADS, float64)
     r = cuda.blockIdx.x
     w = dy.shape[1] // groups
     for q in range(groups):
