@@ -148,8 +148,9 @@ def bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None, pad_sta
     md, sd = common.to_device(mask), common.to_device(stat_mask)
     A = common.empty((B, G), dt)
     c_new = common.empty((B, H), dt)
+    product = common.step_product(h, p["Wh"], A)
     for t in range(T):
-        common.matmul(h[t], p["Wh"], A)                    # a = h_prev @ p["Wh"]  (BN-LSTM 1)
+        product(t)                                         # a = h_prev @ p["Wh"]  (BN-LSTM 1)
         bn_lstm_step_forward_kernel[H, common.THREADS](
             t, U, A, md, sd, p["b"], p["gamma_x"], p["gamma_h"], p["gamma_c"], p["beta_c"],
             eps, training, carry_mode, h, c, out["hs"], out["count"], out["a_hat"], out["u_hat"],
@@ -179,12 +180,13 @@ def bn_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
     dc_bn, dh, dc = (common.empty((T, B, H), dt) for _ in range(3))
     dH, dC = common.device_copy(dhT), common.device_copy(dcT)
     dh_rec = common.empty((B, H), dt)
+    product = common.step_product(dA, p["Wh"], dh_rec, trans_b=True)
     for t in range(T - 1, -1, -1):
         bn_lstm_step_backward_kernel[H, common.THREADS](
             t, dhs_d, dH, dC, md, sd, c, a_hat, u_hat, gates, c_hat, tanh_c, var_h, var_x, var_c,
             p["gamma_x"], p["gamma_h"], p["gamma_c"], cache.eps, cache.training,
             carry_mode, dZ, dc_bn, dA, dU, dh, dc)
-        common.matmul(dA[t], p["Wh"], dh_rec, trans_b=True)   # da @ p["Wh"].T   (BN-LSTM 10)
+        product(t)                                            # da @ p["Wh"].T   (BN-LSTM 10)
         common.carry_grad(t, dH, dh_rec, md)                  # (BPTT 6)
     grads = common.normalized_backward_grads(cache, dZ, dA, dU, dc_bn,
                                              {"gamma_h": a_hat, "gamma_x": u_hat}, c_hat,

@@ -256,24 +256,49 @@ def cublas_available():
     return USE_CUBLAS and cublas_provider() is not None
 
 
+def cublas_view(a):
+    """The cuBLAS library's own array on a device array's memory (no copy)."""
+    if cublas_provider() == "cupy":
+        import cupy
+        return cupy.asarray(a)
+    import torch
+    return torch.as_tensor(a, device="cuda")
+
+
+def cublas_matmul(a, b, out):
+    """out = a @ b on the library's arrays (views from cublas_view, transposes allowed)."""
+    if cublas_provider() == "cupy":
+        import cupy
+        return cupy.matmul(a, b, out=out)
+    import torch
+    return torch.matmul(a, b, out=out)
+
+
 def matmul(A, B, C, trans_a=False, trans_b=False):
     """C (M, N) = op(A) @ op(B) on 2-D device arrays, by cuBLAS when cublas_available() (an
     optional fast path on a real GPU, no copies: the libraries view numba's arrays through
     __cuda_array_interface__, on the same legacy default stream), else by the refnorm tiled
     kernel."""
     if cublas_available():
-        if cublas_provider() == "cupy":
-            import cupy as xp
-            a, b, c = xp.asarray(A), xp.asarray(B), xp.asarray(C)
-        else:
-            import torch as xp
-            a, b, c = (xp.as_tensor(v, device="cuda") for v in (A, B, C))
-        xp.matmul(a.T if trans_a else a, b.T if trans_b else b, out=c)
+        a, b, c = (cublas_view(v) for v in (A, B, C))
+        cublas_matmul(a.T if trans_a else a, b.T if trans_b else b, c)
         return C
     M, N = C.shape
     blocks = ((N + TILE - 1) // TILE, (M + TILE - 1) // TILE)
     matmul_kernel(TILE, C.dtype)[blocks, (TILE, TILE)](A, B, C, trans_a, trans_b)
     return C
+
+
+def step_product(A, W, C, trans_b=False):
+    """The product of every step of a recurrence, as a function of t: C = A[t] @ op(W), A (T, B,
+    K) a whole-sequence device array (LSTM 1), (LSTM 9). On the cuBLAS path A, W and C are
+    viewed by the library once per sequence, not once per step: wrapping a numba array costs
+    more than the product itself at these sizes (on an H200, benchmarks/RESULTS.md)."""
+    if cublas_available():
+        a, w, c = (cublas_view(v) for v in (A, W, C))
+        w = w.T if trans_b else w
+        return lambda t: cublas_matmul(a[t], w, c)
+    return lambda t: matmul(A[t], W, C, trans_b=trans_b)
 
 
 def flat(a):

@@ -150,8 +150,9 @@ def ln_lstm_forward(x, h0, c0, mask, params, *, eps, per_gate=False, carry="raw"
     md = common.to_device(mask)
     A = e((B, G), dt)
     c_new = e((B, H), dt)
+    product = common.step_product(h, p["Wh"], A)
     for t in range(T):
-        common.matmul(h[t], p["Wh"], A)                    # a = h_prev @ p["Wh"]  (LN-LSTM 1)
+        product(t)                                         # a = h_prev @ p["Wh"]  (LN-LSTM 1)
         ln_lstm_step_forward_kernel[B, common.THREADS](
             t, U, A, md, p["b"], gamma_x, gamma_h, p["gamma_c"], p["beta_c"], eps, groups,
             carry_mode, terms_mode, h, c, out["hs"], a_hat, u_hat, out["gates"], c_new,
@@ -189,12 +190,13 @@ def ln_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
     dc_ln, dh, dc = (common.empty((T, B, H), dt) for _ in range(3))
     dH, dC = common.device_copy(dhT), common.device_copy(dcT)
     dh_rec = common.empty((B, H), dt)
+    product = common.step_product(dA, p["Wh"], dh_rec, trans_b=True)
     for t in range(T - 1, -1, -1):
         ln_lstm_step_backward_kernel[B, common.THREADS](
             t, dhs_d, dH, dC, md, c, a_hat, u_hat, gates, c_hat, tanh_c, var_h, var_x, var_c,
             gamma_x, gamma_h, p["gamma_c"], cache.eps, cache.groups, carry_mode, terms_mode,
             dZ, dc_ln, dA, dU, dh, dc)
-        common.matmul(dA[t], p["Wh"], dh_rec, trans_b=True)   # da @ p["Wh"].T   (LN-LSTM 9)
+        product(t)                                            # da @ p["Wh"].T   (LN-LSTM 9)
         common.carry_grad(t, dH, dh_rec, md)                  # (BPTT 6)
     gains = {"gamma_h": a_hat, "gamma_x": u_hat} if terms_mode == 0 else {"gamma_z": a_hat}
     grads = common.normalized_backward_grads(cache, dZ, dA, dU, dc_ln, gains, c_hat,

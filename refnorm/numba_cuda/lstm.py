@@ -82,8 +82,9 @@ def lstm_forward_steps(V, mask, Wh, h, c, hs, gates, tanh_c):
     """The recurrence over t = 0 .. T-1 on device arrays (SeqBN-LSTM reuses it with V = û + b)."""
     T, B, G = V.shape
     A = common.empty((B, G), V.dtype)
+    product = common.step_product(h, Wh, A)
     for t in range(T):
-        common.matmul(h[t], Wh, A)                         # h_prev @ p["Wh"]           (LSTM 1)
+        product(t)                                         # h_prev @ p["Wh"]           (LSTM 1)
         lstm_step_forward_kernel[common.grid(B * G // 4), common.THREADS](
             t, V, A, mask, h, c, hs, gates, tanh_c)
 
@@ -93,10 +94,11 @@ def lstm_backward_steps(dhs, dhT, dcT, mask, c, gates, tanh_c, Wh, dZ, dh, dc):
     T, B, H = dhs.shape
     dH, dC = common.device_copy(dhT), common.device_copy(dcT)
     dh_rec = common.empty((B, H), dhs.dtype)
+    product = common.step_product(dZ, Wh, dh_rec, trans_b=True)
     for t in range(T - 1, -1, -1):
         lstm_step_backward_kernel[common.grid(B * H), common.THREADS](
             t, dhs, dH, dC, mask, c, gates, tanh_c, dZ, dh, dc)
-        common.matmul(dZ[t], Wh, dh_rec, trans_b=True)     # dz @ p["Wh"].T             (LSTM 9)
+        product(t)                                         # dz @ p["Wh"].T             (LSTM 9)
         common.carry_grad(t, dH, dh_rec, mask)             # (BPTT 6)
     return dH, dC
 
