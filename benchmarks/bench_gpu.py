@@ -17,13 +17,19 @@
      (T·B, H)·(H, 4H) product and on 8192²), and the refnorm tiled kernel alone on that shape.
    refnorm is called on device arrays (no host copies: caches stay on the GPU); one column
    also times the cell API with NumPy in/out, i.e. with the copies of the caches included.
+3. Breaks refnorm's LSTM fwd+bwd into its pieces, timed apart on arrays of the same shapes: the
+   2T step products as the loops do them (common.step_product) and wrapped per product (as
+   before 2026-11-26), the T forward and T backward step kernels, and one empty launch.
 Timings are medians after a warm-up (which includes JIT compilation), bracketed by device
 synchronisation. Nothing is asserted: targets are printed beside the ratios.
 
-Written and checked by reading only: no GPU was available when it was written (the CUDA tests
-ran on the simulator). Needs numba-cuda with its CUDA libraries (e.g. numba-cuda[cu12]) and a
-CUDA build of torch, whose cuBLAS refnorm then uses for its products (CuPy's if CuPy
-imports); the refnorm tiled kernel is timed alone for comparison.
+First run on an NVIDIA H200 on 2026-11-26 (benchmarks/RESULTS.md). Needs numba-cuda with its
+CUDA libraries (e.g. numba-cuda[cu12]) and a CUDA build of torch, whose cuBLAS refnorm then uses
+for its products (CuPy's if CuPy imports); the refnorm tiled kernel is timed alone for
+comparison. numba-cuda 0.30.4 compiles no kernel under numpy >= 2.5 (it overloads
+np.row_stack, which numpy 2.5 removed; refnorm's `cuda` extra asks for numpy < 2.5): on an image
+that pairs them, alias it before numba is imported, e.g. a sitecustomize.py on PYTHONPATH with
+`numpy.row_stack = numpy.vstack`.
 """
 import os
 
@@ -46,6 +52,7 @@ import refnorm  # noqa: E402
 import refnorm.numba_cuda as rc  # noqa: E402
 from refnorm.gradcheck import randomize  # noqa: E402
 from refnorm.numba_cuda import common  # noqa: E402
+from refnorm.numba_cuda import lstm as cuda_lstm  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -211,6 +218,86 @@ def table_norm_cells(shapes, T, repeats, out):
             out.flush()
 
 
+@cuda.jit
+def _empty_kernel(out):
+    # nothing: one launch of it is numba-cuda's fixed cost per launch from Python
+    i = cuda.grid(1)
+    if i < out.shape[0]:
+        out[i] = 0.0
+
+
+def lstm_breakdown_case(T, B, H, dtype="float32"):
+    """The pieces of refnorm's LSTM fwd+bwd apart, on device arrays of its shapes: the 2T step
+    products through common.matmul, the T forward step kernels, the T backward step kernels with
+    their carry (common.carry_grad), and one empty launch. What the whole call takes beyond their
+    sum is the whole-sequence work (input projection, dWx, dx, dWh, db) and allocation."""
+    rng = np.random.default_rng(0)
+    dev = cuda.to_device
+
+    def rand(*shape, scale=1.0):
+        return dev((scale * rng.standard_normal(shape)).astype(dtype))
+
+    G = 4 * H
+    V, Wh = rand(T, B, G), rand(H, G, scale=H ** -0.5)
+    h, c, hs = rand(T + 1, B, H), rand(T + 1, B, H), rand(T, B, H)
+    gates, tanh_c, dZ = rand(T, B, G), rand(T, B, H), rand(T, B, G)
+    dh, dc, dhs, dH, dC = rand(T, B, H), rand(T, B, H), rand(T, B, H), rand(B, H), rand(B, H)
+    mask = dev(np.ones((T, B), dtype))
+    A, dh_rec = rand(B, G), rand(B, H)
+    sink = dev(np.zeros(1, dtype))
+
+    def products():                      # as the step loops do them
+        forward = common.step_product(h, Wh, A)
+        backward = common.step_product(dZ, Wh, dh_rec, trans_b=True)
+        for t in range(T):
+            forward(t)
+            backward(t)
+
+    def products_wrapped_per_call():     # as they did before 2026-11-26
+        for t in range(T):
+            common.matmul(h[t], Wh, A)
+            common.matmul(dZ[t], Wh, dh_rec, trans_b=True)
+
+    def forward_kernels():
+        for t in range(T):
+            cuda_lstm.lstm_step_forward_kernel[common.grid(B * H), common.THREADS](
+                t, V, A, mask, h, c, hs, gates, tanh_c)
+
+    def backward_kernels():
+        for t in range(T - 1, -1, -1):
+            cuda_lstm.lstm_step_backward_kernel[common.grid(B * H), common.THREADS](
+                t, dhs, dH, dC, mask, c, gates, tanh_c, dZ, dh, dc)
+            common.carry_grad(t, dH, dh_rec, mask)
+
+    def empty_launches():
+        for _ in range(T):
+            _empty_kernel[1, 32](sink)
+
+    return {"products": products, "products wrapped per call": products_wrapped_per_call,
+            "forward kernels": forward_kernels,
+            "backward kernels": backward_kernels, "empty launches": empty_launches}
+
+
+def table_breakdown(shapes, T, repeats, out):
+    print(f"\n## Where refnorm's LSTM fwd+bwd time goes, float32, T={T}, D=H (ms, median of "
+          f"{repeats}; the pieces timed apart on arrays of the same shapes)\n", file=out)
+    print(row(["B", "H", "whole fwd+bwd", "2T step products",
+               "the same, library views made per product", "T forward step kernels",
+               "T backward step kernels + carry", "rest (whole-sequence work, allocation)",
+               "one empty launch (µs)", "launches per fwd+bwd"]), file=out)
+    print(row(["---"] * 10), file=out)
+    for B, H in shapes:
+        whole = median_time(refnorm_device_case("lstm", T, B, H), repeats)
+        parts = {name: median_time(fn, repeats)
+                 for name, fn in lstm_breakdown_case(T, B, H).items()}
+        empty = parts.pop("empty launches") / T
+        rest = whole - sum(v for k, v in parts.items() if k != "products wrapped per call")
+        launches = 5 * T          # per step: 2 products, 1 forward kernel, 2 backward kernels
+        print(row([B, H, f"{whole * 1e3:.2f}", *(f"{v * 1e3:.2f}" for v in parts.values()),
+                   f"{rest * 1e3:.2f}", f"{empty * 1e6:.1f}", f"~{launches}"]), file=out)
+        out.flush()
+
+
 def driver_version():
     try:
         return ".".join(map(str, cuda.cudadrv.driver.driver.get_version()))
@@ -224,26 +311,27 @@ def matmul_path():
     return "refnorm tiled kernel"
 
 
+def _version(module):
+    try:
+        return __import__(module).__version__
+    except (ImportError, AttributeError):
+        return "not installed"
+
+
 def versions():
+    """The card, driver and package versions; each piece is informational and never fatal."""
     import numba
     try:
-        import numba_cuda
-        nc = numba_cuda.__version__
-    except (ImportError, AttributeError):
-        nc = "?"
-    try:
-        import cupy
-        cp = cupy.__version__
-    except ImportError:
-        cp = "not installed"
-    dev = cuda.get_current_device()
-    return (f"{torch.cuda.get_device_name()} (compute capability {dev.compute_capability}), "
-            f"driver CUDA {cuda.driver.driver.get_version()}; host {platform.machine()}, "
+        dev = cuda.get_current_device()
+        card = f"{torch.cuda.get_device_name()} (compute capability {dev.compute_capability})"
+    except Exception as e:                           # informational only
+        card = f"? ({type(e).__name__}: {e})"
+    return (f"{card}, driver CUDA {driver_version()}; host {platform.machine()}, "
             f"{os.cpu_count()} cores; Python {platform.python_version()}, numpy {np.__version__}, "
-            f"numba {numba.__version__}, numba-cuda {nc}, CuPy {cp}, torch {torch.__version__} "
-            f"(CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}); refnorm launch "
-            f"settings THREADS={common.THREADS}, TILE={common.TILE}, "
-            f"matmul path: {matmul_path()}")
+            f"numba {numba.__version__}, numba-cuda {_version('numba_cuda')}, CuPy "
+            f"{_version('cupy')}, torch {torch.__version__} (CUDA {torch.version.cuda}, cuDNN "
+            f"{torch.backends.cudnn.version()}); refnorm launch settings THREADS={common.THREADS}, "
+            f"TILE={common.TILE}, matmul path: {matmul_path()}")
 
 
 def run_tests(out):
@@ -287,6 +375,7 @@ def main(argv=None):
     shapes = SHAPES[:1] if args.quick else SHAPES
     repeats = 3 if args.quick else 10
     table_lstm(shapes, T_DEFAULT, repeats, tee)
+    table_breakdown(shapes, T_DEFAULT, repeats, tee)
     table_norm_cells(shapes, T_DEFAULT, repeats, tee)
     if args.record:
         with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:
