@@ -9,7 +9,7 @@ block and tile boundaries on the simulator; they are read at every launch):
     TILE      edge of the square shared-memory tiles of the refnorm matmul kernel
     USE_CUBLAS  use cuBLAS (through CuPy, else a CUDA build of PyTorch) for the products on a
               real GPU when one of them imports; False, the simulator, or neither: the refnorm
-              tiled kernel
+              tiled kernel (read once per sequence by step_product, at every call by matmul)
 
 Arrays: every backend function accepts NumPy arrays (copied to the device and results copied
 back: NumPy in, NumPy out, caches of NumPy arrays) or device arrays (numba device arrays or
