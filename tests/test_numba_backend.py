@@ -197,6 +197,25 @@ def test_numba_matches_numpy_float64(stem, data):
     compare(*data.draw(cases(stem), label="case"))
 
 
+@pytest.mark.parametrize("stem", ["lstm", "bn_lstm", "ln_lstm"])
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_numba_in_chunks_of_steps_matches_numpy_float64(stem, data):
+    """The same parity with the backward run in chunks of steps (common.backward_in_chunks):
+    a scratch limit that holds the gate gradients of 1 to 4 steps (2 to 4 for the cells with
+    one gate-gradient array) cuts the 1-6 steps into chunks."""
+    from refnorm.numba_cpu import common
+    case = data.draw(cases(stem), label="case")
+    steps = data.draw(st.integers(1, 2), label="steps")
+    B, H = case[3], case[5]
+    saved = common.SCRATCH_MAX_BYTES
+    common.SCRATCH_MAX_BYTES = steps * 2 * B * 4 * H * 8
+    try:
+        compare(*case)
+    finally:
+        common.SCRATCH_MAX_BYTES = saved
+
+
 def test_numba_float32_of_the_plain_lstm_is_float32_exact():
     """No normalisation, no ill-conditioning: the float32 LSTM on numba is within TOL["float32"]
     of the float64 truth."""
@@ -374,8 +393,10 @@ def test_scratch_hands_out_aligned_disjoint_views_of_one_reused_buffer():
 
 
 def test_scratch_past_its_limit_is_plain_memory(monkeypatch):
-    """Above SCRATCH_MAX_BYTES the backward works in arrays of its own and leaves the buffer
-    alone; the gradients are the same either way (same code, same order of operations)."""
+    """Above SCRATCH_MAX_BYTES the backward works in arrays of its own, one step per chunk
+    (common.backward_in_chunks), and leaves the buffer alone. Every value the loop computes is
+    the same, operation for operation; dWx and dWh, now sums of per-step products, and dx, by
+    per-step products, agree to rounding."""
     from refnorm.numba_cpu import common
     cell, cache, d = _backward_run("bn_lstm", 2)
     common.release_scratch()
@@ -386,7 +407,46 @@ def test_scratch_past_its_limit_is_plain_memory(monkeypatch):
     plain = cell.backward(d["dhs"], cache, d["dhT"], d["dcT"])
     assert common._scratch.buffer is None
     for k in pooled:
-        assert np.array_equal(pooled[k], plain[k]), k
+        if k in ("Wx", "Wh", "x"):   # 5 steps of at most 4 x 24 terms each: 1e-14 is ~50 eps
+            assert np.allclose(pooled[k], plain[k], rtol=0, atol=1e-14 * np.abs(pooled[k]).max()), k
+        else:
+            assert np.array_equal(pooled[k], plain[k]), k
+
+
+CHUNKED = [("lstm", {}, 1), ("bn_lstm", {}, 2), ("ln_lstm", {}, 2),
+           ("ln_lstm", {"terms": "summed"}, 1)]
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 7])
+@pytest.mark.parametrize("stem, options, n_gate_grads", CHUNKED)
+def test_backward_runs_in_chunks_that_fit_the_scratch_limit(monkeypatch, stem, options,
+                                                            n_gate_grads, steps):
+    """With room in the scratch buffer for `steps` steps of gate gradients, the loop runs over
+    chunks of equal length (±1), at most `steps` long, that cover the 7 steps once, last chunk
+    first; the products are added once per chunk. (SeqBN-LSTM is one chunk whatever the limit:
+    seq_bn_lstm_backward.)"""
+    from refnorm.numba_cpu import common
+    T, B, H = 7, 4, 6
+    cell, cache, d = _backward_run(stem, 3, T=T, B=B, H=H, **options)
+    whole = cell.backward(d["dhs"], cache, d["dhT"], d["dcT"])
+    chunks = []
+    add = common.add_weight_grads
+
+    def spy(x, h, Wx, t0, t1, *rest):
+        chunks.append((t0, t1))
+        return add(x, h, Wx, t0, t1, *rest)
+
+    monkeypatch.setattr(common, "add_weight_grads", spy)
+    monkeypatch.setattr(common, "SCRATCH_MAX_BYTES", steps * n_gate_grads * B * 4 * H * 8)
+    chunked = cell.backward(d["dhs"], cache, d["dhT"], d["dcT"])
+    lengths = [t1 - t0 for t0, t1 in chunks]
+    assert chunks[0][1] == T and chunks[-1][0] == 0
+    assert all(a[0] == b[1] for a, b in zip(chunks, chunks[1:]))       # contiguous, backwards
+    assert max(lengths) <= steps and max(lengths) - min(lengths) <= 1
+    assert len(chunks) == -(-T // steps)
+    for k in whole:   # dWx, dWh: sums over chunks; 7 steps x 4 rows of terms: ~50 eps
+        scale = np.abs(whole[k]).max()
+        assert np.allclose(whole[k], chunked[k], rtol=0, atol=1e-14 * scale), k
 
 
 @pytest.mark.parametrize("stem, options", VARIANTS)

@@ -21,8 +21,8 @@ from .common import (
     product_workspace,
     input_projection,
     cell_output_forward,
-    normalized_backward_buffers,
-    normalized_backward_grads,
+    backward_in_chunks,
+    normalized_gain_grads,
     normalized_carry_backward,
     normalized_gates_backward,
     normalized_gates_forward,
@@ -66,18 +66,17 @@ def bn_lstm_forward_loop(U, mask, stat_mask, Whp, b, gamma_x, gamma_h, gamma_c, 
 
 
 @njit(**JIT)
-def bn_lstm_backward_loop(dhs, dhT, dcT, mask, stat_mask, c, a_hat, u_hat, gates, c_hat,
+def bn_lstm_backward_loop(t0, t1, dhs, mask, stat_mask, c, a_hat, u_hat, gates, c_hat,
                           tanh_c, var_h, var_x, var_c, gamma_x, gamma_h, gamma_c, WhTp, eps, training,
                           normalized_carry, dA, dU, db, dgamma_x, dgamma_h, dgamma_c, dbeta_c,
-                          dh, dc):
-    """BPTT over t = T-1 .. 0: fills dA = da_t and dU = du_t (T, B, 4H), adds to the gain and
-    bias gradients; fills dh, dc (common.backward_buffers) with dL/dh̃_t and the gradient of
-    the carried cell (dc̃_t, or dĉ_t with normalized_carry); returns dh0, dc0. WhTp is
-    common.pack_panels(Wh.T)."""
-    T, B, G = dU.shape
-    H = G // 4
-    dH = dhT.copy()
-    dC = dcT.copy()
+                          dH, dC, dh, dc):
+    """BPTT over t = t1-1 .. t0 (common.backward_in_chunks), dH, dC (B, H) carried in place
+    from dL/dh_{t1}, dL/dc_{t1} to dL/dh_{t0}, dL/dc_{t0}: fills dA[t - t0] = da_t and
+    dU[t - t0] = du_t, adds to the gain and bias gradients; fills dh, dc
+    (common.backward_buffers) with dL/dh̃_t and the gradient of the carried cell (dc̃_t, or
+    dĉ_t with normalized_carry). WhTp is common.pack_panels(Wh.T)."""
+    T, B, H = dhs.shape
+    G = 4 * H
     dz = np.empty((B, G), dhs.dtype)
     dc_bn = np.empty((B, H), dhs.dtype)
     dc_norm = np.empty((B, H), dhs.dtype)
@@ -85,8 +84,9 @@ def bn_lstm_backward_loop(dhs, dhT, dcT, mask, stat_mask, c, a_hat, u_hat, gates
     dh_rec = np.empty((B, H), dhs.dtype)
     no_beta = np.empty(0, dhs.dtype)
     work = product_workspace(B, G, WhTp)
-    for t in range(T - 1, -1, -1):
+    for t in range(t1 - 1, t0 - 1, -1):
         k = t if dh.shape[0] == T else 0   # step t's row of dh, dc, or the one reused row
+        q = t - t0                         # step t's row of dA, dU
         m = mask[t]
         s = stat_mask[t]
         normalized_output_backward(dhs[t], dH, m, gates[t], tanh_c[t], dh[k], dz,
@@ -102,13 +102,12 @@ def bn_lstm_backward_loop(dhs, dhT, dcT, mask, stat_mask, c, a_hat, u_hat, gates
                                dgamma_c, dbeta_c)                    # (BN-LSTM 7)
             normalized_gates_backward(dC, dc_norm, m, gates[t], c[t], False, dc[k], dz,
                                       db)                          # (BN-LSTM 7), (BN-LSTM 8)
-        batchnorm_backward(dz, a_hat[t], var_h[t], s, gamma_h, eps, training, dA[t],
+        batchnorm_backward(dz, a_hat[t], var_h[t], s, gamma_h, eps, training, dA[q],
                            dgamma_h, no_beta)                        # (BN-LSTM 9)
-        batchnorm_backward(dz, u_hat[t], var_x[t], s, gamma_x, eps, training, dU[t],
+        batchnorm_backward(dz, u_hat[t], var_x[t], s, gamma_x, eps, training, dU[q],
                            dgamma_x, no_beta)                        # (BN-LSTM 9)
-        packed_matmul(dA[t], WhTp, dh_rec, work)                     # da @ p["Wh"].T
+        packed_matmul(dA[q], WhTp, dh_rec, work)                     # da @ p["Wh"].T
         recurrent_state_backward(dH, m, dh_rec)                     # (BN-LSTM 10)
-    return dH, dC
 
 
 def bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None, pad_stats="exclude",
@@ -147,11 +146,17 @@ def bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None, pad_sta
 def bn_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
     """Same contract as refnorm.numpy_ref.bn_lstm.bn_lstm_backward."""
     p = cache.params
-    dA, dU, dh, dc, g = normalized_backward_buffers(dhs, cache, state_grads)
-    dh0, dc0 = bn_lstm_backward_loop(
-        dhs, dhT, dcT, cache.mask, cache.stat_mask, cache.c, cache.a_hat,
-        cache.u_hat, cache.gates, cache.c_hat, cache.tanh_c, cache.var_h, cache.var_x, cache.var_c,
-        p["gamma_x"], p["gamma_h"], p["gamma_c"], pack_panels(p["Wh"].T),
-        dhs.dtype.type(cache.eps), cache.training, cache.carry == "normalized", dA, dU, g["b"],
-        g["gamma_x"], g["gamma_h"], g["gamma_c"], g["beta_c"], dh, dc)
-    return normalized_backward_grads(cache, dA, dU, g, dh0, dc0, dh, dc, state_grads)
+    g = normalized_gain_grads(cache)
+    WhTp = pack_panels(p["Wh"].T)
+
+    def loop(t0, t1, gate_grads, dH, dC, dh, dc):
+        dA, dU = gate_grads
+        bn_lstm_backward_loop(
+            t0, t1, dhs, cache.mask, cache.stat_mask, cache.c, cache.a_hat, cache.u_hat,
+            cache.gates, cache.c_hat, cache.tanh_c, cache.var_h, cache.var_x, cache.var_c,
+            p["gamma_x"], p["gamma_h"], p["gamma_c"], WhTp, dhs.dtype.type(cache.eps),
+            cache.training, cache.carry == "normalized", dA, dU, g["b"], g["gamma_x"],
+            g["gamma_h"], g["gamma_c"], g["beta_c"], dH, dC, dh, dc)
+
+    # dWx, dx (BN-LSTM 11) and dWh = Σ_t h_{t-1}ᵀ da_t (BN-LSTM 10), chunk by chunk
+    return backward_in_chunks(dhs, dhT, dcT, cache, 2, state_grads, loop, g)

@@ -331,21 +331,6 @@ def input_projection(x, Wx):
     return (x.reshape(T * B, D) @ Wx).reshape(T, B, Wx.shape[1])
 
 
-def input_projection_backward(x, dU, Wx):
-    """Mirror of numpy_ref.common.input_projection_backward (BPTT 8): dWx = X_flatᵀ dU_flat,
-    dX = dU Wxᵀ, both as one GEMM over the T·B frames."""
-    D, G = Wx.shape
-    dWx = x.reshape(-1, D).T @ dU.reshape(-1, G)     # (D, 4H)
-    dx = (dU.reshape(-1, G) @ Wx.T).reshape(x.shape)  # (T, B, D)
-    return dWx, dx
-
-
-def recurrent_weight_grad(h, dZ):
-    """dWh = Σ_t h_{t-1}ᵀ dz_t as one product over all T·B rows (LSTM 9), (BPTT 7)."""
-    H, G = h.shape[-1], dZ.shape[-1]
-    return h[:-1].reshape(-1, H).T @ dZ.reshape(-1, G)
-
-
 # -- the step product: a micro-kernel over Wh packed once per sequence ----------------------------
 # The one product per step, h_{t-1} Wh forward and dz_t Whᵀ backward, multiplies a small (B, K)
 # block by the same weight at every step. A BLAS call repacks that weight into its own panel
@@ -559,16 +544,15 @@ def release_scratch():
     _scratch.buffer = None
 
 
-def backward_buffers(dhs, Wh, n_gate_grads, state_grads):
-    """What a backward loop works in. From scratch(): n_gate_grads arrays (T, B, 4H) for dz_t
-    (or da_t, du_t). And dh, dc for dL/dh̃_t, dL/dc̃_t: (T, B, H) arrays of their own when the
-    caller asked for them (state_grads), else one (1, B, H) row each from scratch, which every
-    step reuses -- the loops pick the row by dh.shape[0]. Returns the list of gate gradients,
-    dh, dc."""
+def backward_buffers(dhs, G, n_gate_grads, state_grads, steps=None):
+    """What a backward loop works in. From scratch(): n_gate_grads arrays (steps, B, G) for dz_t
+    (or da_t, du_t) of `steps` steps (default all T). And dh, dc for dL/dh̃_t, dL/dc̃_t: (T, B,
+    H) arrays of their own when the caller asked for them (state_grads), else one (1, B, H) row
+    each from scratch, which every step reuses -- the loops pick the row by dh.shape[0].
+    Returns the list of gate gradients, dh, dc."""
     T, B, H = dhs.shape
-    G = Wh.shape[1]
     rows = [] if state_grads else [(1, B, H)] * 2
-    arrays = scratch(dhs.dtype, *[(T, B, G)] * n_gate_grads, *rows)
+    arrays = scratch(dhs.dtype, *[(steps or T, B, G)] * n_gate_grads, *rows)
     if state_grads:
         dh, dc = np.empty(dhs.shape, dhs.dtype), np.empty(dhs.shape, dhs.dtype)
     else:
@@ -576,26 +560,77 @@ def backward_buffers(dhs, Wh, n_gate_grads, state_grads):
     return arrays[:n_gate_grads], dh, dc
 
 
-def normalized_backward_buffers(dhs, cache, state_grads):
-    """What the BN-LSTM / LN-LSTM backward loops fill: dA = da_t, dU = du_t (T, B, 4H), dh,
-    dc (backward_buffers), and the zeroed gain and bias gradients they add to. With
-    LN-LSTM's terms="summed", da_t = du_t = ds_t (VAR 6): dU is dA, one array, and the one gain
-    is gamma_z."""
-    dt, (H, G) = dhs.dtype, cache.params["Wh"].shape
-    summed = getattr(cache, "terms", "separate") == "summed"
-    gate_grads, dh, dc = backward_buffers(dhs, cache.params["Wh"], 1 if summed else 2,
-                                          state_grads)
-    dA, dU = gate_grads * 2 if summed else gate_grads                           # (VAR 6)
-    gains = ("gamma_z",) if summed else ("gamma_h", "gamma_x")
-    g = {"b": np.zeros(G, dt), **{name: np.zeros(G, dt) for name in gains},
-         "gamma_c": np.zeros(H, dt), "beta_c": np.zeros(H, dt)}
-    return dA, dU, dh, dc, g
+# -- BPTT in chunks of steps ----------------------------------------------------------------------
+# The gate gradients dz_t of every step (da_t, du_t in the normalised cells) feed three
+# whole-sequence products: dWh = Σ_t h_{t-1}ᵀ da_t (BPTT 7), dWx = Σ_t x_tᵀ du_t and
+# dx_t = du_t Wxᵀ (BPTT 8). The sums split over any partition of the steps, so the backward
+# runs its loop over a chunk of steps (the last chunk first: BPTT goes backwards), adds the
+# chunk's share of the products, and reuses the chunk's gate gradients for the next chunk.
+# The backward then never holds more than a chunk of them, in the scratch buffer: (T, B, 4H)
+# arrays of 210 MB each at T = 100, (B, H) = (128, 512) in float64, were fresh memory at every
+# call, and against torch in one process the LSTM's forward+backward there took 0.86x the
+# time of the whole-sequence version (benchmarks/RESULTS.md). Where the whole sequence fits
+# the buffer there is one chunk, and the products are one GEMM each over all T·B rows, as
+# before; with several, dWx and dWh are sums of per-chunk products, which differ from the one
+# product by roundings (the reference itself sums dWh step by step). SeqBN-LSTM cannot split:
+# its du_t need the dV of every step (seq_bn_lstm_backward).
+def chunk_bounds(T, bytes_per_step):
+    """The steps t0 < t1 < ... < T that cut 0 .. T into chunks: as few as hold at most the
+    steps that fit SCRATCH_MAX_BYTES (at least 1), their lengths equal to within one step."""
+    fit = max(1, SCRATCH_MAX_BYTES // max(1, bytes_per_step))
+    chunks = -(-T // fit)
+    return [T * i // chunks for i in range(chunks + 1)]
 
 
-def normalized_backward_grads(cache, dA, dU, g, dh0, dc0, dh, dc, state_grads):
-    """The whole-sequence products after the loop: dWx, dx (BN-LSTM 11), (LN-LSTM 10) and
-    dWh = Σ_t h_{t-1}ᵀ da_t (BN-LSTM 10), (LN-LSTM 9) as one product each."""
-    dWx, dx = input_projection_backward(cache.x, dU, cache.params["Wx"])
-    grads = {"Wx": dWx, "Wh": recurrent_weight_grad(cache.h, dA), **g, "x": dx, "h0": dh0,
-             "c0": dc0}
+def backward_in_chunks(dhs, dhT, dcT, cache, n_gate_grads, state_grads, loop, added):
+    """Runs a cell's BPTT loop over the steps in chunks (above) and adds the whole-sequence
+    products chunk by chunk. loop(t0, t1, gate_grads, dH, dC, dh, dc) runs steps t1-1 .. t0:
+    it starts from dH, dC = dL/dh_{t1}, dL/dc_{t1} (B, H) and leaves dL/dh_{t0}, dL/dc_{t0} in
+    them, and writes the gate gradients of step t into row t - t0 of each array of
+    gate_grads: n_gate_grads arrays (t1 - t0, B, 4H), da_t first and du_t last (one array
+    when they are one, as dz_t in the LSTM). `added` holds the gradients the loop adds to (b
+    and the gains). Returns the cell's gradient dict, in the reference's order, with "dh",
+    "dc" when state_grads."""
+    x, h, Wx = cache.x, cache.h, cache.params["Wx"]
+    T, B, H = dhs.shape
+    D, G = Wx.shape
+    dt = dhs.dtype
+    bounds = chunk_bounds(T, n_gate_grads * B * G * dt.itemsize)
+    steps = max(t1 - t0 for t0, t1 in zip(bounds, bounds[1:]))
+    buffers, dh, dc = backward_buffers(dhs, G, n_gate_grads, state_grads, steps)
+    dH, dC = dhT.copy(), dcT.copy()
+    dWx, dWh, dx = np.zeros((D, G), dt), np.zeros((H, G), dt), np.empty(x.shape, dt)
+    for t0, t1 in reversed(list(zip(bounds, bounds[1:]))):      # the last chunk first
+        gate_grads = [a[:t1 - t0] for a in buffers]
+        loop(t0, t1, gate_grads, dH, dC, dh, dc)
+        add_weight_grads(x, h, Wx, t0, t1, gate_grads[0], gate_grads[-1], dWx, dWh, dx)
+    grads = {"Wx": dWx, "Wh": dWh, **added, "x": dx, "h0": dH, "c0": dC}
     return with_state_grads(grads, (dh, dc), state_grads)
+
+
+def add_weight_grads(x, h, Wx, t0, t1, dA, dU, dWx, dWh, dx):
+    """Steps t0 .. t1-1's share of the whole-sequence products, one GEMM each over their
+    (t1 - t0)·B rows: dWh += Σ_t h_{t-1}ᵀ da_t (BPTT 7), dWx += Σ_t x_tᵀ du_t and
+    dx_t = du_t Wxᵀ (BPTT 8), with dA, dU (t1 - t0, B, 4H) holding da_t, du_t. Mirror of
+    numpy_ref.common.input_projection_backward and of the reference's per-step dWh terms,
+    summed here by the product over the rows."""
+    D, G = Wx.shape
+    H = h.shape[-1]
+    dA, dU = dA.reshape(-1, G), dU.reshape(-1, G)
+    dWh += h[t0:t1].reshape(-1, H).T @ dA         # Σ_t h_prev.T @ dz   (LSTM 9), (BPTT 7)
+    dWx += x[t0:t1].reshape(-1, D).T @ dU         # x.reshape(-1, D).T @ dU.reshape(-1, G)
+    np.matmul(dU, Wx.T, out=dx[t0:t1].reshape(-1, D))   # dx = dU @ Wx.T        (BPTT 8)
+
+
+def normalized_gain_grads(cache):
+    """The zeroed gain and bias gradients the BN-LSTM / LN-LSTM backward loops add to. With
+    LN-LSTM's terms="summed" the one gain of the gate terms is gamma_z (VAR 6)."""
+    dt, (H, G) = cache.params["Wh"].dtype, cache.params["Wh"].shape
+    gains = ("gamma_z",) if summed_terms(cache) else ("gamma_h", "gamma_x")
+    return {"b": np.zeros(G, dt), **{name: np.zeros(G, dt) for name in gains},
+            "gamma_c": np.zeros(H, dt), "beta_c": np.zeros(H, dt)}
+
+
+def summed_terms(cache):
+    """LN-LSTM's terms="summed": da_t = du_t = ds_t (VAR 6), one gate-gradient array."""
+    return getattr(cache, "terms", "separate") == "summed"

@@ -22,8 +22,9 @@ from .common import (
     input_projection,
     cell_output_forward,
     gates_cell_forward,
-    normalized_backward_buffers,
-    normalized_backward_grads,
+    backward_in_chunks,
+    normalized_gain_grads,
+    summed_terms,
     normalized_carry_backward,
     normalized_gates_backward,
     normalized_gates_forward,
@@ -77,19 +78,18 @@ def ln_lstm_forward_loop(U, mask, Whp, b, gamma_x, gamma_h, gamma_z, gamma_c, be
 
 
 @njit(**JIT)
-def ln_lstm_backward_loop(dhs, dhT, dcT, mask, c, gates, c_hat, tanh_c, var_c, gamma_c,
+def ln_lstm_backward_loop(t0, t1, dhs, mask, c, gates, c_hat, tanh_c, var_c, gamma_c,
                           WhTp, eps, groups, summed, normalized_carry, a_hat, u_hat, var_h, var_x,
                           gamma_x, gamma_h, s_hat, var_s, gamma_z, dA, dU, db, dgamma_x,
-                          dgamma_h, dgamma_z, dgamma_c, dbeta_c, dh, dc):
-    """BPTT over t = T-1 .. 0: fills dA = da_t and dU = du_t (T, B, 4H) (summed: dU is dA, and
-    only dA is written), adds to the gain and bias gradients; fills dh, dc
-    (common.backward_buffers) with dL/dh̃_t and the gradient of the carried cell (dc̃_t, or
-    dĉ_t with normalized_carry); returns dh0, dc0. The arrays of the terms mode not in use are
-    placeholders, as in the forward loop. WhTp is common.pack_panels(Wh.T)."""
-    T, B, G = dA.shape
-    H = G // 4
-    dH = dhT.copy()
-    dC = dcT.copy()
+                          dgamma_h, dgamma_z, dgamma_c, dbeta_c, dH, dC, dh, dc):
+    """BPTT over t = t1-1 .. t0 (common.backward_in_chunks), dH, dC (B, H) carried in place
+    from dL/dh_{t1}, dL/dc_{t1} to dL/dh_{t0}, dL/dc_{t0}: fills dA[t - t0] = da_t and
+    dU[t - t0] = du_t (summed: dU is dA, and only dA is written), adds to the gain and bias
+    gradients; fills dh, dc (common.backward_buffers) with dL/dh̃_t and the gradient of the
+    carried cell (dc̃_t, or dĉ_t with normalized_carry). The arrays of the terms mode not in
+    use are placeholders, as in the forward loop. WhTp is common.pack_panels(Wh.T)."""
+    T, B, H = dhs.shape
+    G = 4 * H
     dz = np.empty((B, G), dhs.dtype)
     dc_ln = np.empty((B, H), dhs.dtype)
     dc_norm = np.empty((B, H), dhs.dtype)
@@ -97,8 +97,9 @@ def ln_lstm_backward_loop(dhs, dhT, dcT, mask, c, gates, c_hat, tanh_c, var_c, g
     dh_rec = np.empty((B, H), dhs.dtype)
     no_beta = np.empty(0, dhs.dtype)
     work = product_workspace(B, G, WhTp)
-    for t in range(T - 1, -1, -1):
+    for t in range(t1 - 1, t0 - 1, -1):
         k = t if dh.shape[0] == T else 0   # step t's row of dh, dc, or the one reused row
+        q = t - t0                         # step t's row of dA, dU
         normalized_output_backward(dhs[t], dH, mask[t], gates[t], tanh_c[t], dh[k], dz,
                                    dc_ln)                          # (BPTT 4), (LN-LSTM 5)
         if normalized_carry:
@@ -113,16 +114,15 @@ def ln_lstm_backward_loop(dhs, dhT, dcT, mask, c, gates, c_hat, tanh_c, var_c, g
             normalized_gates_backward(dC, dc_norm, mask[t], gates[t], c[t], False, dc[k], dz,
                                       db)                          # (LN-LSTM 6), (LN-LSTM 7)
         if summed:   # ds = LNback(dz; γ_z); da, du = ds, ds: dU is dA
-            layernorm_backward(dz, s_hat[t], var_s[t], gamma_z, eps, groups, dA[t], dgamma_z,
+            layernorm_backward(dz, s_hat[t], var_s[t], gamma_z, eps, groups, dA[q], dgamma_z,
                                no_beta)                              # (VAR 6)
         else:
-            layernorm_backward(dz, a_hat[t], var_h[t], gamma_h, eps, groups, dA[t], dgamma_h,
+            layernorm_backward(dz, a_hat[t], var_h[t], gamma_h, eps, groups, dA[q], dgamma_h,
                                no_beta)                              # (LN-LSTM 8)
-            layernorm_backward(dz, u_hat[t], var_x[t], gamma_x, eps, groups, dU[t], dgamma_x,
+            layernorm_backward(dz, u_hat[t], var_x[t], gamma_x, eps, groups, dU[q], dgamma_x,
                                no_beta)                              # (LN-LSTM 8)
-        packed_matmul(dA[t], WhTp, dh_rec, work)                     # da @ p["Wh"].T
+        packed_matmul(dA[q], WhTp, dh_rec, work)                     # da @ p["Wh"].T
         recurrent_state_backward(dH, mask[t], dh_rec)               # (LN-LSTM 9)
-    return dH, dC
 
 
 # The cache fields of each terms mode (those of the other mode are None) and the gate-term gains
@@ -175,18 +175,24 @@ def ln_lstm_forward(x, h0, c0, mask, params, *, eps, per_gate=False, carry="raw"
 def ln_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
     """Same contract as refnorm.numpy_ref.ln_lstm.ln_lstm_backward."""
     p = cache.params
-    dA, dU, dh, dc, g = normalized_backward_buffers(dhs, cache, state_grads)
+    g = normalized_gain_grads(cache)
     dt = dhs.dtype
+    summed = summed_terms(cache)
     unused, no_gain = stand_ins(dt)
     a = {name: unused if getattr(cache, name) is None else getattr(cache, name)
          for name in ("a_hat", "u_hat", "var_h", "var_x", "s_hat", "var_s")}
     a.update({name: p.get(name, no_gain) for name in TERM_GAINS})
     d = {name: g.get(name, no_gain) for name in TERM_GAINS}
-    dh0, dc0 = ln_lstm_backward_loop(
-        dhs, dhT, dcT, cache.mask, cache.c, cache.gates, cache.c_hat, cache.tanh_c,
-        cache.var_c, p["gamma_c"], pack_panels(p["Wh"].T), dt.type(cache.eps), cache.groups,
-        cache.terms == "summed", cache.carry == "normalized", a["a_hat"], a["u_hat"],
-        a["var_h"], a["var_x"], a["gamma_x"], a["gamma_h"], a["s_hat"], a["var_s"],
-        a["gamma_z"], dA, dU, g["b"], d["gamma_x"], d["gamma_h"], d["gamma_z"], g["gamma_c"],
-        g["beta_c"], dh, dc)
-    return normalized_backward_grads(cache, dA, dU, g, dh0, dc0, dh, dc, state_grads)
+    WhTp = pack_panels(p["Wh"].T)
+
+    def loop(t0, t1, gate_grads, dH, dC, dh, dc):
+        dA, dU = gate_grads * 2 if summed else gate_grads            # summed: du_t = da_t (VAR 6)
+        ln_lstm_backward_loop(
+            t0, t1, dhs, cache.mask, cache.c, cache.gates, cache.c_hat, cache.tanh_c,
+            cache.var_c, p["gamma_c"], WhTp, dt.type(cache.eps), cache.groups, summed,
+            cache.carry == "normalized", a["a_hat"], a["u_hat"], a["var_h"], a["var_x"],
+            a["gamma_x"], a["gamma_h"], a["s_hat"], a["var_s"], a["gamma_z"], dA, dU, g["b"],
+            d["gamma_x"], d["gamma_h"], d["gamma_z"], g["gamma_c"], g["beta_c"], dH, dC, dh, dc)
+
+    # dWx, dx (LN-LSTM 10) and dWh = Σ_t h_{t-1}ᵀ da_t (LN-LSTM 9), chunk by chunk
+    return backward_in_chunks(dhs, dhT, dcT, cache, 1 if summed else 2, state_grads, loop, g)

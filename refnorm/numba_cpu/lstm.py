@@ -1,7 +1,8 @@
 """Vanilla LSTM on the Numba CPU backend, mirror of refnorm/numpy_ref/lstm.py.
 
 Same signatures and the same LSTMCache as the reference. The whole-sequence products (input
-projection, dWx, dWh, dx) are single BLAS calls from NumPy; the step loop runs compiled, with
+projection, dWx, dWh, dx) are BLAS calls from NumPy, the backward's one per chunk of steps
+(common.backward_in_chunks); the step loop runs compiled, with
 one (B, H)·(H, 4H) product per step and the rest of the step in short vectorised loops over
 each row (the note above common.I says what keeps them vectorised).
 """
@@ -9,11 +10,9 @@ each row (the note above common.I says what keeps them vectorised).
 import numpy as np
 from numba import njit
 
-from ..numpy_ref.common import with_state_grads
 from ..numpy_ref.lstm import LSTMCache
-from .common import (JIT, input_projection, input_projection_backward, recurrent_weight_grad,
-                     backward_buffers, pack_panels, packed_matmul, product_workspace, sigmoid,
-                     tanh, I, F, G_, O)
+from .common import (JIT, input_projection, backward_in_chunks, pack_panels, packed_matmul,
+                     product_workspace, sigmoid, tanh, I, F, G_, O)
 
 
 @njit(**JIT)
@@ -60,20 +59,20 @@ def lstm_forward_loop(mask, Whp, b, h, c, hs, gates, tanh_c):
 
 
 @njit(**JIT)
-def lstm_backward_loop(dhs, dhT, dcT, mask, c, gates, tanh_c, WhTp, dU, db, dh, dc):
-    """BPTT over t = T-1 .. 0: fills dU (T, B, 4H) = dz_t, adds Σ_b dz_t to db (4H), fills
-    dh, dc = dL/dh̃_t, dL/dc̃_t (see common.backward_buffers); returns dh0, dc0 (B, H).
-    WhTp is common.pack_panels(Wh.T)."""
+def lstm_backward_loop(t0, t1, dhs, mask, c, gates, tanh_c, WhTp, dU, db, dH, dC, dh, dc):
+    """BPTT over t = t1-1 .. t0 (common.backward_in_chunks): dH, dC (B, H) arrive holding
+    dL/dh_{t1}, dL/dc_{t1} and leave holding dL/dh_{t0}, dL/dc_{t0}; fills dU[t - t0] = dz_t
+    (dU is (t1 - t0, B, 4H)), adds Σ_b dz_t to db (4H), fills dh, dc = dL/dh̃_t, dL/dc̃_t
+    (see common.backward_buffers). WhTp is common.pack_panels(Wh.T)."""
     one = dhs.dtype.type(1)  # a literal 1 would turn float32 into float64
-    T, B, G = dU.shape
-    H = G // 4
-    gates4, dU4 = gates.reshape((T, B, 4, H)), dU.reshape((T, B, 4, H))
-    dH = dhT.copy()
-    dC = dcT.copy()
+    T, B, H = dhs.shape
+    G = 4 * H
+    gates4, dU4 = gates.reshape((T, B, 4, H)), dU.reshape((t1 - t0, B, 4, H))
     dh_rec = np.empty((B, H), dhs.dtype)
     work = product_workspace(B, G, WhTp)
-    for t in range(T - 1, -1, -1):
+    for t in range(t1 - 1, t0 - 1, -1):
         k = t if dh.shape[0] == T else 0                  # step t's row of dh, dc, or the one row
+        s = t - t0                                        # step t's row of dU
         for r in range(B):
             valid = mask[t, r]
             for j in range(H):
@@ -84,26 +83,25 @@ def lstm_backward_loop(dhs, dhT, dcT, mask, c, gates, tanh_c, WhTp, dU, db, dh, 
             # dz = gates_backward(di, df, dg, do)                          (LSTM 7), (LSTM 8)
             for j in range(H):
                 i, g = gates4[t, r, I, j], gates4[t, r, G_, j]
-                dU4[t, r, I, j] = dc[k, r, j] * g * i * (one - i)       # di = dc_new * g
+                dU4[s, r, I, j] = dc[k, r, j] * g * i * (one - i)       # di = dc_new * g
             for j in range(H):
                 f = gates4[t, r, F, j]
-                dU4[t, r, F, j] = dc[k, r, j] * c[t, r, j] * f * (one - f)   # df = dc_new * c_prev
+                dU4[s, r, F, j] = dc[k, r, j] * c[t, r, j] * f * (one - f)   # df = dc_new * c_prev
             for j in range(H):
                 i, g = gates4[t, r, I, j], gates4[t, r, G_, j]
-                dU4[t, r, G_, j] = dc[k, r, j] * i * (one - g * g)      # dg = dc_new * i
+                dU4[s, r, G_, j] = dc[k, r, j] * i * (one - g * g)      # dg = dc_new * i
             for j in range(H):
                 o = gates4[t, r, O, j]                                  # do = dh_new * tanh_c
-                dU4[t, r, O, j] = dh[k, r, j] * tanh_c[t, r, j] * o * (one - o)   # (LSTM 5)
+                dU4[s, r, O, j] = dh[k, r, j] * tanh_c[t, r, j] * o * (one - o)   # (LSTM 5)
             for j in range(H):
                 dC[r, j] = (one - valid) * dC[r, j] + dc[k, r, j] * gates4[t, r, F, j]  # (BPTT 6)
             for q in range(G):
-                db[q] += dU[t, r, q]                     # db = dU.sum(axis=(0, 1)) (LSTM 9)
-        packed_matmul(dU[t], WhTp, dh_rec, work)                       # dz @ Wh.T  (LSTM 9)
+                db[q] += dU[s, r, q]                     # db = dU.sum(axis=(0, 1)) (LSTM 9)
+        packed_matmul(dU[s], WhTp, dh_rec, work)                       # dz @ Wh.T  (LSTM 9)
         for r in range(B):
             valid = mask[t, r]
             for j in range(H):
                 dH[r, j] = (one - valid) * dH[r, j] + dh_rec[r, j]     # (BPTT 6)
-    return dH, dC
 
 
 def states(h0, c0, T):
@@ -130,11 +128,12 @@ def lstm_forward(x, h0, c0, mask, params):
 def lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
     """Same contract as refnorm.numpy_ref.lstm.lstm_backward."""
     p = cache.params
-    (dU,), dh, dc = backward_buffers(dhs, p["Wh"], 1, state_grads)
-    db = np.zeros(dU.shape[2], dhs.dtype)
-    dh0, dc0 = lstm_backward_loop(dhs, dhT, dcT, cache.mask, cache.c, cache.gates, cache.tanh_c,
-                                  pack_panels(p["Wh"].T), dU, db, dh, dc)
-    dWx, dx = input_projection_backward(cache.x, dU, p["Wx"])   # (LSTM 10), (BPTT 8)
-    grads = {"Wx": dWx, "Wh": recurrent_weight_grad(cache.h, dU), "b": db, "x": dx, "h0": dh0,
-             "c0": dc0}
-    return with_state_grads(grads, (dh, dc), state_grads)
+    db = np.zeros(p["Wh"].shape[1], dhs.dtype)
+    WhTp = pack_panels(p["Wh"].T)
+
+    def loop(t0, t1, gate_grads, dH, dC, dh, dc):
+        lstm_backward_loop(t0, t1, dhs, cache.mask, cache.c, cache.gates, cache.tanh_c, WhTp,
+                           gate_grads[0], db, dH, dC, dh, dc)
+
+    # dWx, dx (LSTM 10), (BPTT 8) and dWh (LSTM 9), chunk by chunk
+    return backward_in_chunks(dhs, dhT, dcT, cache, 1, state_grads, loop, {"b": db})
