@@ -358,6 +358,36 @@ def table_memory(B, H, T, out):
                    f"{peak / 1e6:.1f}", f"{peak / minimum:.2f}"]), file=out)
 
 
+def table_backward_memory(B, H, Ts, out):
+    """What a backward pass holds beyond the gradients it returns, the scratch buffer included
+    (released first, so the call allocates it): the gate gradients of at most one chunk of
+    steps (refnorm/numba_cpu/common.py, backward_in_chunks) and small arrays, against the
+    gate gradients of the whole sequence."""
+    from refnorm.numba_cpu.common import release_scratch
+    print(f"\n## Working memory of the backward (B={B}, H={H}, float64)\n", file=out)
+    print(row(["cell", "T", "peak beyond the returned gradients MB",
+               "gate gradients of all T steps MB"]), file=out)
+    print(row(["---"] * 4), file=out)
+    for T in Ts:
+        for stem, n_gate_grads in (("lstm", 1), ("bn_lstm", 2), ("seq_bn_lstm", 2),
+                                   ("ln_lstm", 2)):
+            cell = randomize(refnorm.CELLS[stem](H, H, seed=0, backend="numba"), seed=1)
+            rng = np.random.default_rng(0)
+            x, dhs = rng.standard_normal((T, B, H)), rng.standard_normal((T, B, H))
+            kwargs = {"update_stats": False} if "bn" in stem else {}
+            _, _, cache = cell.forward(x, **kwargs)
+            release_scratch()
+            tracemalloc.start()
+            grads = cell.backward(dhs, cache)
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            returned = sum(g.nbytes for g in grads.values())
+            whole = n_gate_grads * T * B * 4 * H * 8
+            print(row([stem, T, f"{(peak - returned) / 1e6:.1f}", f"{whole / 1e6:.1f}"]),
+                  file=out)
+            out.flush()
+
+
 FIRST_CALL = """
 import importlib.abc, sys, time
 sys.path.insert(0, {here!r})
@@ -459,6 +489,7 @@ def main(argv=None):
     table_norm_cells(shapes[:2] if not args.quick else shapes[:1], T_DEFAULT, repeats, out)
     table_linear_in_T(32, 128, 3, out)
     table_memory(32, 128, T_DEFAULT, out)
+    table_backward_memory(32, 128, (T_DEFAULT, 1000), out)
     table_first_call(out)
 
 
