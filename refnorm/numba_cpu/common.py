@@ -568,8 +568,9 @@ def backward_buffers(dhs, G, n_gate_grads, state_grads, steps=None):
 # chunk's share of the products, and reuses the chunk's gate gradients for the next chunk.
 # The backward then never holds more than a chunk of them, in the scratch buffer: (T, B, 4H)
 # arrays of 210 MB each at T = 100, (B, H) = (128, 512) in float64, were fresh memory at every
-# call, and against torch in one process the LSTM's forward+backward there took 0.86x the
-# time of the whole-sequence version (benchmarks/RESULTS.md). Where the whole sequence fits
+# call; in one process, each version right after a torch.nn.LSTM call, the LSTM's
+# forward+backward there took 0.90x the time of the whole-sequence version (float32 0.88x;
+# benchmarks/RESULTS.md, ninth session). Where the whole sequence fits
 # the buffer there is one chunk, and the products are one GEMM each over all T·B rows, as
 # before; with several, dWx and dWh are sums of per-chunk products, which differ from the one
 # product by roundings (the reference itself sums dWh step by step). SeqBN-LSTM cannot split:
