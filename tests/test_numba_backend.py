@@ -449,6 +449,33 @@ def test_backward_runs_in_chunks_that_fit_the_scratch_limit(monkeypatch, stem, o
         assert np.allclose(whole[k], chunked[k], rtol=0, atol=1e-14 * scale), k
 
 
+@pytest.mark.parametrize("stem, options", [("lstm", {}), ("bn_lstm", {}), ("ln_lstm", {})])
+def test_backward_working_memory_does_not_grow_with_T(monkeypatch, stem, options):
+    """With room for 4 steps of gate gradients, a 300-step backward holds (tracemalloc, which
+    sees NumPy's allocations) the scratch buffer and arrays of weight or batch size beyond the
+    gradients it returns (the packed Whᵀ, each chunk's dWx and dWh terms: ~150 KB here), far
+    less than the gate gradients of all its steps (2-4 MB)."""
+    import tracemalloc
+    from refnorm.numba_cpu import common
+    T, B, H = 300, 8, 32
+    n_gate_grads = 1 if stem == "lstm" else 2
+    per_step = n_gate_grads * B * 4 * H * 8
+    cell, cache, d = _backward_run(stem, 4, T=T, B=B, H=H, **options)
+    monkeypatch.setattr(common, "SCRATCH_MAX_BYTES", 4 * per_step + 2 * B * H * 8 + 256)
+    cell.backward(d["dhs"], cache, d["dhT"], d["dcT"])       # loads the compiled loop first
+    common.release_scratch()
+    tracemalloc.start()
+    try:
+        grads = cell.backward(d["dhs"], cache, d["dhT"], d["dcT"])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    working = peak - sum(g.nbytes for g in grads.values())
+    assert common._scratch.buffer is not None                # the chunks fit the buffer
+    assert working < common.SCRATCH_MAX_BYTES + 256 * 1024, working
+    assert working < T * per_step / 8, working
+
+
 @pytest.mark.parametrize("stem, options", VARIANTS)
 def test_backward_passes_in_threads_do_not_share_scratch(stem, options):
     """The loops release the GIL, so backward passes of several threads run at once. Each
