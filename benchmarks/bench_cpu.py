@@ -16,7 +16,10 @@ Anchors, all in this process, on the same threads:
     (table_product_bound);
   * the same normalised-cell equations in PyTorch eager with autograd, written the fast way
     (input projection once, time axis by unbind).
-Ratios < 1 mean refnorm is faster. Medians of repeated runs after a warm-up.
+Ratios < 1 mean refnorm is faster. Times are medians of repeated runs after a warm-up; a ratio
+is the median of the per-repeat ratios of two functions run side by side, with their lower and
+upper quartiles in brackets: "0.70 (0.66-0.74)". Where a target lies between the quartiles, the
+run does not decide it.
 """
 import argparse
 import ctypes
@@ -45,30 +48,63 @@ T_DEFAULT = 100
 
 
 def median_time(fn, repeats, warmup=1):
-    return interleaved_runs([fn], repeats, warmup)[0][0]
+    return interleaved_runs([fn], repeats, warmup)[0].time
 
 
 def page_faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
+class Runs:
+    """The per-repeat seconds and page faults of one function in interleaved_runs."""
+
+    def __init__(self):
+        self.times, self.faults = [], []
+
+    @property
+    def time(self):
+        return statistics.median(self.times)
+
+    @property
+    def fault_count(self):
+        return statistics.median(self.faults)
+
+    def ratio(self, other):
+        """self / other, paired repeat by repeat (the two ran within seconds of each other):
+        (median, lower quartile, upper quartile) of the per-repeat ratios."""
+        ratios = [a / b for a, b in zip(self.times, other.times)]
+        q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+        return statistics.median(ratios), q1, q3
+
+
+def spread(ratio, fmt="{:.2f}"):
+    """'median (lower quartile-upper quartile)' of a paired ratio (Runs.ratio)."""
+    median, q1, q3 = (fmt.format(v) for v in ratio)
+    return f"{median} ({q1}-{q3})"
+
+
 def interleaved_runs(fns, repeats, warmup=1):
-    """The median time and the median number of page faults of each function's call, the
-    functions run in turn within each repeat: this virtual machine's speed drifts by 10-20 %
-    over minutes, and interleaving makes the drift hit every column of a ratio alike instead
-    of whichever ran in a slow minute. A call that writes memory the allocator has just
-    returned to the system (or mapped anew) pays a fault per 4 KiB page, ~3-4 µs each here."""
+    """The seconds and page faults of each function's calls (a Runs each), the functions run
+    in turn within each repeat: this virtual machine's speed drifts by 10-20 % over minutes,
+    and interleaving makes the drift hit every column of a ratio alike instead of whichever ran
+    in a slow minute. Every other repeat runs them in reverse order, so that each function
+    follows a different one half of the time: a call right after another library's has freed
+    its memory writes fresh pages, and which function pays for that would otherwise be fixed
+    by the order (ninth session, (128, 512) in float64: the same refnorm call took 5999 ms right
+    after torch's and 5236 ms right after refnorm's own). A call that writes memory the allocator has just returned to the
+    system (or mapped anew) pays a fault per 4 KiB page, ~3-4 µs each here."""
     for fn in fns:
         for _ in range(warmup):
             fn()
-    times, faults = [[] for _ in fns], [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, ts, fs in zip(fns, times, faults):
+    runs = [Runs() for _ in fns]
+    for repeat in range(repeats):
+        order = list(zip(fns, runs))
+        for fn, run in (order if repeat % 2 == 0 else order[::-1]):
             f0, start = page_faults(), time.perf_counter()
             fn()
-            ts.append(time.perf_counter() - start)
-            fs.append(page_faults() - f0)
-    return [(statistics.median(ts), statistics.median(fs)) for ts, fs in zip(times, faults)]
+            run.times.append(time.perf_counter() - start)
+            run.faults.append(page_faults() - f0)
+    return runs
 
 
 def keep_freed_memory():
@@ -281,7 +317,8 @@ def table_vs_torch(shapes, T, repeats, out):
     floor, the floor's step and whole-sequence products timed apart, and the same step
     products in refnorm's kernel."""
     print("\n## LSTM: refnorm numba vs torch.nn.LSTM and the BLAS floor "
-          f"(T={T}, D=H, ms, median of {repeats})\n", file=out)
+          f"(T={T}, D=H, ms, median of {repeats}; ratios: median (quartiles) of the per-repeat "
+          "ratios)\n", file=out)
     print(row(["dtype", "B", "H", "refnorm fwd+bwd", "torch fwd+bwd", "ratio",
                "BLAS floor", "ratio", "refnorm fwd", "torch fwd", "ratio",
                "page faults per fwd+bwd (refnorm / torch)"]), file=out)
@@ -292,34 +329,113 @@ def table_vs_torch(shapes, T, repeats, out):
             fwd, fb = refnorm_case("lstm", T, B, H, dtype)
             tf, tfb = torch_lstm_case(T, B, H, dtype)
             floor, step, whole, kernel = blas_floor_case(T, B, H, dtype)
-            (r_fb, r_pf), (t_fb, t_pf), (fl, _), (r_f, _), (t_f, _), (st, _), (wh, _), \
-                (kn, _) = interleaved_runs([fb, tfb, floor, fwd, tf, step, whole, kernel],
-                                           repeats)
-            print(row([dtype, B, H, f"{r_fb * 1e3:.2f}", f"{t_fb * 1e3:.2f}",
-                       f"{r_fb / t_fb:.2f}", f"{fl * 1e3:.2f}", f"{r_fb / fl:.2f}",
-                       f"{r_f * 1e3:.2f}", f"{t_f * 1e3:.2f}", f"{r_f / t_f:.2f}",
-                       f"{r_pf:.0f} / {t_pf:.0f}"]), file=out)
+            r_fb, t_fb, fl, r_f, t_f, st, wh, kn = interleaved_runs(
+                [fb, tfb, floor, fwd, tf, step, whole, kernel], repeats)
+            print(row([dtype, B, H, f"{r_fb.time * 1e3:.2f}", f"{t_fb.time * 1e3:.2f}",
+                       spread(r_fb.ratio(t_fb)), f"{fl.time * 1e3:.2f}", spread(r_fb.ratio(fl)),
+                       f"{r_f.time * 1e3:.2f}", f"{t_f.time * 1e3:.2f}", spread(r_f.ratio(t_f)),
+                       f"{r_fb.fault_count:.0f} / {t_fb.fault_count:.0f}"]), file=out)
             out.flush()
-            measured.append((dtype, B, H, r_fb, t_fb, fl, st, wh, kn))
+            measured.append((dtype, B, H) + tuple(r.time for r in (r_fb, t_fb, fl, st, wh, kn)))
     return measured
 
 
 def table_norm_cells(shapes, T, repeats, out):
     print("\n## Normalised cells on numba: fwd+bwd vs refnorm's LSTM and vs the same equations "
-          f"in PyTorch eager (T={T}, ms)\n", file=out)
+          f"in PyTorch eager (T={T}, ms, median of {repeats}; ratios: median (quartiles) of the "
+          "per-repeat ratios)\n", file=out)
     print(row(["dtype", "B", "H", "cell", "refnorm", "vs refnorm LSTM", "torch eager",
                "speed-up vs eager", "page faults per fwd+bwd (LSTM / cell)"]), file=out)
     print(row(["---"] * 9), file=out)
     for dtype in ("float64", "float32"):
         for B, H in shapes:
             for stem in ("bn_lstm", "seq_bn_lstm", "ln_lstm"):
-                (base, base_pf), (mine, mine_pf), (eager, _) = interleaved_runs(
+                base, mine, eager = interleaved_runs(
                     [refnorm_case("lstm", T, B, H, dtype)[1], refnorm_case(stem, T, B, H, dtype)[1],
                      torch_eager_case(stem, T, B, H, dtype)], repeats)
-                print(row([dtype, B, H, stem, f"{mine * 1e3:.2f}", f"{mine / base:.2f}",
-                           f"{eager * 1e3:.2f}", f"{eager / mine:.1f}x",
-                           f"{base_pf:.0f} / {mine_pf:.0f}"]), file=out)
+                print(row([dtype, B, H, stem, f"{mine.time * 1e3:.2f}", spread(mine.ratio(base)),
+                           f"{eager.time * 1e3:.2f}", spread(eager.ratio(mine), "{:.1f}x"),
+                           f"{base.fault_count:.0f} / {mine.fault_count:.0f}"]), file=out)
                 out.flush()
+
+
+class PhaseTimer:
+    """Times the phases of the numba cells' forward+backward where they run, by wrapping the
+    module-level functions the cells call (while in use; `with PhaseTimer() as timer:`): the
+    input projection, the forward and backward step loops (their step products included) and
+    the weight-gradient products dWx, dWh, dx. `timer.cell` names the cell whose call is
+    running; seconds accumulate per (cell, phase)."""
+    PHASES = ("input projection", "forward loop", "backward loop", "dWx, dWh, dx products")
+
+    def __init__(self):
+        from refnorm.numba_cpu import bn_lstm, common, ln_lstm, lstm
+        self.targets = [(mod, "input_projection", self.PHASES[0]) for mod in (lstm, bn_lstm, ln_lstm)]
+        self.targets += [(mod, name, self.PHASES[1 if "forward" in name else 2])
+                         for mod in (lstm, bn_lstm, ln_lstm) for name in dir(mod)
+                         if name.endswith("_loop") and name.startswith(mod.__name__.split(".")[-1])]
+        self.targets.append((common, "add_weight_grads", self.PHASES[3]))
+        self.cell, self.seconds, self.saved = None, {}, []
+
+    def _wrap(self, fn, phase):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                key = (self.cell, phase)
+                self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - start
+        return timed
+
+    def __enter__(self):
+        for mod, name, phase in self.targets:
+            fn = getattr(mod, name)
+            self.saved.append((mod, name, fn))
+            setattr(mod, name, self._wrap(fn, phase))
+        return self
+
+    def __exit__(self, *exc):
+        for mod, name, fn in reversed(self.saved):
+            setattr(mod, name, fn)
+        self.saved.clear()
+
+
+def table_phases(shapes, T, repeats, out):
+    """Where the normalised cells' extra time goes: each phase of a forward+backward (median
+    over interleaved repeats, in reverse order every other repeat) for the LSTM, BN- and
+    LN-LSTM, and the rest of the call (Python, input checks, allocation, the BN/LN statistics
+    update is off). The step loops hold the step products; the normalisation and its backward
+    run inside them."""
+    print("\n## Where the time goes: phases of one forward+backward (T="
+          f"{T}, ms, median of {repeats})\n", file=out)
+    print(row(["dtype", "B", "H", "cell", "total", "vs LSTM"] + list(PhaseTimer.PHASES)
+              + ["the rest"]), file=out)
+    print(row(["---"] * (7 + len(PhaseTimer.PHASES))), file=out)
+    stems = ("lstm", "bn_lstm", "ln_lstm")
+    for dtype in ("float64", "float32"):
+        for B, H in shapes:
+            with PhaseTimer() as timer:
+                cases = [refnorm_case(stem, T, B, H, dtype)[1] for stem in stems]
+                for fn in cases:
+                    fn()
+                per_call = {}
+
+                def run(stem, fn):
+                    def call():
+                        timer.cell, timer.seconds = stem, {}
+                        fn()
+                        per_call.setdefault(stem, []).append(dict(timer.seconds))
+                    return call
+                runs = interleaved_runs([run(s, f) for s, f in zip(stems, cases)], repeats,
+                                        warmup=0)
+            for stem, r in zip(stems, runs):
+                parts = [statistics.median(c.get((stem, ph), 0.0) for c in per_call[stem])
+                         for ph in PhaseTimer.PHASES]
+                rest = statistics.median(t - sum(c.values())
+                                         for t, c in zip(r.times, per_call[stem]))
+                print(row([dtype, B, H, stem, f"{r.time * 1e3:.2f}", spread(r.ratio(runs[0]))]
+                          + [f"{v * 1e3:.2f}" for v in parts] + [f"{rest * 1e3:.2f}"]),
+                      file=out)
+            out.flush()
 
 
 def table_linear_in_T(B, H, repeats, out):
@@ -487,6 +603,7 @@ def main(argv=None):
     measured = table_vs_torch(shapes, T_DEFAULT, repeats, out)
     table_product_bound(measured, T_DEFAULT, out)
     table_norm_cells(shapes[:2] if not args.quick else shapes[:1], T_DEFAULT, repeats, out)
+    table_phases(shapes[:2] if not args.quick else shapes[:1], T_DEFAULT, max(repeats, 11), out)
     table_linear_in_T(32, 128, 3, out)
     table_memory(32, 128, T_DEFAULT, out)
     table_backward_memory(32, 128, (T_DEFAULT, 1000), out)

@@ -1,0 +1,82 @@
+"""The timing helpers of benchmarks/bench_cpu.py: the order the compared functions run in, the
+paired ratios the tables print, and the phase timer of the normalised cells' breakdown. A
+benchmark's verdicts are only as good as these; the tests check them without timing anything
+that matters (no speed is asserted here)."""
+import pathlib
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import refnorm
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_cpu  # noqa: E402
+
+
+def test_interleaved_runs_reverse_the_order_every_other_repeat():
+    """Each function follows a different neighbour half of the time: repeats 0, 2 run a, b, c;
+    repeats 1, 3 run c, b, a. The warm-up calls come first, in order, once each."""
+    calls = []
+    fns = [lambda name=name: calls.append(name) for name in "abc"]
+    runs = bench_cpu.interleaved_runs(fns, repeats=4, warmup=1)
+    assert "".join(calls) == "abc" + "abc" + "cba" + "abc" + "cba"
+    assert [len(r.times) for r in runs] == [4, 4, 4]
+    assert [len(r.faults) for r in runs] == [4, 4, 4]
+
+
+def test_ratio_pairs_the_repeats_and_gives_median_and_quartiles():
+    """Runs.ratio divides repeat by repeat, not median by median: here the paired ratios are
+    0.5, 1.5, 0.25, 1.5, 0.5 (median 0.5, quartiles 0.5 and 1.5 by the inclusive method),
+    while the medians' ratio would be 3 / 4 = 0.75. A drift that scales both functions of a
+    repeat alike leaves every paired ratio unchanged."""
+    a, b = bench_cpu.Runs(), bench_cpu.Runs()
+    a.times = [1.0, 3.0, 2.0, 6.0, 5.0]
+    b.times = [2.0, 2.0, 8.0, 4.0, 10.0]
+    assert a.ratio(b) == (0.5, 0.5, 1.5)
+    assert (a.time, b.time) == (3.0, 4.0)
+    drift = [1.0, 2.0, 4.0, 8.0, 16.0]
+    a.times, b.times = ([t * d for t, d in zip(ts, drift)] for ts in (a.times, b.times))
+    assert a.ratio(b) == (0.5, 0.5, 1.5)
+    assert bench_cpu.spread((0.7, 0.66, 0.741)) == "0.70 (0.66-0.74)"
+    assert bench_cpu.spread((3.94, 3.8, 4.1), "{:.1f}x") == "3.9x (3.8x-4.1x)"
+
+
+def test_phase_timer_times_the_real_calls_and_restores_the_functions():
+    """Inside the timer every phase of each cell's forward+backward is timed (all four are
+    called by the LSTM, BN- and LN-LSTM), the phases sum to no more than the call, and the
+    cells' results are those of the unwrapped functions; outside it the modules hold their
+    own functions again."""
+    from refnorm.numba_cpu import bn_lstm, common, ln_lstm, lstm
+    before = {(mod, name): getattr(mod, name) for mod, name, _ in bench_cpu.PhaseTimer().targets}
+    assert len(before) == 3 + 6 + 1     # projection x3, two loops x3, the weight products
+    for stem in ("lstm", "bn_lstm", "ln_lstm"):
+        fwd_bwd = bench_cpu.refnorm_case(stem, 4, 3, 5, "float64")[1]
+        expected = fwd_bwd()
+        with bench_cpu.PhaseTimer() as timer:
+            timer.cell = stem
+            start = time.perf_counter()
+            got = fwd_bwd()
+            total = time.perf_counter() - start
+        phases = {ph: timer.seconds.get((stem, ph), 0.0) for ph in bench_cpu.PhaseTimer.PHASES}
+        assert all(v > 0 for v in phases.values()), (stem, phases)
+        assert sum(phases.values()) <= total
+        assert got.keys() == expected.keys()
+        for k in got:
+            np.testing.assert_array_equal(got[k], expected[k])
+    after = {(mod, name): getattr(mod, name) for mod, name in before}
+    assert after == before
+    assert lstm.lstm_forward_loop is before[(lstm, "lstm_forward_loop")]
+    assert common.add_weight_grads is before[(common, "add_weight_grads")]
+    assert {bn_lstm, ln_lstm} <= {mod for mod, _ in before}
+
+
+def test_phase_timer_restores_the_functions_when_the_call_fails():
+    """An exception inside the timer (a bad input) still puts every function back."""
+    before = {(mod, name): getattr(mod, name) for mod, name, _ in bench_cpu.PhaseTimer().targets}
+    cell = refnorm.CELLS["lstm"](5, 5, seed=0, backend="numba")
+    with pytest.raises(ValueError):
+        with bench_cpu.PhaseTimer():
+            cell.forward(np.full((4, 3, 5), np.nan))
+    assert {(mod, name): getattr(mod, name) for mod, name in before} == before
