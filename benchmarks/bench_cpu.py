@@ -88,11 +88,13 @@ def interleaved_runs(fns, repeats, warmup=1):
     in turn within each repeat: this virtual machine's speed drifts by 10-20 % over minutes,
     and interleaving makes the drift hit every column of a ratio alike instead of whichever ran
     in a slow minute. Every other repeat runs them in reverse order, so that each function
-    follows a different one half of the time: a call right after another library's has freed
-    its memory writes fresh pages, and which function pays for that would otherwise be fixed
-    by the order (ninth session, (128, 512) in float64: the same refnorm call took 5999 ms right
-    after torch's and 5236 ms right after refnorm's own). A call that writes memory the allocator has just returned to the
-    system (or mapped anew) pays a fault per 4 KiB page, ~3-4 µs each here."""
+    follows a different one half of the time: what a call inherits from the one before (the
+    caches, memory another library has just freed) would otherwise favour a fixed side of each
+    ratio (ninth session, (128, 512) in float64: one refnorm call took 5999 ms right after
+    torch's and 5236 ms right after refnorm's own; tenth session: BN-LSTM/LSTM at (16, 64) in
+    float32 read 1.18-1.44 in a fixed order, 1.40-1.82 alternating). A call that writes memory
+    the allocator has just returned to the system (or mapped anew) pays a fault per 4 KiB page,
+    ~3-4 µs each here."""
     for fn in fns:
         for _ in range(warmup):
             fn()
@@ -369,10 +371,10 @@ class PhaseTimer:
 
     def __init__(self):
         from refnorm.numba_cpu import bn_lstm, common, ln_lstm, lstm
-        self.targets = [(mod, "input_projection", self.PHASES[0]) for mod in (lstm, bn_lstm, ln_lstm)]
-        self.targets += [(mod, name, self.PHASES[1 if "forward" in name else 2])
-                         for mod in (lstm, bn_lstm, ln_lstm) for name in dir(mod)
-                         if name.endswith("_loop") and name.startswith(mod.__name__.split(".")[-1])]
+        cells = (lstm, bn_lstm, ln_lstm)
+        self.targets = [(mod, "input_projection", self.PHASES[0]) for mod in cells]
+        self.targets += [(mod, f"{mod.__name__.split('.')[-1]}_{way}_loop", self.PHASES[phase])
+                         for mod in cells for way, phase in (("forward", 1), ("backward", 2))]
         self.targets.append((common, "add_weight_grads", self.PHASES[3]))
         self.cell, self.seconds, self.saved = None, {}, []
 
@@ -402,9 +404,9 @@ class PhaseTimer:
 def table_phases(shapes, T, repeats, out):
     """Where the normalised cells' extra time goes: each phase of a forward+backward (median
     over interleaved repeats, in reverse order every other repeat) for the LSTM, BN- and
-    LN-LSTM, and the rest of the call (Python, input checks, allocation, the BN/LN statistics
-    update is off). The step loops hold the step products; the normalisation and its backward
-    run inside them."""
+    LN-LSTM, and the rest of the call (Python, argument checks, allocation; BN-LSTM's
+    population statistics are not updated, as in every table). The step loops hold the step
+    products; the normalisation and its backward run inside them."""
     print("\n## Where the time goes: phases of one forward+backward (T="
           f"{T}, ms, median of {repeats})\n", file=out)
     print(row(["dtype", "B", "H", "cell", "total", "vs LSTM"] + list(PhaseTimer.PHASES)
