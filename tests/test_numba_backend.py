@@ -478,6 +478,54 @@ def test_backward_working_memory_does_not_grow_with_T(monkeypatch, stem, options
     assert working < T * per_step / 8, working
 
 
+def test_seq_bn_backward_holds_one_array_of_gate_gradients():
+    """SeqBN-LSTM's backward keeps every step's dV (its batch x time statistics need them all),
+    but turns it into dU in place once dWh has it: beyond the gradients it returns it holds one
+    (T, B, 4H) array (tracemalloc: the scratch buffer, released first so the call allocates it),
+    not the two it held before (dV and dU: 2x this bound)."""
+    import tracemalloc
+    from refnorm.numba_cpu import common
+    T, B, H = 300, 8, 32
+    one = T * B * 4 * H * 8
+    cell, cache, d = _backward_run("seq_bn_lstm", 4, T=T, B=B, H=H)
+    cell.backward(d["dhs"], cache, d["dhT"], d["dcT"])       # loads the compiled code first
+    common.release_scratch()
+    tracemalloc.start()
+    try:
+        grads = cell.backward(d["dhs"], cache, d["dhT"], d["dcT"])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    working = peak - sum(g.nbytes for g in grads.values())
+    assert one <= working < one + 256 * 1024, (working, one)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm_backward_in_place_equals_out_of_place(dtype, training):
+    """dz may be dy itself (SeqBN-LSTM's dV -> dU): the same dz, dgamma and dbeta bit for bit
+    as into a separate array, with rows outside the statistics (m = 0) and random values."""
+    from refnorm.numba_cpu.norms import batchnorm_backward
+    rng = np.random.default_rng(7)
+    N, F = 37, 19
+    dy = rng.standard_normal((N, F)).astype(dtype)
+    m = (rng.random(N) < 0.7).astype(dtype)
+    zhat = (rng.standard_normal((N, F)) * m[:, None]).astype(dtype)
+    var = rng.uniform(0.5, 2.0, F).astype(dtype)
+    gamma = rng.uniform(0.5, 1.5, F).astype(dtype)
+    dgamma0, dbeta0 = (rng.standard_normal(F).astype(dtype) for _ in range(2))
+    out = []
+    for in_place in (False, True):
+        a = dy.copy()
+        dz = a if in_place else np.empty_like(a)
+        dgamma, dbeta = dgamma0.copy(), dbeta0.copy()      # added to, as the loops do
+        batchnorm_backward(a, zhat, var, m, gamma, dtype(1e-5), training, dz, dgamma, dbeta)
+        out.append((dz, dgamma, dbeta))
+    for got, want in zip(out[1], out[0]):
+        np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(out[0][0], dy)
+
+
 @pytest.mark.parametrize("stem, options", VARIANTS)
 def test_backward_passes_in_threads_do_not_share_scratch(stem, options):
     """The loops release the GIL, so backward passes of several threads run at once. Each

@@ -612,13 +612,23 @@ def backward_in_chunks(dhs, dhT, dcT, cache, n_gate_grads, state_grads, loop, ad
 def add_weight_grads(x, h, Wx, t0, t1, dA, dU, dWx, dWh, dx):
     """Steps t0 .. t1-1's share of the whole-sequence products, one GEMM each over their
     (t1 - t0)·B rows: dWh += Σ_t h_{t-1}ᵀ da_t (BPTT 7), dWx += Σ_t x_tᵀ du_t and
-    dx_t = du_t Wxᵀ (BPTT 8), with dA, dU (t1 - t0, B, 4H) holding da_t, du_t. Mirror of
-    numpy_ref.common.input_projection_backward and of the reference's per-step dWh terms,
-    summed here by the product over the rows."""
+    dx_t = du_t Wxᵀ (BPTT 8), with dA, dU (t1 - t0, B, 4H) holding da_t, du_t."""
+    add_recurrent_weight_grad(h, t0, t1, dA, dWh)
+    add_input_grads(x, Wx, t0, t1, dU, dWx, dx)
+
+
+def add_recurrent_weight_grad(h, t0, t1, dA, dWh):
+    """dWh += Σ_t h_{t-1}ᵀ da_t over steps t0 .. t1-1 (BPTT 7), one GEMM over their rows: the
+    reference's per-step dWh terms, summed by the product."""
+    H, G = h.shape[-1], dA.shape[-1]
+    dWh += h[t0:t1].reshape(-1, H).T @ dA.reshape(-1, G)   # Σ_t h_prev.T @ dz (LSTM 9), (BPTT 7)
+
+
+def add_input_grads(x, Wx, t0, t1, dU, dWx, dx):
+    """dWx += Σ_t x_tᵀ du_t and dx_t = du_t Wxᵀ over steps t0 .. t1-1 (BPTT 8), dU (t1 - t0, B,
+    4H): mirror of numpy_ref.common.input_projection_backward, one GEMM each."""
     D, G = Wx.shape
-    H = h.shape[-1]
-    dA, dU = dA.reshape(-1, G), dU.reshape(-1, G)
-    dWh += h[t0:t1].reshape(-1, H).T @ dA         # Σ_t h_prev.T @ dz   (LSTM 9), (BPTT 7)
+    dU = dU.reshape(-1, G)
     dWx += x[t0:t1].reshape(-1, D).T @ dU         # x.reshape(-1, D).T @ dU.reshape(-1, G)
     np.matmul(dU, Wx.T, out=dx[t0:t1].reshape(-1, D))   # dx = dU @ Wx.T        (BPTT 8)
 

@@ -7,7 +7,7 @@ import numpy as np
 
 from ..numpy_ref.common import with_state_grads
 from ..numpy_ref.seq_bn_lstm import SeqBNLSTMCache
-from .common import add_weight_grads, backward_buffers, pack_panels
+from .common import add_input_grads, add_recurrent_weight_grad, backward_buffers, pack_panels
 from .lstm import lstm_backward_loop, lstm_forward_loop, states
 from .norms import batchnorm_backward, batchnorm_normalize, batchnorm_stats
 
@@ -50,22 +50,26 @@ def seq_bn_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
     """Same contract as refnorm.numpy_ref.seq_bn_lstm.seq_bn_lstm_backward.
 
     One chunk of all T steps (not common.backward_in_chunks): the batch × time statistics make
-    every du_t depend on the dV of every step (SEQBN-LSTM 5)."""
+    every du_t depend on the dV of every step (SEQBN-LSTM 5). One (T, B, 4H) array of gate
+    gradients, not two: dWh takes dV first, then the batch-norm backward turns dV into dU in
+    place (dV is not needed after it), which halves the working memory that grows with T."""
     p = cache.params
     x, h, Wx = cache.x, cache.h, p["Wx"]
     T, B, G = cache.gates.shape
     (D, _), H, dt = Wx.shape, G // 4, dhs.dtype
-    (dV, dU), dh, dc = backward_buffers(dhs, G, 2, state_grads)
+    (dV,), dh, dc = backward_buffers(dhs, G, 1, state_grads)
     db = np.zeros(G, dt)
     dH, dC = dhT.copy(), dcT.copy()
     lstm_backward_loop(0, T, dhs, cache.mask, cache.c, cache.gates, cache.tanh_c,
                        pack_panels(p["Wh"].T), dV, db, dH, dC, dh, dc)      # (SEQBN-LSTM 4)
-    dgamma_x = np.zeros(G, dt)
-    batchnorm_backward(dV.reshape(T * B, G), cache.u_hat.reshape(T * B, G), cache.var_x,
-                       np.ascontiguousarray(cache.stat_mask.reshape(T * B)), p["gamma_x"],
-                       dt.type(cache.eps), cache.training, dU.reshape(T * B, G), dgamma_x,
-                       np.empty(0, dt))                                     # (SEQBN-LSTM 5)
     dWx, dWh, dx = np.zeros((D, G), dt), np.zeros((H, G), dt), np.empty(x.shape, dt)
-    add_weight_grads(x, h, Wx, 0, T, dV, dU, dWx, dWh, dx)                 # (SEQBN-LSTM 6)
+    add_recurrent_weight_grad(h, 0, T, dV, dWh)                             # (LSTM 9)
+    dgamma_x = np.zeros(G, dt)
+    dU = dV.reshape(T * B, G)                     # dV becomes dU, in place
+    batchnorm_backward(dU, cache.u_hat.reshape(T * B, G), cache.var_x,
+                       np.ascontiguousarray(cache.stat_mask.reshape(T * B)), p["gamma_x"],
+                       dt.type(cache.eps), cache.training, dU, dgamma_x,
+                       np.empty(0, dt))                                     # (SEQBN-LSTM 5)
+    add_input_grads(x, Wx, 0, T, dU, dWx, dx)                              # (SEQBN-LSTM 6)
     grads = {"Wx": dWx, "Wh": dWh, "b": db, "gamma_x": dgamma_x, "x": dx, "h0": dH, "c0": dC}
     return with_state_grads(grads, (dh, dc), state_grads)
