@@ -451,20 +451,13 @@ def test_backward_runs_in_chunks_that_fit_the_scratch_limit(monkeypatch, stem, o
         assert np.allclose(whole[k], chunked[k], rtol=0, atol=1e-14 * scale), k
 
 
-@pytest.mark.parametrize("stem, options", [("lstm", {}), ("bn_lstm", {}), ("ln_lstm", {})])
-def test_backward_working_memory_does_not_grow_with_T(monkeypatch, stem, options):
-    """With room for 4 steps of gate gradients, a 300-step backward holds (tracemalloc, which
-    sees NumPy's allocations) the scratch buffer and arrays of weight or batch size beyond the
-    gradients it returns (the packed Whᵀ, each chunk's dWx and dWh terms: ~150 KB here), far
-    less than the gate gradients of all its steps (2-4 MB)."""
+def _backward_working_memory(cell, cache, d):
+    """The peak memory of one backward pass beyond the gradients it returns (tracemalloc, which
+    sees NumPy's allocations), the scratch buffer included: released first, so the call
+    allocates it (after a first call has loaded the compiled code)."""
     import tracemalloc
     from refnorm.numba_cpu import common
-    T, B, H = 300, 8, 32
-    n_gate_grads = 1 if stem == "lstm" else 2
-    per_step = n_gate_grads * B * 4 * H * 8
-    cell, cache, d = _backward_run(stem, 4, T=T, B=B, H=H, **options)
-    monkeypatch.setattr(common, "SCRATCH_MAX_BYTES", 4 * per_step + 2 * B * H * 8 + 256)
-    cell.backward(d["dhs"], cache, d["dhT"], d["dcT"])       # loads the compiled loop first
+    cell.backward(d["dhs"], cache, d["dhT"], d["dcT"])
     common.release_scratch()
     tracemalloc.start()
     try:
@@ -472,7 +465,22 @@ def test_backward_working_memory_does_not_grow_with_T(monkeypatch, stem, options
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    working = peak - sum(g.nbytes for g in grads.values())
+    return peak - sum(g.nbytes for g in grads.values())
+
+
+@pytest.mark.parametrize("stem, options", [("lstm", {}), ("bn_lstm", {}), ("ln_lstm", {})])
+def test_backward_working_memory_does_not_grow_with_T(monkeypatch, stem, options):
+    """With room for 4 steps of gate gradients, a 300-step backward holds (tracemalloc, which
+    sees NumPy's allocations) the scratch buffer and arrays of weight or batch size beyond the
+    gradients it returns (the packed Whᵀ, each chunk's dWx and dWh terms: ~150 KB here), far
+    less than the gate gradients of all its steps (2-4 MB)."""
+    from refnorm.numba_cpu import common
+    T, B, H = 300, 8, 32
+    n_gate_grads = 1 if stem == "lstm" else 2
+    per_step = n_gate_grads * B * 4 * H * 8
+    cell, cache, d = _backward_run(stem, 4, T=T, B=B, H=H, **options)
+    monkeypatch.setattr(common, "SCRATCH_MAX_BYTES", 4 * per_step + 2 * B * H * 8 + 256)
+    working = _backward_working_memory(cell, cache, d)
     assert common._scratch.buffer is not None                # the chunks fit the buffer
     assert working < common.SCRATCH_MAX_BYTES + 256 * 1024, working
     assert working < T * per_step / 8, working
@@ -483,20 +491,9 @@ def test_seq_bn_backward_holds_one_array_of_gate_gradients():
     but turns it into dU in place once dWh has it: beyond the gradients it returns it holds one
     (T, B, 4H) array (tracemalloc: the scratch buffer, released first so the call allocates it),
     not the two it held before (dV and dU: 2x this bound)."""
-    import tracemalloc
-    from refnorm.numba_cpu import common
     T, B, H = 300, 8, 32
     one = T * B * 4 * H * 8
-    cell, cache, d = _backward_run("seq_bn_lstm", 4, T=T, B=B, H=H)
-    cell.backward(d["dhs"], cache, d["dhT"], d["dcT"])       # loads the compiled code first
-    common.release_scratch()
-    tracemalloc.start()
-    try:
-        grads = cell.backward(d["dhs"], cache, d["dhT"], d["dcT"])
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    working = peak - sum(g.nbytes for g in grads.values())
+    working = _backward_working_memory(*_backward_run("seq_bn_lstm", 4, T=T, B=B, H=H))
     assert one <= working < one + 256 * 1024, (working, one)
 
 
