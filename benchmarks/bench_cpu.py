@@ -364,18 +364,25 @@ def table_norm_cells(shapes, T, repeats, out):
 class PhaseTimer:
     """Times the phases of the numba cells' forward+backward where they run, by wrapping the
     module-level functions the cells call (while in use; `with PhaseTimer() as timer:`): the
-    input projection, the forward and backward step loops (their step products included) and
-    the weight-gradient products dWx, dWh, dx. `timer.cell` names the cell whose call is
-    running; seconds accumulate per (cell, phase)."""
-    PHASES = ("input projection", "forward loop", "backward loop", "dWx, dWh, dx products")
+    input projection, the forward and backward step loops (their step products included), the
+    weight-gradient products dWx, dWh, dx, and SeqBN-LSTM's batch-norm passes over all T·B
+    frames. `timer.cell` names the cell whose call is running; seconds accumulate per (cell,
+    phase)."""
+    PHASES = ("input projection", "forward loop", "backward loop", "dWx, dWh, dx products",
+              "batch x time normalisation")
 
     def __init__(self):
-        from refnorm.numba_cpu import bn_lstm, common, ln_lstm, lstm
+        from refnorm.numba_cpu import bn_lstm, common, ln_lstm, lstm, seq_bn_lstm
         cells = (lstm, bn_lstm, ln_lstm)
         self.targets = [(mod, "input_projection", self.PHASES[0]) for mod in cells]
         self.targets += [(mod, f"{mod.__name__.split('.')[-1]}_{way}_loop", self.PHASES[phase])
                          for mod in cells for way, phase in (("forward", 1), ("backward", 2))]
         self.targets.append((common, "add_weight_grads", self.PHASES[3]))
+        # SeqBN-LSTM calls the LSTM's loops and the products by the names it imported
+        self.targets += [(seq_bn_lstm, name, self.PHASES[phase]) for name, phase in (
+            ("input_projection", 0), ("lstm_forward_loop", 1), ("lstm_backward_loop", 2),
+            ("add_recurrent_weight_grad", 3), ("add_input_grads", 3), ("batchnorm_stats", 4),
+            ("batchnorm_normalize", 4), ("batchnorm_backward", 4))]
         self.cell, self.seconds, self.saved = None, {}, []
 
     def _wrap(self, fn, phase):
@@ -403,16 +410,16 @@ class PhaseTimer:
 
 def table_phases(shapes, T, repeats, out):
     """Where the normalised cells' extra time goes: each phase of a forward+backward (median
-    over interleaved repeats, in reverse order every other repeat) for the LSTM, BN- and
-    LN-LSTM, and the rest of the call (Python, argument checks, allocation; BN-LSTM's
-    population statistics are not updated, as in every table). The step loops hold the step
-    products; the normalisation and its backward run inside them."""
+    over interleaved repeats, in reverse order every other repeat) for each cell, and the rest
+    of the call (Python, argument checks, allocation, SeqBN-LSTM's γ_x ⊙ û; the population
+    statistics are not updated, as in every table). The step loops hold the step products; BN-
+    and LN-LSTM's normalisation and its backward run inside them, SeqBN-LSTM's apart."""
     print("\n## Where the time goes: phases of one forward+backward (T="
           f"{T}, ms, median of {repeats})\n", file=out)
     print(row(["dtype", "B", "H", "cell", "total", "vs LSTM"] + list(PhaseTimer.PHASES)
               + ["the rest"]), file=out)
     print(row(["---"] * (7 + len(PhaseTimer.PHASES))), file=out)
-    stems = ("lstm", "bn_lstm", "ln_lstm")
+    stems = ("lstm", "bn_lstm", "seq_bn_lstm", "ln_lstm")
     for dtype in ("float64", "float32"):
         for B, H in shapes:
             with PhaseTimer() as timer:

@@ -44,14 +44,15 @@ def test_ratio_pairs_the_repeats_and_gives_median_and_quartiles():
 
 
 def test_phase_timer_times_the_real_calls_and_restores_the_functions():
-    """Inside the timer every phase of each cell's forward+backward is timed (all four are
-    called by the LSTM, BN- and LN-LSTM), the phases sum to no more than the call, and the
-    cells' results are those of the unwrapped functions; outside it the modules hold their
-    own functions again."""
-    from refnorm.numba_cpu import bn_lstm, common, ln_lstm, lstm
+    """Inside the timer every phase of each cell's forward+backward is timed (the LSTM, BN- and
+    LN-LSTM call all but the batch x time normalisation, SeqBN-LSTM all five), the phases sum
+    to no more than the call, and the cells' results are those of the unwrapped functions;
+    outside it the modules hold their own functions again."""
+    from refnorm.numba_cpu import bn_lstm, common, ln_lstm, lstm, seq_bn_lstm
     before = {(mod, name): getattr(mod, name) for mod, name, _ in bench_cpu.PhaseTimer().targets}
-    assert len(before) == 3 + 6 + 1     # projection x3, two loops x3, the weight products
-    for stem in ("lstm", "bn_lstm", "ln_lstm"):
+    assert len(before) == 3 + 6 + 1 + 8   # projection x3, loops x6, products, SeqBN-LSTM's 8
+    phases_of = {"seq_bn_lstm": bench_cpu.PhaseTimer.PHASES}
+    for stem in ("lstm", "bn_lstm", "seq_bn_lstm", "ln_lstm"):
         fwd_bwd = bench_cpu.refnorm_case(stem, 4, 3, 5, "float64")[1]
         expected = fwd_bwd()
         with bench_cpu.PhaseTimer() as timer:
@@ -60,7 +61,9 @@ def test_phase_timer_times_the_real_calls_and_restores_the_functions():
             got = fwd_bwd()
             total = time.perf_counter() - start
         phases = {ph: timer.seconds.get((stem, ph), 0.0) for ph in bench_cpu.PhaseTimer.PHASES}
-        assert all(v > 0 for v in phases.values()), (stem, phases)
+        called = phases_of.get(stem, bench_cpu.PhaseTimer.PHASES[:4])
+        assert all(phases[ph] > 0 for ph in called), (stem, phases)
+        assert all(phases[ph] == 0 for ph in phases if ph not in called), (stem, phases)
         assert sum(phases.values()) <= total
         assert got.keys() == expected.keys()
         for k in got:
@@ -68,8 +71,9 @@ def test_phase_timer_times_the_real_calls_and_restores_the_functions():
     after = {(mod, name): getattr(mod, name) for mod, name in before}
     assert after == before
     assert lstm.lstm_forward_loop is before[(lstm, "lstm_forward_loop")]
+    assert seq_bn_lstm.lstm_forward_loop is lstm.lstm_forward_loop
     assert common.add_weight_grads is before[(common, "add_weight_grads")]
-    assert {bn_lstm, ln_lstm} <= {mod for mod, _ in before}
+    assert {bn_lstm, ln_lstm, seq_bn_lstm} <= {mod for mod, _ in before}
 
 
 def test_phase_timer_restores_the_functions_when_the_call_fails():

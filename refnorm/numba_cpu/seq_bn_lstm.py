@@ -7,7 +7,8 @@ import numpy as np
 
 from ..numpy_ref.common import with_state_grads
 from ..numpy_ref.seq_bn_lstm import SeqBNLSTMCache
-from .common import add_input_grads, add_recurrent_weight_grad, backward_buffers, pack_panels
+from .common import (add_input_grads, add_recurrent_weight_grad, backward_buffers,
+                     input_projection, pack_panels)
 from .lstm import lstm_backward_loop, lstm_forward_loop, states
 from .norms import batchnorm_backward, batchnorm_normalize, batchnorm_stats
 
@@ -18,10 +19,10 @@ def seq_bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None,
     if not training and pop is None:
         raise ValueError("inference needs population statistics (pop)")
     p = params
-    T, B, D = x.shape
+    T, B, _ = x.shape
     G = p["Wx"].shape[1]
     dt = x.dtype
-    U = x.reshape(T * B, D) @ p["Wx"]                                       # (SEQBN-LSTM 1)
+    U = input_projection(x, p["Wx"]).reshape(T * B, G)                      # (SEQBN-LSTM 1)
     stat_mask = mask if pad_stats == "exclude" else np.ones_like(mask)
     m = np.ascontiguousarray(stat_mask.reshape(T * B))
     if training:
