@@ -64,7 +64,7 @@ def seq_bn_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
     lstm_backward_loop(0, T, dhs, cache.mask, cache.c, cache.gates, cache.tanh_c,
                        pack_panels(p["Wh"].T), dV, db, dH, dC, dh, dc)      # (SEQBN-LSTM 4)
     dWx, dWh, dx = np.zeros((D, G), dt), np.zeros((H, G), dt), np.empty(x.shape, dt)
-    add_recurrent_weight_grad(h, 0, T, dV, dWh)                             # (LSTM 9)
+    add_recurrent_weight_grad(h, 0, T, dV, dWh)                 # (LSTM 9), (BPTT 7)
     dgamma_x = np.zeros(G, dt)
     dU = dV.reshape(T * B, G)                     # dV becomes dU, in place
     batchnorm_backward(dU, cache.u_hat.reshape(T * B, G), cache.var_x,
