@@ -40,6 +40,8 @@ from numba import njit
 import refnorm
 from refnorm.gradcheck import randomize
 from refnorm.numba_cpu.common import pack_panels, packed_matmul, product_workspace
+from refnorm.numba_cpu.norms import (batchnorm_backward, batchnorm_normalize, batchnorm_stats,
+                                     layernorm_backward, layernorm_forward)
 
 from blas_floor import gemm_for, matmul
 
@@ -447,6 +449,118 @@ def table_phases(shapes, T, repeats, out):
             out.flush()
 
 
+# -- the normalisation alone, hot ----------------------------------------------------------------
+# The phase table says where BN- and LN-LSTM's time goes, not how little it could be. These loops
+# make one step's normalisation calls of each cell, in the order its two step loops make them
+# (training, carry="raw", separate terms, one group), T times over on one step's arrays, which
+# then stay in L1/L2 and share the core with no other pass: what those calls cost at the least,
+# in any step loop that makes them. table_normalisation sets it against the time the 1.25x
+# target leaves the normalised cells beyond refnorm's LSTM, a quarter of the LSTM's own time.
+@njit(cache=True)
+def _bn_lstm_normalisation(T, eps, m, a, u, c_new, mean_h, var_h, mean_x, var_x, mean_c, var_c,
+                           a_hat, u_hat, c_hat, gamma_h, gamma_x, gamma_c, dz, dc_in, dA, dU,
+                           dc_norm, dgamma_h, dgamma_x, dgamma_c, dbeta_c):
+    no_beta = np.empty(0, dz.dtype)
+    for _ in range(T):
+        batchnorm_stats(a, m, mean_h, var_h)               # bn_lstm_forward_loop
+        batchnorm_stats(u, m, mean_x, var_x)
+        batchnorm_normalize(a, m, mean_h, var_h, eps, a_hat)
+        batchnorm_normalize(u, m, mean_x, var_x, eps, u_hat)
+        batchnorm_stats(c_new, m, mean_c, var_c)
+        batchnorm_normalize(c_new, m, mean_c, var_c, eps, c_hat)
+        batchnorm_backward(dc_in, c_hat, var_c, m, gamma_c, eps, True, dc_norm, dgamma_c,
+                           dbeta_c)                        # bn_lstm_backward_loop
+        batchnorm_backward(dz, a_hat, var_h, m, gamma_h, eps, True, dA, dgamma_h, no_beta)
+        batchnorm_backward(dz, u_hat, var_x, m, gamma_x, eps, True, dU, dgamma_x, no_beta)
+
+
+@njit(cache=True)
+def _ln_lstm_normalisation(T, eps, a, u, c_new, mean_h, var_h, mean_x, var_x, mean_c, var_c,
+                           a_hat, u_hat, c_hat, gamma_h, gamma_x, gamma_c, dz, dc_in, dA, dU,
+                           dc_norm, dgamma_h, dgamma_x, dgamma_c, dbeta_c):
+    no_beta = np.empty(0, dz.dtype)
+    for _ in range(T):
+        layernorm_forward(a, eps, 1, a_hat, mean_h, var_h)       # ln_lstm_forward_loop
+        layernorm_forward(u, eps, 1, u_hat, mean_x, var_x)
+        layernorm_forward(c_new, eps, 1, c_hat, mean_c, var_c)
+        layernorm_backward(dc_in, c_hat, var_c, gamma_c, eps, 1, dc_norm, dgamma_c,
+                           dbeta_c)                              # ln_lstm_backward_loop
+        layernorm_backward(dz, a_hat, var_h, gamma_h, eps, 1, dA, dgamma_h, no_beta)
+        layernorm_backward(dz, u_hat, var_x, gamma_x, eps, 1, dU, dgamma_x, no_beta)
+
+
+def normalisation_case(stem, T, B, H, dtype):
+    """The hot normalisation calls of T steps of `stem` ("bn_lstm" or "ln_lstm") on random
+    data (gains around 1; BN-LSTM's mask pads one row when B > 1): returns the function that
+    runs them once and the dict of the arrays it reads and writes."""
+    rng = np.random.default_rng(0)
+    G, dt = 4 * H, np.dtype(dtype)
+    stat = (G,) if stem == "bn_lstm" else (B, 1)
+    stat_c = (H,) if stem == "bn_lstm" else (B, 1)
+
+    def normal(*shape):
+        return rng.standard_normal(shape).astype(dt)
+
+    def gain(n):
+        return rng.uniform(0.5, 1.5, n).astype(dt)
+
+    m = np.ones(B, dt)
+    m[-1] = 0.0 if B > 1 else 1.0
+    arrays = dict(m=m, a=normal(B, G), u=normal(B, G), c_new=normal(B, H),
+                  mean_h=np.empty(stat, dt), var_h=np.empty(stat, dt),
+                  mean_x=np.empty(stat, dt), var_x=np.empty(stat, dt),
+                  mean_c=np.empty(stat_c, dt), var_c=np.empty(stat_c, dt),
+                  a_hat=np.empty((B, G), dt), u_hat=np.empty((B, G), dt),
+                  c_hat=np.empty((B, H), dt), gamma_h=gain(G), gamma_x=gain(G), gamma_c=gain(H),
+                  dz=normal(B, G), dc_in=normal(B, H), dA=np.empty((B, G), dt),
+                  dU=np.empty((B, G), dt), dc_norm=np.empty((B, H), dt),
+                  dgamma_h=np.zeros(G, dt), dgamma_x=np.zeros(G, dt), dgamma_c=np.zeros(H, dt),
+                  dbeta_c=np.zeros(H, dt))
+    if stem == "bn_lstm":
+        loop, names = _bn_lstm_normalisation, ("m",) + NORMALISATION_ARGS
+    else:                                                  # layer norm has no mask
+        loop, names = _ln_lstm_normalisation, NORMALISATION_ARGS
+        del arrays["m"]
+    eps = dt.type(1e-5)
+
+    def run():
+        loop(T, eps, *(arrays[k] for k in names))
+    return run, arrays
+
+
+NORMALISATION_ARGS = ("a", "u", "c_new", "mean_h", "var_h", "mean_x", "var_x", "mean_c",
+                      "var_c", "a_hat", "u_hat", "c_hat", "gamma_h", "gamma_x", "gamma_c", "dz",
+                      "dc_in", "dA", "dU", "dc_norm", "dgamma_h", "dgamma_x", "dgamma_c",
+                      "dbeta_c")
+
+
+def table_normalisation(shapes, T, repeats, out):
+    """BN- and LN-LSTM's extra time over refnorm's LSTM, the budget the 1.25x target leaves it
+    (0.25x the LSTM's time) and the share of that budget the normalisation calls alone take,
+    hot (above): the three measured side by side."""
+    print("\n## The normalisation alone, hot, against the time the 1.25x target leaves "
+          f"(T={T}, ms per forward+backward, median of {repeats})\n", file=out)
+    print(row(["dtype", "B", "H", "cell", "LSTM", "cell", "cell - LSTM",
+               "budget: 0.25 x LSTM", "normalisation calls, hot", "hot / budget"]), file=out)
+    print(row(["---"] * 10), file=out)
+    stems = ("bn_lstm", "ln_lstm")
+    for dtype in ("float64", "float32"):
+        for B, H in shapes:
+            fns = [refnorm_case("lstm", T, B, H, dtype)[1]]
+            for stem in stems:
+                fns += [refnorm_case(stem, T, B, H, dtype)[1],
+                        normalisation_case(stem, T, B, H, dtype)[0]]
+            runs = interleaved_runs(fns, repeats)
+            lstm = runs[0]
+            for i, stem in enumerate(stems):
+                cell, hot = runs[1 + 2 * i], runs[2 + 2 * i]
+                share = [4 * r for r in hot.ratio(lstm)]    # hot / (0.25 x LSTM), paired
+                print(row([dtype, B, H, stem, f"{lstm.time * 1e3:.2f}", f"{cell.time * 1e3:.2f}",
+                           f"{(cell.time - lstm.time) * 1e3:.2f}", f"{lstm.time / 4 * 1e3:.2f}",
+                           f"{hot.time * 1e3:.2f}", spread(share, "{:.0%}")]), file=out)
+            out.flush()
+
+
 def table_linear_in_T(B, H, repeats, out):
     print(f"\n## Time vs T (LSTM fwd+bwd, float64, B={B}, H={H})\n", file=out)
     print(row(["T", "ms", "µs per step"]), file=out)
@@ -613,6 +727,8 @@ def main(argv=None):
     table_product_bound(measured, T_DEFAULT, out)
     table_norm_cells(shapes[:2] if not args.quick else shapes[:1], T_DEFAULT, repeats, out)
     table_phases(shapes[:2] if not args.quick else shapes[:1], T_DEFAULT, max(repeats, 11), out)
+    table_normalisation(shapes[:2] if not args.quick else shapes[:1], T_DEFAULT,
+                        max(repeats, 11), out)
     table_linear_in_T(32, 128, 3, out)
     table_memory(32, 128, T_DEFAULT, out)
     table_backward_memory(32, 128, (T_DEFAULT, 1000), out)

@@ -84,3 +84,56 @@ def test_phase_timer_restores_the_functions_when_the_call_fails():
         with bench_cpu.PhaseTimer():
             cell.forward(np.full((4, 3, 5), np.nan))
     assert {(mod, name): getattr(mod, name) for mod, name in before} == before
+
+
+@pytest.mark.parametrize("stem", ["bn_lstm", "ln_lstm"])
+def test_hot_normalisation_loops_do_the_cells_work_t_times(stem):
+    """The "normalisation alone, hot" table times what the cells' normalisation costs at the
+    least; it means something only if its loops make the real calls on the real shapes. One
+    step (T = 1) gives what the reference's norm functions give on the same arrays (1e-12:
+    the compiled loops differ from NumPy by roundings); T = 3 adds each gain gradient three
+    times, so the loop runs every step and none is optimised away."""
+    from refnorm.numpy_ref import norms
+    B, H, eps = 4, 3, 1e-5
+    grads = ("dgamma_h", "dgamma_x", "dgamma_c", "dbeta_c")
+    results = {}
+    for T in (1, 3):
+        run, arrays = bench_cpu.normalisation_case(stem, T, B, H, "float64")
+        run()
+        results[T] = arrays
+    r = results[1]
+    if stem == "bn_lstm":
+        m = r["m"]
+        assert m.min() == 0.0 < m.max()                 # a padded row is excluded
+
+        def forward(z, gamma):
+            return norms.batchnorm_forward(z, m, gamma, None, eps)[1:]
+
+        def backward(dy, zhat, var, gamma):
+            return norms.batchnorm_backward(dy, zhat, var, m, gamma, eps, training=True)
+    else:
+        def forward(z, gamma):
+            return norms.layernorm_forward(z, gamma, None, eps)[1:]
+
+        def backward(dy, zhat, var, gamma):
+            return norms.layernorm_backward(dy, zhat, var, gamma, eps)
+
+    def close(got, want):
+        np.testing.assert_allclose(got, np.reshape(want, got.shape), rtol=1e-12,
+                                   atol=1e-12 * np.abs(want).max())
+
+    for z, gain, hat, mean, var in (("a", "gamma_h", "a_hat", "mean_h", "var_h"),
+                                    ("u", "gamma_x", "u_hat", "mean_x", "var_x"),
+                                    ("c_new", "gamma_c", "c_hat", "mean_c", "var_c")):
+        zhat, mu, v = forward(r[z], r[gain])
+        close(r[hat], zhat)
+        close(r[mean], mu)
+        close(r[var], v)
+    dc, dgamma_c, dbeta_c = backward(r["dc_in"], r["c_hat"], r["var_c"], r["gamma_c"])
+    da, dgamma_h, _ = backward(r["dz"], r["a_hat"], r["var_h"], r["gamma_h"])
+    du, dgamma_x, _ = backward(r["dz"], r["u_hat"], r["var_x"], r["gamma_x"])
+    for name, want in (("dc_norm", dc), ("dA", da), ("dU", du), ("dgamma_c", dgamma_c),
+                       ("dbeta_c", dbeta_c), ("dgamma_h", dgamma_h), ("dgamma_x", dgamma_x)):
+        close(r[name], want)
+    for name in grads:
+        close(results[3][name], 3 * r[name])
