@@ -274,6 +274,7 @@ def product_flops(T, B, H):
 
 
 STEP_SHARE = 2 / 6   # of product_flops: the 2T step products; the other 4 are whole-sequence
+FORWARD_SHARE = 2 / 6   # of product_flops: the forward's, x Wx and the T products h_{t-1} Wh
 
 
 def gemm_ceiling(dtype, n=1536, repeats=5):
@@ -294,32 +295,36 @@ def table_product_bound(measured, T, out):
     this BLAS whatever the code around the products does. The floor's rate is also split: its
     2T step products (a third of the FLOPs, one small product per call, each packing Wh anew)
     and its four whole-sequence products, timed apart in the same interleaved runs; and the
-    same 2T step products in refnorm's own kernel (packing Wh and Whᵀ once, as a call does)."""
+    same 2T step products in refnorm's own kernel (packing Wh and Whᵀ once, as a call does).
+    The last column bounds the forward alone the same way: its products (x Wx and the T step
+    products, a third of the FLOPs) at the best rate, against torch's forward."""
     print("\n## What the matrix products allow (same runs as above)\n", file=out)
     print(row(["dtype", "B", "H", "GFLOP per fwd+bwd", "BLAS floor GFLOP/s",
                "its 2T step products GFLOP/s", "its 4 whole-sequence products GFLOP/s",
                "the 2T step products in refnorm's kernel GFLOP/s", "refnorm GFLOP/s", "best product rate GFLOP/s",
-               "least possible time / torch fwd+bwd"]), file=out)
-    print(row(["---"] * 11), file=out)
+               "least possible time / torch fwd+bwd", "least possible forward / torch fwd"]),
+          file=out)
+    print(row(["---"] * 12), file=out)
     ceiling = {}
     for dtype in ("float64", "float32"):
-        floors = [product_flops(T, B, H) / fl for dt, B, H, _, _, fl, _, _, _ in measured
+        floors = [product_flops(T, B, H) / fl for dt, B, H, _, _, fl, _, _, _, _ in measured
                   if dt == dtype]
         ceiling[dtype] = max([gemm_ceiling(dtype)] + floors)
-    for dtype, B, H, r_fb, t_fb, fl, step, whole, kernel in measured:
+    for dtype, B, H, r_fb, t_fb, fl, step, whole, kernel, t_f in measured:
         flops = product_flops(T, B, H)
         print(row([dtype, B, H, f"{flops / 1e9:.2f}", f"{flops / fl / 1e9:.1f}",
                    f"{STEP_SHARE * flops / step / 1e9:.1f}",
                    f"{(1 - STEP_SHARE) * flops / whole / 1e9:.1f}",
                    f"{STEP_SHARE * flops / kernel / 1e9:.1f}",
                    f"{flops / r_fb / 1e9:.1f}", f"{ceiling[dtype] / 1e9:.1f}",
-                   f"{flops / ceiling[dtype] / t_fb:.2f}"]), file=out)
+                   f"{flops / ceiling[dtype] / t_fb:.2f}",
+                   f"{FORWARD_SHARE * flops / ceiling[dtype] / t_f:.2f}"]), file=out)
 
 
 def table_vs_torch(shapes, T, repeats, out):
     """Prints the table; returns per shape (dtype, B, H) and the seconds of refnorm, torch, the
-    floor, the floor's step and whole-sequence products timed apart, and the same step
-    products in refnorm's kernel."""
+    floor, the floor's step and whole-sequence products timed apart, the same step products
+    in refnorm's kernel, and torch's forward alone."""
     print("\n## LSTM: refnorm numba vs torch.nn.LSTM and the BLAS floor "
           f"(T={T}, D=H, ms, median of {repeats}; ratios: median (quartiles) of the per-repeat "
           "ratios)\n", file=out)
@@ -340,7 +345,8 @@ def table_vs_torch(shapes, T, repeats, out):
                        f"{r_f.time * 1e3:.2f}", f"{t_f.time * 1e3:.2f}", spread(r_f.ratio(t_f)),
                        f"{r_fb.fault_count:.0f} / {t_fb.fault_count:.0f}"]), file=out)
             out.flush()
-            measured.append((dtype, B, H) + tuple(r.time for r in (r_fb, t_fb, fl, st, wh, kn)))
+            measured.append((dtype, B, H) + tuple(r.time for r in (r_fb, t_fb, fl, st, wh, kn,
+                                                                    t_f)))
     return measured
 
 
