@@ -16,3 +16,16 @@ def test_quickstart_runs(capsys):
     assert set(grads) == set(cell.params) | {"x", "h0", "c0"}
     assert np.all(np.isfinite(scope["hs_eval"]))
     assert "Wx" in capsys.readouterr().out
+
+
+def test_ci_runs_the_two_commands():
+    """.ci/run runs the README's two commands literally and in order: the study, then the test
+    suite. The parser it uses finds exactly those two lines."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("readme_commands",
+                                                  README.parent / ".ci" / "readme_commands.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    first, second = module.commands(README.read_text())
+    assert "refnorm study" in first and first.startswith("pip install")
+    assert "python -m pytest" in second and second.startswith("pip install")

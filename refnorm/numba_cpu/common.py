@@ -161,9 +161,13 @@ def tanh(z):
     raise TypeError("tanh is for compiled code")
 
 
+# Not cached on their own (cache=False): Numba makes an overload's dispatcher when a caller is
+# first compiled, after refnorm.numba_cpu has put its cache folder back to the user's, so a cache
+# of theirs would land beside this file (see refnorm/numba_cpu/__init__.py). They are inlined
+# into the cached loops that call them, and a cache hit of a loop never compiles them.
 for _stub, _f64, _f32 in ((exp_nonpos, _exp_nonpos64, _exp_nonpos32),
                           (sigmoid, _sigmoid64, _sigmoid32), (tanh, _tanh64, _tanh32)):
-    overload(_stub, jit_options=GATE_JIT)(_by_precision(_f64, _f32))
+    overload(_stub, jit_options=dict(GATE_JIT, cache=False))(_by_precision(_f64, _f32))
 
 
 # -- indexing the gate blocks ------------------------------------------------------------------
