@@ -1,5 +1,6 @@
 """Argument checks shared by every cell and backend: bad input gets a ValueError that names the
 argument, and nothing the caller passed is modified."""
+import math
 import numbers
 
 import numpy as np
@@ -13,17 +14,36 @@ def positive_int(value, name):
     return int(value)
 
 
+def _as_float(value):
+    """float(value) for a real number that is not a bool (Python's or NumPy's), else None. An
+    int or Fraction beyond the float range gives inf (float() would raise OverflowError, and
+    np.isfinite a TypeError, on such values)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
 def positive_float(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0 \
-            or not np.isfinite(value):
+    v = _as_float(value)
+    if v is None or not math.isfinite(v) or not v > 0:
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
+    return v
 
 
-def finite_float(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
+def finite_float(value, name, dt=None):
+    """value as a Python float; a ValueError naming `name` unless it is a real number (not a
+    bool, not a string) that is finite, and finite in dtype dt when given (1e39 is inf in
+    float32)."""
+    v = _as_float(value)
+    if v is None or not math.isfinite(v):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
+    if dt is not None and abs(v) > float(np.finfo(dt).max):     # compared in float64
+        raise ValueError(f"{name} = {value!r} overflows {np.dtype(dt).name} (largest finite "
+                         f"value {float(np.finfo(dt).max):.4g})")
+    return v
 
 
 def choice(value, name, options):

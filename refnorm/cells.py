@@ -59,10 +59,11 @@ class _Cell:
                  forget_bias=0.0, forget_bias_init=None):
         self.input_size = _checks.positive_int(input_size, "input_size")
         self.hidden_size = _checks.positive_int(hidden_size, "hidden_size")
-        self.forget_bias = _checks.finite_float(forget_bias, "forget_bias")
+        self.dtype = _checks.dtype(dtype)     # first: the forget biases must be finite in it
+        self.forget_bias = _checks.finite_float(forget_bias, "forget_bias", self.dtype)
         if forget_bias_init is not None:
-            forget_bias_init = _checks.finite_float(forget_bias_init, "forget_bias_init")
-        self.dtype = _checks.dtype(dtype)
+            forget_bias_init = _checks.finite_float(forget_bias_init, "forget_bias_init",
+                                                    self.dtype)
         backends.get(backend)                    # ValueError now for an unknown name
         self.backend = backend
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)

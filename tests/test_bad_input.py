@@ -129,6 +129,12 @@ BAD_OPTIONS = {
     "unbiased_var": (BN_CELLS, [0, 1, "yes", None]),
     "per_gate": (("ln_lstm",), [0, 1, "yes", None]),
     "gamma_init": (NORM_CELLS, [NAN, INF, -INF]),
+    # a NumPy NaN or bool is as bad as Python's; None means "as drawn" for forget_bias_init only
+    "forget_bias": (tuple(refnorm.CELLS), [NAN, INF, -INF, "1", True, None, np.float64(NAN),
+                                           np.float32(INF), np.bool_(True), np.array([1.0])]),
+    "forget_bias_init": (tuple(refnorm.CELLS), [NAN, INF, -INF, "1", True, np.float64(NAN),
+                                                np.float32(-INF), np.bool_(True),
+                                                np.array([1.0])]),
 }
 OPTION_CASES = [pytest.param(name, arg, value, id=f"{name}-{arg}={value!r}")
                 for arg, (names, values) in BAD_OPTIONS.items()
@@ -152,9 +158,27 @@ def test_constructor_accepts_edge_values(name):
         options.update(max_steps=np.int64(1))
     if name == "ln_lstm":
         options.update(per_gate=np.True_, eps=1e-12)
-    cell = refnorm.CELLS[name](np.int64(2), np.int32(1), **options)
+    cell = refnorm.CELLS[name](np.int64(2), np.int32(1), forget_bias=np.float32(0.5),
+                               forget_bias_init=np.int64(-2), **options)
     assert (cell.input_size, cell.hidden_size, cell.dtype) == (2, 1, np.float32)
     assert all(p.dtype == np.float32 for p in cell.params.values())
+    assert type(cell.forget_bias) is float and cell.forget_bias == 0.5
+    assert cell.params["b"][1] == -2                       # the forget block of b (H = 1)
+
+
+@pytest.mark.parametrize("name", refnorm.CELLS)
+def test_constructor_rejects_numbers_beyond_the_float_range(name):
+    """A finite Python int too large for a float (np.isfinite raises TypeError on it, float()
+    OverflowError) and a forget bias that is finite in float64 but inf in the cell's float32 get
+    a ValueError naming the argument, like inf itself."""
+    floats = ("forget_bias", "forget_bias_init") + (("eps", "gamma_init") * (name in NORM_CELLS))
+    for arg in floats:
+        with pytest.raises(ValueError, match=word(arg)):
+            refnorm.CELLS[name](3, 3, **{arg: 10 ** 400})
+    for arg in ("forget_bias", "forget_bias_init"):
+        with pytest.raises(ValueError, match=rf"(?s){word(arg)}.*float32"):
+            refnorm.CELLS[name](3, 3, dtype="float32", **{arg: 1e39})
+        refnorm.CELLS[name](3, 3, dtype="float64", **{arg: 1e39})   # finite in float64
 
 
 # == forward ====================================================================================
@@ -241,6 +265,22 @@ def test_forward_rejects_bad_argument(name, dtype, case):
     build, match = FORWARD_CASES[case]
     kwargs = {"x": data["x"], "h0": data["h0"], "c0": data["c0"], **build(cell, data)}
     assert_forward_rejects(cell, match, **kwargs)
+
+
+@pytest.mark.parametrize("name", refnorm.CELLS)
+def test_inference_rejects_update_stats(name):
+    """forward(training=False, update_stats=True) is a ValueError naming update_stats and
+    training, for every cell (population statistics come from training passes only), and changes
+    nothing; the same cell runs inference without update_stats (BN-LSTM has 6 random slots)."""
+    cell = make_cell(name)
+    data = random_data(cell, T=T, B=B)
+    args = {"x": data["x"], "h0": data["h0"], "c0": data["c0"]}
+    assert_forward_rejects(cell, rf"(?s){word('update_stats')}.*{word('training')}",
+                           training=False, update_stats=True, **args)
+    assert_forward_rejects(cell, word("update_stats"), training=np.False_,
+                           update_stats=np.True_, **args)
+    hs, _, _ = cell.forward(training=False, **args)
+    assert_all_finite(hs)
 
 
 @pytest.mark.parametrize("update_stats", [True, False])

@@ -94,9 +94,15 @@ def test_steps_past_t_max_use_the_last_slot():
     assert refnorm.relative_error(hs_flat[1:], hs_short[1:]) > 1e-3
 
 
+@pytest.mark.parametrize("unbiased", [False, True])
 @pytest.mark.parametrize("stem", ["bn_lstm", "seq_bn_lstm"])
-def test_exact_estimator_is_the_plain_average_of_batch_statistics(stem):
-    cell = make_cell(stem, max_steps=None) if stem == "bn_lstm" else make_cell(stem)
+def test_exact_estimator_is_the_plain_average_of_batch_statistics(stem, unbiased):
+    """(BN 14) with random weights and ragged batches: each slot's mean is the average of the
+    batch means, its variance the average of the batch variances, each times n/(n-1) (n that
+    batch's valid rows in the slot, which differs between batches and steps here) when
+    unbiased_var=True; batches with n < 2 in a slot do not count there."""
+    cell = make_cell(stem, max_steps=None, unbiased_var=unbiased) if stem == "bn_lstm" \
+        else make_cell(stem, unbiased_var=unbiased)
     batches = [{"x": rng_x(4, 3, 3, seed=1)},
                {"x": rng_x(3, 4, 3, seed=2), "lengths": np.array([3, 2, 2, 1])},
                rng_x(2, 2, 3, seed=3)]
@@ -110,7 +116,8 @@ def test_exact_estimator_is_the_plain_average_of_batch_statistics(stem):
                 else getattr(cache, key)
             for t, n in enumerate(counts):
                 if n >= 2:
-                    expected.setdefault((key, t), []).append(values[t])
+                    factor = n / (n - 1) if unbiased and key.startswith("var") else 1.0
+                    expected.setdefault((key, t), []).append(values[t] * factor)
     per_slot = cell.estimate_stats(batches)
     if stem == "bn_lstm":
         # batch 2 has one row at step 2, batch 3 is 2 steps long
@@ -118,6 +125,7 @@ def test_exact_estimator_is_the_plain_average_of_batch_statistics(stem):
         assert cell.stats["mean_x"].shape[0] == 4
     for (key, t), values in expected.items():
         got = cell.stats[key][t] if stem == "bn_lstm" else cell.stats[key]
+        # the same float64 sums in another order: a few ulp
         assert np.allclose(got, np.mean(values, axis=0), rtol=1e-14, atol=1e-15), (key, t)
 
 

@@ -272,7 +272,7 @@ def test_numba_is_not_slower_than_the_book():
 def test_exp_sigmoid_tanh_without_libm_are_accurate():
     """refnorm.numba_cpu.common writes exp out so loops vectorise, in float64 and in float32:
     check it against NumPy (float64) over its whole domain and the gate functions where they
-    are used. float32 within ~2 ulp of the float64 truth (eps32 = 1.2e-7)."""
+    are used. float32 exp within float32 eps (1.2e-7) of the float64 truth."""
     from numba import njit
 
     from refnorm.numba_cpu.common import exp_nonpos, sigmoid, tanh
@@ -301,7 +301,9 @@ def test_exp_sigmoid_tanh_without_libm_are_accurate():
     got = apply(y32)
     assert got.dtype == np.float32
     truth = np.exp(y32.astype(np.float64))
-    assert np.max(np.abs(got[0] - truth) / truth) <= 2.5e-7
+    # eps32 = 1 ulp at 1.0: the code measures 7.6e-8; dropping the polynomial's last term
+    # (r^7/7!) measures 2.2e-7, which the earlier bound 2.5e-7 let through
+    assert np.max(np.abs(got[0] - truth) / truth) <= np.finfo(np.float32).eps
     z32 = np.concatenate([np.linspace(-40, 40, 200001), [-1e30, -100.0, 100.0, 1e30]]).astype(
         np.float32)
     z64 = z32.astype(np.float64)
