@@ -18,12 +18,13 @@
    refnorm is called on device arrays (no host copies: caches stay on the GPU); one column
    also times the cell API with NumPy in/out, i.e. with the copies of the caches included.
 3. Breaks refnorm's LSTM fwd+bwd into its pieces, timed apart on arrays of the same shapes: the
-   2T step products as the loops do them (common.step_product) and wrapped per product (as
-   before 2026-11-26), the T forward and T backward step kernels, and one empty launch.
+   2T step products as the loops do them (common.step_product) and, for comparison, with the
+   library's views made per product, the T forward and T backward step kernels, and one empty
+   launch.
 Timings are medians after a warm-up (which includes JIT compilation), bracketed by device
 synchronisation. Nothing is asserted: targets are printed beside the ratios.
 
-First run on an NVIDIA H200 on 2026-11-26 (benchmarks/RESULTS.md). Needs numba-cuda with its
+Its latest run, on an NVIDIA H200, is in benchmarks/RESULTS.md. Needs numba-cuda with its
 CUDA libraries (e.g. numba-cuda[cu12]) and a CUDA build of torch, whose cuBLAS refnorm then uses
 for its products (CuPy's if CuPy imports); the refnorm tiled kernel is timed alone for
 comparison. numba-cuda 0.30.4 compiles no kernel under numpy >= 2.5 (it overloads
@@ -253,7 +254,7 @@ def lstm_breakdown_case(T, B, H, dtype="float32"):
             forward(t)
             backward(t)
 
-    def products_wrapped_per_call():     # as they did before 2026-11-26
+    def products_wrapped_per_call():     # the library's views made per product, for comparison
         for t in range(T):
             common.matmul(h[t], Wh, A)
             common.matmul(dZ[t], Wh, dh_rec, trans_b=True)
@@ -370,7 +371,8 @@ def main(argv=None):
             sys.stdout.flush()
 
     tee = Tee()
-    print(f"# refnorm GPU benchmark, {time.strftime('%Y-%m-%d')}\n\n{versions()}", file=tee)
+    print(f"# refnorm GPU benchmark, run of {time.strftime('%Y-%m-%d')}\n\n{versions()}",
+          file=tee)
     code = 0 if args.skip_tests else run_tests(tee)
     shapes = SHAPES[:1] if args.quick else SHAPES
     repeats = 3 if args.quick else 10

@@ -28,7 +28,7 @@ from helpers import TOL, make_cell, random_data, ragged_mask
 from refnorm.numba_cuda import common, norms
 # A name, not common.MAX_THREADS: shared arrays need a compile-time size, and on a real GPU
 # numba-cuda 0.30 types the module attribute as a plain int64 (TypingError); the simulator takes
-# either, so only the 2026-11-26 H200 run caught it.
+# either, so only a run on a real GPU catches it.
 from refnorm.numba_cuda.common import MAX_THREADS
 from refnorm.numpy_ref import common as ref_common
 from refnorm.numpy_ref import norms as ref_norms
