@@ -351,7 +351,8 @@ def input_projection(x, Wx):
 # in float64 (float32 28-53 and 37-58), and at the same rate, 80-100 % of the best product
 # rate, from (64, 256) up; the LSTM's forward+backward took 0.81-0.95x the time it took with
 # OpenBLAS step products, (16, 64) to (64, 256), measured in one process together with the
-# float64 gate change above (benchmarks/RESULTS.md, seventh session).
+# float64 gate change above (an A/B of the two versions; benchmarks/RESULTS.md has the product
+# tables of the latest runs).
 # Why an intrinsic: written as Numba loops, the tile's sums were 32 scalar FMAs per p that LLVM
 # neither kept in registers nor vectorised (3.6 GFLOP/s). micro_tile spells out the LLVM vector
 # type, <4 x double> or <8 x float> (an AVX2 register), and the fused multiply-add llvm.fma on it;
@@ -524,7 +525,7 @@ def scratch(dtype, *shapes):
     write to a 4 KiB page of it then faults, ~3.7 µs each on our virtual machine: 800 faults,
     ~3 ms, for the LSTM's dU at (16, 64) in float64, a fifth of its forward+backward. Measured
     in one process against the fresh arrays: BN- and LN-LSTM at (16, 64) in float64 11-18 %
-    faster where those faults had landed, no change where none did (benchmarks/RESULTS.md).
+    faster where those faults had landed, no change where none did.
     One call per backward pass: a second call hands out the same memory.
     Thread-local, so backward passes running at once in several threads (the loops release the
     GIL) never share it. Past SCRATCH_MAX_BYTES in all the arrays are plain np.empty: NumPy
@@ -574,11 +575,11 @@ def backward_buffers(dhs, G, n_gate_grads, state_grads, steps=None):
 # The backward then never holds more than a chunk of them, in the scratch buffer: (T, B, 4H)
 # arrays of 210 MB each at T = 100, (B, H) = (128, 512) in float64, were fresh memory at every
 # call; in one process, each version right after a torch.nn.LSTM call, the LSTM's
-# forward+backward there took 0.90x the time of the whole-sequence version (float32 0.88x;
-# benchmarks/RESULTS.md, ninth session). Where the whole sequence fits
-# the buffer there is one chunk, and the products are one GEMM each over all T·B rows, as
-# before; with several, dWx and dWh are sums of per-chunk products, which differ from the one
-# product by roundings (the reference itself sums dWh step by step). SeqBN-LSTM cannot split:
+# forward+backward there took 0.90x the time of the whole-sequence version (float32 0.88x; an
+# A/B of the two versions). Where the whole sequence fits the buffer there is one chunk, and
+# the products are one GEMM each over all T·B rows, as without chunks; with several, dWx and
+# dWh are sums of per-chunk products, which differ from the one product by roundings (the
+# reference itself sums dWh step by step). SeqBN-LSTM cannot split:
 # its du_t need the dV of every step (seq_bn_lstm_backward).
 def chunk_bounds(T, bytes_per_step):
     """The steps t0 < t1 < ... < T that cut 0 .. T into chunks: as few as hold at most the
