@@ -14,6 +14,7 @@
                      for testing a framework in any language against refnorm.
 """
 import argparse
+import os
 import sys
 import time
 
@@ -92,7 +93,11 @@ def main(argv=None):
     add_study_parser(sub)
     add_validate_parser(sub)
     p_golden = sub.add_parser("golden", help="write float64 test vectors of every cell and "
-                                             "preset (.npz + manifest.json)")
+                                             "preset (.npz + manifest.json)", description=(
+        "Write float64 test vectors of every cell and preset, for testing a framework in any "
+        "language against refnorm: per case an .npz with the parameters, inputs, lengths, "
+        "upstream gradients, outputs and every gradient, in training and inference, and a "
+        "manifest.json that names each array and the cell options that made it."))
     p_golden.add_argument("--out", default="refnorm-golden", help="folder (default %(default)s)")
     p_golden.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     args = parser.parse_args(argv)
@@ -105,7 +110,8 @@ def main(argv=None):
     if args.command == "golden":
         from .golden import write
         manifest = write(args.out, seed=args.seed)
-        print(f"refnorm golden: {len(manifest['cases'])} cases in {args.out}/ "
+        print(f"refnorm golden: {len(manifest['cases'])} cases in "
+              f"{os.path.join(os.path.normpath(args.out), '')} "
               f"(manifest.json describes every array)")
         return 0
     return 2
@@ -144,12 +150,24 @@ def add_validate_parser(sub):
                                     "compute (its weights are drawn at random)")
     p.add_argument("--randomize", action="store_true",
                    help="overwrite a MODULE:ATTR module's weights with random non-zero ones")
+    p.add_argument("--float64", action="store_true",
+                   help="fail unless the target computed in float64 at float64's tolerance "
+                        "(without it a float32 target can pass, at float32 tolerance)")
+    p.add_argument("--outputs-only", action="store_true",
+                   help="compare hs, hT, cT alone (a target that returns no gradients); "
+                        "otherwise every tensor not returned is a failing row")
+    p.add_argument("--skip", nargs="+", default=[], metavar="TENSOR",
+                   help="tensors not to compare, named as in the table (e.g. dc0 db)")
+    p.add_argument("--inference", action="store_true",
+                   help="run BN cells in inference (population statistics: a callable gets "
+                        "them as inputs['stats'])")
     return p
 
 
 def _random_cell(cls_or_preset, args, **options):
-    cell = cls_or_preset(args.input_size, args.hidden_size, seed=args.seed, **options)
-    return randomize(cell, seed=args.seed + 1)
+    """The cell `refnorm golden` would draw (a preset's held-at-zero params stay zero)."""
+    from .golden import random_cell
+    return random_cell(cls_or_preset, args.input_size, args.hidden_size, args.seed, **options)
 
 
 def _build_target(args):
@@ -157,22 +175,23 @@ def _build_target(args):
     import importlib
 
     from . import interop, presets
+    from .validation import import_peer
     D, H = args.input_size, args.hidden_size
     if args.target in BUILTIN_TARGETS:
         family, _, name = args.target.rpartition(".")
+        torch = import_peer("torch", args.target)
         if family.startswith("torch"):
-            import torch
             stack = {"num_layers": args.layers, "bidirectional": args.bidirectional}
             module = getattr(torch.nn, name)(D, H, dtype=getattr(torch, args.dtype),
                                              **(stack if name == "LSTM" else {}))
             return _randomize_torch(module, args.seed), None
         if family == "haste":
-            import haste_pytorch
+            haste_pytorch = import_peer("haste_pytorch", args.target)
             module = getattr(haste_pytorch, name)(D, H)
             module = module.double() if args.dtype == "float64" else module.float()
             stem = "ln_lstm" if name == "LayerNormLSTM" else "lstm"
             return interop.to_haste(_random_cell(CELLS[stem], args), module), None
-        import keras
+        keras = import_peer("keras", args.target)
         layer = keras.layers.LSTM(H, return_sequences=True, return_state=True,
                                   dtype=args.dtype)
         layer.build((None, args.T, D))
@@ -215,11 +234,18 @@ def _randomize_torch(module, seed):
 
 
 def validate_command(args):
+    from .presets import PRESETS
     from .validation import validate
+    skip = {name: "--skip" for name in args.skip}
+    if args.preset in PRESETS:          # a param the peer does not have: no gradient to return
+        held = f"held at zero by the preset {args.preset}"
+        skip.update({"d" + name: held for name in PRESETS[args.preset].hold_zero})
     try:
         target, cell = _build_target(args)
         report = validate(target, cell=cell, T=args.T, B=args.B, lengths=args.lengths,
-                          seed=args.seed, tol=args.tol)
+                          seed=args.seed, tol=args.tol, training=not args.inference,
+                          outputs_only=args.outputs_only, skip=skip,
+                          require_float64=args.float64)
     except (ValueError, ImportError) as err:
         print(f"refnorm validate: {err}", file=sys.stderr)
         return 2
@@ -227,19 +253,27 @@ def validate_command(args):
     return 0 if report.ok else 1
 
 
+STUDY_OUT, QUICK_OUT = "refnorm-study", "refnorm-study-quick"
+SMOKE_TEST = ("SMOKE TEST (--quick): the whole pipeline on tiny sizes, in seconds. Its numbers "
+              "and verdicts mean nothing; run `refnorm study` without --quick for the answer.")
+
+
 def add_study_parser(sub):
-    from .study.experiment import CELL_STEMS, TASKS, StudyConfig
+    from .study.experiment import CELL_STEMS, TASKS, StudyConfig, run_specs, time_statement
     d = StudyConfig()
     p = sub.add_parser("study", help="the normalisation / initialisation / gradient-flow "
                                      "experiment, with a report", description=(
         "Train LSTM, BNLSTM, SeqBNLSTM and LNLSTM from a sweep of weight inits on the adding "
         "problem and scikit-learn's digits, measure gradient flow per time step, test the "
         "common claims about batch norm in RNNs, and write report.md, results.json, CSV files "
-        "and PNG plots. Defaults finish in about 10 minutes on 2 cores; --quick in seconds. "
-        "Options given with --quick override its sizes."))
-    p.add_argument("--out", default="refnorm-study", help="report folder (default %(default)s)")
-    p.add_argument("--quick", action="store_true", help="tiny sizes: the whole pipeline in "
-                                                        "seconds (used by the tests)")
+        f"and PNG plots. The defaults ({len(run_specs(d))} runs) take {time_statement()}; the "
+        "command prints its estimate before it starts. --quick is a smoke test of the pipeline "
+        "in seconds, whose numbers mean nothing; it writes to its own folder and never "
+        "overwrites a full report. Options given with --quick override its sizes."))
+    p.add_argument("--out", help=f"report folder (default {STUDY_OUT}, with --quick "
+                                 f"{QUICK_OUT})")
+    p.add_argument("--quick", action="store_true", help="smoke test: tiny sizes, the whole "
+                                                        "pipeline in seconds, meaningless numbers")
     p.add_argument("--cells", nargs="+", choices=CELL_STEMS, help="default: all")
     p.add_argument("--inits", nargs="+", metavar="SCHEME[:SCALE]",
                    help="gauss:S, uniform:S, orthogonal[:S], identity[:S], default "
@@ -298,15 +332,52 @@ def study(args):
             print(f"refnorm study needs {module}: pip install 'refnorm[study]' (or "
                   f"pip install -e '.[study]' in the source tree)", file=sys.stderr)
             return 2
+    out = args.out or (QUICK_OUT if cfg.quick else STUDY_OUT)
+    if cfg.quick:
+        full = _full_report_in(out)
+        if full:
+            print(f"refnorm study --quick: {out} holds a full report ({full}); a smoke test "
+                  f"never overwrites one: give --out another folder", file=sys.stderr)
+            return 2
+    print(_study_banner(cfg), flush=True)
     start = time.perf_counter()
-    analysis = run_study(cfg, args.out, plots=not args.no_plots)
-    print(f"refnorm study: report in {args.out}/report.md "
+    analysis = run_study(cfg, out, plots=not args.no_plots)
+    tag = "  [smoke test: meaningless]" if cfg.quick else ""
+    print(f"refnorm study: report in {os.path.join(out, 'report.md')} "
           f"({time.perf_counter() - start:.0f} s)")
     for task, entry in analysis["question"]["tasks"].items():
-        print(f"  does BN reduce the reliance on init? {task}: {entry['verdict']}")
+        print(f"  does BN reduce the reliance on init? {task}: {entry['verdict']}{tag}")
     for claim in analysis["claims"]:
-        print(f"  claim ({claim['id']}) {claim['title']}: {claim['verdict']}")
+        print(f"  claim ({claim['id']}) {claim['title']}: {claim['verdict']}{tag}")
+    if cfg.quick:
+        print(SMOKE_TEST)
     return 0
+
+
+def _study_banner(cfg):
+    """What the command says before it starts: the smoke-test warning, or the estimate."""
+    from .study.experiment import estimated_minutes, run_specs, time_statement
+    runs = len(run_specs(cfg))
+    if cfg.quick:
+        return f"refnorm study: {runs} runs. {SMOKE_TEST}"
+    idle, busy = estimated_minutes(cfg)
+    caveat = " (the NumPy backend is slower)" if cfg.backend == "numpy" else ""
+    return (f"refnorm study: {runs} runs on {cfg.jobs} process(es), {cfg.backend} backend; "
+            f"estimated {idle:.1f} min on idle cores, {busy:.1f} on busy ones{caveat} "
+            f"(scaled from the defaults' measured time: {time_statement()})")
+
+
+def _full_report_in(folder):
+    """A description of the full (not --quick) report in `folder`, or None."""
+    import json
+    try:
+        with open(os.path.join(folder, "results.json")) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if data.get("config", {}).get("quick", True):
+        return None
+    return f"{len(data.get('runs', []))} runs, {data.get('elapsed_seconds', 0) / 60:.1f} min"
 
 
 if __name__ == "__main__":

@@ -75,7 +75,15 @@ def build(factory, options, preset, seed):
     kw = dict(options)
     if getattr(factory, "cls", factory) is CELLS["bn_lstm"]:
         kw["max_steps"] = BN_SLOTS
-    cell = randomize(factory(D, H, seed=seed, **kw), seed=seed + 1)
+    return random_cell(factory, D, H, seed=seed, **kw)
+
+
+def random_cell(factory, input_size, hidden_size, seed, **options):
+    """factory(input_size, hidden_size, seed=seed, **options) -- a cell class or a
+    refnorm.presets entry -- with random non-zero parameters and statistics (refnorm.randomize,
+    seed + 1), except the params the preset holds at zero (its hold_zero: the peer has no such
+    parameter). `refnorm golden` and `refnorm validate --preset` both draw their cells here."""
+    cell = randomize(factory(input_size, hidden_size, seed=seed, **options), seed=seed + 1)
     for name in getattr(factory, "hold_zero", ()):
         cell.params[name][...] = 0.0
     return cell

@@ -23,13 +23,34 @@ Targets:
   output at masked steps, so only valid steps are compared. Keras 3.15's masked loop computes
   float64 products in float32, which this reports as a float64 mismatch of ~1e-7);
 * any callable f(inputs) -> outputs, given `cell=` (a refnorm cell, e.g. from refnorm.presets,
-  with the weights to use): inputs is a
-  dict of NumPy arrays x, h0, c0, mask, lengths, dhs, dhT, dcT and params (refnorm layout, a copy
-  of cell.params); outputs is a dict with hs, hT, cT and, optionally, grads {name: array} in
-  refnorm layout (any of the cell's param names and x, h0, c0). Use it for a framework refnorm
-  has no converter for: convert the params yourself inside f.
-The command `refnorm validate` runs the same with random weights (see `refnorm validate -h`).
+  with the weights to use). Use it for a framework refnorm has no converter for: convert the
+  params yourself inside f. inputs is a dict:
+      x (T, B, D), h0, c0, mask (T, B) of 0/1, lengths (B,), dhs, dhT, dcT   NumPy float64
+      params     {name: array}, refnorm layout (a copy of cell.params)
+      stats      {name: array}, a copy of cell.stats: BN cells' population statistics, which
+                 inference (training False) uses, step t reading slot min(t, slots - 1);
+                 {} for cells without
+      training   bool, the mode to run a BN cell in (validate's training=)
+  f returns a dict with hs, hT, cT and grads {name: array} in refnorm layout: every param name
+  of the cell and x, h0, c0 (dL/dx, ...; no "d" prefix). Any other key is a ValueError naming
+  the accepted ones.
+
+A PASS means every tensor was compared. Every tensor refnorm computes (hs, hT, cT, the
+gradient of every parameter, dx, dh0, dc0) gets a row; one the target did not return is a
+failing row "not returned", unless the caller leaves it out (outputs_only=True: the outputs
+alone; skip=names or {name: reason}), and the report's header names what was left out. The
+verdict says which precision was proven: "PASS" only for a float64 target at the float64
+tolerance; a float32 one (the least precise array the target returned decides) passes as "PASS
+at float32 tolerance: not a float64 check", and require_float64=True makes that a FAIL.
+
+The command `refnorm validate` runs the same with random weights (see `refnorm validate -h`);
+--outputs-only, --skip, --float64 and --inference are the keywords above. With --preset the
+callable's cell is refnorm.golden.random_cell's, the one `refnorm golden` writes: a param the
+preset holds at zero stays zero and its gradient is skipped. A missing peer package is an
+ImportError that names what to install (INSTALL).
 """
+import difflib
+
 import numpy as np
 
 from .gradcheck import relative_error
@@ -41,44 +62,116 @@ TOLERANCE = {"float64": 1e-10, "float32": 1e-4, "float16": 2e-2, "bfloat16": 5e-
 
 DEFAULT_T, DEFAULT_B = 6, 4
 
+# What to install when a peer's package does not import (tests/test_interop.py skips with the
+# same lines). haste's CPU wheel builds against the torch present, so torch comes first.
+INSTALL = {
+    "torch": "pip install torch==2.13.0 (the CPU build refnorm is tested with; an unpinned "
+             "torch resolves to a multi-GB CUDA build)",
+    "haste_pytorch": "after torch, with nvcc off the PATH: env PATH=<venv>/bin:/usr/bin:/bin "
+                     "pip install --no-build-isolation haste-pytorch-cpu==0.5.5",
+    "keras": "pip install keras torch (Keras 3; refnorm runs it with KERAS_BACKEND=torch)",
+}
+
+
+def import_peer(module, target):
+    """Import a peer's package for `target` (e.g. "haste.LSTM"), or raise an ImportError that
+    names what to install. For keras not imported yet, KERAS_BACKEND is set to torch when unset
+    (Keras would otherwise read ~/.keras/keras.json, TensorFlow by default) and any other
+    backend is refused: validate runs Keras on torch, whose autograd gives the gradients."""
+    import importlib
+    import os
+    import sys
+
+    if module == "keras" and "keras" not in sys.modules:
+        backend = os.environ.setdefault("KERAS_BACKEND", "torch")
+        if backend != "torch":
+            raise ImportError(f"{target} is validated on Keras's torch backend (its autograd "
+                              f"gives the gradients), but KERAS_BACKEND={backend}: set "
+                              "KERAS_BACKEND=torch (or leave it unset)")
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(f"{target} needs {module}, which does not import ({err}): "
+                          f"{INSTALL[module]}") from err
+
 
 class ValidationReport:
-    """rows: (tensor, shape, max abs error, relative error, tolerance, ok); ok: all rows ok."""
+    """rows: (tensor, shape, max abs error, relative error, tolerance, ok), one per tensor
+    compared; notes: {tensor: why its row failed without a number, e.g. "not returned"};
+    skipped: {tensor: why it was not compared}; float64: the check proved float64 agreement
+    (float64 target, tolerance no looser than float64's); ok: every row ok, and float64 when
+    require_float64."""
 
-    def __init__(self, target, cell, dtype, tol, rows, lengths, reference=None):
+    def __init__(self, target, cell, dtype, tol, rows, lengths, reference=None, *, notes=None,
+                 skipped=None, require_float64=False):
         self.target, self.cell, self.dtype, self.tol = target, cell, dtype, tol
         self.rows, self.lengths = rows, lengths
         self.reference = reference or repr(cell)
+        self.notes, self.skipped = dict(notes or {}), dict(skipped or {})
+        self.require_float64 = require_float64
+
+    @property
+    def float64(self):
+        return self.dtype == "float64" and self.tol <= TOLERANCE["float64"]
 
     @property
     def ok(self):
-        return all(row[-1] for row in self.rows)
+        return all(row[-1] for row in self.rows) and (self.float64 or not self.require_float64)
 
     @property
     def errors(self):
         return {row[0]: row[3] for row in self.rows}
 
+    def verdict(self):
+        """The last line: PASS, PASS at a looser precision (not a float64 check), or FAIL."""
+        if self.dtype != "float64":
+            short = f"the target computed in {self.dtype}"
+            loose = f"PASS at {self.dtype} tolerance: not a float64 check"
+        else:
+            short = f"tolerance {self.tol:g} is looser than float64's {TOLERANCE['float64']:g}"
+            loose = f"PASS at tolerance {self.tol:g}: not a float64 check"
+        bad = [row[0] for row in self.rows if not row[-1]]
+        missing = [n for n in bad if self.notes.get(n) == "not returned"]
+        differ = [n for n in bad if n not in missing]
+        fails = [f"{len(names)} tensors {what} ({', '.join(names)})"
+                 for names, what in ((differ, "differ"), (missing, "not returned")) if names]
+        if self.require_float64 and not self.float64:
+            fails.append(f"float64 was required, but {short}")
+        if fails:
+            return "FAIL: " + "; ".join(fails)
+        return "PASS" if self.float64 else loose
+
     def __str__(self):
         lines = [f"refnorm validate: {self.target} vs {self.reference} (float64 truth)",
                  f"framework dtype {self.dtype}, tolerance {self.tol:g} (relative), lengths "
                  f"{[int(n) for n in self.lengths]}, random inputs, states and upstream gradients"]
+        for reason in dict.fromkeys(self.skipped.values()):
+            names = [n for n, r in self.skipped.items() if r == reason]
+            lines.append(f"not compared ({reason}): {', '.join(names)}")
         header = f"{'tensor':16} {'shape':>14} {'max abs err':>12} {'rel. error':>11}  verdict"
         lines += [header, "-" * len(header)]
         for name, shape, abs_err, rel_err, tol, ok in self.rows:
+            if name in self.notes:
+                lines.append(f"{name:16} {str(tuple(shape)):>14} {'-':>12} {'-':>11}  "
+                             f"MISMATCH: {self.notes[name]}")
+                continue
             lines.append(f"{name:16} {str(tuple(shape)):>14} {abs_err:12.2e} {rel_err:11.2e}  "
                          f"{'ok' if ok else 'MISMATCH'}")
-        bad = [row[0] for row in self.rows if not row[-1]]
-        lines.append("PASS" if not bad else f"FAIL: {len(bad)} tensors differ ({', '.join(bad)})")
+        lines.append(self.verdict())
         return "\n".join(lines)
 
 
 def validate(target, *, cell=None, T=DEFAULT_T, B=DEFAULT_B, lengths=None, seed=0, tol=None,
-             training=True):
+             training=True, outputs_only=False, skip=(), require_float64=False):
     """Compare `target` with refnorm; returns a ValidationReport (print it for the table).
 
     lengths: (B,) sequence lengths, default a ragged draw with the first sequence full. tol:
     overrides the dtype's tolerance. cell: required for a callable target (a refnorm cell),
-    ignored otherwise. training: for BN cells behind a callable."""
+    ignored otherwise. training: the mode of BN cells behind a callable (inference reads
+    inputs["stats"]). outputs_only: compare hs, hT, cT alone. skip: tensors not to compare,
+    named as in the table (e.g. "dc0", "db"), or {name: reason}; the header lists them. Any
+    other tensor the target does not return is a failing row. require_float64: a target that
+    computed in a lower precision (or a tolerance looser than float64's) fails."""
     rng = np.random.default_rng(seed)
     if lengths is None:
         lengths = np.concatenate([[T], rng.integers(1, T + 1, B - 1)]) if B > 1 else [T]
@@ -95,24 +188,63 @@ def validate(target, *, cell=None, T=DEFAULT_T, B=DEFAULT_B, lengths=None, seed=
             "dhs": draw((T, B, width)) * mask[..., None], "dhT": draw(state),
             "dcT": draw(state)}
     truth = adapter.truth(data, training)
+    skipped = _left_out(truth, outputs_only, skip)
     theirs = adapter.run({k: (v.copy() if isinstance(v, np.ndarray) else v)
                           for k, v in data.items()}, training)
-    theirs["hs"] = np.asarray(theirs["hs"], dtype=np.float64) * mask[..., None]
+    unknown = sorted(set(theirs) - set(truth))
+    if unknown:
+        raise ValueError(f"{adapter.name} returned {', '.join(unknown)}, which refnorm does not "
+                         f"compute; it computes {', '.join(truth)}")
+    if "hs" in theirs and np.shape(theirs["hs"]) == truth["hs"].shape:
+        theirs["hs"] = np.asarray(theirs["hs"], dtype=np.float64) * mask[..., None]
     dtype = adapter.dtype
     tol = TOLERANCE.get(dtype, 1e-4) if tol is None else float(tol)
-    rows = []
+    rows, notes = [], {}
     for name, ours in truth.items():
-        if name not in theirs:
+        if name in skipped:
             continue
-        other = np.asarray(theirs[name], dtype=np.float64)
-        if other.shape != ours.shape:
+        if name not in theirs:
+            notes[name] = "not returned"
+        elif np.shape(theirs[name]) != ours.shape:
+            notes[name] = f"shape {tuple(np.shape(theirs[name]))}"
+        if name in notes:
             rows.append((name, ours.shape, np.inf, np.inf, tol, False))
             continue
+        other = np.asarray(theirs[name], dtype=np.float64)
         abs_err = float(np.max(np.abs(ours - other))) if ours.size else 0.0
         rel = relative_error(ours, other) if ours.size else 0.0
         rows.append((name, ours.shape, abs_err, rel, tol, bool(rel <= tol)))
     return ValidationReport(adapter.name, adapter.cell, dtype, tol, rows, lengths,
-                            getattr(adapter, "reference", None))
+                            getattr(adapter, "reference", None), notes=notes, skipped=skipped,
+                            require_float64=require_float64)
+
+
+def _left_out(truth, outputs_only, skip):
+    """{tensor: reason} of the tensors the caller leaves out, each checked against `truth`."""
+    left = {}
+    if outputs_only:
+        left.update({name: "outputs_only=True" for name in truth
+                     if name not in ("hs", "hT", "cT")})
+    reasons = skip if isinstance(skip, dict) else {name: "skip" for name in skip}
+    for name, reason in reasons.items():
+        if name not in truth:
+            raise ValueError(_unknown_key(name, "skip", list(truth)))
+        left.setdefault(name, reason)
+    return left
+
+
+def _unknown_key(key, where, accepted, hint=None):
+    """The message for a key refnorm does not know: the closest accepted one and all of them."""
+    close = hint or next(iter(difflib.get_close_matches(key, accepted, n=1)), None)
+    maybe = f" (did you mean {close if hint else repr(close)}?)" if close else ""
+    return (f"{where} names {key!r}, which refnorm does not know{maybe}; accepted: "
+            f"{', '.join(accepted)}")
+
+
+def _least_precise(dtypes):
+    """The name of the least precise of the floating dtypes (float64 when there are none)."""
+    rank = lambda dt: TOLERANCE.get(dt.name, {8: 1e-10, 4: 1e-4}.get(dt.itemsize, 2e-2))  # noqa
+    return max(dtypes, key=rank).name if dtypes else "float64"
 
 
 # -- adapters: a refnorm cell holding the target's weights, and how to run the target -----------
@@ -419,6 +551,8 @@ class _KerasAdapter(_Adapter):
 
 
 class _CallableAdapter(_Adapter):
+    OUTPUTS = ("hs", "hT", "cT")
+
     def __init__(self, fn, cell):
         if not hasattr(cell, "params") or not hasattr(cell, "backward"):
             raise ValueError("a callable target needs cell=: the refnorm cell whose function it "
@@ -429,15 +563,28 @@ class _CallableAdapter(_Adapter):
         self.name = getattr(fn, "__qualname__", type(fn).__name__)
 
     def run(self, data, training):
-        inputs = dict(data, params={k: v.copy() for k, v in self.cell.params.items()},
+        cell = self.cell
+        inputs = dict(data, params={k: v.copy() for k, v in cell.params.items()},
+                      stats={k: v.copy() for k, v in getattr(cell, "stats", {}).items()},
                       training=training)
         result = self.fn(inputs)
-        if not isinstance(result, dict) or not {"hs", "hT", "cT"} <= set(result):
-            raise ValueError("the callable must return a dict with hs, hT, cT (and optionally "
-                             "grads)")
-        sample = np.asarray(result["hs"])
-        if sample.dtype.kind == "f":
-            self.dtype = sample.dtype.name
-        out = {k: np.asarray(result[k]) for k in ("hs", "hT", "cT")}
-        out.update({"d" + k: np.asarray(v) for k, v in dict(result.get("grads", {})).items()})
+        if not isinstance(result, dict):
+            raise ValueError("the callable must return a dict with hs, hT, cT and grads "
+                             f"{{name: array}}, got a {type(result).__name__}")
+        names = list(cell.params) + ["x", "h0", "c0"]
+        for key in result:
+            if key not in self.OUTPUTS + ("grads",):
+                hint = (f"grads[{key[1:]!r}]" if isinstance(key, str) and key[1:] in names
+                        else None)
+                raise ValueError(_unknown_key(key, "the callable's result",
+                                              list(self.OUTPUTS) + ["grads"], hint))
+        grads = dict(result.get("grads") or {})
+        for key in grads:
+            if key not in names:
+                hint = repr(key[1:]) if isinstance(key, str) and key[1:] in names else None
+                raise ValueError(_unknown_key(key, "the callable's grads", names, hint))
+        out = {k: np.asarray(result[k]) for k in self.OUTPUTS if k in result}
+        out.update({"d" + k: np.asarray(v) for k, v in grads.items()})
+        self.dtype = _least_precise([a.dtype for a in out.values()
+                                     if a.dtype.kind == "f" or a.dtype.name in TOLERANCE])
         return out

@@ -79,3 +79,16 @@ def test_a_changed_array_fails_its_checksum(folder, tmp_path):
     np.savez(tmp_path / "ln_lstm.npz", **a)
     with pytest.raises(ValueError, match="grad.Wx"):
         golden.load(tmp_path, "ln_lstm")
+
+
+def test_golden_help_and_folder_name(tmp_path, monkeypatch, capsys):
+    """`refnorm golden --help` says what the command writes, and a folder given with a trailing
+    slash is printed once, as given ("golden/", never "golden//")."""
+    with pytest.raises(SystemExit):
+        main(["golden", "--help"])
+    usage, _, options = capsys.readouterr().out.partition("options:")
+    assert "manifest.json" in usage and "any language" in usage
+    monkeypatch.setattr(golden, "write", lambda out, seed: {"cases": {"a": {}, "b": {}}})
+    assert main(["golden", "--out", "golden/"]) == 0
+    out = capsys.readouterr().out
+    assert "2 cases in golden/ " in out and "//" not in out

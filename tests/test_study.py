@@ -4,6 +4,7 @@ training that actually reduced the loss)."""
 import csv
 import json
 import math
+import pathlib
 import re
 
 import numpy as np
@@ -253,3 +254,80 @@ def test_bad_study_options_exit_2_before_any_run(bad, tmp_path, capsys):
     assert main(["study", "--quick", "--out", str(tmp_path / "r"), *bad]) == 2
     assert "refnorm study:" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+# -- what the command says: its time, and that --quick is a smoke test ---------------------------
+def _fake_run_study(calls):
+    """Stands in for run_study: records where the report would go, runs nothing."""
+    def run_study(cfg, out, plots=True):
+        calls.append((cfg, out))
+        return {"question": {"tasks": {"adding": {"verdict": "yes"}}},
+                "claims": [{"id": "a", "title": "shared statistics", "verdict": "supported"}]}
+    return run_study
+
+
+def test_quick_is_a_smoke_test_in_its_own_folder(monkeypatch, capsys):
+    """--quick writes to refnorm-study-quick/ by default and says, before and after, that its
+    numbers mean nothing; each verdict line is tagged."""
+    calls = []
+    monkeypatch.setattr(refnorm.study, "run_study", _fake_run_study(calls))
+    assert main(["study", "--quick", "--backend", "numpy"]) == 0
+    out = capsys.readouterr().out
+    assert calls[0][1] == "refnorm-study-quick"
+    first, *middle, last = out.strip().splitlines()
+    assert "SMOKE TEST" in first and "mean nothing" in first and "SMOKE TEST" in last
+    verdicts = [line for line in middle if ": yes" in line or ": supported" in line]
+    assert len(verdicts) == 2 and all("smoke test" in line for line in verdicts)
+    assert main(["study", "--backend", "numpy"]) == 0
+    assert calls[1][1] == "refnorm-study" and not calls[1][0].quick
+    assert "SMOKE" not in capsys.readouterr().out
+
+
+def test_quick_never_overwrites_a_full_report(tmp_path, monkeypatch, capsys):
+    """A folder holding a full report is refused by --quick (exit 2, nothing touched); a quick
+    report may be overwritten by either."""
+    calls = []
+    monkeypatch.setattr(refnorm.study, "run_study", _fake_run_study(calls))
+    full = tmp_path / "full"
+    full.mkdir()
+    text = json.dumps({"config": {"quick": False}, "runs": [{}] * 156,
+                       "elapsed_seconds": 90.0})
+    (full / "results.json").write_text(text)
+    assert main(["study", "--quick", "--out", str(full)]) == 2
+    assert "holds a full report (156 runs" in capsys.readouterr().err
+    assert calls == [] and (full / "results.json").read_text() == text
+    (full / "results.json").write_text(json.dumps({"config": {"quick": True}, "runs": []}))
+    assert main(["study", "--quick", "--out", str(full), "--backend", "numpy"]) == 0
+    assert calls[0][1] == str(full)
+
+
+def test_quick_report_says_it_is_a_smoke_test(quick_report):
+    text = (quick_report / "report.md").read_text()
+    assert "**Smoke test (`--quick`).**" in text.split("## The question")[0]
+
+
+def test_one_statement_of_the_study_time(monkeypatch, capsys):
+    """The default study's measured time is stated once (experiment.time_statement) and quoted
+    by the README, by `refnorm study --help` and by the estimate the command prints before it
+    starts; the estimate for the defaults is the measured time itself, and scales with the
+    work."""
+    from refnorm.study.experiment import (DEFAULT_STUDY_MINUTES, StudyConfig, estimated_minutes,
+                                          time_statement)
+    statement = time_statement()
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert statement in readme
+    assert not re.search(r"\d+(\.\d+)? (to \d+ )?min(ute)?s? (on|wall)", readme.replace(
+        statement, "")), "another statement of the study's time in the README"
+    with pytest.raises(SystemExit):
+        main(["study", "--help"])
+    assert statement in " ".join(capsys.readouterr().out.split())
+    d = StudyConfig(jobs=2)
+    assert estimated_minutes(d) == pytest.approx((DEFAULT_STUDY_MINUTES["idle"],
+                                                  DEFAULT_STUDY_MINUTES["busy"]))
+    assert estimated_minutes(StudyConfig(jobs=2, epochs=16))[0] == pytest.approx(
+        2 * DEFAULT_STUDY_MINUTES["idle"])
+    calls = []
+    monkeypatch.setattr(refnorm.study, "run_study", _fake_run_study(calls))
+    assert main(["study", "--jobs", "2"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert f"estimated {DEFAULT_STUDY_MINUTES['idle']:.1f} min" in first and statement in first

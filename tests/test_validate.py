@@ -6,6 +6,7 @@ for float64 peers (rounding only), 1e-4 for float32. Every weight is random and 
 targets are filled from refnorm.randomize'd cells through the converters), lengths are ragged.
 """
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -219,3 +220,202 @@ def test_validate_command_exit_status(capsys):
     assert main(["validate", "test_validate:tfa_callable", "--preset",
                  "tfa_layer_norm_lstm"]) == 2      # a factory, not f(inputs): a usage error
     assert main(["validate", "no-such-target"]) == 2
+
+
+# -- a PASS means every tensor was compared (issue 20) ----------------------------------------
+def refnorm_callable(cell, change=None, with_stats=True):
+    """A callable target that computes the right answer with refnorm itself (a copy of `cell`
+    holding the params, and the population statistics, it is handed); change(result) may
+    break or rename what it returns."""
+    import copy
+
+    def run(inputs):
+        twin = copy.deepcopy(cell)
+        for k, v in inputs["params"].items():
+            twin.params[k][...] = v
+        if with_stats:
+            for k, v in inputs["stats"].items():
+                twin.stats[k][...] = v
+        else:                       # a port that forgot the population statistics
+            for k, v in twin.stats.items():
+                v[...] = 0.0 if k.startswith("mean") else 1.0
+        hs, (hT, cT), cache = twin.forward(inputs["x"], inputs["h0"], inputs["c0"],
+                                           inputs["mask"], training=inputs["training"],
+                                           update_stats=False)
+        grads = twin.backward(inputs["dhs"], cache, inputs["dhT"], inputs["dcT"])
+        result = {"hs": hs, "hT": hT, "cT": cT, "grads": dict(grads)}
+        return change(result) if change else result
+    return run
+
+
+def rename(old, new):
+    def change(result):
+        result["grads"][new] = result["grads"].pop(old)
+        return result
+    return change
+
+
+def doubled(name, under=None):
+    def change(result):
+        result["grads"][under or name] = 2 * result["grads"].pop(name)
+        return result
+    return change
+
+
+def test_a_gradient_under_a_key_refnorm_does_not_know_is_refused():
+    cell = random_lstm()
+    # dWh doubled and filed under "W_h": a PASS today, with dWh never compared
+    with pytest.raises(ValueError, match=r"'W_h'.*'Wh'.*accepted.*Wx, Wh, b, x, h0, c0"):
+        validate(refnorm_callable(cell, doubled("Wh", under="W_h")), cell=cell)
+    with pytest.raises(ValueError, match=r"'dWx'.*'Wx'"):
+        validate(refnorm_callable(cell, rename("Wx", "dWx")), cell=cell)
+    with pytest.raises(ValueError, match=r"'dWh'.*grads\['Wh'\]"):       # outside grads
+        validate(refnorm_callable(cell, lambda r: dict(r, dWh=r["grads"].pop("Wh"))),
+                 cell=cell)
+
+
+def test_every_tensor_gets_a_row_and_one_not_returned_fails():
+    cell = random_lstm()
+    right = validate(refnorm_callable(cell), cell=cell)
+    assert right.ok and set(right.errors) == EVERY_TENSOR, right
+    wrong = validate(refnorm_callable(cell, doubled("Wh")), cell=cell)
+    assert not wrong.ok and wrong.errors["dWh"] > 0.1
+    bare = validate(refnorm_callable(cell, lambda r: {k: r[k] for k in ("hs", "hT", "cT")}),
+                    cell=cell)
+    assert not bare.ok and set(bare.errors) == EVERY_TENSOR, bare
+    assert {n for n, e in bare.errors.items() if e > bare.tol} == EVERY_TENSOR - {"hs", "hT",
+                                                                                  "cT"}
+    assert str(bare).count("MISMATCH: not returned") == 6
+    assert str(bare).splitlines()[-1] == "FAIL: 6 tensors not returned (dWx, dWh, db, dx, dh0, dc0)"
+    # what the caller leaves out is said, in the header
+    outputs = validate(refnorm_callable(cell, lambda r: {k: r[k] for k in ("hs", "hT", "cT")}),
+                       cell=cell, outputs_only=True)
+    assert outputs.ok and set(outputs.errors) == {"hs", "hT", "cT"}
+    assert "not compared (outputs_only=True): dWx, dWh, db, dx, dh0, dc0" in str(outputs)
+    no_dc0 = validate(refnorm_callable(cell, lambda r: (r["grads"].pop("c0"), r)[1]),
+                      cell=cell, skip=("dc0",))
+    assert no_dc0.ok and "dc0" not in no_dc0.errors
+    assert "not compared (skip): dc0" in str(no_dc0)
+    with pytest.raises(ValueError, match=r"'dc_0'.*'dc0'"):
+        validate(refnorm_callable(cell), cell=cell, skip=("dc_0",))
+
+
+def test_a_float32_pass_says_it_is_not_a_float64_check():
+    cell = random_lstm()
+    as32 = lambda a: np.asarray(a, dtype=np.float32)  # noqa: E731
+    float32 = refnorm_callable(cell, lambda r: {"hs": as32(r["hs"]), "hT": as32(r["hT"]),
+                                                "cT": as32(r["cT"]),
+                                                "grads": {k: as32(v)
+                                                          for k, v in r["grads"].items()}})
+    report = validate(float32, cell=cell)
+    assert report.ok and report.dtype == "float32" and not report.float64
+    assert "PASS at float32 tolerance: not a float64 check" in str(report)
+    strict = validate(float32, cell=cell, require_float64=True)
+    assert not strict.ok and "float64 was required" in str(strict)
+    # the least precise array sets the precision: float64 outputs, float32 gradients
+    mixed = validate(refnorm_callable(cell, lambda r: dict(r, grads={
+        k: as32(v) for k, v in r["grads"].items()})), cell=cell)
+    assert mixed.dtype == "float32"
+    full = validate(refnorm_callable(cell), cell=cell, require_float64=True)
+    assert full.ok and full.float64 and str(full).splitlines()[-1] == "PASS"
+    loose = validate(refnorm_callable(cell), cell=cell, tol=1e-3)
+    assert loose.ok and not loose.float64 and "not a float64 check" in str(loose)
+
+
+def test_validate_command_float64_flag(capsys):
+    assert main(["validate", "torch.nn.LSTMCell", "--dtype", "float32"]) == 0
+    assert "PASS at float32 tolerance: not a float64 check" in capsys.readouterr().out
+    assert main(["validate", "torch.nn.LSTMCell", "--dtype", "float32", "--float64"]) == 1
+    assert main(["validate", "torch.nn.LSTMCell", "--float64"]) == 0
+
+
+def fastrnns_target(inputs):
+    """The PyTorch fastrnns LayerNormLSTMCell transcription of test_presets, fed refnorm-layout
+    params; it has no bias (the preset holds b at zero) and no masking (full lengths only)."""
+    from test_presets import fastrnns_layer_norm_lstm
+    p = inputs["params"]
+    names = {"weight_ih": "Wx", "weight_hh": "Wh", "ln_i.weight": "gamma_x",
+             "ln_i.bias": "beta_x", "ln_h.weight": "gamma_h", "ln_h.bias": "beta_h",
+             "ln_c.weight": "gamma_c", "ln_c.bias": "beta_c"}
+    flip = {"weight_ih", "weight_hh"}
+    leaves = {k: torch.tensor(p[ours].T if k in flip else p[ours], requires_grad=True)
+              for k, ours in names.items()}
+    state = {k: torch.tensor(inputs[k], requires_grad=True) for k in ("x", "h0", "c0")}
+    hs, hT, cT = fastrnns_layer_norm_lstm(state["x"], state["h0"], state["c0"],
+                                          torch.tensor(inputs["mask"]), leaves)
+    loss = ((torch.tensor(inputs["dhs"]) * hs).sum() + (torch.tensor(inputs["dhT"]) * hT).sum()
+            + (torch.tensor(inputs["dcT"]) * cT).sum())
+    g = torch.autograd.grad(loss, list(leaves.values()) + list(state.values()))
+    grads = {names[k]: (v.T if k in flip else v).numpy() for k, v in zip(leaves, g)}
+    grads.update({k: v.numpy() for k, v in zip(state, g[len(leaves):])})
+    return {"hs": hs.detach().numpy(), "hT": hT.detach().numpy(), "cT": cT.detach().numpy(),
+            "grads": grads}
+
+
+def test_validate_command_honours_the_preset_like_golden(capsys):
+    from refnorm import golden
+    from refnorm.cli import _random_cell
+    args = ["validate", "test_validate:fastrnns_target", "--preset",
+            "torch_fastrnns_layer_norm_lstm", "--lengths", "6", "6", "6", "6"]
+    assert main(args) == 0, capsys.readouterr()
+    out = capsys.readouterr().out
+    assert "PASS" in out and "not compared (held at zero by the preset" in out
+    # one code path: the command's cell is golden's
+    preset = presets.PRESETS["torch_fastrnns_layer_norm_lstm"]
+    ns = type("Args", (), {"input_size": D, "hidden_size": H, "seed": 5})()
+    ours, theirs = _random_cell(preset, ns), golden.random_cell(preset, D, H, seed=5)
+    assert not np.any(ours.params["b"])
+    for k in theirs.params:
+        np.testing.assert_array_equal(ours.params[k], theirs.params[k])
+
+
+def test_a_callable_sees_the_population_statistics():
+    cell = randomize(refnorm.BNLSTM(D, H, seed=0, max_steps=4), seed=1)
+    report = validate(refnorm_callable(cell), cell=cell, training=False)
+    assert report.ok, report
+    blind = validate(refnorm_callable(cell, with_stats=False), cell=cell, training=False)
+    assert not blind.ok
+
+
+@pytest.mark.parametrize("target, module, install", [
+    ("haste.LayerNormLSTM", "haste_pytorch",
+     "pip install --no-build-isolation haste-pytorch-cpu==0.5.5"),
+    ("haste.LSTM", "haste_pytorch", "nvcc off the PATH"),
+    ("keras.LSTM", "keras", "pip install keras"),
+    ("torch.nn.LSTM", "torch", "pip install torch")])
+def test_a_missing_peer_says_what_to_install(target, module, install, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, module, None)          # import raises ImportError
+    assert main(["validate", target]) == 2
+    err = capsys.readouterr().err
+    assert install in err and target in err, err
+
+
+@pytest.fixture
+def fresh_keras(monkeypatch):
+    """As in a new process: keras not imported yet, KERAS_BACKEND unset, no TensorFlow.
+    sys.modules is restored afterwards (the keras imported here is dropped)."""
+    saved = dict(sys.modules)
+    for name in [n for n in sys.modules if n == "keras" or n.startswith("keras.")]:
+        del sys.modules[name]
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    monkeypatch.setitem(sys.modules, "tensorflow", None)
+    yield
+    sys.modules.clear()
+    sys.modules.update(saved)
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
+def test_validate_command_runs_keras_on_torch_without_being_told(fresh_keras, capsys):
+    import importlib.util
+    if importlib.util.find_spec("keras") is None:        # need_keras() would set the backend
+        pytest.skip("keras is not installed: pip install keras")
+    assert main(["validate", "keras.LSTM", "--lengths", "6", "6", "6", "6"]) == 0, \
+        capsys.readouterr().err
+    assert "PASS" in capsys.readouterr().out
+
+
+def test_validate_command_names_the_keras_backend_it_needs(fresh_keras, monkeypatch, capsys):
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
+    assert main(["validate", "keras.LSTM"]) == 2
+    err = capsys.readouterr().err
+    assert "KERAS_BACKEND=torch" in err and "No module named" not in err, err

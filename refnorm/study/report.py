@@ -155,8 +155,12 @@ def claim_section(claim, cfg):
 def markdown(results, analysis, cfg, elapsed, plots):
     q = analysis["question"]
     n_runs = len(results)
-    lines = ["# refnorm study: does batch norm help an LSTM?", "",
-             f"{n_runs} training runs in {elapsed / 60:.1f} min (backend `{cfg.backend}`, "
+    lines = ["# refnorm study: does batch norm help an LSTM?", ""]
+    if cfg.quick:
+        lines += ["> **Smoke test (`--quick`).** Tiny sizes, to show that the pipeline runs: "
+                  "the numbers and verdicts below mean nothing. Run `refnorm study` without "
+                  "--quick for the answer.", ""]
+    lines += [f"{n_runs} training runs in {elapsed / 60:.1f} min (backend `{cfg.backend}`, "
              f"{cfg.jobs} process(es){', --quick' if cfg.quick else ''}). Cells "
              f"{', '.join(CELL_LABELS[c] for c in cfg.cells)}; hidden size {cfg.hidden_size}; "
              f"inits {', '.join(cfg.inits)}; seeds {', '.join(map(str, cfg.seeds))}; "
