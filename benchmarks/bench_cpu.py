@@ -47,6 +47,9 @@ from blas_floor import gemm_for, matmul
 
 SHAPES = [(16, 64), (32, 128), (64, 256), (128, 512)]
 T_DEFAULT = 100
+# The clock every timing of this module reads, looked up at each call (tests/test_bench_timing.py
+# puts a counter in its place, so the tests of these helpers time nothing).
+clock = time.perf_counter
 
 
 def median_time(fn, repeats, warmup=1):
@@ -92,9 +95,8 @@ def interleaved_runs(fns, repeats, warmup=1):
     in a slow minute. Every other repeat runs them in reverse order, so that each function
     follows a different one half of the time: what a call inherits from the one before (the
     caches, memory another library has just freed) would otherwise favour a fixed side of each
-    ratio (ninth session, (128, 512) in float64: one refnorm call took 5999 ms right after
-    torch's and 5236 ms right after refnorm's own; tenth session: BN-LSTM/LSTM at (16, 64) in
-    float32 read 1.18-1.44 in a fixed order, 1.40-1.82 alternating). A call that writes memory
+    ratio (RESULTS.md, "How a ratio is measured": BN-LSTM/LSTM at (16, 64) in float32 read
+    1.18-1.44 in a fixed order, 1.40-1.82 alternating). A call that writes memory
     the allocator has just returned to the system (or mapped anew) pays a fault per 4 KiB page,
     ~3-4 µs each here."""
     for fn in fns:
@@ -104,9 +106,9 @@ def interleaved_runs(fns, repeats, warmup=1):
     for repeat in range(repeats):
         order = list(zip(fns, runs))
         for fn, run in (order if repeat % 2 == 0 else order[::-1]):
-            f0, start = page_faults(), time.perf_counter()
+            f0, start = page_faults(), clock()
             fn()
-            run.times.append(time.perf_counter() - start)
+            run.times.append(clock() - start)
             run.faults.append(page_faults() - f0)
     return runs
 
@@ -369,6 +371,26 @@ def table_norm_cells(shapes, T, repeats, out):
                 out.flush()
 
 
+def table_vs_book(shapes, T, repeats, out):
+    """The Numba backend against the NumPy reference (the book) it is checked against, each
+    cell's forward+backward in the same process, interleaved (this timing was once a guard in
+    tests/test_numba_backend.py: "numba must not be slower than twice the book")."""
+    print("\n## Numba backend vs the NumPy reference: fwd+bwd "
+          f"(T={T}, D=H, ms, median of {repeats}; ratio numba / numpy: median (quartiles) of "
+          "the per-repeat ratios)\n", file=out)
+    print(row(["dtype", "B", "H", "cell", "numba", "numpy", "ratio"]), file=out)
+    print(row(["---"] * 7), file=out)
+    for dtype in ("float64", "float32"):
+        for B, H in shapes:
+            for stem in ("lstm", "bn_lstm", "seq_bn_lstm", "ln_lstm"):
+                fast, book = interleaved_runs(
+                    [refnorm_case(stem, T, B, H, dtype)[1],
+                     refnorm_case(stem, T, B, H, dtype, backend="numpy")[1]], repeats)
+                print(row([dtype, B, H, stem, f"{fast.time * 1e3:.2f}",
+                           f"{book.time * 1e3:.2f}", spread(fast.ratio(book))]), file=out)
+                out.flush()
+
+
 class PhaseTimer:
     """Times the phases of the numba cells' forward+backward where they run, by wrapping the
     module-level functions the cells call (while in use; `with PhaseTimer() as timer:`): the
@@ -395,12 +417,12 @@ class PhaseTimer:
 
     def _wrap(self, fn, phase):
         def timed(*args, **kwargs):
-            start = time.perf_counter()
+            start = clock()
             try:
                 return fn(*args, **kwargs)
             finally:
                 key = (self.cell, phase)
-                self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - start
+                self.seconds[key] = self.seconds.get(key, 0.0) + clock() - start
         return timed
 
     def __enter__(self):
@@ -732,6 +754,7 @@ def main(argv=None):
     measured = table_vs_torch(shapes, T_DEFAULT, repeats, out)
     table_product_bound(measured, T_DEFAULT, out)
     table_norm_cells(shapes[:2] if not args.quick else shapes[:1], T_DEFAULT, repeats, out)
+    table_vs_book(shapes[:2] if not args.quick else shapes[:1], T_DEFAULT, repeats, out)
     table_phases(shapes[:2] if not args.quick else shapes[:1], T_DEFAULT, max(repeats, 11), out)
     table_normalisation(shapes[:2] if not args.quick else shapes[:1], T_DEFAULT,
                         max(repeats, 11), out)

@@ -1,10 +1,11 @@
 """The timing helpers of benchmarks/bench_cpu.py: the order the compared functions run in, the
 paired ratios the tables print, and the phase timer of the normalised cells' breakdown. A
-benchmark's verdicts are only as good as these; the tests check them without timing anything
-that matters (no speed is asserted here)."""
+benchmark's verdicts are only as good as these; the tests check them without timing anything:
+bench_cpu reads its clock from one module-level name, bench_cpu.clock, and these tests put a
+counter there that advances by 1 per read (fake_clock), so every "time" they see is exact."""
+import itertools
 import pathlib
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -15,15 +16,24 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks
 import bench_cpu  # noqa: E402
 
 
-def test_interleaved_runs_reverse_the_order_every_other_repeat():
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """bench_cpu's clock replaced by a counter: 0, 1, 2, ... one more at each read."""
+    monkeypatch.setattr(bench_cpu, "clock", itertools.count().__next__)
+    return bench_cpu
+
+
+def test_interleaved_runs_reverse_the_order_every_other_repeat(fake_clock):
     """Each function follows a different neighbour half of the time: repeats 0, 2 run a, b, c;
-    repeats 1, 3 run c, b, a. The warm-up calls come first, in order, once each."""
+    repeats 1, 3 run c, b, a. The warm-up calls come first, in order, once each. Each call is
+    timed by two reads of the clock around it alone (1 tick of the fake clock)."""
     calls = []
     fns = [lambda name=name: calls.append(name) for name in "abc"]
     runs = bench_cpu.interleaved_runs(fns, repeats=4, warmup=1)
     assert "".join(calls) == "abc" + "abc" + "cba" + "abc" + "cba"
     assert [len(r.times) for r in runs] == [4, 4, 4]
     assert [len(r.faults) for r in runs] == [4, 4, 4]
+    assert [r.times for r in runs] == [[1, 1, 1, 1]] * 3
 
 
 def test_ratio_pairs_the_repeats_and_gives_median_and_quartiles():
@@ -43,11 +53,14 @@ def test_ratio_pairs_the_repeats_and_gives_median_and_quartiles():
     assert bench_cpu.spread((3.94, 3.8, 4.1), "{:.1f}x") == "3.9x (3.8x-4.1x)"
 
 
-def test_phase_timer_times_the_real_calls_and_restores_the_functions():
+def test_phase_timer_times_the_real_calls_and_restores_the_functions(fake_clock):
     """Inside the timer every phase of each cell's forward+backward is timed (the LSTM, BN- and
     LN-LSTM call all but the batch x time normalisation, SeqBN-LSTM all five), the phases sum
     to no more than the call, and the cells' results are those of the unwrapped functions;
-    outside it the modules hold their own functions again."""
+    outside it the modules hold their own functions again. On the fake clock each timed call
+    reads it twice and counts 1: the phases sum to the number of timed calls n and the whole
+    call to 2n + 1 exactly, which holds only if no timed call runs inside another (a phase
+    counted twice)."""
     from refnorm.numba_cpu import bn_lstm, common, ln_lstm, lstm, seq_bn_lstm
     before = {(mod, name): getattr(mod, name) for mod, name, _ in bench_cpu.PhaseTimer().targets}
     assert len(before) == 3 + 6 + 1 + 8   # projection x3, loops x6, products, SeqBN-LSTM's 8
@@ -57,14 +70,15 @@ def test_phase_timer_times_the_real_calls_and_restores_the_functions():
         expected = fwd_bwd()
         with bench_cpu.PhaseTimer() as timer:
             timer.cell = stem
-            start = time.perf_counter()
+            start = bench_cpu.clock()
             got = fwd_bwd()
-            total = time.perf_counter() - start
+            total = bench_cpu.clock() - start
         phases = {ph: timer.seconds.get((stem, ph), 0.0) for ph in bench_cpu.PhaseTimer.PHASES}
         called = phases_of.get(stem, bench_cpu.PhaseTimer.PHASES[:4])
         assert all(phases[ph] > 0 for ph in called), (stem, phases)
         assert all(phases[ph] == 0 for ph in phases if ph not in called), (stem, phases)
         assert sum(phases.values()) <= total
+        assert total == 2 * sum(phases.values()) + 1, (stem, phases, total)
         assert got.keys() == expected.keys()
         for k in got:
             np.testing.assert_array_equal(got[k], expected[k])
@@ -76,7 +90,7 @@ def test_phase_timer_times_the_real_calls_and_restores_the_functions():
     assert {bn_lstm, ln_lstm, seq_bn_lstm} <= {mod for mod, _ in before}
 
 
-def test_phase_timer_restores_the_functions_when_the_call_fails():
+def test_phase_timer_restores_the_functions_when_the_call_fails(fake_clock):
     """An exception inside the timer (a bad input) still puts every function back."""
     before = {(mod, name): getattr(mod, name) for mod, name, _ in bench_cpu.PhaseTimer().targets}
     cell = refnorm.CELLS["lstm"](5, 5, seed=0, backend="numba")
