@@ -49,8 +49,8 @@ def test_compiling_writes_nothing_into_the_package(tmp_path):
             "print(refnorm_cache_dir())\n")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True).stdout.strip()
-    assert pathlib.Path(out) == tmp_path / "refnorm" / "numba"
-    assert list((tmp_path / "refnorm" / "numba").rglob("*.nbi"))
+    assert pathlib.Path(out).parent == tmp_path / "refnorm" / "numba"
+    assert list(pathlib.Path(out).rglob("*.nbi"))
     assert _compiled_files() == before
 
 
@@ -71,3 +71,19 @@ def test_refnorm_works_from_another_folder(tmp_path):
     helped = subprocess.run([command, "--help"], cwd=tmp_path, env=env, capture_output=True,
                             text=True)
     assert helped.returncode == 0 and "refnorm check" in helped.stdout, helped.stderr
+
+
+def test_the_cache_folder_changes_with_any_source_file(tmp_path):
+    """Numba revalidates a cached function against its own file only; the folder refnorm
+    caches in is keyed to every file of the package, so an edit of one helper module (norms.py)
+    recompiles the loops that inline it."""
+    from refnorm.numba_cpu import source_key
+    (tmp_path / "norms.py").write_text("EPS = 1e-5\n")
+    (tmp_path / "bn_lstm.py").write_text("from .norms import EPS\n")
+    (tmp_path / "notes.txt").write_text("not source")
+    before = source_key(tmp_path)
+    (tmp_path / "notes.txt").write_text("still not source")
+    assert source_key(tmp_path) == before
+    (tmp_path / "norms.py").write_text("EPS = 0.0\n")
+    assert source_key(tmp_path) != before
+    assert pathlib.Path(refnorm_cache_dir()).name == source_key(PACKAGE / "numba_cpu")
