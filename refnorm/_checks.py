@@ -33,6 +33,14 @@ def positive_float(value, name):
     return v
 
 
+def nonnegative_float(value, name):
+    """A finite number >= 0 as a Python float (-0.0 becomes 0.0): eps, where 0 is allowed."""
+    v = _as_float(value)
+    if v is None or not math.isfinite(v) or not v >= 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return v + 0.0
+
+
 def finite_float(value, name, dt=None):
     """value as a Python float; a ValueError naming `name` unless it is a real number (not a
     bool, not a string) that is finite, and finite in dtype dt when given (1e39 is inf in

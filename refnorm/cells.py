@@ -16,7 +16,9 @@ Options every cell takes, for reproducing peers (derivations/variants.md):
                       unit_forget_bias, haste forget_bias, Cooijmans' code; default None: b as
                       drawn)
 BNLSTM and LNLSTM also take carry="raw"|"normalized" (VAR 3) and term_beta (VAR 2); LNLSTM also
-terms="separate"|"summed" (VAR 5). refnorm.presets sets them all for a named peer.
+terms="separate"|"summed" (VAR 5); BNLSTM also past_max_steps="raise"|"clamp" (VAR 7). The
+normalised cells take eps >= 0: with eps = 0 a zero variance normalises to 0 and passes no
+gradient (BN 15), (LN 11). refnorm.presets sets them all for a named peer.
 """
 import numbers
 
@@ -232,7 +234,7 @@ class _BatchNormCell(_Cell):
         if pad_stats not in ("exclude", "include"):
             raise ValueError(f"pad_stats must be 'exclude' or 'include', got {pad_stats!r}")
         self.pad_stats = pad_stats
-        self.eps = _checks.positive_float(eps, "eps")
+        self.eps = _checks.nonnegative_float(eps, "eps")     # 0 allowed: (BN 15)
         self.momentum = _checks.unit_interval(momentum, "momentum")
         if not isinstance(unbiased_var, (bool, np.bool_)):
             raise ValueError(f"unbiased_var must be True or False, got {unbiased_var!r}")
@@ -262,14 +264,17 @@ class _BatchNormCell(_Cell):
             if key.startswith("var"):
                 new = self._stored_var(new, n[:, None])
             pop = self._slot_view(key)
-            pop[slots] = (1 - a) * pop[slots] + a * new                         # (BN 13)
+            for k, slot in enumerate(slots):   # in time order: steps sharing a slot (VAR 7)
+                pop[slot] = (1 - a) * pop[slot] + a * new[k]                    # (BN 13)
 
     def estimate_stats(self, batches):
         """The exact population estimator (BN 14): run a training forward over every batch with
         the weights frozen and set each slot's statistics to the plain average of the batch
         statistics of the batches that had at least two valid rows there. Slots that no batch
         reached keep their value. `batches` yields arrays x or dicts of forward's keyword
-        arguments (x, h0, c0, mask, lengths, t0). Returns the number of batches averaged per slot.
+        arguments (x, h0, c0, mask, lengths, t0). Returns the number of batch statistics
+        averaged per slot: one per batch, except in the last slot of a BNLSTM with
+        past_max_steps="clamp", which averages every step of every batch mapped to it (VAR 8).
         """
         sums, totals = None, None
         for item in batches:
@@ -324,7 +329,9 @@ class BNLSTM(_BatchNormCell):
     instead (what most ports do; for reproducing them and for studying the damage). A step
     with one valid row normalises to ẑ = 0 (its BN output is β; gradients through that BN are
     0); a step with no valid row carries the state. Batch size 1 is an error in training (no
-    batch to take statistics over), as in PyTorch.
+    batch to take statistics over), as in PyTorch. eps >= 0: with eps = 0 a feature of zero
+    variance normalises to 0 and passes no gradient (BN 15) (with eps > 0 it normalises to 0
+    too, up to the rounding of the mean, and passes a gradient amplified by 1/√eps).
 
     Variants (derivations/variants.md): carry="normalized" carries BN_t(c̃_t) instead of c̃_t
     (the authors' --normalize-cell), term_beta=True adds trainable shifts beta_x, beta_h (4H) to
@@ -335,8 +342,21 @@ class BNLSTM(_BatchNormCell):
     arrays (slots, F) named mean_x, var_x, mean_h, var_h (F = 4H), mean_c, var_c (F = H)).
     Absolute step t = t0 + local index uses slot min(t, slots - 1) (BN-LSTM 5): steps at or past
     T_max use the last slot. With max_steps=None the slots grow to the longest training sequence
-    seen (new slots start at mean 0, var 1); with max_steps set there are exactly that many and
-    training past them is an error.
+    seen (new slots start at mean 0, var 1); with max_steps = K set there are exactly K slots,
+    and past_max_steps says what a training pass that updates statistics (update_stats) does at
+    steps t >= K:
+      "raise" (default)  ValueError before anything is computed or updated;
+      "clamp"            (VAR 7) as at inference, step t's statistics go to slot min(t, K - 1).
+                         Training still normalises every step with its own batch statistics;
+                         only the population update is clamped. Slot K - 1 then takes one EMA
+                         update (BN 13) per step t = K - 1, K, ... (each with >= 2 rows in its
+                         statistics), one after the other in increasing t:
+                         pop <- (1 - momentum) pop + momentum batch_t -- the order in which
+                         torch's F.batch_norm updates the jihunchoi port's last buffer, and the
+                         one statistics set of batchnorm-lstm (max_steps=1). estimate_stats
+                         (BN 14) averages slot K - 1 over every (batch, step) mapped to it
+                         (VAR 8).
+    past_max_steps has no effect with max_steps=None (the slots grow instead).
     """
 
     stem = "bn_lstm"
@@ -344,10 +364,13 @@ class BNLSTM(_BatchNormCell):
 
     def __init__(self, input_size, hidden_size, *, eps=DEFAULT_EPS, momentum=BN_LSTM_MOMENTUM,
                  max_steps=None, unbiased_var=False, gamma_init=BN_GAMMA_INIT,
-                 pad_stats="exclude", carry="raw", term_beta=False, **kw):
+                 pad_stats="exclude", carry="raw", term_beta=False, past_max_steps="raise",
+                 **kw):
         self.carry, self.term_beta = _variant_options(carry, term_beta)
         self.max_steps = None if max_steps is None else _checks.positive_int(max_steps,
                                                                              "max_steps")
+        self.past_max_steps = _checks.choice(past_max_steps, "past_max_steps",
+                                             ("raise", "clamp"))                # (VAR 7)
         self.gamma_init = _checks.positive_float(gamma_init, "gamma_init")
         super().__init__(input_size, hidden_size, eps=eps, momentum=momentum,
                          unbiased_var=unbiased_var, pad_stats=pad_stats, **kw)
@@ -372,13 +395,21 @@ class BNLSTM(_BatchNormCell):
     def _slot_view(self, key):
         return self.stats[key]
 
+    def _slots_of(self, t):
+        """The population slot each absolute training step t (array) updates: t itself, or
+        min(t, K - 1) with max_steps = K and past_max_steps="clamp" (VAR 7)."""
+        if self.max_steps is not None and self.past_max_steps == "clamp":
+            return np.minimum(t, self.max_steps - 1)                            # (VAR 7)
+        return t
+
     def _ensure_slots(self, slots):
         if slots <= self._n_slots():
             return
         if self.max_steps is not None:
             raise ValueError(f"training reaches time step {slots - 1} but max_steps="
                              f"{self.max_steps}: population statistics exist for steps "
-                             f"0..{self.max_steps - 1} only (raise max_steps or use t0)")
+                             f"0..{self.max_steps - 1} only (raise max_steps, use t0, or "
+                             f"past_max_steps='clamp')")
         grown = self._fresh_stats(slots)
         for key, old in self.stats.items():
             grown[key][:old.shape[0]] = old
@@ -386,7 +417,7 @@ class BNLSTM(_BatchNormCell):
 
     def _batch_stats(self, cache, t0):
         T = cache.count.shape[0]
-        return (np.arange(t0, t0 + T), cache.count,
+        return (self._slots_of(np.arange(t0, t0 + T)), cache.count,
                 {key: getattr(cache, key) for key in self._stat_widths()})
 
     def _forward(self, x, h0, c0, m, params, training, t0, update_stats):
@@ -396,8 +427,8 @@ class BNLSTM(_BatchNormCell):
                 raise ValueError("BNLSTM in training needs a batch of at least 2 rows: batch "
                                  "statistics of batch size 1 are meaningless (use "
                                  "training=False, SeqBNLSTM or LNLSTM)")
-            if update_stats:
-                self._ensure_slots(t0 + T)        # before the pass: errors leave nothing half done
+            if update_stats:                      # before the pass: errors leave nothing half done
+                self._ensure_slots(int(self._slots_of(t0 + T - 1)) + 1)
             out = self._impl.bn_lstm_forward(x, h0, c0, m, params, training=True, eps=self.eps,
                                              pad_stats=self.pad_stats, carry=self.carry)
             if update_stats:
@@ -486,7 +517,10 @@ class LNLSTM(_Cell):
     term_beta=True adds shifts beta_x, beta_h (4H) to the two gate-term LNs (fastrnns, TF
     Addons); terms="summed" normalises the sum x_t Wx + h_{t-1} Wh once, with one gain gamma_z
     (4H) in place of gamma_x, gamma_h (TF1 LayerNormBasicLSTMCell, there per gate); eps as the
-    peer (1e-5 haste and PyTorch, 1e-3 TF Addons, 1e-12 TF1).
+    peer (1e-5 haste and PyTorch, 1e-3 TF Addons, 1e-12 TF1, 0 the decomposed LayerNorm of
+    PyTorch fastrnns). With eps = 0 a row of zero variance (e.g. h_0 = 0) normalises to ẑ = 0,
+    as it does for eps > 0, and no gradient passes through that LN (LN 11): the map has no
+    derivative there, where with eps > 0 it has one of size 1/√eps.
     """
 
     stem = "ln_lstm"
@@ -495,7 +529,7 @@ class LNLSTM(_Cell):
     def __init__(self, input_size, hidden_size, *, eps=DEFAULT_EPS, per_gate=False,
                  gamma_init=LN_GAMMA_INIT, carry="raw", term_beta=False, terms="separate",
                  **kw):
-        self.eps = _checks.positive_float(eps, "eps")
+        self.eps = _checks.nonnegative_float(eps, "eps")     # 0 allowed: (LN 11)
         self.per_gate = _checks.flag(per_gate, "per_gate")
         self.carry, self.term_beta = _variant_options(carry, term_beta)
         self.terms = _checks.choice(terms, "terms", ("separate", "summed"))

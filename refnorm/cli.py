@@ -118,7 +118,8 @@ def main(argv=None):
 
 
 BUILTIN_TARGETS = ("torch.nn.LSTM", "torch.nn.LSTMCell", "haste.LSTM", "haste.LayerNormLSTM",
-                   "keras.LSTM")
+                   "keras.LSTM", "flax.linen.LSTMCell", "flax.linen.OptimizedLSTMCell",
+                   "flax.nnx.LSTMCell", "flax.nnx.OptimizedLSTMCell")
 
 
 def add_validate_parser(sub):
@@ -179,7 +180,20 @@ def _build_target(args):
     D, H = args.input_size, args.hidden_size
     if args.target in BUILTIN_TARGETS:
         family, _, name = args.target.rpartition(".")
-        torch = import_peer("torch", args.target)
+        if family.startswith("flax"):                    # flax.linen / flax.nnx, on JAX
+            import_peer("flax", args.target)
+            import jax
+            if args.dtype == "float64":     # this command's process: else JAX makes it float32
+                jax.config.update("jax_enable_x64", True)
+            api, cell = importlib.import_module(family), _random_cell(CELLS["lstm"], args)
+            dtype = getattr(jax.numpy, args.dtype)
+            if family == "flax.nnx":
+                module = getattr(api, name)(D, H, param_dtype=dtype, rngs=api.Rngs(args.seed))
+                return interop.to_flax(cell, module), None
+            module = getattr(api, name)(H, param_dtype=dtype)
+            return module.bind({"params": interop.to_flax(cell, module)}), None
+        if family != "keras":                   # Keras brings its own backend (import_peer)
+            torch = import_peer("torch", args.target)
         if family.startswith("torch"):
             stack = {"num_layers": args.layers, "bidirectional": args.bidirectional}
             module = getattr(torch.nn, name)(D, H, dtype=getattr(torch, args.dtype),
@@ -208,14 +222,19 @@ def _build_target(args):
             raise ValueError(f"unknown preset {args.preset!r}: one of "
                              f"{', '.join(sorted(presets.PRESETS))}")
         return obj, _random_cell(presets.PRESETS[args.preset], args)
+    from .validation import _framework_kind
     if isinstance(obj, type) or (callable(obj) and not hasattr(obj, "parameters")
-                                 and not hasattr(obj, "get_weights")):
+                                 and not hasattr(obj, "get_weights")
+                                 and _framework_kind(obj) != "flax"):     # a Flax cell calls
         obj = obj(D, H)
     if args.randomize:
-        from .validation import _adapter, _framework_kind
+        from .validation import _adapter
         kind = _framework_kind(obj)
         if kind == "torch":
             return _randomize_torch(obj, args.seed), None
+        if kind == "flax":                  # nnx: written in place; linen: bound to new params
+            new = interop.to_flax(randomize(_adapter(obj, None).cell, seed=args.seed + 1), obj)
+            return (obj if new is obj else obj.unbind()[0].bind({"params": new})), None
         convert = {"haste": interop.to_haste, "keras": interop.to_keras}[kind]
         convert(randomize(_adapter(obj, None).cell, seed=args.seed + 1), obj)
     return obj, None

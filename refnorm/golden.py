@@ -73,8 +73,9 @@ def _modes(name, factory, options, preset):
 def build(factory, options, preset, seed):
     """The cell of one case with random non-zero parameters and statistics."""
     kw = dict(options)
-    if getattr(factory, "cls", factory) is CELLS["bn_lstm"]:
-        kw["max_steps"] = BN_SLOTS
+    if getattr(factory, "cls", factory) is CELLS["bn_lstm"] and \
+            "max_steps" not in getattr(factory, "options", {}):
+        kw["max_steps"] = BN_SLOTS          # a preset's own max_steps (batchnorm-lstm: 1) stays
     return random_cell(factory, D, H, seed=seed, **kw)
 
 
@@ -135,7 +136,7 @@ def write(out, seed=0):
 
 
 OPTION_NAMES = ("eps", "per_gate", "carry", "term_beta", "terms", "forget_bias", "pad_stats",
-                "momentum", "unbiased_var")
+                "momentum", "unbiased_var", "past_max_steps")
 
 
 def describe(cell):

@@ -97,8 +97,10 @@ igates = layernorm_i(x W_ihᵀ), hgates = layernorm_h(h W_hhᵀ), gates = igates
 separate bias: the two LayerNorm biases are the shifts (term_beta=True, beta_x = layernorm_i.bias,
 beta_h = layernorm_h.bias), and refnorm's b must stay 0 (the peer has no such parameter; its
 gradient is reported but has no counterpart). cy = layernorm_c(f cx + i g) is the carried state
-(carry="normalized"). The decompose_layernorm=True variant uses no eps at all, which refnorm
-does not allow (eps > 0); it is not reproduced.""", carry="normalized", term_beta=True,
+(carry="normalized"). The decompose_layernorm=True variant (fastrnns' own LayerNorm,
+(x - mu) / x.std(unbiased=False), no eps) is this preset with eps=0; where a row has zero
+variance (e.g. h0 = 0) it divides 0 by 0 and returns NaN, where refnorm returns 0 and no
+gradient through that LN (LN 11).""", carry="normalized", term_beta=True,
           hold_zero=("b",))
 
 _register("tfa_layer_norm_lstm", LNLSTM, """TensorFlow Addons LayerNormLSTMCell
@@ -139,9 +141,33 @@ Gate order f, i, o, g; weight_ih (D, 4H), weight_hh (H, 4H) in x W form, one bia
 have trainable shifts (term_beta=True) next to the bias; per-step statistics include padded rows
 (pad_stats="include": the port runs the cell on the whole padded batch), and the running
 statistics follow torch.nn.functional.batch_norm: momentum 0.1, unbiased running variance
-(unbiased_var=True). Padded steps carry the state; the port outputs the carried h there where
-refnorm outputs 0 (compare valid steps).""",
-          term_beta=True, pad_stats="include", momentum=0.1, unbiased_var=True, gamma_init=0.1)
+(unbiased_var=True). SeparatedBatchNorm1d(max_length) clamps `time` to max_length - 1 in
+training too, so every step at or past it updates the last buffer, one F.batch_norm call after
+the other (max_steps=max_length with past_max_steps="clamp", (VAR 7)). Padded steps carry the
+state; the port outputs the carried h there where refnorm outputs 0 (compare valid steps).""",
+          term_beta=True, pad_stats="include", momentum=0.1, unbiased_var=True, gamma_init=0.1,
+          past_max_steps="clamp")
+
+_register("batchnorm_lstm", BNLSTM, """batchnorm-lstm 0.0.1 on PyPI (import batchnormlstm;
+github.com/Zyx0Wu/batchnorm-lstm): layer_utils.py batchnorm_lstm_forward / _backward with
+layers.py batchnorm_forward / batchnorm_backward_alt, as classifiers/lstm.py AdvancedLSTM
+(use_batchnorm=True) runs them.
+
+Gate order g, i, f, o ("a, i, f, o" in its code); w (D, 4H), u (H, 4H) in x W form, one bias
+b; BN(x w; gamma_x, beta_x) + BN(h u; gamma_h, beta_h) + b with trainable shifts on both terms
+(term_beta=True); c = g i + f c_prev is carried raw, h = tanh(BN(c; gamma_c, beta_c)) o; BN
+with batch mean and biased np.var, eps 1e-5 inside the root, gradients through the statistics
+(its own backward). ONE running statistics set per site for every time step, updated at each
+step in turn by running = 0.9 running + 0.1 batch (its momentum 0.9 is refnorm's 0.1), biased:
+max_steps=1 with past_max_steps="clamp" (VAR 7). Gains 1, shifts 0 at init (gamma_init=1.0).
+Not covered: its running_var starts at 0 (refnorm's at 1: set cell.stats["var_*"] to 0 to
+follow a fresh model); it has no masking (full-length batches only); dropout between layers;
+and AdvancedLSTM.loss(X) without targets writes bn_param["test"] = "test" rather than
+bn_param["mode"], so its "test" pass still uses (and updates) batch statistics, i.e. refnorm's
+training=True; only batchnorm_lstm_forward called with mode "test" uses the running ones
+(refnorm's training=False).""",
+          term_beta=True, momentum=0.1, eps=1e-5, gamma_init=1.0, max_steps=1,
+          past_max_steps="clamp")
 
 # -- sequence-wise BN -------------------------------------------------------------------------
 _register("laurent_seq_bn_lstm", SeqBNLSTM, """Sequence-wise BN of the input term (Laurent et al.

@@ -18,10 +18,23 @@ Targets:
   torch.nn.LSTMCell (stepped here, with refnorm's masked carry);
 * haste_pytorch.LSTM and LayerNormLSTM (lengths passed to the module; it leaves outputs at padded
   steps unmasked, so only valid steps are compared);
-* keras.layers.LSTM (Keras 3 with KERAS_BACKEND=torch, whose autograd gives the gradients;
-  the mask is passed to the layer when some step is padded, and Keras repeats the previous
-  output at masked steps, so only valid steps are compared. Keras 3.15's masked loop computes
-  float64 products in float32, which this reports as a float64 mismatch of ~1e-7);
+* keras.layers.LSTM (Keras 3 on the backend it was imported with, KERAS_BACKEND or
+  ~/.keras/keras.json, TensorFlow by default; the gradients come from that backend's autodiff,
+  KERAS_BACKENDS: tf.GradientTape, torch.autograd, or jax.vjp with jax_enable_x64 on, and the
+  header names the backend and its version. The mask is passed to the layer when some step is
+  padded, and Keras repeats the previous output at masked steps, so only valid steps are
+  compared. Keras 3.15 computes part of a float64 LSTM in float32 on two backends
+  (KERAS_FLOAT32): on torch where a mask is used (its masked loop's keras.ops.matmul), on JAX
+  always (keras.ops.tanh); such a layer fails at ~1e-7 and the report says why in a note.
+  TensorFlow agrees to ~1e-15, masked or not. Measured with Keras 3.15.1,
+  tests/test_keras_backends.py);
+* flax.linen.LSTMCell and OptimizedLSTMCell, bound to their params (cell.bind({'params': p})),
+  and flax.nnx.LSTMCell and OptimizedLSTMCell: run by Flax's own RNN (flax.linen.RNN /
+  flax.nnx.RNN, batch-major, with seq_lengths: it returns each sequence's last valid carry and
+  leaves padded outputs unmasked, so only valid steps are compared); gradients by jax.vjp of the
+  same loss, the initial carry (c, h) included. The module runs in its own dtype (its dtype,
+  else its params'): a float32 module passes at float32 tolerance; a float64 one needs JAX's x64
+  mode, which validate never switches on (it is process-wide): a ValueError names the fix;
 * any callable f(inputs) -> outputs, given `cell=` (a refnorm cell, e.g. from refnorm.presets,
   with the weights to use). Use it for a framework refnorm has no converter for: convert the
   params yourself inside f. inputs is a dict:
@@ -69,25 +82,79 @@ INSTALL = {
              "torch resolves to a multi-GB CUDA build)",
     "haste_pytorch": "after torch, with nvcc off the PATH: env PATH=<venv>/bin:/usr/bin:/bin "
                      "pip install --no-build-isolation haste-pytorch-cpu==0.5.5",
-    "keras": "pip install keras torch (Keras 3; refnorm runs it with KERAS_BACKEND=torch)",
+    "keras": "pip install keras (Keras 3) and its backend's package: tensorflow-cpu, torch or "
+             "jax (KERAS_BACKEND picks one)",
+    "tensorflow": "pip install tensorflow-cpu",
+    "jax": "pip install jax",
+    "flax": "pip install jax flax (CPU wheels; refnorm is tested with jax 0.10.2, flax 0.12.8)",
 }
+
+# The Keras backends validate runs a Keras layer on: {backend: (its package, the autodiff that
+# gives the gradients)}. Keras's numpy and openvino backends have no autodiff.
+KERAS_BACKENDS = {"tensorflow": ("tensorflow", "tf.GradientTape"),
+                  "torch": ("torch", "torch.autograd"),
+                  "jax": ("jax", "jax.vjp")}
+
+# Where Keras 3.15 computes a float64 LSTM in float32 (measured with Keras 3.15.1, and float64
+# once the cast is patched out: tests/test_keras_backends.py): {backend: (when, why)}. Its
+# result_type maps float64 to float32 on every backend but TensorFlow ("to be aligned with JAX's
+# default", keras/src/backend/common/dtypes.py BIT64_TO_BIT32_DTYPE). TensorFlow is float64.
+KERAS_FLOAT32 = {
+    "torch": ("masked", "where a mask is used (its masked RNN loop's keras.ops.matmul casts to "
+                        "Keras's result type; unmasked, a fused torch loop keeps float64)"),
+    "jax": ("always", "masked or not (the cell's activation keras.ops.tanh casts its input to "
+                      "Keras's result type: keras/src/backend/jax/numpy.py tanh)"),
+}
+
+
+def keras_backend():
+    """(backend, where it comes from): the backend of the keras already imported, else the one
+    Keras will choose at import, read without importing it: KERAS_BACKEND when set, else
+    "backend" in keras.json (in KERAS_HOME, else ~/.keras, or /tmp/.keras when ~ is not
+    writable: keras/src/backend/config.py), else TensorFlow."""
+    import json
+    import os
+    import sys
+
+    if sys.modules.get("keras") is not None:
+        return sys.modules["keras"].backend.backend(), "the keras already imported"
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"], "KERAS_BACKEND"
+    home = os.environ["KERAS_HOME"] if "KERAS_HOME" in os.environ else os.path.join(
+        os.path.expanduser("~") if os.access(os.path.expanduser("~"), os.W_OK) else "/tmp",
+        ".keras")
+    path = os.path.join(home, "keras.json")
+    try:
+        with open(path) as f:
+            return json.load(f).get("backend", "tensorflow"), path
+    except (OSError, ValueError):
+        return "tensorflow", "Keras's default (KERAS_BACKEND unset, no keras.json)"
 
 
 def import_peer(module, target):
     """Import a peer's package for `target` (e.g. "haste.LSTM"), or raise an ImportError that
-    names what to install. For keras not imported yet, KERAS_BACKEND is set to torch when unset
-    (Keras would otherwise read ~/.keras/keras.json, TensorFlow by default) and any other
-    backend is refused: validate runs Keras on torch, whose autograd gives the gradients."""
+    names what to install. For keras, the backend it will run on (keras_backend()) must be one
+    of KERAS_BACKENDS and its package must be installed, else the error names the package to
+    install and the backends that are; on JAX, float64 needs jax_enable_x64, turned on here."""
     import importlib
-    import os
-    import sys
+    import importlib.util
 
-    if module == "keras" and "keras" not in sys.modules:
-        backend = os.environ.setdefault("KERAS_BACKEND", "torch")
-        if backend != "torch":
-            raise ImportError(f"{target} is validated on Keras's torch backend (its autograd "
-                              f"gives the gradients), but KERAS_BACKEND={backend}: set "
-                              "KERAS_BACKEND=torch (or leave it unset)")
+    if module == "keras":
+        backend, source = keras_backend()
+        if backend not in KERAS_BACKENDS:
+            raise ImportError(f"{target}: Keras's {backend} backend (from {source}) has no "
+                              "autodiff to give the gradients: set KERAS_BACKEND to one of "
+                              f"{', '.join(KERAS_BACKENDS)}")
+        package = KERAS_BACKENDS[backend][0]
+        if importlib.util.find_spec(package) is None:
+            others = [b for b, (p, _) in KERAS_BACKENDS.items()
+                      if b != backend and importlib.util.find_spec(p) is not None]
+            instead = f", or set KERAS_BACKEND={' or '.join(others)}" if others else ""
+            raise ImportError(f"{target} runs on Keras's {backend} backend (from {source}), "
+                              f"but {package} is not installed: {INSTALL[package]}{instead}")
+        if backend == "jax":
+            import jax
+            jax.config.update("jax_enable_x64", True)      # else float64 arrays are float32
     try:
         return importlib.import_module(module)
     except ImportError as err:
@@ -100,15 +167,16 @@ class ValidationReport:
     compared; notes: {tensor: why its row failed without a number, e.g. "not returned"};
     skipped: {tensor: why it was not compared}; float64: the check proved float64 agreement
     (float64 target, tolerance no looser than float64's); ok: every row ok, and float64 when
-    require_float64."""
+    require_float64; remarks: lines the adapter adds to explain a result, printed as "note:"."""
 
     def __init__(self, target, cell, dtype, tol, rows, lengths, reference=None, *, notes=None,
-                 skipped=None, require_float64=False):
+                 skipped=None, require_float64=False, remarks=()):
         self.target, self.cell, self.dtype, self.tol = target, cell, dtype, tol
         self.rows, self.lengths = rows, lengths
         self.reference = reference or repr(cell)
         self.notes, self.skipped = dict(notes or {}), dict(skipped or {})
         self.require_float64 = require_float64
+        self.remarks = list(remarks)
 
     @property
     def float64(self):
@@ -157,6 +225,7 @@ class ValidationReport:
                 continue
             lines.append(f"{name:16} {str(tuple(shape)):>14} {abs_err:12.2e} {rel_err:11.2e}  "
                          f"{'ok' if ok else 'MISMATCH'}")
+        lines += [f"note: {remark}" for remark in self.remarks]
         lines.append(self.verdict())
         return "\n".join(lines)
 
@@ -216,7 +285,8 @@ def validate(target, *, cell=None, T=DEFAULT_T, B=DEFAULT_B, lengths=None, seed=
         rows.append((name, ours.shape, abs_err, rel, tol, bool(rel <= tol)))
     return ValidationReport(adapter.name, adapter.cell, dtype, tol, rows, lengths,
                             getattr(adapter, "reference", None), notes=notes, skipped=skipped,
-                            require_float64=require_float64)
+                            require_float64=require_float64,
+                            remarks=adapter.remarks(data, rows))
 
 
 def _left_out(truth, outputs_only, skip):
@@ -270,6 +340,10 @@ class _Adapter:
     def run(self, data, training):
         raise NotImplementedError
 
+    def remarks(self, data, rows):
+        """Lines that explain a result this target is known for (the report's notes)."""
+        return []
+
 
 def _adapter(target, cell):
     kind = _framework_kind(target)
@@ -282,11 +356,14 @@ def _adapter(target, cell):
         return _HasteAdapter(target)
     if kind == "keras":
         return _KerasAdapter(target)
+    if kind == "flax":
+        return _FlaxAdapter(target)
     if callable(target):
         return _CallableAdapter(target, cell)
     raise ValueError(f"cannot validate a {type(target).__name__}: pass a torch.nn.LSTM, "
-                     "torch.nn.LSTMCell, haste LSTM / LayerNormLSTM, keras.layers.LSTM, or a "
-                     "callable with cell=")
+                     "torch.nn.LSTMCell, haste LSTM / LayerNormLSTM, keras.layers.LSTM, a Flax "
+                     "LSTMCell / OptimizedLSTMCell (linen bound, or nnx), or a callable with "
+                     "cell=")
 
 
 def _framework_kind(target):
@@ -294,7 +371,7 @@ def _framework_kind(target):
     for cls in type(target).__mro__:
         module = cls.__module__ or ""
         for prefix, kind in (("haste_pytorch", "haste"), ("keras", "keras"),
-                             ("torch.nn.modules.rnn", "torch")):
+                             ("torch.nn.modules.rnn", "torch"), ("flax.", "flax")):
             if module.startswith(prefix):
                 return kind
     return None
@@ -504,50 +581,194 @@ class _HasteAdapter(_ModuleAdapter):
 
 
 class _KerasAdapter(_Adapter):
+    """A keras.layers.LSTM on the backend Keras was imported with (KERAS_BACKENDS): the layer
+    called on that backend's tensors, batch-major, with the initial state and the mask; the
+    gradients of (BPTT 1) by that backend's autodiff (_autodiff_<backend>: x, h0, c0, then the
+    layer's trainable weights); the weights' gradients through from_keras, as the weights."""
+
     def __init__(self, layer):
+        import importlib
+
         import keras
 
         from .interop import from_keras
 
-        if keras.backend.backend() != "torch":
-            raise ValueError("refnorm validate runs Keras layers on the torch backend (its "
-                             "autograd gives the gradients): set KERAS_BACKEND=torch before "
-                             f"importing keras (this one runs on {keras.backend.backend()!r})")
+        backend = keras.backend.backend()
+        if backend not in KERAS_BACKENDS:
+            raise ValueError(f"Keras's {backend} backend has no autodiff to give the gradients: "
+                             f"set KERAS_BACKEND to one of {', '.join(KERAS_BACKENDS)} before "
+                             "importing keras")
         if not layer.built:
             raise ValueError("build the Keras layer first (layer.build((None, T, D)))")
-        self.layer = layer
-        self.cell = from_keras(layer)
-        self.dtype = layer.dtype_policy.compute_dtype
-        self.name = f"keras.layers.{type(layer).__name__}"
-
-    def run(self, data, training):
-        import torch
-
-        layer = self.layer
-        dt = getattr(torch, self.dtype)
-        t = {k: torch.tensor(data[k], dtype=dt, requires_grad=True) for k in ("x", "h0", "c0")}
-        up = {k: torch.tensor(data[k], dtype=dt) for k in ("dhs", "dhT", "dcT")}
         config = layer.get_config()
         if not (config.get("return_sequences") and config.get("return_state")):
             raise ValueError("build the Keras LSTM with return_sequences=True and "
                              "return_state=True for validation")
-        x_bm = t["x"].transpose(0, 1)                              # Keras is batch-major
-        mask = torch.tensor(data["mask"].T > 0) if data["mask"].min() == 0 else None
-        seq, hT, cT = layer(x_bm, initial_state=[t["h0"], t["c0"]], mask=mask, training=False)
-        hs = seq.transpose(0, 1) * torch.tensor(data["mask"], dtype=dt)[..., None]
-        loss = (up["dhs"] * hs).sum() + (up["dhT"] * hT).sum() + (up["dcT"] * cT).sum()
-        weights = [w.value for w in layer.trainable_weights]
-        grads = torch.autograd.grad(loss, [t["x"], t["h0"], t["c0"]] + weights)
-        out = {"hs": hs.detach().double().numpy(), "hT": hT.detach().double().numpy(),
-               "cT": cT.detach().double().numpy()}
-        out.update({"d" + k: g.double().numpy() for k, g in zip(("x", "h0", "c0"), grads)})
-        names = [w.path.rsplit("/", 1)[-1] for w in layer.trainable_weights]
-        by_name = dict(zip(names, (g.double().numpy() for g in grads[3:])))
+        self.layer, self.backend = layer, backend
+        self.cell = from_keras(layer)
+        self.dtype = layer.dtype_policy.compute_dtype
+        package, autodiff = KERAS_BACKENDS[backend]
+        if backend == "jax" and self.dtype == "float64":
+            import jax
+            if not jax.config.read("jax_enable_x64"):
+                raise ValueError("a float64 Keras layer on JAX needs jax_enable_x64 (else its "
+                                 "arrays are float32): jax.config.update('jax_enable_x64', "
+                                 "True), or JAX_ENABLE_X64=1, before building the layer")
+        version = importlib.import_module(package).__version__
+        self.name = (f"keras.layers.{type(layer).__name__} (Keras {keras.__version__}, "
+                     f"{backend} {version} backend, gradients by {autodiff})")
+
+    @staticmethod
+    def call(layer, t, mask):
+        """(seq (B, T, H), hT, cT) from the layer (or its stateless twin) on t = x (B, T, D), h0,
+        c0: Keras's LSTM state is [h, c], given and returned in that order."""
+        seq, hT, cT = layer(t["x"], initial_state=[t["h0"], t["c0"]], mask=mask, training=False)
+        return seq, hT, cT
+
+    def run(self, data, training):
+        valid = data["mask"][..., None]                                    # (T, B, 1)
+        args = {"x": data["x"].transpose(1, 0, 2), "h0": data["h0"], "c0": data["c0"]}
+        up = ((data["dhs"] * valid).transpose(1, 0, 2), data["dhT"], data["dcT"])
+        mask = data["mask"].T > 0 if data["mask"].min() == 0 else None    # (B, T), or unmasked
+        outs, grads = getattr(self, "_autodiff_" + self.backend)(args, mask, up)
+        numpy = lambda v: np.asarray(v.detach().cpu() if hasattr(v, "detach") else v,  # noqa
+                                     dtype=np.float64)
+        seq, hT, cT = (numpy(v) for v in outs)
+        out = {"hs": seq.transpose(1, 0, 2) * valid, "hT": hT, "cT": cT,
+               "dx": numpy(grads[0]).transpose(1, 0, 2), "dh0": numpy(grads[1]),
+               "dc0": numpy(grads[2])}
+        names = [w.path.rsplit("/", 1)[-1] for w in self.layer.trainable_weights]
+        by_name = dict(zip(names, (numpy(g) for g in grads[3:])))
         order = ["kernel", "recurrent_kernel"] + (["bias"] if "bias" in by_name else [])
         from .interop import from_keras
-        as_cell = from_keras([by_name[n] for n in order])
-        out.update({"d" + k: v for k, v in as_cell.params.items()})
+        out.update({"d" + k: v for k, v in from_keras([by_name[n] for n in order]).params.items()})
         return out
+
+    # Each _autodiff_<backend>(args, mask, up): the outputs (seq, hT, cT) and the gradients of
+    # L = Σ up⊙outputs with respect to x, h0, c0 and layer.trainable_weights, in that order.
+    def _autodiff_torch(self, args, mask, up):
+        import torch
+
+        dt = getattr(torch, self.dtype)
+        t = {k: torch.tensor(v, dtype=dt, requires_grad=True) for k, v in args.items()}
+        outs = self.call(self.layer, t, None if mask is None else torch.tensor(mask))
+        loss = sum((torch.tensor(u, dtype=dt) * o).sum() for u, o in zip(up, outs))
+        weights = [w.value for w in self.layer.trainable_weights]
+        return outs, torch.autograd.grad(loss, list(t.values()) + weights)
+
+    def _autodiff_tensorflow(self, args, mask, up):
+        import tensorflow as tf
+
+        t = {k: tf.constant(v, dtype=self.dtype) for k, v in args.items()}
+        weights = [w.value for w in self.layer.trainable_weights]
+        with tf.GradientTape() as tape:
+            tape.watch(list(t.values()))
+            outs = self.call(self.layer, t, None if mask is None else tf.constant(mask))
+            loss = tf.add_n([tf.reduce_sum(tf.constant(u, dtype=self.dtype) * o)
+                             for u, o in zip(up, outs)])
+        return outs, tape.gradient(loss, list(t.values()) + weights)
+
+    def _autodiff_jax(self, args, mask, up):
+        import jax
+        import jax.numpy as jnp
+
+        layer = self.layer
+        weights = [w.value for w in layer.trainable_variables]
+        fixed = [w.value for w in layer.non_trainable_variables]
+        m = None if mask is None else jnp.asarray(mask)
+
+        def outputs(x, h0, c0, weights):
+            stateless = lambda *a, **k: layer.stateless_call(weights, fixed, *a, **k)[0]  # noqa
+            return tuple(self.call(stateless, {"x": x, "h0": h0, "c0": c0}, m))
+
+        primals = [jnp.asarray(args[k], dtype=self.dtype) for k in ("x", "h0", "c0")]
+        outs, vjp = jax.vjp(outputs, *primals, weights)
+        dx, dh0, dc0, dweights = vjp(tuple(jnp.asarray(u, dtype=self.dtype) for u in up))
+        return outs, [dx, dh0, dc0, *dweights]
+
+    def remarks(self, data, rows):
+        """Where Keras computes a float64 layer in float32 (KERAS_FLOAT32), and the mismatch is
+        of that size: say why, and how to check the layer at float32 level."""
+        bad = [row[3] for row in rows if not row[-1]]
+        known = KERAS_FLOAT32.get(self.backend)
+        if (known is None or self.dtype != "float64" or not bad
+                or max(bad) > TOLERANCE["float32"]
+                or (known[0] == "masked" and data["mask"].min() > 0)):
+            return []
+        import keras
+        return [f"Keras {keras.__version__} on {self.backend} computes a float64 LSTM in "
+                f"float32 {known[1]}; its result type maps float64 to float32 on all backends "
+                "but TensorFlow (keras/src/backend/common/dtypes.py BIT64_TO_BIT32_DTYPE). The "
+                f"worst relative error {max(bad):.1e} is that rounding, not a wrong cell; "
+                "--tol 1e-4 (tol=1e-4) checks the layer at float32 level"]
+
+
+class _FlaxAdapter(_Adapter):
+    """A Flax LSTM cell (linen bound to its params, or nnx) over the sequence by Flax's own RNN
+    with seq_lengths, batch-major; the outputs, the last valid carry and every gradient (params,
+    x, the initial carry) by jax.vjp of (BPTT 1). Flax's carry is (c, h): flax_lstm.to_carry /
+    from_carry translate, in one place."""
+
+    def __init__(self, module):
+        from .interop import flax_lstm
+
+        self.api = flax_lstm.module_api(module)
+        if self.api is None:
+            raise ValueError(f"validate needs the Flax cell itself (a bound linen LSTMCell or "
+                             f"an nnx one), not its params ({type(module).__name__})")
+        self.cell = flax_lstm.from_flax(module)      # refuses other activations, unbound linen
+        params = flax_lstm.module_params(module, self.api)
+        leaves = [np.asarray(v).dtype for sub in params.values() for v in sub.values()]
+        self.dtype = np.dtype(module.dtype or np.result_type(*leaves)).name   # what it runs in
+        flax_lstm.require_x64(self.dtype, f"the {type(module).__name__}'s compute dtype")
+        self.module = module
+        self.name = f"flax.{self.api}.{type(module).__name__}"
+
+    def sequence(self, lengths):
+        """(f, params): f(params, x (B, T, D), carry) = (last valid carry, ys (B, T, H)) by
+        Flax's RNN with seq_lengths=lengths; params the module's, as a pytree."""
+        if self.api == "linen":
+            import flax.linen as nn
+
+            cell, variables = self.module.unbind()
+            rnn = nn.RNN(cell, return_carry=True)
+            return (lambda p, x, carry: rnn.apply({"params": {"cell": p}}, x,  # noqa: E731
+                                                  initial_carry=carry, seq_lengths=lengths),
+                    variables["params"])
+        from flax import nnx
+
+        graph, params, rest = nnx.split(self.module, nnx.Param, ...)
+
+        def f(p, x, carry):                   # a new module from the state: the user's is kept
+            rnn = nnx.RNN(nnx.merge(graph, p, rest), return_carry=True, rngs=False)
+            return rnn(x, initial_carry=carry, seq_lengths=lengths)
+        return f, params
+
+    def run(self, data, training):
+        import jax
+        import jax.numpy as jnp
+
+        from .interop.flax_lstm import from_carry, to_carry
+
+        dt = jnp.dtype(self.dtype)
+        jx = lambda k: jnp.asarray(data[k], dtype=dt)                              # noqa: E731
+        batch_major = lambda k: jnp.asarray(np.swapaxes(data[k], 0, 1), dtype=dt)  # noqa: E731
+        f, params = self.sequence(jnp.asarray(data["lengths"]))
+        (carry, ys), pullback = jax.vjp(f, params, batch_major("x"), to_carry(jx("h0"), jx("c0")))
+        d_params, dx, d_carry = pullback((to_carry(jx("dhT"), jx("dcT")), batch_major("dhs")))
+        (hT, cT), (dh0, dc0) = from_carry(carry), from_carry(d_carry)
+        out = {"hs": np.swapaxes(np.asarray(ys), 0, 1), "hT": np.asarray(hT),
+               "cT": np.asarray(cT), "dx": np.swapaxes(np.asarray(dx), 0, 1),
+               "dh0": np.asarray(dh0), "dc0": np.asarray(dc0)}
+        self.dtype = _least_precise([a.dtype for a in out.values()])
+        out.update(self.param_grads(d_params))
+        return out
+
+    def param_grads(self, d_params):
+        """The parameter gradients in refnorm's layout. from_flax only concatenates the per-gate
+        blocks, a linear map, so it carries gradients as it carries weights."""
+        from .interop.flax_lstm import from_flax
+        return {"d" + k: v for k, v in from_flax(d_params).params.items()}
 
 
 class _CallableAdapter(_Adapter):

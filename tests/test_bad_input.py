@@ -123,9 +123,11 @@ BAD_OPTIONS = {
     "backend": (CELL_NAMES, ["cuda9", "", "Numpy", None]),
     "dtype": (CELL_NAMES, ["float16", "int32", "complex128", np.float16, np.int64, None]),
     "seed": (CELL_NAMES, [-1, np.int64(-3), 1.5, "0", True]),
-    "eps": (NORM_CELLS, [0, 0.0, -1e-5, NAN, INF, -INF, True, "1e-5"]),
+    # eps = 0 is allowed (BN 15), (LN 11); below 0, NaN and inf are not
+    "eps": (NORM_CELLS, [-1e-5, -5e-324, -1, NAN, INF, -INF, True, "1e-5", None]),
     "momentum": (BN_CELLS, [0, 0.0, -0.1, 1.0000001, 1.5, NAN, INF, True]),
     "max_steps": (("bn_lstm",), [0, -1, 2.5, True, "4"]),
+    "past_max_steps": (("bn_lstm",), ["Clamp", "clip", "", None, True, 1]),
     "unbiased_var": (BN_CELLS, [0, 1, "yes", None]),
     "per_gate": (("ln_lstm",), [0, 1, "yes", None]),
     "gamma_init": (NORM_CELLS, [NAN, INF, -INF]),
@@ -153,17 +155,19 @@ def test_constructor_accepts_edge_values(name):
     momentum interval, dtype objects and seed 0 are fine."""
     options = {"seed": np.int64(0), "dtype": np.dtype("float32"), "backend": "numpy"}
     if name in BN_CELLS:
-        options.update(momentum=1.0, eps=1e-12, unbiased_var=np.True_)
+        options.update(momentum=1.0, eps=0, unbiased_var=np.True_)
     if name == "bn_lstm":
-        options.update(max_steps=np.int64(1))
+        options.update(max_steps=np.int64(1), past_max_steps="clamp")
     if name == "ln_lstm":
-        options.update(per_gate=np.True_, eps=1e-12)
+        options.update(per_gate=np.True_, eps=-0.0)
     cell = refnorm.CELLS[name](np.int64(2), np.int32(1), forget_bias=np.float32(0.5),
                                forget_bias_init=np.int64(-2), **options)
     assert (cell.input_size, cell.hidden_size, cell.dtype) == (2, 1, np.float32)
     assert all(p.dtype == np.float32 for p in cell.params.values())
     assert type(cell.forget_bias) is float and cell.forget_bias == 0.5
     assert cell.params["b"][1] == -2                       # the forget block of b (H = 1)
+    if name in NORM_CELLS:                                 # eps = 0 (and -0.0) is 0.0
+        assert type(cell.eps) is float and cell.eps == 0 and math.copysign(1, cell.eps) == 1
 
 
 @pytest.mark.parametrize("name", refnorm.CELLS)
@@ -646,6 +650,83 @@ def test_bn_lstm_training_step_with_no_valid_row():
         assert not np.array_equal(cell.stats[key][[0, 2, 3]], stats[key][[0, 2, 3]]), key
     assert_gradcheck(cell, x=data["x"], h0=data["h0"], c0=data["c0"], mask=mask,
                      training=True, T=T, B=B, seed=6)
+
+
+# -- eps = 0: a zero variance normalises to 0 and passes no gradient (BN 15), (LN 11) ----------
+def _eps_runs(name, backend, data, h0, training=True, epsilons=(0.0, 1e-300), **options):
+    """The same forward and backward for each eps (1e-300 leaves every non-zero variance's
+    s unchanged to the last bit); in inference slot 0's population variances are all 0."""
+    out = {}
+    for eps in epsilons:
+        cell = make_cell(name, eps=eps, backend=backend, **options)
+        if not training:
+            for key in cell.stats:
+                if key.startswith("var"):
+                    cell.stats[key][0] = 0.0
+        hs, (hT, cT), cache = cell.forward(data["x"], h0, data["c0"], training=training,
+                                           update_stats=False)
+        out[eps] = hs, hT, cT, cache, cell.backward(data["dhs"], cache, data["dhT"],
+                                                    data["dcT"])
+    return out
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("name", ["bn_lstm", "ln_lstm"])
+def test_eps_zero_zero_variance_gives_zero_and_no_gradient(name, backend):
+    """h0 = 0 makes the recurrent term of step 0 exactly 0: a zero variance over the batch (BN)
+    and over the features (LN). With eps = 0 its normalised value is 0 (fastrnns' eps-free
+    LayerNorm returns 0/0 = NaN), everything is finite, the outputs are those of eps = 1e-300
+    bit for bit, and no gradient passes: dh0, which reaches h0 only through that term, is
+    exactly 0 -- where eps = 1e-300 sends one of order 1/√eps = 1e150."""
+    data = random_data(make_cell(name), T=T, B=B, seed=7)
+    runs = _eps_runs(name, backend, data, np.zeros((B, H)))
+    hs, hT, cT, cache, grads = runs[0.0]
+    assert_all_finite(hs, hT, cT, grads)
+    assert np.array_equal(cache.a_hat[0], np.zeros_like(cache.a_hat[0]))
+    assert np.array_equal(grads["h0"], np.zeros((B, H)))
+    assert np.array_equal(hs, runs[1e-300][0]) and np.array_equal(cT, runs[1e-300][2])
+    assert np.max(np.abs(runs[1e-300][4]["h0"])) > 1e100
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_eps_zero_zero_population_variance(backend):
+    """Inference with eps = 0 and slot 0's population variances 0 (means not: z - μ ≠ 0, s = 0):
+    the same rule, s read as ∞, so every normalised value of step 0 is 0 (a convention here:
+    the limit eps -> 0 would be ±∞), all finite, and dh0 = 0."""
+    data = random_data(make_cell("bn_lstm"), T=T, B=B, seed=7)
+    hs, hT, cT, cache, grads = _eps_runs("bn_lstm", backend, data, data["h0"], training=False,
+                                         epsilons=(0.0,))[0.0]
+    assert_all_finite(hs, hT, cT, grads)
+    for key in ("a_hat", "u_hat", "c_hat"):
+        assert np.array_equal(getattr(cache, key)[0], np.zeros_like(getattr(cache, key)[0]))
+    assert np.array_equal(grads["h0"], np.zeros((B, H)))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_eps_zero_constant_input_to_sequence_wise_bn(backend):
+    """Every frame the same x, and x, Wx dyadic so that x Wx, its sum over the 12 frames and the
+    mean are exact: a variance of exactly 0 over batch × time. With eps = 0, û = 0, and dx, dWx
+    (which reach x, Wx only through that BN) are exactly 0. (Equal rows whose mean rounds give a
+    variance of order ulp² instead, and with eps = 0 a û of order 1: derivations/batch_norm.md.)"""
+    data = random_data(make_cell("seq_bn_lstm"), T=T, B=B, seed=8)
+    rng = np.random.default_rng(9)
+    data["x"] = np.broadcast_to(rng.integers(-4, 5, D) / 4, (T, B, D)).copy()
+    Wx = rng.integers(-8, 9, (D, 4 * H)) / 8
+    runs = {}
+    for eps in (0.0, 1e-300):
+        cell = make_cell("seq_bn_lstm", eps=eps, backend=backend)
+        cell.params["Wx"][...] = Wx
+        hs, (hT, cT), cache = cell.forward(data["x"], data["h0"], data["c0"])
+        runs[eps] = hs, hT, cT, cache, cell.backward(data["dhs"], cache, data["dhT"],
+                                                     data["dcT"])
+    hs, hT, cT, cache, grads = runs[0.0]
+    assert_all_finite(hs, hT, cT, grads)
+    assert np.array_equal(cache.var_x, np.zeros_like(cache.var_x))
+    assert np.array_equal(cache.u_hat, np.zeros_like(cache.u_hat))
+    assert np.array_equal(grads["x"], np.zeros((T, B, D)))
+    assert np.array_equal(grads["Wx"], np.zeros_like(grads["Wx"]))
+    assert np.array_equal(hs, runs[1e-300][0])
+    assert np.max(np.abs(runs[1e-300][4]["x"])) > 1e100
 
 
 # (cell, training) pairs in which batch size 1 is allowed: all but BN-LSTM training

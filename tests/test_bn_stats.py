@@ -199,3 +199,98 @@ def test_pad_stats_is_validated():
     for cls in (refnorm.BNLSTM, refnorm.SeqBNLSTM):
         with pytest.raises(ValueError, match="pad_stats"):
             cls(2, 2, pad_stats="zeros")
+
+
+# -- training past max_steps: past_max_steps="clamp" (VAR 7), (VAR 8) ---------------------------
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_clamp_updates_the_last_slot_once_per_step_in_time_order(unbiased, backend):
+    """(VAR 7): 3 slots, a 6-step pass from t0 = 1 (absolute steps 1..6). Slot 1 takes step 1's
+    statistics; slot 2 takes those of steps 2, 3, 5, 6 one after the other (step 4 has one valid
+    row and is skipped, (BN 13)); slot 0 is untouched. Written out as the closed form
+    (1-a)^r pop + sum_j a (1-a)^(r-j) batch_j, so the order of the updates matters: the same
+    updates in another order, or one update with their mean, give other numbers."""
+    a = 0.3
+    cell = make_cell("bn_lstm", max_steps=3, past_max_steps="clamp", momentum=a,
+                     unbiased_var=unbiased, backend=backend)
+    before = {k: v.copy() for k, v in cell.stats.items()}
+    mask = np.ones((6, 3))
+    mask[3, 1:] = 0                                # local step 3 (absolute 4): one valid row
+    *_, cache = cell.forward(rng_x(6, 3, 3), mask=mask, t0=1)
+    assert cache.count.tolist() == [3, 3, 3, 1, 3, 3]
+    for key, old in before.items():
+        batch = getattr(cache, key)                                # (6, F), local steps
+        if key.startswith("var") and unbiased:
+            n = cache.count[:, None]
+            batch = batch * np.where(n > 1, n / np.maximum(n - 1, 1), 1.0)
+        assert np.array_equal(cell.stats[key][0], old[0]), key
+        np.testing.assert_allclose(cell.stats[key][1], (1 - a) * old[1] + a * batch[0],
+                                   rtol=1e-14, atol=0, err_msg=key)
+        steps = [k for k in range(1, 6) if cache.count[k] >= 2]   # local steps into slot 2
+        r = len(steps)
+        expect = (1 - a) ** r * old[2] + sum(a * (1 - a) ** (r - 1 - j) * batch[k]
+                                             for j, k in enumerate(steps))
+        np.testing.assert_allclose(cell.stats[key][2], expect, rtol=1e-13, atol=0, err_msg=key)
+        reversed_order = (1 - a) ** r * old[2] + sum(a * (1 - a) ** j * batch[k]
+                                                     for j, k in enumerate(steps))
+        assert refnorm.relative_error(cell.stats[key][2], reversed_order) > 1e-6, key
+
+
+def test_clamp_changes_only_the_statistics_update():
+    """Training outputs and gradients do not depend on past_max_steps (each step still uses its
+    own batch statistics): a clamped 5-step pass equals the same pass of a cell with 5 slots."""
+    clamped = make_cell("bn_lstm", max_steps=2, past_max_steps="clamp")
+    roomy = make_cell("bn_lstm", max_steps=5)
+    roomy.params = {k: v.copy() for k, v in clamped.params.items()}
+    x, dhs = rng_x(5, 3, 3), rng_x(5, 3, 3, seed=1)              # D = H = 3
+    hs_c, _, cache_c = clamped.forward(x)
+    hs_r, _, cache_r = roomy.forward(x)
+    assert np.array_equal(hs_c, hs_r)
+    g_c, g_r = clamped.backward(dhs, cache_c), roomy.backward(dhs, cache_r)
+    assert all(np.array_equal(g_c[k], g_r[k]) for k in g_r)
+    for key in clamped.stats:                       # and the raise default still raises
+        assert clamped.stats[key].shape[0] == 2
+    with pytest.raises(ValueError, match="past_max_steps"):
+        make_cell("bn_lstm", max_steps=2).forward(x)
+
+
+def test_clamp_with_max_steps_1_is_one_set_of_statistics_for_every_step():
+    """batchnorm-lstm's convention: max_steps=1, every step updates the one slot in turn, and
+    inference uses it at every step."""
+    a = 0.1
+    cell = make_cell("bn_lstm", max_steps=1, past_max_steps="clamp", momentum=a)
+    pop = {k: v[0].copy() for k, v in cell.stats.items()}
+    *_, cache = cell.forward(rng_x(4, 3, 3))
+    for key in pop:
+        for t in range(4):
+            pop[key] = (1 - a) * pop[key] + a * getattr(cache, key)[t]
+        np.testing.assert_allclose(cell.stats[key][0], pop[key], rtol=1e-14, atol=0,
+                                   err_msg=key)
+
+
+def test_clamp_without_max_steps_grows_the_slots():
+    cell = refnorm.BNLSTM(3, 2, seed=0, past_max_steps="clamp")
+    cell.forward(rng_x(4, 3, 3))
+    assert cell.stats["mean_x"].shape == (4, 8)
+
+
+def test_exact_estimator_with_clamp_averages_every_step_in_the_last_slot():
+    """(VAR 8): with 2 slots, slot 1 is the plain average over every (batch, step >= 1) pair
+    with at least two valid rows."""
+    cell = make_cell("bn_lstm", max_steps=2, past_max_steps="clamp")
+    batches = [{"x": rng_x(4, 3, 3, seed=1)},
+               {"x": rng_x(3, 3, 3, seed=2), "lengths": np.array([3, 2, 1])}]
+    samples = {key: ([], []) for key in cell.stats}
+    for item in batches:
+        *_, cache = cell.forward(update_stats=False, **item)
+        for key in cell.stats:
+            for t, n in enumerate(cache.count):
+                if n >= 2:
+                    samples[key][min(t, 1)].append(getattr(cache, key)[t])
+    per_slot = cell.estimate_stats(batches)
+    assert per_slot.tolist() == [2, 3 + 1]          # batch 2: step 2 has one valid row
+    for key, (slot0, slot1) in samples.items():
+        np.testing.assert_allclose(cell.stats[key][0], np.mean(slot0, axis=0), rtol=1e-14,
+                                   atol=1e-15, err_msg=key)
+        np.testing.assert_allclose(cell.stats[key][1], np.mean(slot1, axis=0), rtol=1e-14,
+                                   atol=1e-15, err_msg=key)

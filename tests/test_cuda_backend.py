@@ -162,6 +162,10 @@ CASES = [
     ("ln_lstm", {"terms": "summed"}, True, 3, 2, [1, 3], 0),
     ("ln_lstm", {"terms": "summed", "per_gate": True, "carry": "normalized", "forget_bias": 1.0,
                  "eps": 1e-3}, True, 3, 3, [3, 2, 0], 0),
+    # eps = 0 (BN 15), (LN 11): steps 1, 2 have one valid row (v = 0 exactly)
+    ("bn_lstm", {"eps": 0.0}, True, 3, 3, [3, 1, 0], 0),
+    ("seq_bn_lstm", {"eps": 0.0}, True, 3, 3, [3, 1, 0], 0),
+    ("ln_lstm", {"eps": 0.0, "carry": "normalized", "term_beta": True}, True, 3, 3, [3, 1, 2], 0),
 ]
 
 
@@ -382,11 +386,14 @@ def test_block_sum_device_function(threads):
 
 
 @needs_cuda
+@pytest.mark.parametrize("eps", [1e-5, 0.0])
 @pytest.mark.parametrize("groups", [1, 4])
-def test_layer_norm_row_device_functions(groups):
+def test_layer_norm_row_device_functions(groups, eps):
+    """Row 1 is constant: with eps = 0 its s is 0, read as ∞ (LN 11)."""
     rng = np.random.default_rng(3)
-    N, F, eps = 3, 12, 1e-5
+    N, F = 3, 12
     Z, dy, gamma = rng.standard_normal((N, F)), rng.standard_normal((N, F)), rng.uniform(0.5, 2, F)
+    Z[1] = 0.75
     zhat, mean, var = np.empty((N, F)), np.empty((N, groups)), np.empty((N, groups))
     row_stats_caller[N, common.THREADS](Z, groups, eps, zhat, mean, var)
     _, zhat_ref, mean_ref, var_ref = ref_norms.layernorm_forward(Z, gamma, None, eps, groups)
@@ -398,15 +405,21 @@ def test_layer_norm_row_device_functions(groups):
 
 
 @needs_cuda
+@pytest.mark.parametrize("eps", [1e-5, 0.0])
 @pytest.mark.parametrize("training", [True, False])
-def test_batch_norm_column_kernels(training):
-    """Masked BN over 5 rows (2 masked) by the column kernels, forward and backward."""
+def test_batch_norm_column_kernels(training, eps):
+    """Masked BN over 5 rows (2 masked) by the column kernels, forward and backward. Column 1
+    has zero variance (constant valid rows; a population variance of 0): with eps = 0 its s is
+    0, read as ∞ (BN 15)."""
     rng = np.random.default_rng(4)
-    N, F, eps = 5, 3, 1e-5
+    N, F = 5, 3
     Z, dy = rng.standard_normal((N, F)), rng.standard_normal((N, F))
+    Z[:, 1] = 0.75
     gamma, beta = rng.uniform(0.5, 2, F), rng.standard_normal(F)
     m = np.array([1.0, 0.0, 1.0, 1.0, 0.0])
     pop = None if training else (rng.standard_normal(F), rng.uniform(0.5, 2, F))
+    if pop is not None:
+        pop[1][1] = 0.0
     y_ref, zhat_ref, mean_ref, var_ref = ref_norms.batchnorm_forward(Z, m, gamma, beta, eps, pop)
     mean, var = (np.empty(F), np.empty(F)) if training else (pop[0].copy(), pop[1].copy())
     zhat, y = np.empty((N, F)), np.empty((N, F))

@@ -89,7 +89,12 @@ MASKS = {"no mask": None, "ragged": [5, 3, 0, 1]}
                                          "forget_bias": 0.6}),
                             ("ln_lstm", {"carry": "normalized", "term_beta": True}),
                             ("ln_lstm", {"terms": "summed", "per_gate": True,
-                                         "carry": "normalized", "forget_bias": 1.0})])
+                                         "carry": "normalized", "forget_bias": 1.0}),
+                            # eps = 0 (BN 15), (LN 11): random data has no zero variance, but
+                            # the ragged BN steps with one valid row have v = 0 exactly
+                            ("bn_lstm", {"eps": 0.0, "term_beta": True}),
+                            ("seq_bn_lstm", {"eps": 0.0}),
+                            ("ln_lstm", {"eps": 0.0, "carry": "normalized", "term_beta": True})])
 @pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
 @pytest.mark.parametrize("mask", list(MASKS), ids=list(MASKS))
 @pytest.mark.parametrize("backend", BACKENDS)

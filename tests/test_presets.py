@@ -102,35 +102,52 @@ def layer_norm(z, gamma, beta, eps):
 
 
 # -- PyTorch fastrnns LayerNormLSTMCell ---------------------------------------------------------
-def fastrnns_layer_norm_lstm(x, h0, c0, mask, p):
-    """benchmarks/fastrnns/custom_lstms.py: LayerNormLSTMCell (nn.LayerNorm, eps 1e-5) run by
-    LSTMLayer over the time axis (no masking there: full-length batches only)."""
+def fastrnns_decomposed_layer_norm(z, weight, bias):
+    """custom_lstms.py's own LayerNorm (decompose_layernorm=True): compute_layernorm_stats gives
+    mu = input.mean(-1), sigma = input.std(-1, unbiased=False); forward returns
+    (input - mu) / sigma * weight + bias. No eps (NaN on a zero-variance row)."""
+    mu = z.mean(-1, keepdim=True)
+    sigma = z.std(-1, keepdim=True, unbiased=False)
+    return (z - mu) / sigma * weight + bias
+
+
+def fastrnns_layer_norm_lstm(x, h0, c0, mask, p, decompose_layernorm=False):
+    """benchmarks/fastrnns/custom_lstms.py: LayerNormLSTMCell (nn.LayerNorm, eps 1e-5, or with
+    decompose_layernorm=True its own LayerNorm, no eps) run by LSTMLayer over the time axis (no
+    masking there: full-length batches only)."""
+    ln = fastrnns_decomposed_layer_norm if decompose_layernorm else \
+        (lambda z, weight, bias: layer_norm(z, weight, bias, 1e-5))
     hx, cx, outputs = h0, c0, []
     for x_t in x.unbind(0):
-        igates = layer_norm(x_t @ p["weight_ih"].t(), p["ln_i.weight"], p["ln_i.bias"], 1e-5)
-        hgates = layer_norm(hx @ p["weight_hh"].t(), p["ln_h.weight"], p["ln_h.bias"], 1e-5)
+        igates = ln(x_t @ p["weight_ih"].t(), p["ln_i.weight"], p["ln_i.bias"])
+        hgates = ln(hx @ p["weight_hh"].t(), p["ln_h.weight"], p["ln_h.bias"])
         ingate, forgetgate, cellgate, outgate = (igates + hgates).chunk(4, 1)
-        cy = layer_norm(torch.sigmoid(forgetgate) * cx
-                        + torch.sigmoid(ingate) * torch.tanh(cellgate),
-                        p["ln_c.weight"], p["ln_c.bias"], 1e-5)
+        cy = ln(torch.sigmoid(forgetgate) * cx + torch.sigmoid(ingate) * torch.tanh(cellgate),
+                p["ln_c.weight"], p["ln_c.bias"])
         hy = torch.sigmoid(outgate) * torch.tanh(cy)
         hx, cx = hy, cy
         outputs.append(hy)
     return torch.stack(outputs), hx, cx
 
 
-def test_torch_fastrnns_layer_norm_lstm():
+@pytest.mark.parametrize("decompose_layernorm", [False, True],
+                         ids=["nn.LayerNorm-eps1e-5", "decomposed-eps0"])
+def test_torch_fastrnns_layer_norm_lstm(decompose_layernorm):
+    """The preset, and with decompose_layernorm=True (fastrnns' own LayerNorm, no eps) the
+    preset with eps=0 (LN 11). Random h0: no row has zero variance, where the peer gives NaN."""
     p = rng_params({"weight_ih": ((4 * H, D), "w"), "weight_hh": ((4 * H, H), "w"),
                     "ln_i.weight": ((4 * H,), "gain"), "ln_i.bias": ((4 * H,), "w"),
                     "ln_h.weight": ((4 * H,), "gain"), "ln_h.bias": ((4 * H,), "w"),
                     "ln_c.weight": ((H,), "gain"), "ln_c.bias": ((H,), "w")}, seed=1)
-    cell = presets.torch_fastrnns_layer_norm_lstm(D, H)
+    options = {"eps": 0.0} if decompose_layernorm else {}
+    cell = presets.torch_fastrnns_layer_norm_lstm(D, H, **options)
     cell.params.update(Wx=p["weight_ih"].T.copy(), Wh=p["weight_hh"].T.copy(),
                        b=np.zeros(4 * H), gamma_x=p["ln_i.weight"], beta_x=p["ln_i.bias"],
                        gamma_h=p["ln_h.weight"], beta_h=p["ln_h.bias"],
                        gamma_c=p["ln_c.weight"], beta_c=p["ln_c.bias"])
     d = data(2)
-    peer = peer_grads(fastrnns_layer_norm_lstm, p, d)
+    peer = peer_grads(lambda *a: fastrnns_layer_norm_lstm(
+        *a, decompose_layernorm=decompose_layernorm), p, d)
     compare(cell, d, peer, lambda g: {
         "Wx": g["weight_ih"].T, "Wh": g["weight_hh"].T, "gamma_x": g["ln_i.weight"],
         "beta_x": g["ln_i.bias"], "gamma_h": g["ln_h.weight"], "beta_h": g["ln_h.bias"],
@@ -309,19 +326,28 @@ def test_jihunchoi_bn_lstm(training):
         "beta_c": g["bn_c.bias"]}, training=training, update_stats=False)
 
 
-def test_jihunchoi_running_statistics_follow_torch_batch_norm():
+@pytest.mark.parametrize("max_length", [T, 2], ids=["max_length=T", "max_length<T"])
+def test_jihunchoi_running_statistics_follow_torch_batch_norm(max_length):
     """One training pass updates the per-step running statistics as F.batch_norm does: momentum
-    0.1, unbiased variance, padded rows included."""
+    0.1, unbiased variance, padded rows included. With max_length 2 < T = 5 the port clamps time
+    in training too: steps 1, 2, 3, 4 update the last buffer one after the other (VAR 7), which
+    the preset's past_max_steps="clamp" reproduces (random non-zero starting buffers)."""
     order = "fiog"
     p = jihunchoi_params(10)
-    cell = jihunchoi_cell(p, max_steps=T)
-    running = {site: (torch.zeros(T, F_, dtype=torch.float64),
-                      torch.ones(T, F_, dtype=torch.float64))
+    cell = jihunchoi_cell(p, max_steps=max_length)
+    rng = np.random.default_rng(15)
+    running = {site: (torch.tensor(0.5 * rng.standard_normal((max_length, F_))),
+                      torch.tensor(rng.uniform(0.5, 1.5, (max_length, F_))))
                for site, F_ in (("ih", 4 * H), ("hh", 4 * H), ("c", H))}
+    for ours_site, site in (("x", "ih"), ("h", "hh"), ("c", "c")):
+        width = (lambda a: blocks(a, order)) if site != "c" else (lambda a: a)
+        cell.stats["mean_" + ours_site][...] = width(running[site][0].numpy())
+        cell.stats["var_" + ours_site][...] = width(running[site][1].numpy())
     d = data(11, LENGTHS)
     with torch.no_grad():
         jihunchoi_bn_lstm(*(t64(d[k]) for k in ("x", "h0", "c0", "mask")),
-                          {k: t64(v) for k, v in p.items()}, running=running, max_length=T)
+                          {k: t64(v) for k, v in p.items()}, running=running,
+                          max_length=max_length)
     cell.forward(d["x"], d["h0"], d["c0"], d["mask"])              # update_stats=True
     for ours_site, site in (("x", "ih"), ("h", "hh"), ("c", "c")):
         width = (lambda a: blocks(a, order)) if site != "c" else (lambda a: a)
@@ -411,8 +437,9 @@ def test_cooijmans_bn_lstm(training, normalize_cell):
 
 def test_every_preset_builds_and_names_its_source():
     named = {"haste_layer_norm_lstm", "tfa_layer_norm_lstm", "torch_fastrnns_layer_norm_lstm",
-             "cooijmans_bn_lstm", "jihunchoi_bn_lstm", "tf1_layer_norm_basic_lstm",
-             "tf1_basic_lstm", "keras_lstm", "haste_lstm", "torch_lstm", "onnx_lstm"}
+             "cooijmans_bn_lstm", "jihunchoi_bn_lstm", "batchnorm_lstm",
+             "tf1_layer_norm_basic_lstm", "tf1_basic_lstm", "keras_lstm", "haste_lstm",
+             "torch_lstm", "onnx_lstm"}
     assert named <= set(presets.PRESETS)
     for name, make in presets.PRESETS.items():
         cell = make(3, 2, seed=0)

@@ -390,32 +390,5 @@ def test_a_missing_peer_says_what_to_install(target, module, install, monkeypatc
     assert install in err and target in err, err
 
 
-@pytest.fixture
-def fresh_keras(monkeypatch):
-    """As in a new process: keras not imported yet, KERAS_BACKEND unset, no TensorFlow.
-    sys.modules is restored afterwards (the keras imported here is dropped)."""
-    saved = dict(sys.modules)
-    for name in [n for n in sys.modules if n == "keras" or n.startswith("keras.")]:
-        del sys.modules[name]
-    monkeypatch.delenv("KERAS_BACKEND", raising=False)
-    monkeypatch.setitem(sys.modules, "tensorflow", None)
-    yield
-    sys.modules.clear()
-    sys.modules.update(saved)
-
-
-@pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
-def test_validate_command_runs_keras_on_torch_without_being_told(fresh_keras, capsys):
-    import importlib.util
-    if importlib.util.find_spec("keras") is None:        # need_keras() would set the backend
-        pytest.skip("keras is not installed: pip install keras")
-    assert main(["validate", "keras.LSTM", "--lengths", "6", "6", "6", "6"]) == 0, \
-        capsys.readouterr().err
-    assert "PASS" in capsys.readouterr().out
-
-
-def test_validate_command_names_the_keras_backend_it_needs(fresh_keras, monkeypatch, capsys):
-    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
-    assert main(["validate", "keras.LSTM"]) == 2
-    err = capsys.readouterr().err
-    assert "KERAS_BACKEND=torch" in err and "No module named" not in err, err
+# Which Keras backend the command runs on, and what it says when that backend's package is
+# missing: tests/test_keras_backends.py (one process per backend).

@@ -19,6 +19,8 @@ array converters (from_/to_onnx, from_/to_keras on lists, from_/to_tf1*) run wit
 | haste LSTM, LayerNormLSTM | kernel (D, 4H) | recurrent_kernel (H, 4H) | bias (4H) | i,g,f,o | 0,2,1,3 |
 | TF1 BasicLSTMCell | kernel[:D] of ((D+H), 4H) | kernel[D:] | bias (4H) | i,j,f,o | 0,2,1,3 |
 | TF1 LayerNormBasicLSTMCell | kernel[:D] | kernel[D:] | per-gate LN betas | i,j,f,o | 0,2,1,3 |
+| Flax linen LSTMCell, OptimizedLSTMCell; nnx LSTMCell | ii, if (nnx: if_), ig, io kernels (D, H) | hi, hf, hg, ho kernels (H, H) | hi...ho biases (H) | i,f,g,o | 0,1,2,3 |
+| Flax nnx OptimizedLSTMCell | dense_i kernel (D, 4H) | dense_h kernel (H, 4H) | dense_h bias (4H) | i,f,g,o | 0,1,2,3 |
 
 | framework | functions | forget-gate bias | source read |
 |---|---|---|---|
@@ -28,9 +30,12 @@ array converters (from_/to_onnx, from_/to_keras on lists, from_/to_tf1*) run wit
 | haste | from_haste, to_haste | stored (forget_bias) | haste_pytorch/lstm.py, layer_norm_lstm.py |
 | TF1 | from_tf1, to_tf1 | run time: LSTM(forget_bias=) | tensorflow/python/ops/rnn_cell_impl.py |
 | TF1 contrib | from_tf1_layer_norm, to_tf1_layer_norm | run time | tensorflow/contrib/rnn/python/ops/rnn_cell.py |
+| Flax (JAX) | from_flax, to_flax | none (bias init zeros) | flax/linen/recurrent.py, flax/nnx/nn/recurrent.py |
 
 idx is the gate index map, canonical_block[k] = source_block[idx[k]]; it lives in one place,
 layouts.LAYOUTS, and every converter reorders with layouts.to_canonical / from_canonical.
+(Flax's is flax_lstm.FLAX_LAYOUT for now, passed to the same functions.) Flax's carry is (c, h)
+(flax_lstm.FLAX_CARRY); a float64 conversion needs JAX's x64 mode on (a ValueError names it).
 
 Layer-normalised cells (each built with its refnorm.presets function):
 
@@ -55,6 +60,7 @@ Conventions shared by every converter:
 * unsupported forms raise ValueError: projections (proj_size), peepholes, other activations,
   clip, coupled gates, zoneout, layers or directions the module does not have, non-LSTM modules.
 """
+from .flax_lstm import FLAX_CARRY, FLAX_LAYOUT, from_flax, to_flax
 from .haste_lstm import from_haste, to_haste
 from .keras_lstm import from_keras, to_keras
 from .layouts import LAYOUTS, GateLayout, from_canonical, reorder_gates, to_canonical
@@ -65,4 +71,5 @@ from .torch_lstm import from_torch, to_torch
 __all__ = ["LAYOUTS", "GateLayout", "reorder_gates", "to_canonical", "from_canonical",
            "from_torch", "to_torch", "from_keras", "to_keras", "from_onnx", "from_onnx_model",
            "to_onnx", "to_onnx_model", "ONNX_OPSET", "from_haste", "to_haste",
-           "from_tf1", "to_tf1", "from_tf1_layer_norm", "to_tf1_layer_norm", "TF1_LN_SCOPES"]
+           "from_tf1", "to_tf1", "from_tf1_layer_norm", "to_tf1_layer_norm", "TF1_LN_SCOPES",
+           "from_flax", "to_flax", "FLAX_LAYOUT", "FLAX_CARRY"]

@@ -7,10 +7,16 @@ batch-major (B, T, D) and, at masked steps, carries the state and repeats the pr
 (zero_output_for_mask=False, its default); refnorm outputs 0 there. A Bidirectional wrapper holds
 two LSTMs: convert .forward_layer and .backward_layer (go_backwards=True: it reads x reversed).
 
-Precision: without a mask Keras 3's torch backend runs a fused loop in the weights' dtype; with a
-mask it runs its generic RNN loop, whose keras.ops.matmul maps float64 to float32 (Keras's
-result_type follows JAX's 32-bit default), so a float64 Keras LSTM agrees with refnorm to ~1e-7
-there and to ~1e-16 without a mask (measured with keras 3.15, tests/test_interop.py).
+Precision of a float64 Keras LSTM, by backend (the converters copy exactly on all of them; Keras
+3.15's result_type maps float64 to float32 on every backend but TensorFlow, following JAX's
+32-bit default, keras/src/backend/common/dtypes.py BIT64_TO_BIT32_DTYPE):
+* TensorFlow: float64 throughout, ~1e-15 from refnorm with or without a mask.
+* torch: without a mask a fused loop in the weights' dtype, ~1e-16; with a mask the generic RNN
+  loop, whose keras.ops.matmul casts to that result type: ~1e-7.
+* JAX (jax_enable_x64 on): ~1e-7 with or without a mask, as the activation keras.ops.tanh casts
+  its input to that result type (keras/src/backend/jax/numpy.py tanh).
+Measured with Keras 3.15.1 (tests/test_keras_backends.py, tests/test_interop.py on torch);
+refnorm.validate names the cause in its report (refnorm.validation.KERAS_FLOAT32).
 """
 import numpy as np
 

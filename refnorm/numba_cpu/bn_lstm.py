@@ -8,6 +8,7 @@ statistics chosen for each step and are only read.
 carry="normalized" (VAR 3), (VAR 4) is a flag of the two loops: the forward carries
 γ_c ⊙ ĉ_t + β_c in place of c̃_t, the backward adds the carry gradient before the cell's BN
 backward. The term shifts and a run-time forget bias arrive folded into b (VAR 1), (VAR 2).
+eps may be 0: norms' loops read a zero s = √(v + eps) as ∞, so ẑ = 0 and dz = 0 there (BN 15).
 """
 
 import numpy as np

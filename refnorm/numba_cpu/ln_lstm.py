@@ -7,7 +7,8 @@ The variants are flags of the two loops (derivations/variants.md): normalized_ca
 (VAR 4) carries γ_c ⊙ ĉ_t + β_c in place of c̃_t and adds the carry gradient before the cell's
 LN backward; summed (VAR 5), (VAR 6) normalises s_t = a_t + u_t once with the gain γ_z and
 hands the one LN backward to both terms. The term shifts and a run-time forget bias arrive
-folded into b (VAR 1), (VAR 2).
+folded into b (VAR 1), (VAR 2). eps may be 0: norms' loops read a zero s = √(v + eps) as ∞, so
+ẑ = 0 and dz = 0 there (LN 11).
 """
 
 import numpy as np

@@ -4,6 +4,12 @@ Row-major loops (rows outer, features inner) with per-feature accumulators, so t
 run over contiguous memory. Each loop carries the NumPy line of the reference it implements.
 Inner loops hold no branch and no division (1/s is taken once per feature or row and
 multiplied), so they vectorise; the result differs from the reference's x / s by a rounding.
+1/s comes from inverse_root, which reads s = 0 (eps = 0, zero variance) as ∞: 1/s = 0
+(BN 15), (LN 11).
+
+The step loops of bn_lstm.py and ln_lstm.py compile these functions into themselves, and Numba
+checks a cached loop against its own file only: refnorm's cache folder is keyed to every file
+of this package (refnorm.numba_cpu.refnorm_cache_dir), so a change here recompiles them.
 """
 import math
 
@@ -47,6 +53,14 @@ def mean_dzhat(dy3, gamma2, zhat3, r, q):
     return m1 / w, m2 / w                                  # dzhat.mean(-1), (dzhat * zh).mean(-1)
 
 
+@njit(inline="always", **JIT)
+def inverse_root(v, eps):
+    """1 / s with s = √(v + eps) (BN 4), (LN 3), and s = 0 (only eps = 0 and v = 0) read as
+    s = ∞, so 1 / s = 0: ẑ = 0 and dz = 0 there (BN 15), (LN 11)."""
+    s = math.sqrt(v + eps)
+    return 1 / (s if s > 0 else math.inf)                  # 1 / s, s = root(var, eps)  (BN 15)
+
+
 @njit(**JIT)
 def batchnorm_stats(z, m, mean, var):
     """(BN 1)-(BN 3) over the rows of z (N, F) with m = 1, into mean, var (F,). Returns n."""
@@ -75,9 +89,11 @@ def batchnorm_stats(z, m, mean, var):
 
 @njit(**JIT)
 def batchnorm_normalize(z, m, mean, var, eps, zhat):
-    """(BN 4), (BN 5) / (BN 7): zhat = w * (z - mean) / np.sqrt(var + eps)."""
+    """(BN 4), (BN 5) / (BN 7), (BN 15): zhat = w * (z - mean) / root(var, eps)."""
     N, F = z.shape
-    inv_s = 1 / np.sqrt(var + eps)
+    inv_s = np.empty_like(var)
+    for k in range(F):
+        inv_s[k] = inverse_root(var[k], eps)               # 1 / root(var, eps)
     for r in range(N):
         w = m[r]
         for k in range(F):
@@ -118,7 +134,7 @@ def batchnorm_backward(dy, zhat, var, m, gamma, eps, training, dz, dgamma, dbeta
     mean_dzhat_zhat = np.zeros(F, dy.dtype)
     for k in range(F):
         dgamma[k] += sum_dy_zhat[k]                        # dgamma = (dy * zhat).sum(axis=0)
-        inv_s[k] = 1 / math.sqrt(var[k] + eps)
+        inv_s[k] = inverse_root(var[k], eps)               # s = root(var, eps)  (BN 15)
     if training:
         for k in range(F):
             mean_dzhat[k] = gamma[k] * sum_dy[k] / nn      # (w * dzhat).sum(axis=0) / n
@@ -150,7 +166,7 @@ def layernorm_forward(z, eps, groups, zhat, mean, var):
     for r in range(N):
         for q in range(groups):
             mu, v = mean_var(z3, r, q)                     # (LN 1), (LN 2)
-            inv_s = 1 / math.sqrt(v + eps)
+            inv_s = inverse_root(v, eps)                   # 1 / root(var, eps)  (LN 11)
             for k in range(w):                             # zhat = (zg - mean) / sqrt(var + eps)
                 zhat3[r, q, k] = (z3[r, q, k] - mu) * inv_s
             mean[r, q] = mu
@@ -170,7 +186,7 @@ def layernorm_backward(dy, zhat, var, gamma, eps, groups, dz, dgamma, dbeta):
             dgamma[k] += dy[r, k] * zhat[r, k]             # dgamma = (dy * zhat).sum(axis=0)
         for q in range(groups):
             m1, m2 = mean_dzhat(dy3, gamma2, zhat3, r, q)  # dzhat = dy * gamma; its two means
-            inv_s = 1 / math.sqrt(var[r, q] + eps)
+            inv_s = inverse_root(var[r, q], eps)           # s = root(var, eps)  (LN 11)
             for k in range(w):                             # (dzhat - m1 - zh * m2) / s
                 dz3[r, q, k] = (dy3[r, q, k] * gamma2[q, k] - m1 - zhat3[r, q, k] * m2) * inv_s
     if dbeta.size:

@@ -14,6 +14,14 @@ from . import common
 from .common import MAX_THREADS, block_sum
 
 
+@cuda.jit(device=True)
+def root(var, eps):
+    """s = √(var + eps) (BN 4), (LN 3), with s = 0 (only eps = 0 and var = 0) read as s = ∞, so
+    that z / s = 0 there: ẑ = 0 and dz = 0 (BN 15), (LN 11)."""
+    s = math.sqrt(var + eps)
+    return s if s > 0 else math.inf                        # np.where(s > 0, s, np.inf)
+
+
 # -- batch norm: one column k of Z (N, F), the block's threads over the rows ----------------
 @cuda.jit(device=True)
 def column_count(m, buf):
@@ -42,8 +50,8 @@ def column_stats(Z, m, k, n, buf):
 
 @cuda.jit(device=True)
 def column_normalize(Z, m, k, mean, var, eps, zhat):
-    """(BN 4), (BN 5) / (BN 7) for column k: zhat = w * (z - mean) / np.sqrt(var + eps)."""
-    s = math.sqrt(var + eps)
+    """(BN 4), (BN 5) / (BN 7) for column k: zhat = w * (z - mean) / root(var, eps)."""
+    s = root(var, eps)                                     # (BN 15)
     for r in range(cuda.threadIdx.x, Z.shape[0], cuda.blockDim.x):
         zhat[r, k] = m[r] * (Z[r, k] - mean) / s           # w * (z - mean) / s       (BN 5)
 
@@ -52,7 +60,7 @@ def column_normalize(Z, m, k, mean, var, eps, zhat):
 def column_backward(dy, zhat, var, m, gamma, k, n, eps, training, dz, buf):
     """(BN 9)-(BN 11) for column k: writes dz[:, k]. var, gamma are the column's scalars."""
     tid, nt = cuda.threadIdx.x, cuda.blockDim.x
-    s = math.sqrt(var + eps)
+    s = root(var, eps)                                     # (BN 15): s = ∞ gives dz = 0
     if training:
         p1 = 0.0
         p2 = 0.0
@@ -90,8 +98,8 @@ def row_stats(Z, r, lo, w, buf):
 
 @cuda.jit(device=True)
 def row_normalize(Z, r, lo, w, mean, var, eps, zhat):
-    """(LN 3), (LN 4): zhat = (zg - mean) / np.sqrt(var + eps) on Z[r, lo:lo+w]."""
-    s = math.sqrt(var + eps)
+    """(LN 3), (LN 4): zhat = (zg - mean) / root(var, eps) on Z[r, lo:lo+w]."""
+    s = root(var, eps)                                     # (LN 11)
     for k in range(lo + cuda.threadIdx.x, lo + w, cuda.blockDim.x):
         zhat[r, k] = (Z[r, k] - mean) / s                  # (zg - mean) / s         (LN 4)
 
@@ -108,7 +116,7 @@ def row_backward(dy, zhat, var, gamma, r, lo, w, eps, dz, buf):
         p2 += dzh * zhat[r, k]
     m1 = block_sum(p1, buf) / w                            # dzhat.mean(axis=-1)
     m2 = block_sum(p2, buf) / w                            # (dzhat * zh).mean(axis=-1)
-    s = math.sqrt(var + eps)
+    s = root(var, eps)                                     # (LN 11): s = ∞ gives dz = 0
     for k in range(lo + tid, lo + w, nt):                  # (dzhat - m1 - zh * m2) / s  (LN 8)
         dz[r, k] = (dy[r, k] * gamma[k] - m1 - zhat[r, k] * m2) / s
 
