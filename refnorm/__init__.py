@@ -1,27 +1,37 @@
-"""refnorm: the ground-truth implementation of LSTM cells with batch and layer normalization.
+"""refnorm: the ground-truth implementation of recurrent cells with batch and layer normalization.
 
     cell = refnorm.LNLSTM(input_size, hidden_size, seed=0)
     hs, (hT, cT), cache = cell.forward(x)          # x (T, B, D), time-major
     grads = cell.backward(dhs, cache)              # every parameter and x, h0, c0
 
-Cells: LSTM, BNLSTM (Cooijmans et al. 2016), SeqBNLSTM (Laurent et al. 2016), LNLSTM (Ba et al.
-2016). Equations and their derivations: derivations/ in the source tree.
+    cell = refnorm.BNRNN(input_size, hidden_size, seed=0)      # one state: hs, hT, cache
+    hs, hT, cache = cell.forward(x)
+
+Families (FAMILIES): the LSTM (LSTM, BNLSTM (Cooijmans et al. 2016), SeqBNLSTM (Laurent et al.
+2016), LNLSTM (Ba et al. 2016)) and the vanilla RNN (RNN, BNRNN, SeqBNRNN, LNRNN), each cell
+plain, with per-step batch norm, sequence-wise batch norm and layer norm. Equations and their
+derivations: derivations/ in the source tree.
 
 For checking another framework: refnorm.presets (the cell each peer computes), refnorm.interop
 (weight converters), refnorm.validate(module) (a per-tensor comparison report; the module
 refnorm.validation) and refnorm.golden (test vectors on disk).
 """
 from .backends import available as available_backends
-from .cells import BNLSTM, LNLSTM, LSTM, SeqBNLSTM
+from .cells import BNLSTM, BNRNN, LNLSTM, LNRNN, LSTM, RNN, SeqBNLSTM, SeqBNRNN
 from .gradcheck import gradcheck, numerical_gradient, randomize, relative_error
 from . import presets  # noqa: E402  (after the cells it builds)
 from .validation import validate
 
 __version__ = "0.1.0"
 
-CELLS = {"lstm": LSTM, "bn_lstm": BNLSTM, "seq_bn_lstm": SeqBNLSTM, "ln_lstm": LNLSTM}
+# every cell by its stem, and the stems of each family (plain, per-step BN, sequence-wise BN, LN)
+FAMILIES = {"lstm": ("lstm", "bn_lstm", "seq_bn_lstm", "ln_lstm"),
+            "rnn": ("rnn", "bn_rnn", "seq_bn_rnn", "ln_rnn")}
+CELLS = {"lstm": LSTM, "bn_lstm": BNLSTM, "seq_bn_lstm": SeqBNLSTM, "ln_lstm": LNLSTM,
+         "rnn": RNN, "bn_rnn": BNRNN, "seq_bn_rnn": SeqBNRNN, "ln_rnn": LNRNN}
 
 
-__all__ = ["validate", "presets", "LSTM", "BNLSTM", "SeqBNLSTM", "LNLSTM", "CELLS", "gradcheck",
+__all__ = ["validate", "presets", "LSTM", "BNLSTM", "SeqBNLSTM", "LNLSTM", "RNN", "BNRNN",
+           "SeqBNRNN", "LNRNN", "CELLS", "FAMILIES", "gradcheck",
            "numerical_gradient", "relative_error", "randomize", "available_backends",
            "__version__"]

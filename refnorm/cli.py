@@ -24,9 +24,12 @@ from . import CELLS, available_backends
 from .config import GRADCHECK_STEP, GRADCHECK_TOL
 from .gradcheck import gradcheck, randomize
 
-# Lengths (5, 4, 2) in a batch of 3 over T = 5: late steps have two, then one valid row, so the
-# masked carry, the BN statistics of a partly padded step and a step with one row are all used.
-CHECK_T, CHECK_LENGTHS = 5, np.array([5, 4, 2])
+# Lengths (5, 4, 3, 1) in a batch of 4 over T = 5: steps with four, three, two, then one valid
+# row, so the masked carry, the BN statistics of a partly padded step and a step with one row
+# are all used. (Three rows at most would not do for the RNN family: the batch norm of a step
+# with two rows is ±γ whatever its input, so dWh would come from the first step alone and be
+# small against the finite differences' round-off, 1.4e-6 relative in BNRNN.)
+CHECK_T, CHECK_LENGTHS = 5, np.array([5, 4, 3, 1])
 CHECK_D, CHECK_H = 3, 3
 
 
@@ -47,13 +50,21 @@ def check_cases(backends):
                 variants = [({"max_steps": 3}, stem),
                             ({"max_steps": 3, "carry": "normalized", "term_beta": True,
                               "forget_bias": 0.5}, "bn_lstm norm-carry")]
+            if stem == "rnn":
+                variants.append(({"nonlinearity": "relu"}, "rnn relu"))
+            if stem == "bn_rnn":
+                variants = [({"max_steps": 3}, stem),
+                            ({"max_steps": 3, "terms": "summed", "nonlinearity": "relu"},
+                             "bn_rnn summed relu")]
+            if stem == "ln_rnn":
+                variants.append(({"terms": "separate"}, "ln_rnn separate"))
             for options, label in variants:
                 for training in (True, False):
                     cell = randomize(cls(CHECK_D, CHECK_H, seed=0, backend=backend, **options),
                                      seed=1)
                     kwargs = {"lengths": CHECK_LENGTHS, "training": training, "T": CHECK_T,
                               "B": len(CHECK_LENGTHS), "seed": 2}
-                    if stem == "bn_lstm" and not training:
+                    if stem in ("bn_lstm", "bn_rnn") and not training:
                         kwargs["t0"] = 1
                     yield backend, label, "training" if training else "inference", cell, kwargs
 

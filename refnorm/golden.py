@@ -25,7 +25,7 @@ import pathlib
 import numpy as np
 
 from . import CELLS, __version__, presets
-from .gradcheck import randomize
+from .gradcheck import final_states, randomize
 
 T, B, D, H = 6, 4, 3, 4
 LENGTHS = (6, 5, 3, 6)       # every step keeps at least two valid rows: BN statistics defined
@@ -34,6 +34,9 @@ BN_SLOTS = 4                 # BN-LSTM inference: steps 4 and 5 reuse slot 3 (BN
 CONVENTIONS = {
     "layout": "z = x @ Wx + h @ Wh + b, Wx (D, 4H), Wh (H, 4H), b (4H); gate blocks of the 4H "
               "axis in the order i, f, g, o (g = candidate, 'c' in Keras/ONNX, 'j' in TF1)",
+    "rnn_layout": "the RNN family (cells RNN, BNRNN, SeqBNRNN, LNRNN): z = x @ Wx + h @ Wh + b, "
+                  "Wx (D, H), Wh (H, H), b (H), h~ = tanh(z) or relu(z) (options.nonlinearity); "
+                  "one state: no c0, dcT, cT, grad.c0",
     "time_major": "x (T, B, D), hs (T, B, H); states (B, H)",
     "mask": "mask[t, b] = 1 where t < lengths[b]; padded steps carry h and c unchanged and "
             "output 0 in hs; hT, cT are each sequence's last valid state",
@@ -56,6 +59,12 @@ def cases():
         variants = [({}, stem)]
         if stem == "ln_lstm":
             variants.append(({"per_gate": True}, "ln_lstm-per_gate"))
+        if stem == "rnn":
+            variants.append(({"nonlinearity": "relu"}, "rnn-relu"))
+        if stem == "bn_rnn":
+            variants.append(({"terms": "summed"}, "bn_rnn-summed"))
+        if stem == "ln_rnn":
+            variants.append(({"terms": "separate"}, "ln_rnn-separate"))
         for options, name in variants:
             yield from _modes(name, cls, options, None)
     for name, make in presets.PRESETS.items():
@@ -64,7 +73,7 @@ def cases():
 
 def _modes(name, factory, options, preset):
     cls = getattr(factory, "cls", factory)
-    batch_norm = cls in (CELLS["bn_lstm"], CELLS["seq_bn_lstm"])
+    batch_norm = hasattr(cls, "_stat_widths")
     for training in ((True, False) if batch_norm else (True,)):
         suffix = ("-train" if training else "-eval") if batch_norm else ""
         yield name + suffix, factory, options, preset, training
@@ -73,7 +82,7 @@ def _modes(name, factory, options, preset):
 def build(factory, options, preset, seed):
     """The cell of one case with random non-zero parameters and statistics."""
     kw = dict(options)
-    if getattr(factory, "cls", factory) is CELLS["bn_lstm"] and \
+    if getattr(factory, "cls", factory) in (CELLS["bn_lstm"], CELLS["bn_rnn"]) and \
             "max_steps" not in getattr(factory, "options", {}):
         kw["max_steps"] = BN_SLOTS          # a preset's own max_steps (batchnorm-lstm: 1) stays
     return random_cell(factory, D, H, seed=seed, **kw)
@@ -95,16 +104,18 @@ def compute(cell, training, seed):
     rng = np.random.default_rng(seed)
     lengths = np.array(LENGTHS, dtype=np.int64)
     mask = (np.arange(T)[:, None] < lengths[None, :]).astype(np.float64)
-    arrays = {"x": rng.standard_normal((T, B, D)), "h0": 0.5 * rng.standard_normal((B, H)),
-              "c0": 0.5 * rng.standard_normal((B, H)), "mask": mask, "lengths": lengths,
-              "dhs": rng.standard_normal((T, B, H)) * mask[..., None],
-              "dhT": rng.standard_normal((B, H)), "dcT": rng.standard_normal((B, H))}
+    drawn = {"x": rng.standard_normal((T, B, D)), "h0": 0.5 * rng.standard_normal((B, H)),
+             "c0": 0.5 * rng.standard_normal((B, H)), "mask": mask, "lengths": lengths,
+             "dhs": rng.standard_normal((T, B, H)) * mask[..., None],
+             "dhT": rng.standard_normal((B, H)), "dcT": rng.standard_normal((B, H))}
+    states = cell.STATES                        # ("h", "c") or ("h",): no c0, dcT, cT for RNNs
+    arrays = {k: v for k, v in drawn.items() if "c" in states or k not in ("c0", "dcT")}
     arrays.update({"param." + k: v.copy() for k, v in cell.params.items()})
     arrays.update({"stat." + k: v.copy() for k, v in getattr(cell, "stats", {}).items()})
-    hs, (hT, cT), cache = cell.forward(arrays["x"], arrays["h0"], arrays["c0"], mask,
-                                       training=training, update_stats=False)
-    grads = cell.backward(arrays["dhs"], cache, arrays["dhT"], arrays["dcT"])
-    arrays.update(hs=hs, hT=hT, cT=cT)
+    out = cell.forward(arrays["x"], *(arrays[s + "0"] for s in states), mask,
+                       training=training, update_stats=False)
+    grads = cell.backward(arrays["dhs"], out[-1], *(arrays[f"d{s}T"] for s in states))
+    arrays.update(zip([s + "T" for s in states], final_states(cell, out)), hs=out[0])
     arrays.update({"grad." + k: v for k, v in grads.items()})
     return arrays
 
@@ -136,14 +147,14 @@ def write(out, seed=0):
 
 
 OPTION_NAMES = ("eps", "per_gate", "carry", "term_beta", "terms", "forget_bias", "pad_stats",
-                "momentum", "unbiased_var", "past_max_steps")
+                "momentum", "unbiased_var", "past_max_steps", "nonlinearity")
 
 
 def describe(cell):
     """The options that change the function a cell computes, as plain JSON values."""
     found = {name: getattr(cell, name) for name in OPTION_NAMES if hasattr(cell, name)}
-    if hasattr(cell, "stats") and "mean_c" in cell.stats:
-        found["population_slots"] = int(cell.stats["mean_x"].shape[0])
+    if getattr(cell, "max_steps", "absent") != "absent":        # the per-step BN cells
+        found["population_slots"] = int(next(iter(cell.stats.values())).shape[0])
     return found
 
 

@@ -1,8 +1,8 @@
 """Finite-difference gradient checks in float64.
 
 The checked scalar is (BPTT 1) with random upstream gradients (never all ones):
-    L = Σ dhs ⊙ hs + Σ dhT ⊙ hT + Σ dcT ⊙ cT
-Every element of every parameter and of x, h0, c0 is perturbed by ±step and the central
+    L = Σ dhs ⊙ hs + Σ dhT ⊙ hT + Σ dcT ⊙ cT          (no cT term for the one-state cells)
+Every element of every parameter and of x, h0 (c0) is perturbed by ±step and the central
 difference (L(θ+step) − L(θ−step)) / (2·step) is compared with cell.backward.
 
 Error per tensor:  max_k |a_k − n_k| / max(max_k |a_k|, max_k |n_k|)
@@ -54,46 +54,60 @@ def randomize(cell, seed=0):
 
 
 def random_inputs(cell, T=4, B=3, seed=0):
-    """x (T, B, D) ~ N(0, 1) and h0, c0 (B, H) ~ N(0, 0.5²): random and non-zero."""
+    """x (T, B, D) ~ N(0, 1) and every initial state h0 (and c0) (B, H) ~ N(0, 0.5²): random and
+    non-zero, as a dict of forward's keyword arguments."""
     rng = np.random.default_rng(seed)
     D, H = cell.input_size, cell.hidden_size
-    return (rng.standard_normal((T, B, D)), 0.5 * rng.standard_normal((B, H)),
-            0.5 * rng.standard_normal((B, H)))
+    inputs = {"x": rng.standard_normal((T, B, D))}
+    for name in ("h", "c"):                 # drawn in this order whatever the cell, so an LSTM's
+        state = 0.5 * rng.standard_normal((B, H))      # h0 is the same for every family
+        if name in cell.STATES:
+            inputs[name + "0"] = state
+    return inputs
+
+
+def final_states(cell, out):
+    """The final states of a forward's result (hs, finals, cache) as a tuple: (hT, cT) for the
+    LSTM family, (hT,) for the one-state cells."""
+    return tuple(out[1]) if len(cell.STATES) > 1 else (out[1],)
 
 
 def gradcheck(cell, x=None, h0=None, c0=None, mask=None, *, lengths=None, training=True, t0=0,
               T=4, B=3, seed=0, step=GRADCHECK_STEP, wrt=None):
     """Compare cell.backward with central differences; returns {tensor name: relative error}.
 
-    Missing x, h0, c0 are drawn at random (shape T, B); upstream gradients are always random.
-    `wrt` restricts the check to some names (default: every parameter and x, h0, c0). The cell
-    must be float64. Neither the cell (params or population statistics) nor the arrays passed
-    in are modified.
+    Missing x, h0 (and c0, for the LSTM family) are drawn at random (shape T, B); upstream
+    gradients are always random. `wrt` restricts the check to some names (default: every
+    parameter, x and the initial states). The cell must be float64. Neither the cell (params or
+    population statistics) nor the arrays passed in are modified.
     """
     if cell.dtype != np.float64:
         raise ValueError("gradcheck needs a float64 cell: finite differences in float32 "
                          "cannot resolve a 1e-6 relative error")
+    if c0 is not None and "c" not in cell.STATES:
+        raise ValueError(f"c0 given, but {type(cell).__name__} has no cell state")
     rng = np.random.default_rng(seed + 1)
-    rx, rh, rc = random_inputs(cell, T, B, seed)
-    inputs = {"x": rx if x is None else x, "h0": rh if h0 is None else h0,
-              "c0": rc if c0 is None else c0}
+    inputs = random_inputs(cell, T, B, seed)
+    for name, given in (("x", x), ("h0", h0), ("c0", c0)):
+        if given is not None:
+            inputs[name] = given
     work = copy.deepcopy(cell)
     base = {name: value.copy() for name, value in work.params.items()}
     fwd = dict(mask=mask, lengths=lengths, training=training, t0=t0, update_stats=False)
 
-    hs, (hT, cT), cache = work.forward(**inputs, **fwd)
-    dhs = rng.standard_normal(hs.shape)
-    dhT = rng.standard_normal(hT.shape)
-    dcT = rng.standard_normal(cT.shape)
-    analytic = work.backward(dhs, cache, dhT, dcT)
+    out = work.forward(**inputs, **fwd)
+    dhs = rng.standard_normal(out[0].shape)
+    dfinal = [rng.standard_normal(state.shape) for state in final_states(work, out)]
+    analytic = work.backward(dhs, out[-1], *dfinal)
 
     def loss(name, value):
         work.params = {**base, name: value} if name in base else base
         args = {**inputs, name: value} if name in inputs else inputs
-        hs, (hT, cT), _ = work.forward(**args, **fwd)
-        return np.sum(dhs * hs) + np.sum(dhT * hT) + np.sum(dcT * cT)
+        out = work.forward(**args, **fwd)
+        return np.sum(dhs * out[0]) + sum(np.sum(d * s)
+                                          for d, s in zip(dfinal, final_states(work, out)))
 
-    names = list(base) + ["x", "h0", "c0"] if wrt is None else list(wrt)
+    names = list(base) + list(inputs) if wrt is None else list(wrt)
     errors = {}
     for name in names:
         start = base[name] if name in base else inputs[name]

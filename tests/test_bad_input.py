@@ -132,9 +132,9 @@ BAD_OPTIONS = {
     "per_gate": (("ln_lstm",), [0, 1, "yes", None]),
     "gamma_init": (NORM_CELLS, [NAN, INF, -INF]),
     # a NumPy NaN or bool is as bad as Python's; None means "as drawn" for forget_bias_init only
-    "forget_bias": (tuple(refnorm.CELLS), [NAN, INF, -INF, "1", True, None, np.float64(NAN),
+    "forget_bias": (CELL_NAMES, [NAN, INF, -INF, "1", True, None, np.float64(NAN),
                                            np.float32(INF), np.bool_(True), np.array([1.0])]),
-    "forget_bias_init": (tuple(refnorm.CELLS), [NAN, INF, -INF, "1", True, np.float64(NAN),
+    "forget_bias_init": (CELL_NAMES, [NAN, INF, -INF, "1", True, np.float64(NAN),
                                                 np.float32(-INF), np.bool_(True),
                                                 np.array([1.0])]),
 }
@@ -170,7 +170,7 @@ def test_constructor_accepts_edge_values(name):
         assert type(cell.eps) is float and cell.eps == 0 and math.copysign(1, cell.eps) == 1
 
 
-@pytest.mark.parametrize("name", refnorm.CELLS)
+@pytest.mark.parametrize("name", CELL_NAMES)
 def test_constructor_rejects_numbers_beyond_the_float_range(name):
     """A finite Python int too large for a float (np.isfinite raises TypeError on it, float()
     OverflowError) and a forget bias that is finite in float64 but inf in the cell's float32 get
@@ -271,7 +271,7 @@ def test_forward_rejects_bad_argument(name, dtype, case):
     assert_forward_rejects(cell, match, **kwargs)
 
 
-@pytest.mark.parametrize("name", refnorm.CELLS)
+@pytest.mark.parametrize("name", CELL_NAMES)
 def test_inference_rejects_update_stats(name):
     """forward(training=False, update_stats=True) is a ValueError naming update_stats and
     training, for every cell (population statistics come from training passes only), and changes

@@ -651,3 +651,44 @@ def normalized_gain_grads(cache):
 def summed_terms(cache):
     """LN-LSTM's terms="summed": da_t = du_t = ds_t (VAR 6), one gate-gradient array."""
     return getattr(cache, "terms", "separate") == "summed"
+
+
+# -- the one-state versions for the RNN family (mirror of numpy_ref.common.scan_backward_h) ----
+def backward_buffers_h(dhs, G, n_gate_grads, state_grads, steps=None):
+    """backward_buffers for the cells with one state h: n_gate_grads arrays (steps, B, G) from
+    scratch() for dz_t (or da_t, du_t), and dh for dL/dh̃_t: a (T, B, H) array of its own when
+    the caller asked for it (state_grads), else one (1, B, H) row from scratch that every step
+    reuses (the loops pick the row by dh.shape[0]). Returns the list of gate gradients, dh."""
+    T, B, H = dhs.shape
+    rows = [] if state_grads else [(1, B, H)]
+    arrays = scratch(dhs.dtype, *[(steps or T, B, G)] * n_gate_grads, *rows)
+    dh = np.empty(dhs.shape, dhs.dtype) if state_grads else arrays[n_gate_grads]
+    return arrays[:n_gate_grads], dh
+
+
+def backward_in_chunks_h(dhs, dhT, cache, n_gate_grads, state_grads, loop, added):
+    """backward_in_chunks for the cells with one state h (the RNN family): the same chunks of
+    steps (chunk_bounds), the same whole-sequence products added chunk by chunk
+    (add_weight_grads), without c. loop(t0, t1, gate_grads, dH, dh) runs steps t1-1 .. t0: it
+    starts from dH = dL/dh_{t1} (B, H), leaves dL/dh_{t0} in it, and writes the gate gradients
+    of step t into row t - t0 of each of the n_gate_grads arrays (t1 - t0, B, H) of gate_grads,
+    da_t first and du_t last (one array when they are one: dz_t of the RNN, ds_t of the summed
+    forms). `added` holds the gradients the loop adds to (b and the gains). Returns the cell's
+    gradient dict, in the reference's order, with "dh" when state_grads."""
+    x, h, Wx = cache.x, cache.h, cache.params["Wx"]
+    T, B, H = dhs.shape
+    D, G = Wx.shape
+    dt = dhs.dtype
+    bounds = chunk_bounds(T, n_gate_grads * B * G * dt.itemsize)
+    steps = max(t1 - t0 for t0, t1 in zip(bounds, bounds[1:]))
+    buffers, dh = backward_buffers_h(dhs, G, n_gate_grads, state_grads, steps)
+    dH = dhT.copy()
+    dWx, dWh, dx = np.zeros((D, G), dt), np.zeros((H, G), dt), np.empty(x.shape, dt)
+    for t0, t1 in reversed(list(zip(bounds, bounds[1:]))):      # the last chunk first
+        gate_grads = [a[:t1 - t0] for a in buffers]
+        loop(t0, t1, gate_grads, dH, dh)
+        add_weight_grads(x, h, Wx, t0, t1, gate_grads[0], gate_grads[-1], dWx, dWh, dx)
+    grads = {"Wx": dWx, "Wh": dWh, **added, "x": dx, "h0": dH}
+    if state_grads:
+        grads["dh"] = dh
+    return grads

@@ -1,13 +1,20 @@
 """The NumPy reference backend ("the book"): explicit forward and BPTT backward of every cell.
 
 Never optimised: speed lives in the compiled backends, which are tested against this one.
-Every backend package exports the same eight functions, `<stem>_forward` and `<stem>_backward`
-for the stems lstm, bn_lstm, seq_bn_lstm, ln_lstm.
+Every backend package exports `<stem>_forward` and `<stem>_backward` for the LSTM family's stems
+lstm, bn_lstm, seq_bn_lstm, ln_lstm. The book also has the RNN family's stems rnn, bn_rnn,
+seq_bn_rnn, ln_rnn (one state h; the compiled mirrors are to follow, file for file).
 """
 from .bn_lstm import bn_lstm_backward, bn_lstm_forward
+from .bn_rnn import bn_rnn_backward, bn_rnn_forward
 from .ln_lstm import ln_lstm_backward, ln_lstm_forward
+from .ln_rnn import ln_rnn_backward, ln_rnn_forward
 from .lstm import lstm_backward, lstm_forward
+from .rnn import rnn_backward, rnn_forward
 from .seq_bn_lstm import seq_bn_lstm_backward, seq_bn_lstm_forward
+from .seq_bn_rnn import seq_bn_rnn_backward, seq_bn_rnn_forward
 
 __all__ = ["lstm_forward", "lstm_backward", "bn_lstm_forward", "bn_lstm_backward",
-           "seq_bn_lstm_forward", "seq_bn_lstm_backward", "ln_lstm_forward", "ln_lstm_backward"]
+           "seq_bn_lstm_forward", "seq_bn_lstm_backward", "ln_lstm_forward", "ln_lstm_backward",
+           "rnn_forward", "rnn_backward", "bn_rnn_forward", "bn_rnn_backward",
+           "seq_bn_rnn_forward", "seq_bn_rnn_backward", "ln_rnn_forward", "ln_rnn_backward"]

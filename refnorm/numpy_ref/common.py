@@ -128,3 +128,40 @@ def normalized_lstm_backward(step_backward, dhs, dhT, dcT, cache, state_grads):
     dWx, dx = input_projection_backward(cache.x, dU, cache.params["Wx"])
     grads = {"Wx": dWx, **grads, "x": dx, "h0": dh0, "c0": dc0}
     return with_state_grads(grads, states, state_grads)
+
+
+def scan_forward_h(step, U, h0, mask):
+    """scan_forward for the cells with one state h (the RNN family): run `step` over
+    t = 0 .. T-1, threading h through it.
+
+    step(t, u_t, h_prev, m_t) -> (y_t, h_t, cache_t) where cache_t is a dict of per-step arrays.
+    Returns hs (T, B, H), h (T+1, B, H) -- the states h_0 .. h_T after the masked carry
+    (BPTT 2) -- and the step caches stacked along a leading time axis.
+    """
+    hs, h, caches = [], [h0], []
+    for t in range(U.shape[0]):
+        y_t, h_t, cache_t = step(t, U[t], h[t], mask[t])
+        hs.append(y_t)
+        h.append(h_t)
+        caches.append(cache_t)
+    stacked = {k: np.stack([ct[k] for ct in caches]) for k in caches[0]}
+    return np.stack(hs), np.stack(h), stacked
+
+
+def scan_backward_h(step_backward, dhs, dhT):
+    """scan_backward for the cells with one state h: visit t = T-1 .. 0 carrying dH_t.
+
+    step_backward(t, dy_t, dH_t) -> (du_t, dH_{t-1}, dparams_t, dh̃_t) where du_t is the gradient
+    w.r.t. the step's input term u_t, dparams_t a dict of per-step contributions (BPTT 7) and dh̃_t
+    the total gradient w.r.t. the value h̃_t computed at step t (0 on padded rows, (BPTT 4)).
+    dH_T = dhT starts the recursion; what is left at the end is dh_0 (BPTT 9). Returns dU (T, ...),
+    dh_0, the summed parameter gradients, and dh̃ stacked (T, B, H).
+    """
+    T = dhs.shape[0]
+    dH = dhT
+    dU, dh, dparams = [None] * T, [None] * T, {}
+    for t in reversed(range(T)):
+        dU[t], dH, dparams_t, dh[t] = step_backward(t, dhs[t], dH)
+        for name, g in dparams_t.items():
+            dparams[name] = dparams.get(name, 0) + g                    # (BPTT 7)
+    return np.stack(dU), dH, dparams, np.stack(dh)
