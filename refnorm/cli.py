@@ -9,7 +9,8 @@
                      writes a report folder (Markdown, JSON, CSV, PNG). --quick: seconds.
     refnorm validate run another framework's LSTM (torch, haste, Keras, or your own module) and
                      refnorm on the same random data; one row per output and gradient, exit
-                     status 1 on a mismatch.
+                     status 1 on a mismatch. --all: every installed framework, one matrix;
+                     --json: the report as JSON.
     refnorm golden   write float64 test vectors (.npz + manifest.json) of every cell and preset,
                      for testing a framework in any language against refnorm.
 """
@@ -142,8 +143,17 @@ def add_validate_parser(sub):
         + ", ".join(BUILTIN_TARGETS) + " (built here with random non-zero weights), or "
         "MODULE:ATTR naming a module instance or a factory called as ATTR(input_size, "
         "hidden_size); with --preset, MODULE:ATTR is a callable f(inputs) -> outputs (see "
-        "refnorm.validate). Exit status 1 on a mismatch."))
-    p.add_argument("target", metavar="TARGET")
+        "refnorm.validate). Exit status 1 on a mismatch. --all runs every adapter whose "
+        "framework is installed and prints one matrix (refnorm.validation_matrix)."))
+    p.add_argument("target", metavar="TARGET", nargs="?")
+    p.add_argument("--all", action="store_true",
+                   help="every built-in adapter and preset whose framework is installed, in "
+                        "training and inference: one matrix (framework and version x cell -> "
+                        "worst relative error, verdict); a missing framework is a row with its "
+                        "install line (an error under CI=true). Takes --seed and --json only")
+    p.add_argument("--json", action="store_true",
+                   help="print the report as JSON (target, framework and version, dtype, "
+                        "tolerance, verdict, ok, worst relative error, per-tensor rows, notes)")
     p.add_argument("--input-size", type=int, default=3)
     p.add_argument("--hidden-size", type=int, default=4)
     p.add_argument("--layers", type=int, default=1,
@@ -263,24 +273,59 @@ def _randomize_torch(module, seed):
     return module
 
 
-def validate_command(args):
+def validate_args(argv):
+    """The parsed options of `refnorm validate ARGV...` (refnorm.validation_matrix's rows)."""
+    parser = argparse.ArgumentParser(prog="refnorm")
+    add_validate_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["validate", *argv])
+
+
+def validation_report(args):
+    """The ValidationReport of `refnorm validate` with options `args`; ValueError or
+    ImportError (naming what to install) where the target cannot be built or run."""
     from .presets import PRESETS
     from .validation import validate
     skip = {name: "--skip" for name in args.skip}
     if args.preset in PRESETS:          # a param the peer does not have: no gradient to return
         held = f"held at zero by the preset {args.preset}"
         skip.update({"d" + name: held for name in PRESETS[args.preset].hold_zero})
+    target, cell = _build_target(args)
+    return validate(target, cell=cell, T=args.T, B=args.B, lengths=args.lengths,
+                    seed=args.seed, tol=args.tol, training=not args.inference,
+                    outputs_only=args.outputs_only, skip=skip, require_float64=args.float64)
+
+
+def validate_command(args):
+    import json
+    if args.all:
+        given = _options_given(args, allowed=("all", "json", "seed"))
+        if given or args.target:
+            print("refnorm validate --all: takes no TARGET and no options but --seed and "
+                  f"--json (each row has its own), got {', '.join(given or [args.target])}",
+                  file=sys.stderr)
+            return 2
+        from .validation_matrix import main as matrix
+        return matrix(seed=args.seed, as_json=args.json)
+    if not args.target:
+        print("refnorm validate: give a TARGET, or --all", file=sys.stderr)
+        return 2
     try:
-        target, cell = _build_target(args)
-        report = validate(target, cell=cell, T=args.T, B=args.B, lengths=args.lengths,
-                          seed=args.seed, tol=args.tol, training=not args.inference,
-                          outputs_only=args.outputs_only, skip=skip,
-                          require_float64=args.float64)
+        report = validation_report(args)
     except (ValueError, ImportError) as err:
+        if args.json:
+            print(json.dumps({"target": args.target, "error": str(err), "ok": False}))
         print(f"refnorm validate: {err}", file=sys.stderr)
         return 2
-    print(report)
+    print(json.dumps(report.to_dict(), indent=1) if args.json else report)
     return 0 if report.ok else 1
+
+
+def _options_given(args, allowed):
+    """The --options of `refnorm validate` set to other than their defaults, but `allowed`."""
+    defaults = vars(validate_args([]))
+    return [f"--{k.replace('_', '-')}" for k, v in vars(args).items()
+            if k in defaults and k not in allowed + ("command", "target")
+            and v != defaults[k]]
 
 
 STUDY_OUT, QUICK_OUT = "refnorm-study", "refnorm-study-quick"

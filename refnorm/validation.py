@@ -60,7 +60,10 @@ The command `refnorm validate` runs the same with random weights (see `refnorm v
 --outputs-only, --skip, --float64 and --inference are the keywords above. With --preset the
 callable's cell is refnorm.golden.random_cell's, the one `refnorm golden` writes: a param the
 preset holds at zero stays zero and its gradient is skipped. A missing peer package is an
-ImportError that names what to install (INSTALL).
+ImportError that names what to install (INSTALL). --json prints report.to_dict() (target,
+framework and version, dtype, tolerance, verdict, ok, worst relative error, a row per tensor,
+notes); ValidationReport.from_dict reads it back. `refnorm validate --all` runs every adapter
+whose framework is installed and prints one matrix (refnorm.validation_matrix).
 """
 import difflib
 
@@ -87,6 +90,9 @@ INSTALL = {
     "tensorflow": "pip install tensorflow-cpu",
     "jax": "pip install jax",
     "flax": "pip install jax flax (CPU wheels; refnorm is tested with jax 0.10.2, flax 0.12.8)",
+    "onnx": "pip install onnx",
+    "onnxruntime": "pip install onnxruntime",
+    "batchnormlstm": "pip install batchnorm-lstm==0.0.1",
 }
 
 # The Keras backends validate runs a Keras layer on: {backend: (its package, the autodiff that
@@ -167,16 +173,19 @@ class ValidationReport:
     compared; notes: {tensor: why its row failed without a number, e.g. "not returned"};
     skipped: {tensor: why it was not compared}; float64: the check proved float64 agreement
     (float64 target, tolerance no looser than float64's); ok: every row ok, and float64 when
-    require_float64; remarks: lines the adapter adds to explain a result, printed as "note:"."""
+    require_float64; remarks: lines the adapter adds to explain a result, printed as "note:";
+    framework: the peer and its version where the adapter knows them (None for a callable).
+    to_dict() / from_dict(): the report as JSON values (`refnorm validate --json`) and back."""
 
     def __init__(self, target, cell, dtype, tol, rows, lengths, reference=None, *, notes=None,
-                 skipped=None, require_float64=False, remarks=()):
+                 skipped=None, require_float64=False, remarks=(), framework=None):
         self.target, self.cell, self.dtype, self.tol = target, cell, dtype, tol
         self.rows, self.lengths = rows, lengths
         self.reference = reference or repr(cell)
         self.notes, self.skipped = dict(notes or {}), dict(skipped or {})
         self.require_float64 = require_float64
         self.remarks = list(remarks)
+        self.framework = framework
 
     @property
     def float64(self):
@@ -189,6 +198,39 @@ class ValidationReport:
     @property
     def errors(self):
         return {row[0]: row[3] for row in self.rows}
+
+    @property
+    def worst(self):
+        """The largest relative error of the rows (inf where a tensor was not returned)."""
+        return max((row[3] for row in self.rows), default=0.0)
+
+    def to_dict(self):
+        """The report as JSON values: what `refnorm validate --json` prints. A row without a
+        number (its tensor not returned, or of another shape) has errors None and its note."""
+        number = lambda v: float(v) if np.isfinite(v) else None             # noqa: E731
+        return {"target": self.target, "framework": self.framework,
+                "reference": self.reference, "dtype": self.dtype, "tolerance": self.tol,
+                "verdict": self.verdict(), "ok": self.ok, "float64": self.float64,
+                "require_float64": self.require_float64,
+                "worst_relative_error": number(self.worst),
+                "lengths": [int(n) for n in self.lengths],
+                "tensors": [{"tensor": name, "shape": [int(n) for n in shape],
+                             "max_abs_error": number(abs_err), "relative_error": number(rel),
+                             "tolerance": tol, "ok": ok, "note": self.notes.get(name)}
+                            for name, shape, abs_err, rel, tol, ok in self.rows],
+                "skipped": dict(self.skipped), "notes": list(self.remarks)}
+
+    @classmethod
+    def from_dict(cls, d):
+        """The report that to_dict() described (cell None: the reference names it)."""
+        value = lambda v: np.inf if v is None else v                      # noqa: E731
+        rows = [(r["tensor"], tuple(r["shape"]), value(r["max_abs_error"]),
+                 value(r["relative_error"]), r["tolerance"], r["ok"]) for r in d["tensors"]]
+        notes = {r["tensor"]: r["note"] for r in d["tensors"] if r.get("note")}
+        return cls(d["target"], None, d["dtype"], d["tolerance"], rows, d["lengths"],
+                   d["reference"], notes=notes, skipped=d["skipped"],
+                   require_float64=d["require_float64"], remarks=d["notes"],
+                   framework=d.get("framework"))
 
     def verdict(self):
         """The last line: PASS, PASS at a looser precision (not a float64 check), or FAIL."""
@@ -286,7 +328,7 @@ def validate(target, *, cell=None, T=DEFAULT_T, B=DEFAULT_B, lengths=None, seed=
     return ValidationReport(adapter.name, adapter.cell, dtype, tol, rows, lengths,
                             getattr(adapter, "reference", None), notes=notes, skipped=skipped,
                             require_float64=require_float64,
-                            remarks=adapter.remarks(data, rows))
+                            remarks=adapter.remarks(data, rows), framework=adapter.framework)
 
 
 def _left_out(truth, outputs_only, skip):
@@ -322,7 +364,7 @@ class _Adapter:
     """cell: the refnorm cell holding the target's weights; run(data, training): the target's
     outputs and gradients by name; sizes() and truth() describe and compute refnorm's side."""
 
-    name = cell = dtype = None
+    name = cell = dtype = framework = None
 
     def sizes(self):
         """(input size D, hidden size H, number of stacked states or None for one cell, output
@@ -406,10 +448,13 @@ class _ModuleAdapter(_Adapter):
         if getattr(module, "batch_first", False):
             raise ValueError("build the module with batch_first=False for validation (the "
                              "weights do not depend on it)")
+        import torch
+
         self.module = module
         self.cell = type(self).convert(module)
         self.dtype = str(next(module.parameters()).dtype).replace("torch.", "")
         self.name = f"{self.family}.{type(module).__name__}"
+        self.framework = f"PyTorch {torch.__version__}"
 
     def forward(self, t, data):
         """hs (T, B, H) masked at padded steps, hT, cT (B, H) from tensors t = x, h0, c0."""
@@ -572,6 +617,12 @@ def _reverse_within(a, lengths):
 class _HasteAdapter(_ModuleAdapter):
     family, convert = "haste_pytorch", staticmethod(_from_haste)
 
+    def __init__(self, module):
+        import haste_pytorch
+
+        super().__init__(module)
+        self.framework = f"haste {haste_pytorch.__version__} ({self.framework})"
+
     def forward(self, t, data):
         import torch
 
@@ -617,6 +668,7 @@ class _KerasAdapter(_Adapter):
         version = importlib.import_module(package).__version__
         self.name = (f"keras.layers.{type(layer).__name__} (Keras {keras.__version__}, "
                      f"{backend} {version} backend, gradients by {autodiff})")
+        self.framework = f"Keras {keras.__version__} ({backend} {version})"
 
     @staticmethod
     def call(layer, t, mask):
@@ -721,8 +773,12 @@ class _FlaxAdapter(_Adapter):
         leaves = [np.asarray(v).dtype for sub in params.values() for v in sub.values()]
         self.dtype = np.dtype(module.dtype or np.result_type(*leaves)).name   # what it runs in
         flax_lstm.require_x64(self.dtype, f"the {type(module).__name__}'s compute dtype")
+        import flax
+        import jax
+
         self.module = module
         self.name = f"flax.{self.api}.{type(module).__name__}"
+        self.framework = f"Flax {flax.__version__} (JAX {jax.__version__})"
 
     def sequence(self, lengths):
         """(f, params): f(params, x (B, T, D), carry) = (last valid carry, ys (B, T, H)) by

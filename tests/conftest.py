@@ -10,3 +10,12 @@ without it. Set NUMBA_ENABLE_CUDASIM=0 explicitly to test on a real GPU
 import os
 
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The matrix of `refnorm validate --all`, where tests/test_validate_all.py ran it: what
+    refnorm has validated, at the end of the log (CI's included)."""
+    import sys
+    for text in getattr(sys.modules.get("test_validate_all"), "SUMMARY", ()):
+        terminalreporter.write_sep("=", "refnorm validate --all (tests/test_validate_all.py)")
+        terminalreporter.write_line(text)

@@ -1,5 +1,6 @@
 """batchnorm-lstm 0.0.1 (PyPI; import batchnormlstm), run live against
-refnorm.presets.batchnorm_lstm.
+refnorm.presets.batchnorm_lstm, through its adapter refnorm.interop.batchnorm_lstm (its layout,
+its own sequence functions, and the target `refnorm validate --all` runs).
 
 batchnorm-lstm is a NumPy BN-LSTM with its own hand-written backward: layer_utils.py
 batchnorm_lstm_forward / batchnorm_lstm_backward (and their _unit steps) over layers.py
@@ -10,7 +11,9 @@ per BN site (x, h, c) shared by every time step, each step updating it in turn w
 momentum=0.1, eps=1e-5, gamma_init=1.0, max_steps=1, past_max_steps="clamp") (VAR 7).
 
 Every parameter, running statistic, state and upstream gradient is random and non-zero; the
-peer's weights are copied into refnorm by a block permutation written here. Compared in float64:
+peer's weights are copied into refnorm by the block permutation of the adapter (its LAYOUT).
+It has no masking: the adapter steps its step functions on each step's valid rows for ragged
+batches, checked here to be its sequence functions step for step on full ones. Compared in float64:
 outputs hs, hT, cT, every gradient (x, h0, c0 and all nine parameters) and the running
 statistics after one training pass, within TOL["autodiff"] = 1e-10: both sides evaluate the
 same equations in float64 in a different order (its BN backward is the simplified "alt" form
@@ -28,13 +31,16 @@ import pytest
 
 import refnorm
 from refnorm import presets
+from refnorm.golden import random_cell
+from refnorm.interop import batchnorm_lstm as peer
+from refnorm.interop.batchnorm_lstm import INSTALL, LAYOUT, SITES
+from refnorm.interop.layouts import GateLayout, to_canonical
+from refnorm.validation import validate
 from helpers import TOL
-from test_presets import blocks
 
-INSTALL = "pip install batchnorm-lstm==0.0.1"
 T, B, D, H = 5, 4, 3, 4
-ORDER = "gifo"                     # its gate blocks: a (= g, tanh), i, f, o
-SITES = ("x", "h", "c")            # the order of its bn_params list
+# the planted bug: its i and f blocks swapped, as if its order were g, f, i, o
+SWAPPED = GateLayout(("g", "f", "i", "o"), (2, 1, 0, 3), "planted: i and f swapped")
 
 
 def need(module):
@@ -72,17 +78,19 @@ def data(seed):
             "dhT": rng.standard_normal((B, H)), "dcT": rng.standard_normal((B, H))}
 
 
-def preset_cell(p, stats, order=ORDER, backend="numpy"):
-    """refnorm's preset holding the peer's parameters and running statistics; `order` is the
-    gate order the copy assumes (a wrong one is the planted bug)."""
+def gate(a, layout=LAYOUT):
+    """A 4H array from its gate order into refnorm's."""
+    return to_canonical(a, layout)
+
+
+def preset_cell(p, stats, layout=LAYOUT, backend="numpy"):
+    """refnorm's preset holding the peer's parameters and running statistics, copied by the
+    adapter's from_peer; `layout` is the gate order the copy assumes (SWAPPED: the planted
+    bug)."""
     cell = presets.batchnorm_lstm(D, H, backend=backend)
-    gate = lambda a: blocks(a, order)                                # noqa: E731
-    cell.params.update(Wx=gate(p["w"]), Wh=gate(p["u"]), b=gate(p["b"]),
-                       gamma_x=gate(p["gamma_x"]), beta_x=gate(p["beta_x"]),
-                       gamma_h=gate(p["gamma_h"]), beta_h=gate(p["beta_h"]),
-                       gamma_c=p["gamma_c"].copy(), beta_c=p["beta_c"].copy())
+    cell.params.update(peer.from_peer(p, layout))
     for site, (mean, var) in stats.items():
-        width = gate if site != "c" else (lambda a: a.copy())
+        width = (lambda a: gate(a, layout)) if site != "c" else (lambda a: a.copy())
         cell.stats["mean_" + site][0] = width(mean)
         cell.stats["var_" + site][0] = width(var)
     return cell
@@ -90,32 +98,9 @@ def preset_cell(p, stats, order=ORDER, backend="numpy"):
 
 def run_peer(utils, p, stats, d, mode):
     """The peer's forward (and in training its own backward), batchnormlstm.layer_utils
-    `utils`, on the same numbers. Returns hs (T, B, H), hT, cT, gradients by refnorm name (peer
-    layout), and its bn_params."""
-    bn_params = [{"mode": mode, "running_mean": stats[s][0].copy(),
-                  "running_var": stats[s][1].copy()} for s in SITES]
-    xs = d["x"].transpose(1, 0, 2).copy()                          # (N, T, D)
-    outs, caches = utils.batchnorm_lstm_forward(
-        xs, p["w"], p["u"], p["b"], (p["gamma_x"], p["gamma_h"], p["gamma_c"]),
-        (p["beta_x"], p["beta_h"], p["beta_c"]), bn_params, h_n1=d["h0"], c_n1=d["c0"])
-    hs = outs.transpose(1, 0, 2)
-    if mode == "test":                   # its BN keeps no cache at test time: no backward
-        return hs, None, None, None, bn_params
-    cT = caches[-1][1][8][5]             # the c_bn cache's input: c_T, the carried raw cell
-    douts = d["dhs"].transpose(1, 0, 2).copy()
-    dxs, dw, du, db, dgammas, dbetas = utils.batchnorm_lstm_backward(
-        douts, caches, dh_Tm1=d["dhT"], dc_T=d["dcT"], f_T=np.ones((B, H)))
-    # batchnorm_lstm_backward drops the initial state's gradients; its step backward returns
-    # them at t = 0 (dh_prev, and dc with the f that multiplies it on the way to c_{-1})
-    dh, dc_next, f_next = d["dhT"], d["dcT"], np.ones((B, H))
-    for t in reversed(range(T)):
-        *_, dh, dc_next, f_next = utils.batchnorm_lstm_backward_unit(
-            douts[:, t], caches[t], dh, dc_next, f_next)
-    grads = {"x": dxs.transpose(1, 0, 2), "h0": dh, "c0": dc_next * f_next,
-             "Wx": dw, "Wh": du, "b": db,
-             "gamma_x": dgammas[0], "gamma_h": dgammas[1], "gamma_c": dgammas[2],
-             "beta_x": dbetas[0], "beta_h": dbetas[1], "beta_c": dbetas[2]}
-    return hs, outs[:, -1], cT, grads, bn_params
+    `utils`, on the same numbers: the adapter's run_sequence. Returns hs (T, B, H), hT, cT,
+    gradients by refnorm name (peer layout), and its bn_params."""
+    return peer.run_sequence(p, stats, d, mode, utils)
 
 
 def errors(cell, peer, d, training):
@@ -127,7 +112,6 @@ def errors(cell, peer, d, training):
         return err
     err.update(hT=refnorm.relative_error(hT, hT_p), cT=refnorm.relative_error(cT, cT_p))
     grads = cell.backward(d["dhs"], cache, d["dhT"], d["dcT"])
-    gate = lambda a: blocks(a, ORDER)                                # noqa: E731
     for name, theirs in g_p.items():
         four_h = name in ("Wx", "Wh", "b", "gamma_x", "gamma_h", "beta_x", "beta_h")
         err["d" + name] = refnorm.relative_error(grads[name], gate(theirs) if four_h else theirs)
@@ -147,8 +131,8 @@ def test_preset_matches_batchnorm_lstm(training, backend):
     sequential EMA updates of the one slot); test mode: outputs with the running statistics."""
     utils = need("batchnormlstm.layer_utils")
     p, stats, d = peer_params(1), peer_stats(2), data(3)
-    peer = run_peer(utils, p, stats, d, "train" if training else "test")
-    err = errors(preset_cell(p, stats, backend=backend), peer, d, training)
+    peer_run = run_peer(utils, p, stats, d, "train" if training else "test")
+    err = errors(preset_cell(p, stats, backend=backend), peer_run, d, training)
     expected = {"hs"} | ({"hT", "cT", "dx", "dh0", "dc0", "dWx", "dWh", "db", "dgamma_x",
                           "dgamma_h", "dgamma_c", "dbeta_x", "dbeta_h", "dbeta_c", "mean_x",
                           "var_x", "mean_h", "var_h", "mean_c", "var_c"} if training else set())
@@ -162,8 +146,8 @@ def test_a_planted_gate_swap_fails():
     peer's order were g, f, i, o) puts every output and gradient far outside the tolerance."""
     utils = need("batchnormlstm.layer_utils")
     p, stats, d = peer_params(1), peer_stats(2), data(3)
-    peer = run_peer(utils, p, stats, d, "train")
-    err = errors(preset_cell(p, stats, order="gfio"), peer, d, True)
+    peer_run = run_peer(utils, p, stats, d, "train")
+    err = errors(preset_cell(p, stats, layout=SWAPPED), peer_run, d, True)
     assert err["hs"] > 1e-3 and err["dWx"] > 1e-3 and err["mean_c"] > 1e-3, err
 
 
@@ -188,7 +172,53 @@ def test_its_model_test_pass_uses_batch_statistics():
     assert refnorm.relative_error(hs[-1] @ head["W2"] + head["b2"], out) <= TOL["autodiff"]
     assert all(bn_param["mode"] == "train" for bn_param in model.bn_params[0])
     for site, bn_param in zip(SITES, model.bn_params[0]):
-        width = (lambda a: blocks(a, ORDER)) if site != "c" else (lambda a: a)
+        width = gate if site != "c" else (lambda a: a)
         for key in ("mean", "var"):
             assert refnorm.relative_error(cell.stats[f"{key}_{site}"][0],
                                           width(bn_param[f"running_{key}"])) <= TOL["autodiff"]
+
+
+@pytest.mark.parametrize("mode", ["train", "test"])
+def test_stepped_is_its_sequence_functions_on_full_batches(mode):
+    """The adapter's run_stepped (its step functions on each step's valid rows, for ragged
+    batches) is its own batchnorm_lstm_forward / _backward where every sequence is full: the
+    same numbers, bit for bit, and the same running statistics after the pass."""
+    utils = need("batchnormlstm.layer_utils")
+    p, stats, d = peer_params(1), peer_stats(2), data(3)
+    hs, hT, cT, grads, bn_params = peer.run_sequence(p, stats, d, mode, utils)
+    hs_s, hT_s, cT_s, grads_s, bn_params_s = peer.run_stepped(p, stats, d, [T] * B, mode, utils)
+    np.testing.assert_array_equal(hs, hs_s)
+    if mode == "train":
+        np.testing.assert_array_equal(hT, hT_s)
+        np.testing.assert_array_equal(cT, cT_s)
+        assert set(grads) == set(grads_s)
+        for name in grads:
+            np.testing.assert_array_equal(grads[name], grads_s[name], err_msg=name)
+    for ours, theirs in zip(bn_params, bn_params_s):
+        for key in ("running_mean", "running_var"):
+            np.testing.assert_array_equal(ours[key], theirs[key])
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "inference"])
+def test_validate_target_passes_on_ragged_batches(training):
+    """refnorm.validate on the adapter's target (a row of `refnorm validate --all`): ragged
+    lengths with a last step of one valid row, random non-zero weights and statistics
+    (golden.random_cell, as `--preset batchnorm_lstm` draws them). Training compares every
+    tensor; inference the outputs (its BN has no test-mode backward)."""
+    need("batchnormlstm.layer_utils")
+    cell = random_cell(presets.batchnorm_lstm, D, H, seed=0)
+    report = validate(peer.validate_target, cell=cell, T=T, B=B, lengths=[5, 1, 3, 4],
+                      training=training, outputs_only=not training)
+    assert report.ok and report.float64, report
+    assert len(report.rows) == (15 if training else 3)
+    assert report.worst <= TOL["autodiff"]
+
+
+def test_validate_target_with_swapped_gates_fails(monkeypatch):
+    """The target can fail: its weights copied with the i and f blocks swapped."""
+    need("batchnormlstm.layer_utils")
+    to_peer = peer.to_peer
+    monkeypatch.setattr(peer, "to_peer", lambda params: to_peer(params, SWAPPED))
+    cell = random_cell(presets.batchnorm_lstm, D, H, seed=0)
+    report = validate(peer.validate_target, cell=cell, T=T, B=B)
+    assert not report.ok and report.errors["hs"] > 1e-3, report
