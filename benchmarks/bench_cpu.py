@@ -1,12 +1,18 @@
 """CPU benchmark of the Numba backend against the anchors measured in the same run.
 
-    python benchmarks/bench_cpu.py              # full table (several minutes on 2 cores)
-    python benchmarks/bench_cpu.py --quick      # smallest shapes only, fewer repeats
+    python benchmarks/bench_cpu.py                # full run (several minutes on 2 cores)
+    python benchmarks/bench_cpu.py --quick        # smallest shapes only, fewer repeats
+    python benchmarks/bench_cpu.py --family rnn   # the RNN family's tables alone
+
+Two families of cells, each timed against its own anchors: the LSTM family (LSTM, BN-, SeqBN-,
+LN-LSTM) and the vanilla RNN family (RNN, BN-, SeqBN-, LN-RNN; tanh). G below is the width of
+the pre-activation, 4H for the LSTM and H for the RNN (GATES).
 
 Anchors, all in this process, on the same threads:
-  * torch.nn.LSTM forward+backward and forward alone (oneDNN in float32, native in float64);
-  * the BLAS floor: the matrix products an LSTM's BPTT must do, alone (input projection, one
-    (B,H)·(H,4H) product per step forward and one (B,4H)·(4H,H) backward, dWx, dWh, dx), through
+  * torch.nn.LSTM / torch.nn.RNN (tanh) forward+backward and forward alone (the LSTM on oneDNN
+    in float32, native in float64; the RNN native in both);
+  * the BLAS floor: the matrix products the cell's BPTT must do, alone (input projection, one
+    (B,H)·(H,G) product per step forward and one (B,G)·(G,H) backward, dWx, dWh, dx), through
     NumPy's BLAS: `@` for the whole-sequence products, and for the step products a direct
     ?gemm call into the same library from a compiled loop (blas_floor.py). refnorm does the
     whole-sequence products the same way, and the step products with its own kernel on a
@@ -15,7 +21,8 @@ Anchors, all in this process, on the same threads:
     faster), which bounds what any implementation of the same products could reach
     (table_product_bound);
   * the same normalised-cell equations in PyTorch eager with autograd, written the fast way
-    (input projection once, time axis by unbind).
+    (input projection once, time axis by unbind); tests/test_bench_timing.py checks that they
+    give refnorm's outputs and gradients.
 Ratios < 1 mean refnorm is faster. Times are medians of repeated runs after a warm-up; a ratio
 is the median of the per-repeat ratios of two functions run side by side, with their lower and
 upper quartiles in brackets: "0.70 (0.66-0.74)". Where a target lies between the quartiles, the
@@ -47,6 +54,10 @@ from blas_floor import gemm_for, matmul
 
 SHAPES = [(16, 64), (32, 128), (64, 256), (128, 512)]
 T_DEFAULT = 100
+FAMILIES = {"lstm": ("bn_lstm", "seq_bn_lstm", "ln_lstm"),     # family: its normalised cells
+            "rnn": ("bn_rnn", "seq_bn_rnn", "ln_rnn")}
+GATES = {"lstm": 4, "rnn": 1}     # the pre-activation z_t is (B, GATES·H)
+NAMES = {"lstm": "LSTM", "rnn": "RNN"}
 # The clock every timing of this module reads, looked up at each call (tests/test_bench_timing.py
 # puts a counter in its place, so the tests of these helpers time nothing).
 clock = time.perf_counter
@@ -130,7 +141,7 @@ def refnorm_case(stem, T, B, H, dtype, backend="numba"):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((T, B, H)).astype(dtype)
     dhs = rng.standard_normal((T, B, H)).astype(dtype)
-    kwargs = {"update_stats": False} if stem in ("bn_lstm", "seq_bn_lstm") else {}
+    kwargs = {"update_stats": False} if "bn" in stem else {}   # BN-, SeqBN-LSTM and -RNN
 
     def fwd():
         return cell.forward(x, **kwargs)
@@ -159,9 +170,12 @@ def _kernel_step_products(h, Whp, WhTp, dz, out_f, out_b):
         packed_matmul(dz[t], WhTp, out_b, work_b)           # backward recurrent product
 
 
-def blas_floor_case(T, B, H, dtype):
+def blas_floor_case(T, B, H, dtype, gates=4):
+    """The products of BPTT for a pre-activation of width G = gates·H (4 for the LSTM, 1 for
+    the RNN), D = H: the whole and its two halves timed apart, and the step products in
+    refnorm's kernel."""
     rng = np.random.default_rng(0)
-    D, G = H, 4 * H
+    D, G = H, gates * H
     x = rng.standard_normal((T, B, D)).astype(dtype)
     Wx = rng.standard_normal((D, G)).astype(dtype)
     Wh = rng.standard_normal((H, G)).astype(dtype)
@@ -191,18 +205,21 @@ def blas_floor_case(T, B, H, dtype):
 
 
 # -- torch -----------------------------------------------------------------------------------
-def torch_lstm_case(T, B, H, dtype):
+def torch_case(family, T, B, H, dtype):
+    """torch.nn.LSTM, or torch.nn.RNN with tanh, D = H: its forward alone (no_grad) and its
+    forward+backward."""
     tdt = getattr(torch, dtype)
-    lstm = torch.nn.LSTM(H, H).to(tdt)
+    module = (torch.nn.LSTM(H, H) if family == "lstm"
+              else torch.nn.RNN(H, H, nonlinearity="tanh")).to(tdt)
     x = torch.randn(T, B, H, dtype=tdt, requires_grad=True)
     dhs = torch.randn(T, B, H, dtype=tdt)
 
     def fwd():
         with torch.no_grad():
-            return lstm(x)
+            return module(x)
 
     def fwd_bwd():
-        out, _ = lstm(x)
+        out, _ = module(x)
         out.backward(dhs)
 
     return fwd, fwd_bwd
@@ -222,7 +239,11 @@ def _ln(z, gamma, beta, eps):
 
 def torch_eager_cell(stem, x, p, eps=1e-5):
     """The cell's equations in PyTorch eager, the fast way: the input projection once, the time
-    axis by unbind (indexing x[t] makes backward allocate a full zero tensor per step)."""
+    axis by unbind (indexing x[t] makes backward allocate a full zero tensor per step). Zero
+    initial states, no mask, batch statistics (training), tanh; `p` the cell's parameters as
+    tensors. Returns hs (T, B, H)."""
+    if stem.endswith("rnn"):
+        return torch_eager_rnn(stem, x, p, eps)
     T, B, _ = x.shape
     H = p["Wh"].shape[0]
     h = x.new_zeros(B, H)
@@ -251,6 +272,31 @@ def torch_eager_cell(stem, x, p, eps=1e-5):
     return torch.stack(outs)
 
 
+def torch_eager_rnn(stem, x, p, eps=1e-5):
+    """The RNN family's equations (refnorm/numpy_ref/<stem>.py); the term form BN- and LN-RNN
+    were built with is read from their gains: gamma_z alone is the summed form, BN or LN of
+    u_t + a_t (BN-RNN 3), (LN-RNN 2); gamma_x and gamma_h the separate form (BN-RNN 2),
+    (LN-RNN 3)."""
+    T, B, _ = x.shape
+    h = x.new_zeros(B, p["Wh"].shape[0])
+    norm = _ln if stem == "ln_rnn" else _bn
+    U = x @ p["Wx"]                                               # u_t = x_t Wx, all t
+    if stem == "seq_bn_rnn":                                      # (SEQBN-RNN 1)
+        U = _bn(U.reshape(T * B, -1), p["gamma_x"], 0.0, eps).reshape(T, B, -1)
+    outs = []
+    for u in U.unbind(0):
+        a = h @ p["Wh"]                                           # a_t = h_{t-1} Wh
+        if stem in ("bn_rnn", "ln_rnn") and "gamma_z" in p:       # summed terms
+            z = norm(u + a, p["gamma_z"], 0.0, eps) + p["b"]
+        elif stem in ("bn_rnn", "ln_rnn"):                        # separate terms
+            z = norm(u, p["gamma_x"], 0.0, eps) + norm(a, p["gamma_h"], 0.0, eps) + p["b"]
+        else:                                                     # (RNN 1), (SEQBN-RNN 2)
+            z = u + a + p["b"]
+        h = torch.tanh(z)                                         # (RNN 2)
+        outs.append(h)
+    return torch.stack(outs)
+
+
 def torch_eager_case(stem, T, B, H, dtype):
     cell = randomize(refnorm.CELLS[stem](H, H, seed=0, dtype=dtype), seed=1)
     p = {k: torch.tensor(v, requires_grad=True) for k, v in cell.params.items()}
@@ -268,11 +314,12 @@ def row(cells):
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
-def product_flops(T, B, H):
-    """Floating-point operations of the matrix products an LSTM's BPTT must do (D = H): six of
-    (T·B)×H×4H, i.e. x Wx and the T products h_{t-1} Wh forward, the T products dz_t Whᵀ, dWx,
-    dWh and dx backward, two operations per multiply-add."""
-    return 6 * 2 * T * B * H * 4 * H
+def product_flops(T, B, H, gates=4):
+    """Floating-point operations of the matrix products a cell's BPTT must do (D = H, G =
+    gates·H: 4H for the LSTM, H for the RNN): six of (T·B)×H×G, i.e. x Wx and the T products
+    h_{t-1} Wh forward, the T products dz_t Whᵀ, dWx, dWh and dx backward, two operations per
+    multiply-add."""
+    return 6 * 2 * T * B * H * gates * H
 
 
 STEP_SHARE = 2 / 6   # of product_flops: the 2T step products; the other 4 are whole-sequence
@@ -281,7 +328,7 @@ FORWARD_SHARE = 2 / 6   # of product_flops: the forward's, x Wx and the T produc
 
 def gemm_ceiling(dtype, n=1536, repeats=5):
     """What this BLAS reaches on one large square product (n×n by n×n, NumPy's BLAS, output
-    preallocated), in FLOP/s: the products of an LSTM, smaller and thinner, do not run faster
+    preallocated), in FLOP/s: the products of a cell, smaller and thinner, do not run faster
     (a floor measured in a faster minute can: table_product_bound takes the larger)."""
     rng = np.random.default_rng(0)
     a, b = (rng.standard_normal((n, n)).astype(dtype) for _ in range(2))
@@ -289,7 +336,7 @@ def gemm_ceiling(dtype, n=1536, repeats=5):
     return 2 * n ** 3 / median_time(lambda: np.matmul(a, b, out=c), repeats)
 
 
-def table_product_bound(measured, T, out):
+def table_product_bound(measured, T, out, family="lstm"):
     """For each shape: the products' FLOPs, the rate the BLAS floor and refnorm reach, and the
     best ratio to torch any implementation could reach if it did the products at the best rate
     this BLAS showed in the run (the large square product, or a floor that beat it) and nothing
@@ -299,8 +346,11 @@ def table_product_bound(measured, T, out):
     and its four whole-sequence products, timed apart in the same interleaved runs; and the
     same 2T step products in refnorm's own kernel (packing Wh and Whᵀ once, as a call does).
     The last column bounds the forward alone the same way: its products (x Wx and the T step
-    products, a third of the FLOPs) at the best rate, against torch's forward."""
-    print("\n## What the matrix products allow (same runs as above)\n", file=out)
+    products, a third of the FLOPs) at the best rate, against torch's forward. `measured` is
+    what table_vs_torch returned for `family`."""
+    gates = GATES[family]
+    print(f"\n## What the matrix products allow, {NAMES[family]} (same runs as above)\n",
+          file=out)
     print(row(["dtype", "B", "H", "GFLOP per fwd+bwd", "BLAS floor GFLOP/s",
                "its 2T step products GFLOP/s", "its 4 whole-sequence products GFLOP/s",
                "the 2T step products in refnorm's kernel GFLOP/s", "refnorm GFLOP/s", "best product rate GFLOP/s",
@@ -309,11 +359,11 @@ def table_product_bound(measured, T, out):
     print(row(["---"] * 12), file=out)
     ceiling = {}
     for dtype in ("float64", "float32"):
-        floors = [product_flops(T, B, H) / fl for dt, B, H, _, _, fl, _, _, _, _ in measured
-                  if dt == dtype]
+        floors = [product_flops(T, B, H, gates) / fl
+                  for dt, B, H, _, _, fl, _, _, _, _ in measured if dt == dtype]
         ceiling[dtype] = max([gemm_ceiling(dtype)] + floors)
     for dtype, B, H, r_fb, t_fb, fl, step, whole, kernel, t_f in measured:
-        flops = product_flops(T, B, H)
+        flops = product_flops(T, B, H, gates)
         print(row([dtype, B, H, f"{flops / 1e9:.2f}", f"{flops / fl / 1e9:.1f}",
                    f"{STEP_SHARE * flops / step / 1e9:.1f}",
                    f"{(1 - STEP_SHARE) * flops / whole / 1e9:.1f}",
@@ -323,11 +373,14 @@ def table_product_bound(measured, T, out):
                    f"{FORWARD_SHARE * flops / ceiling[dtype] / t_f:.2f}"]), file=out)
 
 
-def table_vs_torch(shapes, T, repeats, out):
-    """Prints the table; returns per shape (dtype, B, H) and the seconds of refnorm, torch, the
-    floor, the floor's step and whole-sequence products timed apart, the same step products
-    in refnorm's kernel, and torch's forward alone."""
-    print("\n## LSTM: refnorm numba vs torch.nn.LSTM and the BLAS floor "
+def table_vs_torch(shapes, T, repeats, out, family="lstm"):
+    """refnorm's LSTM (family "lstm") or tanh RNN ("rnn") against torch.nn.LSTM / torch.nn.RNN
+    and the BLAS floor of the same family. Prints the table; returns per shape (dtype, B, H) and
+    the seconds of refnorm, torch, the floor, the floor's step and whole-sequence products timed
+    apart, the same step products in refnorm's kernel, and torch's forward alone."""
+    name = NAMES[family]
+    anchor = f"torch.nn.{name}" + (" (tanh)" if family == "rnn" else "")
+    print(f"\n## {name}: refnorm numba vs {anchor} and the BLAS floor "
           f"(T={T}, D=H, ms, median of {repeats}; ratios: median (quartiles) of the per-repeat "
           "ratios)\n", file=out)
     print(row(["dtype", "B", "H", "refnorm fwd+bwd", "torch fwd+bwd", "ratio",
@@ -337,9 +390,9 @@ def table_vs_torch(shapes, T, repeats, out):
     measured = []
     for dtype in ("float64", "float32"):
         for B, H in shapes:
-            fwd, fb = refnorm_case("lstm", T, B, H, dtype)
-            tf, tfb = torch_lstm_case(T, B, H, dtype)
-            floor, step, whole, kernel = blas_floor_case(T, B, H, dtype)
+            fwd, fb = refnorm_case(family, T, B, H, dtype)
+            tf, tfb = torch_case(family, T, B, H, dtype)
+            floor, step, whole, kernel = blas_floor_case(T, B, H, dtype, GATES[family])
             r_fb, t_fb, fl, r_f, t_f, st, wh, kn = interleaved_runs(
                 [fb, tfb, floor, fwd, tf, step, whole, kernel], repeats)
             print(row([dtype, B, H, f"{r_fb.time * 1e3:.2f}", f"{t_fb.time * 1e3:.2f}",
@@ -352,18 +405,22 @@ def table_vs_torch(shapes, T, repeats, out):
     return measured
 
 
-def table_norm_cells(shapes, T, repeats, out):
-    print("\n## Normalised cells on numba: fwd+bwd vs refnorm's LSTM and vs the same equations "
-          f"in PyTorch eager (T={T}, ms, median of {repeats}; ratios: median (quartiles) of the "
-          "per-repeat ratios)\n", file=out)
-    print(row(["dtype", "B", "H", "cell", "refnorm", "vs refnorm LSTM", "torch eager",
-               "speed-up vs eager", "page faults per fwd+bwd (LSTM / cell)"]), file=out)
+def table_norm_cells(shapes, T, repeats, out, family="lstm"):
+    """The family's normalised cells (FAMILIES; the cells' default options: BN-RNN separate
+    terms, LN-RNN summed) against the family's plain cell in refnorm and against the same
+    equations in PyTorch eager, the three interleaved."""
+    name = NAMES[family]
+    print(f"\n## Normalised cells on numba: fwd+bwd vs refnorm's {name} and vs the same "
+          f"equations in PyTorch eager (T={T}, ms, median of {repeats}; ratios: median "
+          "(quartiles) of the per-repeat ratios)\n", file=out)
+    print(row(["dtype", "B", "H", "cell", "refnorm", f"vs refnorm {name}", "torch eager",
+               "speed-up vs eager", f"page faults per fwd+bwd ({name} / cell)"]), file=out)
     print(row(["---"] * 9), file=out)
     for dtype in ("float64", "float32"):
         for B, H in shapes:
-            for stem in ("bn_lstm", "seq_bn_lstm", "ln_lstm"):
+            for stem in FAMILIES[family]:
                 base, mine, eager = interleaved_runs(
-                    [refnorm_case("lstm", T, B, H, dtype)[1], refnorm_case(stem, T, B, H, dtype)[1],
+                    [refnorm_case(family, T, B, H, dtype)[1], refnorm_case(stem, T, B, H, dtype)[1],
                      torch_eager_case(stem, T, B, H, dtype)], repeats)
                 print(row([dtype, B, H, stem, f"{mine.time * 1e3:.2f}", spread(mine.ratio(base)),
                            f"{eager.time * 1e3:.2f}", spread(eager.ratio(mine), "{:.1f}x"),
@@ -721,6 +778,53 @@ def table_first_call(out):
                   + [f"{sum(parts[:5]):.3f}", f"{sum(parts):.3f}"]), file=out)
 
 
+def cpu_description(cpuinfo=None):
+    """The CPU as /proc/cpuinfo names its first processor (or `cpuinfo`, that file's text): the
+    model name, its family and model (which tell the generations apart where the name does not:
+    "AMD EPYC" on these virtual machines) and the widest vector instructions it offers, AVX-512
+    (avx512f), AVX2 or neither, with FMA where present. Where the file cannot be read, what
+    platform knows."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return platform.processor() or platform.machine()
+    fields = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())   # the first processor's
+    flags = set(fields.get("flags", "").split())
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    isa += " + FMA" if "fma" in flags else ""
+    return (f"{fields.get('model name', platform.machine())} (family "
+            f"{fields.get('cpu family', '?')} model {fields.get('model', '?')}), {isa}")
+
+
+def kernels_description():
+    """What the compiled code targets at run time: the CPU LLVM (Numba) compiles for, the
+    kernels OpenBLAS picked (threadpoolctl) and torch's CPU capability."""
+    import llvmlite.binding
+    parts = [f"Numba/LLVM target {llvmlite.binding.get_host_cpu_name()}"]
+    try:
+        from threadpoolctl import threadpool_info
+        parts += [f"OpenBLAS {i.get('version')} ({os.path.basename(os.path.dirname(i['filepath']))}"
+                  f"): {i.get('architecture')} kernels"
+                  for i in threadpool_info() if i.get("internal_api") == "openblas"]
+    except ImportError:
+        pass
+    parts.append(f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    return ", ".join(parts)
+
+
+def load_average():
+    """The system's load average over 1, 5 and 15 minutes. This script counts about 1 of it
+    once it has run a minute (one thread); on 2 cores, much more than that is other programs
+    taking a share of the cores from the measurements."""
+    return "Load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smallest shapes, few repeats")
@@ -732,6 +836,10 @@ def main(argv=None):
                              "the system (see keep_freed_memory), for torch and refnorm alike")
     parser.add_argument("--repeats", type=int, default=None,
                         help="repeats per measurement (default 7, --quick 3)")
+    parser.add_argument("--family", choices=tuple(FAMILIES), default=None,
+                        help="one family's tables alone: lstm, every table but the RNN "
+                             "family's three; rnn, the RNN vs torch.nn.RNN and the floor, its "
+                             "products, and the normalised RNNs (default: both families)")
     args = parser.parse_args(argv)
     kept = args.keep_freed_memory and keep_freed_memory()
     if args.keep_freed_memory and not kept:
@@ -746,22 +854,25 @@ def main(argv=None):
     repeats = args.repeats or (3 if args.quick else 7)
     out = sys.stdout
     print(f"# refnorm CPU benchmark, {time.strftime('%Y-%m-%d')}\n", file=out)
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+    print(f"{cpu_description()}, {os.cpu_count()} cores, "
           f"{args.threads} threads; Python {platform.python_version()}, numpy {np.__version__}, "
           f"numba {__import__('numba').__version__}, torch {torch.__version__}; malloc "
-          f"{'keeps freed memory (--keep-freed-memory)' if kept else 'as configured (default)'}",
-          file=out)
-    measured = table_vs_torch(shapes, T_DEFAULT, repeats, out)
-    table_product_bound(measured, T_DEFAULT, out)
-    table_norm_cells(shapes[:2] if not args.quick else shapes[:1], T_DEFAULT, repeats, out)
-    table_vs_book(shapes[:2] if not args.quick else shapes[:1], T_DEFAULT, repeats, out)
-    table_phases(shapes[:2] if not args.quick else shapes[:1], T_DEFAULT, max(repeats, 11), out)
-    table_normalisation(shapes[:2] if not args.quick else shapes[:1], T_DEFAULT,
-                        max(repeats, 11), out)
-    table_linear_in_T(32, 128, 3, out)
-    table_memory(32, 128, T_DEFAULT, out)
-    table_backward_memory(32, 128, (T_DEFAULT, 1000), out)
-    table_first_call(out)
+          f"{'keeps freed memory (--keep-freed-memory)' if kept else 'as configured (default)'}"
+          f".\n\n{kernels_description()}. {load_average()} at the start.", file=out)
+    small = shapes[:2] if not args.quick else shapes[:1]
+    for family in ([args.family] if args.family else FAMILIES):
+        measured = table_vs_torch(shapes, T_DEFAULT, repeats, out, family)
+        table_product_bound(measured, T_DEFAULT, out, family)
+        table_norm_cells(small, T_DEFAULT, repeats, out, family)
+    if args.family != "rnn":
+        table_vs_book(small, T_DEFAULT, repeats, out)
+        table_phases(small, T_DEFAULT, max(repeats, 11), out)
+        table_normalisation(small, T_DEFAULT, max(repeats, 11), out)
+        table_linear_in_T(32, 128, 3, out)
+        table_memory(32, 128, T_DEFAULT, out)
+        table_backward_memory(32, 128, (T_DEFAULT, 1000), out)
+        table_first_call(out)
+    print(f"\n{load_average()} at the end.", file=out)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import refnorm
+from refnorm.gradcheck import randomize
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_cpu  # noqa: E402
@@ -151,3 +152,121 @@ def test_hot_normalisation_loops_do_the_cells_work_t_times(stem):
         close(r[name], want)
     for name in grads:
         close(results[3][name], 3 * r[name])
+
+
+EAGER_CELLS = [("lstm", {}), ("bn_lstm", {}), ("seq_bn_lstm", {}), ("ln_lstm", {}),
+               ("rnn", {}), ("bn_rnn", {"terms": "separate"}), ("bn_rnn", {"terms": "summed"}),
+               ("seq_bn_rnn", {}), ("ln_rnn", {"terms": "summed"}),
+               ("ln_rnn", {"terms": "separate"})]
+
+
+@pytest.mark.parametrize("stem, options", EAGER_CELLS,
+                         ids=[f"{s}-{o['terms']}" if o else s for s, o in EAGER_CELLS])
+def test_torch_eager_anchor_is_the_cells_math(stem, options):
+    """The "vs the same equations in PyTorch eager" columns mean something only if the eager
+    code is the cell's math: torch_eager_cell gives the book's hs and, by autograd, its
+    gradients of every parameter and of x, in float64 on tiny shapes (D != H, random non-zero
+    parameters and upstream gradients, zero initial states and no mask, as the tables run it;
+    BN cells in training on their batch statistics, not updating the population's). BN- and
+    LN-RNN in both term forms: the eager reads the form from the gains. Tolerance 1e-10: the
+    two sum in different orders, over T = 5 steps."""
+    torch = pytest.importorskip("torch")
+    T, B, D, H = 5, 4, 3, 6
+    cell = randomize(refnorm.CELLS[stem](D, H, seed=0, dtype="float64", **options), seed=1)
+    rng = np.random.default_rng(2)
+    x, dhs = rng.standard_normal((T, B, D)), rng.standard_normal((T, B, H))
+    kwargs = {"update_stats": False} if "bn" in stem else {}
+    hs, _, cache = cell.forward(x, **kwargs)
+    grads = cell.backward(dhs, cache)
+    p = {k: torch.tensor(v, requires_grad=True) for k, v in cell.params.items()}
+    xt = torch.tensor(x, requires_grad=True)
+    hs_eager = bench_cpu.torch_eager_cell(stem, xt, p)
+    hs_eager.backward(torch.tensor(dhs))
+
+    def close(got, want):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10 * np.abs(want).max())
+
+    close(hs_eager.detach().numpy(), hs)
+    for name, value in p.items():
+        close(value.grad.numpy(), grads[name])
+    close(xt.grad.numpy(), grads["x"])
+
+
+def test_rnn_tables_print_one_row_per_case(fake_clock, monkeypatch):
+    """The RNN family's three tables, run for real on a tiny shape with the fake clock (each
+    timed call 1 tick, so every paired ratio reads 1.00 with quartiles 1.00): the RNN against
+    torch.nn.RNN and its floor (G = H), the products the RNN must do, and BN-, SeqBN- and
+    LN-RNN against refnorm's RNN and the eager anchor; a header, a rule and one row per
+    (dtype, shape[, cell]), every row as wide as the header. gemm_ceiling's large product is
+    replaced by a rate of 1 FLOP per tick."""
+    import io
+    monkeypatch.setattr(bench_cpu, "gemm_ceiling", lambda dtype: 1.0)
+    out = io.StringIO()
+    T, B, H = 3, 4, 5
+    measured = bench_cpu.table_vs_torch([(B, H)], T, 3, out, family="rnn")
+    bench_cpu.table_product_bound(measured, T, out, family="rnn")
+    bench_cpu.table_norm_cells([(B, H)], T, 3, out, family="rnn")
+    text = out.getvalue()
+    titles = [line for line in text.splitlines() if line.startswith("## ")]
+    assert [t.split(" (")[0] for t in titles] == [
+        "## RNN: refnorm numba vs torch.nn.RNN", "## What the matrix products allow, RNN",
+        "## Normalised cells on numba: fwd+bwd vs refnorm's RNN and vs the same equations in "
+        "PyTorch eager"]
+    tables = [[line for line in block.splitlines() if line.startswith("|")]
+              for block in text.split("## ")[1:]]
+    rows = {"float64": [], "float32": []}
+    for table, n in zip(tables, (2, 2, 6)):           # rows: dtypes x (cells)
+        header, rule, *body = table
+        assert rule == bench_cpu.row(["---"] * (header.count(" | ") + 1)) and len(body) == n
+        for line in body:
+            assert line.count(" | ") == header.count(" | "), line
+            rows[line.split(" | ")[0][2:]].append(line)
+    assert all(len(r) == 5 for r in rows.values())
+    assert "1.00 (1.00-1.00)" in tables[0][2]
+    assert [line.split(" | ")[3] for line in tables[2][2:]] == ["bn_rnn", "seq_bn_rnn",
+                                                                "ln_rnn"] * 2
+    assert "vs refnorm RNN" in tables[2][0]
+    assert [m[:3] for m in measured] == [("float64", B, H), ("float32", B, H)]
+    flops = bench_cpu.product_flops(T, B, H, gates=1)
+    assert flops == 6 * 2 * T * B * H * H == bench_cpu.product_flops(T, B, H) / 4
+    assert f"{flops / 1e9:.2f}" == tables[1][2].split(" | ")[3]
+
+
+@pytest.mark.parametrize("argv, families, rest", [([], ["lstm", "rnn"], True),
+                                                  (["--family", "rnn"], ["rnn"], False),
+                                                  (["--family", "lstm"], ["lstm"], True)])
+def test_family_option_picks_the_tables(monkeypatch, capsys, argv, families, rest):
+    """--family rnn runs the RNN family's three tables alone; --family lstm every table but
+    those; no option, both families and then the LSTM-only tables. The tables are replaced by
+    recorders (nothing runs), and so are the thread settings main makes."""
+    import threadpoolctl
+    import torch
+    calls = []
+    for name in ("table_vs_torch", "table_product_bound", "table_norm_cells", "table_vs_book",
+                 "table_phases", "table_normalisation", "table_linear_in_T", "table_memory",
+                 "table_backward_memory", "table_first_call"):
+        monkeypatch.setattr(bench_cpu, name, lambda *a, _name=name, **k: calls.append(
+            (_name, next((v for v in a + tuple(k.values())
+                          if isinstance(v, str) and v in bench_cpu.FAMILIES), None))))
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    monkeypatch.setattr(threadpoolctl, "threadpool_limits", lambda n: None)
+    bench_cpu.main(argv + ["--quick"])
+    family_tables = [(name, family) for family in families for name in
+                     ("table_vs_torch", "table_product_bound", "table_norm_cells")]
+    assert calls[:len(family_tables)] == family_tables
+    assert (len(calls) > len(family_tables)) == rest
+    assert all(family is None for _, family in calls[len(family_tables):])
+    header = capsys.readouterr().out.splitlines()[2]
+    assert " cores, 1 threads; " in header
+
+
+def test_cpu_description_names_model_family_and_vector_isa():
+    """The header's CPU: the first processor's model name, family and model, and the widest
+    vector ISA its flags offer."""
+    zen4 = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+            "model name\t: AMD EPYC\nflags\t\t: fpu sse2 avx fma avx2 avx512f avx512bw\n\n"
+            "processor\t: 1\ncpu family\t: 6\nmodel\t\t: 1\nmodel name\t: other\n")
+    assert bench_cpu.cpu_description(zen4) == "AMD EPYC (family 25 model 17), AVX-512 + FMA"
+    zen3 = zen4.replace("model\t\t: 17", "model\t\t: 1").replace(" avx512f avx512bw", "")
+    assert bench_cpu.cpu_description(zen3) == "AMD EPYC (family 25 model 1), AVX2 + FMA"
+    assert bench_cpu.cpu_description("model name\t: old\nflags\t: sse2\n").endswith("no AVX2")
