@@ -8,8 +8,9 @@
     hs, hT, cache = cell.forward(x)
 
 Families (FAMILIES): the LSTM (LSTM, BNLSTM (Cooijmans et al. 2016), SeqBNLSTM (Laurent et al.
-2016), LNLSTM (Ba et al. 2016)) and the vanilla RNN (RNN, BNRNN, SeqBNRNN, LNRNN), each cell
-plain, with per-step batch norm, sequence-wise batch norm and layer norm. Equations and their
+2016), LNLSTM (Ba et al. 2016)), the vanilla RNN (RNN, BNRNN, SeqBNRNN, LNRNN) and the GRU (GRU,
+BNGRU, SeqBNGRU, LNGRU (haste's LayerNormGRU)), each cell plain, with per-step batch norm,
+sequence-wise batch norm and layer norm. Equations and their
 derivations: derivations/ in the source tree.
 
 For checking another framework: refnorm.presets (the cell each peer computes), refnorm.interop
@@ -17,7 +18,8 @@ For checking another framework: refnorm.presets (the cell each peer computes), r
 refnorm.validation) and refnorm.golden (test vectors on disk).
 """
 from .backends import available as available_backends
-from .cells import BNLSTM, BNRNN, LNLSTM, LNRNN, LSTM, RNN, SeqBNLSTM, SeqBNRNN
+from .cells import (BNGRU, BNLSTM, BNRNN, GRU, LNGRU, LNLSTM, LNRNN, LSTM, RNN, SeqBNGRU,
+                    SeqBNLSTM, SeqBNRNN)
 from .gradcheck import gradcheck, numerical_gradient, randomize, relative_error
 from . import presets  # noqa: E402  (after the cells it builds)
 from .validation import validate
@@ -26,12 +28,14 @@ __version__ = "0.1.0"
 
 # every cell by its stem, and the stems of each family (plain, per-step BN, sequence-wise BN, LN)
 FAMILIES = {"lstm": ("lstm", "bn_lstm", "seq_bn_lstm", "ln_lstm"),
-            "rnn": ("rnn", "bn_rnn", "seq_bn_rnn", "ln_rnn")}
+            "rnn": ("rnn", "bn_rnn", "seq_bn_rnn", "ln_rnn"),
+            "gru": ("gru", "bn_gru", "seq_bn_gru", "ln_gru")}
 CELLS = {"lstm": LSTM, "bn_lstm": BNLSTM, "seq_bn_lstm": SeqBNLSTM, "ln_lstm": LNLSTM,
-         "rnn": RNN, "bn_rnn": BNRNN, "seq_bn_rnn": SeqBNRNN, "ln_rnn": LNRNN}
+         "rnn": RNN, "bn_rnn": BNRNN, "seq_bn_rnn": SeqBNRNN, "ln_rnn": LNRNN,
+         "gru": GRU, "bn_gru": BNGRU, "seq_bn_gru": SeqBNGRU, "ln_gru": LNGRU}
 
 
 __all__ = ["validate", "presets", "LSTM", "BNLSTM", "SeqBNLSTM", "LNLSTM", "RNN", "BNRNN",
-           "SeqBNRNN", "LNRNN", "CELLS", "FAMILIES", "gradcheck",
+           "SeqBNRNN", "LNRNN", "GRU", "BNGRU", "SeqBNGRU", "LNGRU", "CELLS", "FAMILIES", "gradcheck",
            "numerical_gradient", "relative_error", "randomize", "available_backends",
            "__version__"]

@@ -7,10 +7,10 @@
                      the four cells over an init sweep on the adding problem and the digits,
                      measures gradient flow and tests the common claims about BN in RNNs;
                      writes a report folder (Markdown, JSON, CSV, PNG). --quick: seconds.
-    refnorm validate run another framework's LSTM (torch, haste, Keras, or your own module) and
-                     refnorm on the same random data; one row per output and gradient, exit
-                     status 1 on a mismatch. --all: every installed framework, one matrix;
-                     --json: the report as JSON.
+    refnorm validate run another framework's LSTM or RNN (torch, haste, Keras, Flax, your
+                     own module) and refnorm on the same random data; one row per output and
+                     gradient, exit status 1 on a mismatch. --all: every installed
+                     framework, one matrix; --json: the report as JSON.
     refnorm golden   write float64 test vectors (.npz + manifest.json) of every cell and preset,
                      for testing a framework in any language against refnorm.
 """
@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from . import CELLS, available_backends
+from . import CELLS, FAMILIES, available_backends
 from .config import GRADCHECK_STEP, GRADCHECK_TOL
 from .gradcheck import gradcheck, randomize
 
@@ -59,13 +59,17 @@ def check_cases(backends):
                              "bn_rnn summed relu")]
             if stem == "ln_rnn":
                 variants.append(({"terms": "separate"}, "ln_rnn separate"))
+            if stem == "gru":
+                variants.append(({"reset": "before"}, "gru reset-before"))
+            if stem == "bn_gru":
+                variants = [({"max_steps": 3}, stem)]
             for options, label in variants:
                 for training in (True, False):
                     cell = randomize(cls(CHECK_D, CHECK_H, seed=0, backend=backend, **options),
                                      seed=1)
                     kwargs = {"lengths": CHECK_LENGTHS, "training": training, "T": CHECK_T,
                               "B": len(CHECK_LENGTHS), "seed": 2}
-                    if stem in ("bn_lstm", "bn_rnn") and not training:
+                    if stem in ("bn_lstm", "bn_rnn", "bn_gru") and not training:
                         kwargs["t0"] = 1
                     yield backend, label, "training" if training else "inference", cell, kwargs
 
@@ -131,12 +135,17 @@ def main(argv=None):
 
 BUILTIN_TARGETS = ("torch.nn.LSTM", "torch.nn.LSTMCell", "haste.LSTM", "haste.LayerNormLSTM",
                    "keras.LSTM", "flax.linen.LSTMCell", "flax.linen.OptimizedLSTMCell",
-                   "flax.nnx.LSTMCell", "flax.nnx.OptimizedLSTMCell")
+                   "flax.nnx.LSTMCell", "flax.nnx.OptimizedLSTMCell",
+                   "torch.nn.RNN", "torch.nn.RNNCell", "keras.SimpleRNN",
+                   "flax.linen.SimpleCell", "flax.nnx.SimpleCell")
+# the built-in targets that are vanilla RNNs (refnorm.RNN; --nonlinearity)
+RNN_TARGETS = ("torch.nn.RNN", "torch.nn.RNNCell", "keras.SimpleRNN", "flax.linen.SimpleCell",
+               "flax.nnx.SimpleCell")
 
 
 def add_validate_parser(sub):
-    p = sub.add_parser("validate", help="compare another framework's LSTM with refnorm, tensor "
-                                        "by tensor", description=(
+    p = sub.add_parser("validate", help="compare another framework's LSTM or RNN with refnorm, "
+                                        "tensor by tensor", description=(
         "Copy the target's weights into the matching refnorm cell, run both on the same random "
         "inputs, lengths and upstream gradients, and print the relative error of every output "
         "and gradient against a tolerance set by the target's dtype. TARGET is one of "
@@ -157,8 +166,12 @@ def add_validate_parser(sub):
     p.add_argument("--input-size", type=int, default=3)
     p.add_argument("--hidden-size", type=int, default=4)
     p.add_argument("--layers", type=int, default=1,
-                   help="torch.nn.LSTM: num_layers (default 1)")
-    p.add_argument("--bidirectional", action="store_true", help="torch.nn.LSTM: two directions")
+                   help="torch.nn.LSTM, torch.nn.RNN: num_layers (default 1)")
+    p.add_argument("--bidirectional", action="store_true",
+                   help="torch.nn.LSTM, torch.nn.RNN: two directions")
+    p.add_argument("--nonlinearity", choices=("tanh", "relu"),
+                   help="the RNN targets (" + ", ".join(RNN_TARGETS) + ") and a --preset of the "
+                        "RNN family: tanh (default) or relu")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
                    help="the target's dtype for the built-in targets (default %(default)s)")
     p.add_argument("--T", type=int, default=6, dest="T", help="time steps (default 6)")
@@ -186,6 +199,9 @@ def add_validate_parser(sub):
     return p
 
 
+RNN_CELLS = tuple(CELLS[stem] for stem in FAMILIES["rnn"])
+
+
 def _random_cell(cls_or_preset, args, **options):
     """The cell `refnorm golden` would draw (a preset's held-at-zero params stay zero)."""
     from .golden import random_cell
@@ -199,26 +215,38 @@ def _build_target(args):
     from . import interop, presets
     from .validation import import_peer
     D, H = args.input_size, args.hidden_size
+    rnn = args.target in RNN_TARGETS or (args.preset in presets.PRESETS and
+                                         presets.PRESETS[args.preset].cls in RNN_CELLS)
+    if args.nonlinearity and not rnn:
+        raise ValueError("--nonlinearity is an option of the RNN targets "
+                         f"({', '.join(RNN_TARGETS)}) and of the RNN family's presets")
+    nonlinearity = args.nonlinearity or "tanh"
     if args.target in BUILTIN_TARGETS:
         family, _, name = args.target.rpartition(".")
+        cell = _random_cell(CELLS["rnn"], args, nonlinearity=nonlinearity) if rnn else None
         if family.startswith("flax"):                    # flax.linen / flax.nnx, on JAX
             import_peer("flax", args.target)
             import jax
             if args.dtype == "float64":     # this command's process: else JAX makes it float32
                 jax.config.update("jax_enable_x64", True)
-            api, cell = importlib.import_module(family), _random_cell(CELLS["lstm"], args)
+            api, cell = importlib.import_module(family), cell or _random_cell(CELLS["lstm"], args)
             dtype = getattr(jax.numpy, args.dtype)
+            # a SimpleCell's activation; nnx's computes in its dtype, float32 unless given
+            simple = {"activation_fn": getattr(jax.nn, nonlinearity)} if rnn else {}
             if family == "flax.nnx":
-                module = getattr(api, name)(D, H, param_dtype=dtype, rngs=api.Rngs(args.seed))
+                simple.update({"dtype": dtype} if rnn else {})
+                module = getattr(api, name)(D, H, param_dtype=dtype, rngs=api.Rngs(args.seed),
+                                            **simple)
                 return interop.to_flax(cell, module), None
-            module = getattr(api, name)(H, param_dtype=dtype)
+            module = getattr(api, name)(H, param_dtype=dtype, **simple)
             return module.bind({"params": interop.to_flax(cell, module)}), None
         if family != "keras":                   # Keras brings its own backend (import_peer)
             torch = import_peer("torch", args.target)
         if family.startswith("torch"):
             stack = {"num_layers": args.layers, "bidirectional": args.bidirectional}
-            module = getattr(torch.nn, name)(D, H, dtype=getattr(torch, args.dtype),
-                                             **(stack if name == "LSTM" else {}))
+            options = {**(stack if name in ("LSTM", "RNN") else {}),
+                       **({"nonlinearity": nonlinearity} if rnn else {})}
+            module = getattr(torch.nn, name)(D, H, dtype=getattr(torch, args.dtype), **options)
             return _randomize_torch(module, args.seed), None
         if family == "haste":
             haste_pytorch = import_peer("haste_pytorch", args.target)
@@ -227,10 +255,15 @@ def _build_target(args):
             stem = "ln_lstm" if name == "LayerNormLSTM" else "lstm"
             return interop.to_haste(_random_cell(CELLS[stem], args), module), None
         keras = import_peer("keras", args.target)
-        layer = keras.layers.LSTM(H, return_sequences=True, return_state=True,
-                                  dtype=args.dtype)
+        if rnn:
+            layer = keras.layers.SimpleRNN(H, activation=nonlinearity, return_sequences=True,
+                                           return_state=True, dtype=args.dtype)
+        else:
+            layer = keras.layers.LSTM(H, return_sequences=True, return_state=True,
+                                      dtype=args.dtype)
+            cell = _random_cell(CELLS["lstm"], args)
         layer.build((None, args.T, D))
-        return interop.to_keras(_random_cell(CELLS["lstm"], args), layer), None
+        return interop.to_keras(cell, layer), None
     if ":" not in args.target:
         raise ValueError(f"TARGET must be one of {', '.join(BUILTIN_TARGETS)} or MODULE:ATTR, "
                          f"got {args.target!r}")
@@ -242,7 +275,8 @@ def _build_target(args):
         if args.preset not in presets.PRESETS:
             raise ValueError(f"unknown preset {args.preset!r}: one of "
                              f"{', '.join(sorted(presets.PRESETS))}")
-        return obj, _random_cell(presets.PRESETS[args.preset], args)
+        return obj, _random_cell(presets.PRESETS[args.preset], args,
+                                 **({"nonlinearity": nonlinearity} if rnn else {}))
     from .validation import _framework_kind
     if isinstance(obj, type) or (callable(obj) and not hasattr(obj, "parameters")
                                  and not hasattr(obj, "get_weights")
@@ -262,8 +296,8 @@ def _build_target(args):
 
 
 def _randomize_torch(module, seed):
-    """Every layer and direction of a torch.nn.LSTM (or an LSTMCell) redrawn at random and
-    non-zero through refnorm.randomize and the converter; returns the module."""
+    """Every layer and direction of a torch.nn.LSTM or RNN (or an LSTMCell, RNNCell) redrawn at
+    random and non-zero through refnorm.randomize and the converter; returns the module."""
     from . import interop
     layers = getattr(module, "num_layers", 1)
     dirs = 2 if getattr(module, "bidirectional", False) else 1

@@ -37,6 +37,10 @@ CONVENTIONS = {
     "rnn_layout": "the RNN family (cells RNN, BNRNN, SeqBNRNN, LNRNN): z = x @ Wx + h @ Wh + b, "
                   "Wx (D, H), Wh (H, H), b (H), h~ = tanh(z) or relu(z) (options.nonlinearity); "
                   "one state: no c0, dcT, cT, grad.c0",
+    "gru_layout": "the GRU family (cells GRU, BNGRU, SeqBNGRU, LNGRU): u = x @ Wx + b, a = h @ Wh, "
+                  "Wx (D, 3H), Wh (H, 3H), b (3H), gate blocks r, z, n; reset 'after': "
+                  "n = tanh(u_n + r * (a_n + b_hn)), b_hn (H); 'before': n = tanh(u_n + "
+                  "(r * h) @ Wh_n); h~ = (1 - z) * n + z * h; one state",
     "time_major": "x (T, B, D), hs (T, B, H); states (B, H)",
     "mask": "mask[t, b] = 1 where t < lengths[b]; padded steps carry h and c unchanged and "
             "output 0 in hs; hT, cT are each sequence's last valid state",
@@ -65,6 +69,8 @@ def cases():
             variants.append(({"terms": "summed"}, "bn_rnn-summed"))
         if stem == "ln_rnn":
             variants.append(({"terms": "separate"}, "ln_rnn-separate"))
+        if stem == "gru":
+            variants.append(({"reset": "before"}, "gru-reset_before"))
         for options, name in variants:
             yield from _modes(name, cls, options, None)
     for name, make in presets.PRESETS.items():
@@ -82,7 +88,8 @@ def _modes(name, factory, options, preset):
 def build(factory, options, preset, seed):
     """The cell of one case with random non-zero parameters and statistics."""
     kw = dict(options)
-    if getattr(factory, "cls", factory) in (CELLS["bn_lstm"], CELLS["bn_rnn"]) and \
+    per_step_bn = (CELLS["bn_lstm"], CELLS["bn_rnn"], CELLS["bn_gru"])
+    if getattr(factory, "cls", factory) in per_step_bn and \
             "max_steps" not in getattr(factory, "options", {}):
         kw["max_steps"] = BN_SLOTS          # a preset's own max_steps (batchnorm-lstm: 1) stays
     return random_cell(factory, D, H, seed=seed, **kw)
@@ -147,12 +154,12 @@ def write(out, seed=0):
 
 
 OPTION_NAMES = ("eps", "per_gate", "carry", "term_beta", "terms", "forget_bias", "pad_stats",
-                "momentum", "unbiased_var", "past_max_steps", "nonlinearity")
+                "momentum", "unbiased_var", "past_max_steps", "nonlinearity", "reset")
 
 
 def describe(cell):
     """The options that change the function a cell computes, as plain JSON values."""
-    found = {name: getattr(cell, name) for name in OPTION_NAMES if hasattr(cell, name)}
+    found = {name: getattr(cell, name) for name in OPTION_NAMES if name in vars(cell)}
     if getattr(cell, "max_steps", "absent") != "absent":        # the per-step BN cells
         found["population_slots"] = int(next(iter(cell.stats.values())).shape[0])
     return found

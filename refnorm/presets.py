@@ -12,7 +12,7 @@ the peer's weights with refnorm.interop (or refnorm.validate, which does it for 
 Everywhere refnorm's layout is canonical: z = x Wx + h Wh + b, gate blocks i, f, g, o,
 time-major (T, B, ·), and outputs 0 at padded steps; the converters reorder.
 """
-from .cells import BNLSTM, LNLSTM, LSTM, SeqBNLSTM
+from .cells import BNLSTM, LNLSTM, LSTM, RNN, SeqBNLSTM
 
 
 def _preset(cls, hold_zero=(), **options):
@@ -174,5 +174,31 @@ _register("laurent_seq_bn_lstm", SeqBNLSTM, """Sequence-wise BN of the input ter
 2016), as ballasn/Attentive_reader `bn_sequence` computes it (codes/att_reader/layers.py, branch
 bn): statistics over the valid frames of the batch, n = Σ len_b, eps 1e-6. The Laurent et al.
 paper itself was not read here (see shared/reference §7).""", eps=1e-6)
+
+# -- vanilla RNN ------------------------------------------------------------------------------
+# No peer ships a normalised vanilla RNN (torch, Keras, ONNX and Flax have the plain Elman cell
+# only), so the RNN family's presets are the plain cell in each peer's layout, for the converters.
+# The nonlinearity is the peer module's own option: pass nonlinearity="relu" as an override.
+_register("torch_rnn", RNN, """PyTorch torch.nn.RNN / nn.RNNCell (torch/nn/modules/rnn.py).
+
+h' = φ(x W_ihᵀ + b_ih + h W_hhᵀ + b_hh), φ = tanh or relu (the module's nonlinearity);
+weight_ih (H, D) = Wxᵀ, weight_hh (H, H) = Whᵀ, bias_ih + bias_hh = b. Packed sequences:
+outputs 0 at padded steps, h_n at each sequence's last valid step, as refnorm. No options:
+refnorm.RNN is this cell.""")
+
+_register("keras_simple_rnn", RNN, """Keras 3 keras.layers.SimpleRNN / SimpleRNNCell
+(keras/src/layers/rnn/simple_rnn.py).
+
+h' = activation(x kernel + bias + h recurrent_kernel): kernel (D, H) = Wx, recurrent_kernel
+(H, H) = Wh, bias (H) = b; activation tanh (default) or relu. Masked steps carry the state and
+Keras outputs the previous output there (refnorm outputs 0), so compare valid steps.""")
+
+_register("onnx_rnn", RNN, """ONNX RNN operator (onnx/defs/rnn/defs.cc, opset 14/22;
+onnx/reference/ops/op_rnn.py).
+
+H_t = f(X_t Wᵀ + H_{t-1} Rᵀ + Wb + Rb): W [dirs, H, D], R [dirs, H, H], B [dirs, 2H] = [Wb,
+Rb] (b = Wb + Rb); activations Tanh (default) or Relu, no clip. With sequence_lens (onnxruntime)
+Y is 0 at padded steps, as in refnorm; onnx's reference evaluator ignores sequence_lens and
+knows Tanh and Affine only.""")
 
 __all__ = sorted(PRESETS) + ["PRESETS"]

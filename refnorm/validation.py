@@ -1,4 +1,5 @@
-"""refnorm.validate: validate another framework's LSTM against refnorm's float64 truth, tensor by tensor.
+"""refnorm.validate: validate another framework's LSTM or RNN against refnorm's float64 truth,
+tensor by tensor.
 
     report = refnorm.validate(torch.nn.LSTM(3, 4))          # or a haste module, or a callable
     print(report)                                             # the per-tensor table
@@ -11,11 +12,14 @@ at valid steps, the final states and the gradients of L = Σ dhs⊙hs + Σ dhT�
 respect to the input, the initial states and every weight (in refnorm's layout; the framework's
 gradients go through the same converter as its weights). Each tensor gets the relative error
 max|a - b| / max(|a| + |b|) and a verdict against a tolerance chosen by the framework's dtype.
+The states are the cell's (cell.STATES): h and c for the LSTM family; h alone for a vanilla RNN
+(refnorm.RNN), whose report has no cT, dc0 and whose data has no c0, dcT.
 
 Targets:
-* torch.nn.LSTM (variable lengths through a PackedSequence; several layers and two directions
-  are one refnorm cell per layer and direction, composed as torch composes them) and
-  torch.nn.LSTMCell (stepped here, with refnorm's masked carry);
+* torch.nn.LSTM and torch.nn.RNN (tanh or relu) (variable lengths through a PackedSequence;
+  several layers and two directions are one refnorm cell per layer and direction, composed as
+  torch composes them), torch.nn.LSTMCell and RNNCell (stepped here, with refnorm's masked
+  carry);
 * haste_pytorch.LSTM and LayerNormLSTM (lengths passed to the module; it leaves outputs at padded
   steps unmasked, so only valid steps are compared);
 * keras.layers.LSTM (Keras 3 on the backend it was imported with, KERAS_BACKEND or
@@ -27,7 +31,11 @@ Targets:
   (KERAS_FLOAT32): on torch where a mask is used (its masked loop's keras.ops.matmul), on JAX
   always (keras.ops.tanh); such a layer fails at ~1e-7 and the report says why in a note.
   TensorFlow agrees to ~1e-15, masked or not. Measured with Keras 3.15.1,
-  tests/test_keras_backends.py);
+  tests/test_keras_backends.py); keras.layers.SimpleRNN (tanh or relu) the same way, where
+  Keras 3.15 computes a float64 layer in float32 on torch always (the cell's keras.ops.matmul)
+  and on JAX with tanh where a mask is used (KERAS_FLOAT32_SIMPLE_RNN), and a float64 tanh
+  layer without a mask does not run on JAX at all (a ValueError says why: KERAS_JAX_CARRY);
+  TensorFlow, and JAX with relu, agree to ~1e-16 (tests/test_interop_rnn.py);
 * flax.linen.LSTMCell and OptimizedLSTMCell, bound to their params (cell.bind({'params': p})),
   and flax.nnx.LSTMCell and OptimizedLSTMCell: run by Flax's own RNN (flax.linen.RNN /
   flax.nnx.RNN, batch-major, with seq_lengths: it returns each sequence's last valid carry and
@@ -35,18 +43,21 @@ Targets:
   same loss, the initial carry (c, h) included. The module runs in its own dtype (its dtype,
   else its params'): a float32 module passes at float32 tolerance; a float64 one needs JAX's x64
   mode, which validate never switches on (it is process-wide): a ValueError names the fix;
+  flax.linen.SimpleCell (bound) and flax.nnx.SimpleCell (tanh or relu; carry h) the same way
+  (nnx's computes in its dtype, float32 unless built with dtype=jnp.float64);
 * any callable f(inputs) -> outputs, given `cell=` (a refnorm cell, e.g. from refnorm.presets,
   with the weights to use). Use it for a framework refnorm has no converter for: convert the
   params yourself inside f. inputs is a dict:
       x (T, B, D), h0, c0, mask (T, B) of 0/1, lengths (B,), dhs, dhT, dcT   NumPy float64
+                 (no c0, dcT for a one-state cell: a vanilla RNN)
       params     {name: array}, refnorm layout (a copy of cell.params)
       stats      {name: array}, a copy of cell.stats: BN cells' population statistics, which
                  inference (training False) uses, step t reading slot min(t, slots - 1);
                  {} for cells without
       training   bool, the mode to run a BN cell in (validate's training=)
   f returns a dict with hs, hT, cT and grads {name: array} in refnorm layout: every param name
-  of the cell and x, h0, c0 (dL/dx, ...; no "d" prefix). Any other key is a ValueError naming
-  the accepted ones.
+  of the cell and x, h0, c0 (dL/dx, ...; no "d" prefix); for a one-state cell hs, hT and grads
+  of the params, x, h0. Any other key is a ValueError naming the accepted ones.
 
 A PASS means every tensor was compared. Every tensor refnorm computes (hs, hT, cT, the
 gradient of every parameter, dx, dh0, dc0) gets a row; one the target did not return is a
@@ -69,7 +80,7 @@ import difflib
 
 import numpy as np
 
-from .gradcheck import relative_error
+from .gradcheck import final_states, relative_error
 
 # Relative-error tolerance by the dtype the framework computed in. float64: rounding only,
 # amplified through T steps (tests/helpers.py TOL["autodiff"]); float32: eps32 ≈ 1.2e-7
@@ -111,6 +122,35 @@ KERAS_FLOAT32 = {
     "jax": ("always", "masked or not (the cell's activation keras.ops.tanh casts its input to "
                       "Keras's result type: keras/src/backend/jax/numpy.py tanh)"),
 }
+
+
+# The same for a float64 keras.layers.SimpleRNN (measured with Keras 3.15.1,
+# tests/test_interop_rnn.py). torch: its cell's keras.ops.matmul casts at every step (there is
+# no fused loop as for the LSTM). JAX: keras.ops.tanh returns float32; with a mask the loop's
+# jnp.where merges it into the float64 carry (keras/src/backend/jax/rnn.py), without one the
+# layer does not run (KERAS_JAX_CARRY); relu is float64 throughout. TensorFlow is float64.
+KERAS_FLOAT32_SIMPLE_RNN = {
+    "torch": ("always", "masked or not (SimpleRNNCell.call's keras.ops.matmul casts to Keras's "
+                        "result type at every step: keras/src/backend/torch/numpy.py matmul)"),
+    "jax": ("masked", "with activation tanh where a mask is used (keras.ops.tanh returns "
+                      "float32, keras/src/backend/jax/numpy.py tanh, which the masked loop's "
+                      "jnp.where merges into the float64 carry; without a mask the layer does "
+                      "not run at all)"),
+}
+KERAS_FLOAT32_BY = {"LSTM": KERAS_FLOAT32, "SimpleRNN": KERAS_FLOAT32_SIMPLE_RNN}
+
+# Why a float64 tanh SimpleRNN without a mask cannot run on Keras's JAX backend (a ValueError)
+KERAS_JAX_CARRY = (
+    "Keras {keras} on JAX cannot run a float64 {layer} with activation tanh without a mask: "
+    "keras.ops.tanh returns float32 for a float64 input (keras/src/backend/jax/numpy.py tanh "
+    "casts to Keras's result type, BIT64_TO_BIT32_DTYPE), so the step's new state is float32 "
+    "against a float64 carry and jax.lax.scan raises a TypeError. A float32 layer (--dtype "
+    "float32), activation relu, or KERAS_BACKEND=tensorflow runs")
+
+
+def _keras_version():
+    import keras
+    return keras.__version__
 
 
 def keras_backend():
@@ -298,6 +338,8 @@ def validate(target, *, cell=None, T=DEFAULT_T, B=DEFAULT_B, lengths=None, seed=
             "mask": mask, "lengths": lengths,
             "dhs": draw((T, B, width)) * mask[..., None], "dhT": draw(state),
             "dcT": draw(state)}
+    if "c" not in adapter.cell.STATES:      # one state (the RNN family): no c0, dcT. Drawn all
+        del data["c0"], data["dcT"]         # the same, so the other draws do not depend on it
     truth = adapter.truth(data, training)
     skipped = _left_out(truth, outputs_only, skip)
     theirs = adapter.run({k: (v.copy() if isinstance(v, np.ndarray) else v)
@@ -371,13 +413,18 @@ class _Adapter:
         width) of the data to draw."""
         return self.cell.input_size, self.cell.hidden_size, None, self.cell.hidden_size
 
+    @property
+    def states(self):
+        """The recurrent states, ("h", "c") for the LSTM family, ("h",) for the RNN's."""
+        return self.cell.STATES
+
     def truth(self, data, training):
         """refnorm's outputs and gradients (d + name) on `data`: the float64 truth."""
-        hs, (hT, cT), cache = self.cell.forward(data["x"], data["h0"], data["c0"],
-                                                data["mask"], training=training,
-                                                update_stats=False)
-        grads = self.cell.backward(data["dhs"], cache, data["dhT"], data["dcT"])
-        return {"hs": hs, "hT": hT, "cT": cT, **{"d" + k: v for k, v in grads.items()}}
+        out = self.cell.forward(data["x"], *(data[s + "0"] for s in self.states), data["mask"],
+                                training=training, update_stats=False)
+        grads = self.cell.backward(data["dhs"], out[-1], *(data[f"d{s}T"] for s in self.states))
+        finals = dict(zip([s + "T" for s in self.states], final_states(self.cell, out)))
+        return {"hs": out[0], **finals, **{"d" + k: v for k, v in grads.items()}}
 
     def run(self, data, training):
         raise NotImplementedError
@@ -391,7 +438,8 @@ def _adapter(target, cell):
     kind = _framework_kind(target)
     if kind == "torch":
         import torch
-        if isinstance(target, torch.nn.LSTM) and (target.num_layers > 1 or target.bidirectional):
+        if isinstance(target, (torch.nn.LSTM, torch.nn.RNN)) and (target.num_layers > 1
+                                                                  or target.bidirectional):
             return _TorchStackAdapter(target)
         return _TorchAdapter(target)
     if kind == "haste":
@@ -403,8 +451,9 @@ def _adapter(target, cell):
     if callable(target):
         return _CallableAdapter(target, cell)
     raise ValueError(f"cannot validate a {type(target).__name__}: pass a torch.nn.LSTM, "
-                     "torch.nn.LSTMCell, haste LSTM / LayerNormLSTM, keras.layers.LSTM, a Flax "
-                     "LSTMCell / OptimizedLSTMCell (linen bound, or nnx), or a callable with "
+                     "torch.nn.LSTMCell, torch.nn.RNN, torch.nn.RNNCell, haste LSTM / "
+                     "LayerNormLSTM, keras.layers.LSTM or SimpleRNN, a Flax LSTMCell / "
+                     "OptimizedLSTMCell / SimpleCell (linen bound, or nnx), or a callable with "
                      "cell=")
 
 
@@ -457,7 +506,8 @@ class _ModuleAdapter(_Adapter):
         self.framework = f"PyTorch {torch.__version__}"
 
     def forward(self, t, data):
-        """hs (T, B, H) masked at padded steps, hT, cT (B, H) from tensors t = x, h0, c0."""
+        """hs (T, B, H) masked at padded steps and the final states of self.states (hT, and cT
+        for the LSTM family) from tensors t = x and the initial states (h0, c0)."""
         raise NotImplementedError
 
     def run(self, data, training):
@@ -465,25 +515,29 @@ class _ModuleAdapter(_Adapter):
 
         m = self.module
         p0 = next(m.parameters())
+        inputs = ["x"] + [s + "0" for s in self.states]            # x, h0 (, c0)
+        finals = [s + "T" for s in self.states]                     # hT (, cT)
         t = {k: torch.tensor(data[k], dtype=p0.dtype, device=p0.device, requires_grad=True)
-             for k in ("x", "h0", "c0")}
+             for k in inputs}
         t["mask"] = torch.tensor(data["mask"], dtype=p0.dtype, device=p0.device)
         up = {k: torch.tensor(data[k], dtype=p0.dtype, device=p0.device)
-              for k in ("dhs", "dhT", "dcT")}
+              for k in ["dhs"] + ["d" + k for k in finals]}
         was_training = m.training
         m.eval()                      # no dropout, DropConnect or zoneout while validating
         try:
-            hs, hT, cT = self.forward(t, data)
+            hs, *states = self.forward(t, data)
         finally:
             m.train(was_training)
-        loss = (up["dhs"] * hs).sum() + (up["dhT"] * hT).sum() + (up["dcT"] * cT).sum()
+        outs = dict(zip(["hs"] + finals, [hs, *states]))
+        loss = sum((up["d" + k] * v).sum() for k, v in outs.items())
         names = [n for n, _ in m.named_parameters()]
-        leaves = [t["x"], t["h0"], t["c0"]] + [p for _, p in m.named_parameters()]
+        leaves = [t[k] for k in inputs] + [p for _, p in m.named_parameters()]
         grads = torch.autograd.grad(loss, leaves)
         numpy = lambda v: v.detach().double().cpu().numpy()  # noqa: E731
-        out = {"hs": numpy(hs), "hT": numpy(hT), "cT": numpy(cT)}
-        out.update({"d" + k: numpy(g) for k, g in zip(("x", "h0", "c0"), grads)})
-        out.update(self.param_grads(_torch_grads_as_module(m, dict(zip(names, grads[3:])))))
+        out = {k: numpy(v) for k, v in outs.items()}
+        out.update({"d" + k: numpy(g) for k, g in zip(inputs, grads)})
+        params = dict(zip(names, grads[len(inputs):]))
+        out.update(self.param_grads(_torch_grads_as_module(m, params)))
         return out
 
     def param_grads(self, twin):
@@ -508,35 +562,38 @@ class _TorchAdapter(_ModuleAdapter):
         import torch
 
         m = self.module
-        if isinstance(m, torch.nn.LSTMCell):       # stepped here, with refnorm's masked carry
-            h, c, outs = t["h0"], t["c0"], []
+        states = [t[s + "0"] for s in self.states]               # [h] or [h, c]
+        if isinstance(m, (torch.nn.LSTMCell, torch.nn.RNNCell)):  # stepped, refnorm's carry
+            outs = []
             for x_t, m_t in zip(t["x"].unbind(0), t["mask"].unbind(0)):
-                h_new, c_new = m(x_t, (h, c))
+                new = m(x_t, tuple(states) if len(states) > 1 else states[0])
+                new = list(new) if len(states) > 1 else [new]
                 keep = m_t[:, None] > 0
-                h, c = torch.where(keep, h_new, h), torch.where(keep, c_new, c)
-                outs.append(m_t[:, None] * h_new)
-            return torch.stack(outs), h, c
-        hs, hn, cn = self.packed(t["x"], t["h0"][None], t["c0"][None], data)
-        return hs, hn[0], cn[0]
+                states = [torch.where(keep, n, s) for n, s in zip(new, states)]
+                outs.append(m_t[:, None] * new[0])
+            return (torch.stack(outs), *states)
+        hs, *finals = self.packed(t["x"], [s[None] for s in states], data)
+        return (hs, *(f[0] for f in finals))
 
-    def packed(self, x, h0, c0, data):
-        """The module on a PackedSequence of x with data's lengths; outputs padded back to
-        (T, B, ·) with zeros, and h_n, c_n (layers * directions, B, H)."""
+    def packed(self, x, states, data):
+        """The module on a PackedSequence of x with data's lengths and initial states
+        [h0 (, c0)], each (layers * directions, B, H); returns the outputs padded back to
+        (T, B, ·) with zeros, then h_n (, c_n)."""
         import torch
         from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
         packed = pack_padded_sequence(x, torch.as_tensor(data["lengths"]), enforce_sorted=False)
-        out, (hn, cn) = self.module(packed, (h0, c0))
+        out, finals = self.module(packed, tuple(states) if len(states) > 1 else states[0])
         hs, _ = pad_packed_sequence(out, total_length=x.shape[0])
-        return hs, hn, cn
+        return (hs, *(finals if len(states) > 1 else (finals,)))
 
 
 class _TorchStackAdapter(_TorchAdapter):
-    """A torch.nn.LSTM with several layers or two directions: one refnorm cell per layer and
-    direction (refnorm.interop.from_torch), composed the way torch composes them. Layer l reads
-    [forward | reverse] outputs of layer l-1; a reverse direction reads each sequence reversed
-    within its length. h0, c0, hT, cT are (layers * directions, B, H), torch's order. Gradients
-    are named with torch's suffixes, e.g. dWx_l1_reverse."""
+    """A torch.nn.LSTM or torch.nn.RNN with several layers or two directions: one refnorm cell
+    per layer and direction (refnorm.interop.from_torch), composed the way torch composes them.
+    Layer l reads [forward | reverse] outputs of layer l-1; a reverse direction reads each
+    sequence reversed within its length. h0, hT (and c0, cT) are (layers * directions, B, H),
+    torch's order. Gradients are named with torch's suffixes, e.g. dWx_l1_reverse."""
 
     def __init__(self, module):
         from .interop import from_torch
@@ -545,10 +602,10 @@ class _TorchStackAdapter(_TorchAdapter):
         self.dirs = 2 if module.bidirectional else 1
         self.cells = [[from_torch(module, layer, bool(d)) for d in range(self.dirs)]
                       for layer in range(module.num_layers)]
-        self.name = (f"torch.nn.LSTM(num_layers={module.num_layers}, "
+        self.name = (f"torch.nn.{type(module).__name__}(num_layers={module.num_layers}, "
                      f"bidirectional={module.bidirectional})")
-        self.reference = (f"{module.num_layers * self.dirs} refnorm.LSTM cells "
-                          f"({module.num_layers} layers x {self.dirs} directions)")
+        self.reference = (f"{module.num_layers * self.dirs} refnorm.{type(self.cell).__name__} "
+                          f"cells ({module.num_layers} layers x {self.dirs} directions)")
 
     def sizes(self):
         H = self.module.hidden_size
@@ -558,42 +615,42 @@ class _TorchStackAdapter(_TorchAdapter):
         return f"_l{k // self.dirs}" + ("_reverse" if k % self.dirs else "")
 
     def truth(self, data, training):
-        lengths, H = data["lengths"], self.module.hidden_size
+        lengths, H, states = data["lengths"], self.module.hidden_size, self.states
         flip = lambda a: _reverse_within(a, lengths)  # noqa: E731
-        inputs, caches, hT, cT = [data["x"]], {}, [], []
+        inputs, caches, finals = [data["x"]], {}, {s: [] for s in states}
         for layer, pair in enumerate(self.cells):
             outs = []
             for d, cell in enumerate(pair):
                 k = self.dirs * layer + d
                 xin = flip(inputs[-1]) if d else inputs[-1]
-                hs, (h, c), caches[k] = cell.forward(xin, data["h0"][k], data["c0"][k],
-                                                     lengths=lengths)
-                outs.append(flip(hs) if d else hs)
-                hT.append(h)
-                cT.append(c)
+                result = cell.forward(xin, *(data[s + "0"][k] for s in states), lengths=lengths)
+                caches[k] = result[-1]
+                for s, value in zip(states, final_states(cell, result)):
+                    finals[s].append(value)
+                outs.append(flip(result[0]) if d else result[0])
             inputs.append(np.concatenate(outs, -1))
-        out = {"hs": inputs[-1], "hT": np.stack(hT), "cT": np.stack(cT)}
+        out = {"hs": inputs[-1], **{s + "T": np.stack(finals[s]) for s in states}}
         grads, d_above = {}, data["dhs"]
         for layer in reversed(range(len(self.cells))):
             dx = 0
             for d, cell in enumerate(self.cells[layer]):
                 k = self.dirs * layer + d
                 dhs = np.ascontiguousarray(d_above[..., d * H:(d + 1) * H])
-                grads[k] = cell.backward(flip(dhs) if d else dhs, caches[k], data["dhT"][k],
-                                         data["dcT"][k])
+                grads[k] = cell.backward(flip(dhs) if d else dhs, caches[k],
+                                         *(data[f"d{s}T"][k] for s in states))
                 dx = dx + (flip(grads[k]["x"]) if d else grads[k]["x"])
             d_above = dx
         n = len(grads)
         out["dx"] = d_above
-        out["dh0"] = np.stack([grads[k]["h0"] for k in range(n)])
-        out["dc0"] = np.stack([grads[k]["c0"] for k in range(n)])
+        for s in states:
+            out[f"d{s}0"] = np.stack([grads[k][s + "0"] for k in range(n)])
         for k in range(n):
             for name in ("Wx", "Wh", "b"):
                 out["d" + name + self.suffix(k)] = grads[k][name]
         return out
 
     def forward(self, t, data):
-        return self.packed(t["x"], t["h0"], t["c0"], data)
+        return self.packed(t["x"], [t[s + "0"] for s in self.states], data)
 
     def param_grads(self, twin):
         from .interop import from_torch
@@ -632,10 +689,11 @@ class _HasteAdapter(_ModuleAdapter):
 
 
 class _KerasAdapter(_Adapter):
-    """A keras.layers.LSTM on the backend Keras was imported with (KERAS_BACKENDS): the layer
-    called on that backend's tensors, batch-major, with the initial state and the mask; the
-    gradients of (BPTT 1) by that backend's autodiff (_autodiff_<backend>: x, h0, c0, then the
-    layer's trainable weights); the weights' gradients through from_keras, as the weights."""
+    """A keras.layers.LSTM or SimpleRNN on the backend Keras was imported with
+    (KERAS_BACKENDS): the layer called on that backend's tensors, batch-major, with the initial
+    state and the mask; the gradients of (BPTT 1) by that backend's autodiff
+    (_autodiff_<backend>: x, the initial states h0 (, c0), then the layer's trainable weights);
+    the weights' gradients through from_keras, as the weights."""
 
     def __init__(self, layer):
         import importlib
@@ -653,10 +711,11 @@ class _KerasAdapter(_Adapter):
             raise ValueError("build the Keras layer first (layer.build((None, T, D)))")
         config = layer.get_config()
         if not (config.get("return_sequences") and config.get("return_state")):
-            raise ValueError("build the Keras LSTM with return_sequences=True and "
-                             "return_state=True for validation")
+            raise ValueError(f"build the Keras {type(layer).__name__} with return_sequences=True "
+                             "and return_state=True for validation")
         self.layer, self.backend = layer, backend
         self.cell = from_keras(layer)
+        self.kind = "LSTM" if "c" in self.cell.STATES else "SimpleRNN"      # KERAS_FLOAT32_BY
         self.dtype = layer.dtype_policy.compute_dtype
         package, autodiff = KERAS_BACKENDS[backend]
         if backend == "jax" and self.dtype == "float64":
@@ -672,32 +731,42 @@ class _KerasAdapter(_Adapter):
 
     @staticmethod
     def call(layer, t, mask):
-        """(seq (B, T, H), hT, cT) from the layer (or its stateless twin) on t = x (B, T, D), h0,
-        c0: Keras's LSTM state is [h, c], given and returned in that order."""
-        seq, hT, cT = layer(t["x"], initial_state=[t["h0"], t["c0"]], mask=mask, training=False)
-        return seq, hT, cT
+        """(seq (B, T, H), hT (, cT)) from the layer (or its stateless twin) on t = x (B, T, D),
+        h0 (, c0): Keras's LSTM state is [h, c], given and returned in that order; a
+        SimpleRNN's is [h]."""
+        states = [t[k] for k in ("h0", "c0") if k in t]
+        return tuple(layer(t["x"], initial_state=states, mask=mask, training=False))
 
     def run(self, data, training):
         valid = data["mask"][..., None]                                    # (T, B, 1)
-        args = {"x": data["x"].transpose(1, 0, 2), "h0": data["h0"], "c0": data["c0"]}
-        up = ((data["dhs"] * valid).transpose(1, 0, 2), data["dhT"], data["dcT"])
+        args = {"x": data["x"].transpose(1, 0, 2)}
+        args.update({s + "0": data[s + "0"] for s in self.states})          # h0 (, c0)
+        up = ((data["dhs"] * valid).transpose(1, 0, 2), *(data[f"d{s}T"] for s in self.states))
         mask = data["mask"].T > 0 if data["mask"].min() == 0 else None    # (B, T), or unmasked
-        outs, grads = getattr(self, "_autodiff_" + self.backend)(args, mask, up)
+        try:
+            outs, grads = getattr(self, "_autodiff_" + self.backend)(args, mask, up)
+        except TypeError as err:            # Keras 3.15, JAX, float64 tanh SimpleRNN
+            if "carry input and carry output must have equal types" in str(err):
+                raise ValueError(KERAS_JAX_CARRY.format(keras=_keras_version(),
+                                                        layer=self.kind)) from err
+            raise
         numpy = lambda v: np.asarray(v.detach().cpu() if hasattr(v, "detach") else v,  # noqa
                                      dtype=np.float64)
-        seq, hT, cT = (numpy(v) for v in outs)
-        out = {"hs": seq.transpose(1, 0, 2) * valid, "hT": hT, "cT": cT,
-               "dx": numpy(grads[0]).transpose(1, 0, 2), "dh0": numpy(grads[1]),
-               "dc0": numpy(grads[2])}
+        seq, *finals = (numpy(v) for v in outs)
+        n = 1 + len(self.states)                                 # x, then the initial states
+        out = {"hs": seq.transpose(1, 0, 2) * valid,
+               **{s + "T": v for s, v in zip(self.states, finals)},
+               "dx": numpy(grads[0]).transpose(1, 0, 2),
+               **{f"d{s}0": numpy(g) for s, g in zip(self.states, grads[1:n])}}
         names = [w.path.rsplit("/", 1)[-1] for w in self.layer.trainable_weights]
-        by_name = dict(zip(names, (numpy(g) for g in grads[3:])))
+        by_name = dict(zip(names, (numpy(g) for g in grads[n:])))
         order = ["kernel", "recurrent_kernel"] + (["bias"] if "bias" in by_name else [])
         from .interop import from_keras
         out.update({"d" + k: v for k, v in from_keras([by_name[n] for n in order]).params.items()})
         return out
 
-    # Each _autodiff_<backend>(args, mask, up): the outputs (seq, hT, cT) and the gradients of
-    # L = Σ up⊙outputs with respect to x, h0, c0 and layer.trainable_weights, in that order.
+    # Each _autodiff_<backend>(args, mask, up): the outputs (seq, hT (, cT)) and the gradients of
+    # L = Σ up⊙outputs with respect to x, h0 (, c0) and layer.trainable_weights, in that order.
     def _autodiff_torch(self, args, mask, up):
         import torch
 
@@ -729,26 +798,29 @@ class _KerasAdapter(_Adapter):
         fixed = [w.value for w in layer.non_trainable_variables]
         m = None if mask is None else jnp.asarray(mask)
 
-        def outputs(x, h0, c0, weights):
-            stateless = lambda *a, **k: layer.stateless_call(weights, fixed, *a, **k)[0]  # noqa
-            return tuple(self.call(stateless, {"x": x, "h0": h0, "c0": c0}, m))
+        names = list(args)                                      # x, h0 (, c0)
 
-        primals = [jnp.asarray(args[k], dtype=self.dtype) for k in ("x", "h0", "c0")]
+        def outputs(*a):
+            *inputs, weights = a
+            stateless = lambda *a, **k: layer.stateless_call(weights, fixed, *a, **k)[0]  # noqa
+            return tuple(self.call(stateless, dict(zip(names, inputs)), m))
+
+        primals = [jnp.asarray(args[k], dtype=self.dtype) for k in names]
         outs, vjp = jax.vjp(outputs, *primals, weights)
-        dx, dh0, dc0, dweights = vjp(tuple(jnp.asarray(u, dtype=self.dtype) for u in up))
-        return outs, [dx, dh0, dc0, *dweights]
+        *d_inputs, dweights = vjp(tuple(jnp.asarray(u, dtype=self.dtype) for u in up))
+        return outs, [*d_inputs, *dweights]
 
     def remarks(self, data, rows):
-        """Where Keras computes a float64 layer in float32 (KERAS_FLOAT32), and the mismatch is
-        of that size: say why, and how to check the layer at float32 level."""
+        """Where Keras computes a float64 layer in float32 (KERAS_FLOAT32_BY), and the mismatch
+        is of that size: say why, and how to check the layer at float32 level."""
         bad = [row[3] for row in rows if not row[-1]]
-        known = KERAS_FLOAT32.get(self.backend)
+        known = KERAS_FLOAT32_BY[self.kind].get(self.backend)
         if (known is None or self.dtype != "float64" or not bad
                 or max(bad) > TOLERANCE["float32"]
                 or (known[0] == "masked" and data["mask"].min() > 0)):
             return []
         import keras
-        return [f"Keras {keras.__version__} on {self.backend} computes a float64 LSTM in "
+        return [f"Keras {keras.__version__} on {self.backend} computes a float64 {self.kind} in "
                 f"float32 {known[1]}; its result type maps float64 to float32 on all backends "
                 "but TensorFlow (keras/src/backend/common/dtypes.py BIT64_TO_BIT32_DTYPE). The "
                 f"worst relative error {max(bad):.1e} is that rounding, not a wrong cell; "
@@ -756,20 +828,21 @@ class _KerasAdapter(_Adapter):
 
 
 class _FlaxAdapter(_Adapter):
-    """A Flax LSTM cell (linen bound to its params, or nnx) over the sequence by Flax's own RNN
-    with seq_lengths, batch-major; the outputs, the last valid carry and every gradient (params,
-    x, the initial carry) by jax.vjp of (BPTT 1). Flax's carry is (c, h): flax_lstm.to_carry /
-    from_carry translate, in one place."""
+    """A Flax LSTM cell or SimpleCell (linen bound to its params, or nnx) over the sequence by
+    Flax's own RNN with seq_lengths, batch-major; the outputs, the last valid carry and every
+    gradient (params, x, the initial carry) by jax.vjp of (BPTT 1). An LSTM cell's carry is
+    (c, h): flax_lstm.to_carry / from_carry translate, in one place; a SimpleCell's is h."""
 
     def __init__(self, module):
-        from .interop import flax_lstm
+        from .interop import flax_lstm, flax_rnn
 
         self.api = flax_lstm.module_api(module)
         if self.api is None:
             raise ValueError(f"validate needs the Flax cell itself (a bound linen LSTMCell or "
                              f"an nnx one), not its params ({type(module).__name__})")
         self.cell = flax_lstm.from_flax(module)      # refuses other activations, unbound linen
-        params = flax_lstm.module_params(module, self.api)
+        params = (flax_rnn.cell_params if flax_rnn.is_simple_cell(module)
+                  else flax_lstm.module_params)(module, self.api)
         leaves = [np.asarray(v).dtype for sub in params.values() for v in sub.values()]
         self.dtype = np.dtype(module.dtype or np.result_type(*leaves)).name   # what it runs in
         flax_lstm.require_x64(self.dtype, f"the {type(module).__name__}'s compute dtype")
@@ -806,30 +879,34 @@ class _FlaxAdapter(_Adapter):
 
         from .interop.flax_lstm import from_carry, to_carry
 
+        lstm = "c" in self.states                                 # else a SimpleCell: carry h
+        carry_of = (lambda h, c: to_carry(h, c)) if lstm else (lambda h: h)       # noqa: E731
+        states_of = from_carry if lstm else (lambda carry: (carry,))              # noqa: E731
         dt = jnp.dtype(self.dtype)
         jx = lambda k: jnp.asarray(data[k], dtype=dt)                              # noqa: E731
         batch_major = lambda k: jnp.asarray(np.swapaxes(data[k], 0, 1), dtype=dt)  # noqa: E731
         f, params = self.sequence(jnp.asarray(data["lengths"]))
-        (carry, ys), pullback = jax.vjp(f, params, batch_major("x"), to_carry(jx("h0"), jx("c0")))
-        d_params, dx, d_carry = pullback((to_carry(jx("dhT"), jx("dcT")), batch_major("dhs")))
-        (hT, cT), (dh0, dc0) = from_carry(carry), from_carry(d_carry)
-        out = {"hs": np.swapaxes(np.asarray(ys), 0, 1), "hT": np.asarray(hT),
-               "cT": np.asarray(cT), "dx": np.swapaxes(np.asarray(dx), 0, 1),
-               "dh0": np.asarray(dh0), "dc0": np.asarray(dc0)}
+        carry0 = carry_of(*(jx(s + "0") for s in self.states))
+        (carry, ys), pullback = jax.vjp(f, params, batch_major("x"), carry0)
+        d_params, dx, d_carry = pullback((carry_of(*(jx(f"d{s}T") for s in self.states)),
+                                          batch_major("dhs")))
+        out = {"hs": np.swapaxes(np.asarray(ys), 0, 1),
+               **{s + "T": np.asarray(v) for s, v in zip(self.states, states_of(carry))},
+               "dx": np.swapaxes(np.asarray(dx), 0, 1),
+               **{f"d{s}0": np.asarray(v) for s, v in zip(self.states, states_of(d_carry))}}
         self.dtype = _least_precise([a.dtype for a in out.values()])
         out.update(self.param_grads(d_params))
         return out
 
     def param_grads(self, d_params):
         """The parameter gradients in refnorm's layout. from_flax only concatenates the per-gate
-        blocks, a linear map, so it carries gradients as it carries weights."""
+        blocks (copies a SimpleCell's), a linear map, so it carries gradients as it carries
+        weights."""
         from .interop.flax_lstm import from_flax
         return {"d" + k: v for k, v in from_flax(d_params).params.items()}
 
 
 class _CallableAdapter(_Adapter):
-    OUTPUTS = ("hs", "hT", "cT")
-
     def __init__(self, fn, cell):
         if not hasattr(cell, "params") or not hasattr(cell, "backward"):
             raise ValueError("a callable target needs cell=: the refnorm cell whose function it "
@@ -838,6 +915,7 @@ class _CallableAdapter(_Adapter):
         self.fn, self.cell = fn, cell
         self.dtype = "float64"
         self.name = getattr(fn, "__qualname__", type(fn).__name__)
+        self.OUTPUTS = ("hs",) + tuple(s + "T" for s in cell.STATES)      # hs, hT (, cT)
 
     def run(self, data, training):
         cell = self.cell
@@ -846,9 +924,9 @@ class _CallableAdapter(_Adapter):
                       training=training)
         result = self.fn(inputs)
         if not isinstance(result, dict):
-            raise ValueError("the callable must return a dict with hs, hT, cT and grads "
-                             f"{{name: array}}, got a {type(result).__name__}")
-        names = list(cell.params) + ["x", "h0", "c0"]
+            raise ValueError(f"the callable must return a dict with {', '.join(self.OUTPUTS)} "
+                             f"and grads {{name: array}}, got a {type(result).__name__}")
+        names = list(cell.params) + ["x"] + [s + "0" for s in cell.STATES]
         for key in result:
             if key not in self.OUTPUTS + ("grads",):
                 hint = (f"grads[{key[1:]!r}]" if isinstance(key, str) and key[1:] in names

@@ -6,10 +6,11 @@
 Each row of ROWS is one `refnorm validate` command line (Row.argv), run through the same code
 (cli.validation_report, hence refnorm.validate) with the same fixed seed: random non-zero
 weights, inputs, states and upstream gradients, and ragged lengths (validate's defaults). Keras
-fixes its backend once per process, so each Keras row runs `refnorm validate keras.LSTM --json`
-in its own process with KERAS_BACKEND set; the three start first and run while this process
-runs the others, and their JSON reports come back (ValidationReport.from_dict). Flax rows need
-JAX's x64 mode, which this process switches on as `refnorm validate flax.*` does.
+fixes its backend once per process, so the Keras rows of one backend (keras.LSTM and
+keras.SimpleRNN) run `refnorm validate ... --json` one after the other in that backend's own
+process with KERAS_BACKEND set; the three processes start first and run while this process runs
+the others, and their JSON reports come back (ValidationReport.from_dict). Flax rows need JAX's
+x64 mode, which this process switches on as `refnorm validate flax.*` does.
 
 The matrix never turns a mismatch into a pass: a row's verdict is its report's own verdict
 line. The exit status is 0 when every row that ran passed (PASS, or PASS at float32 tolerance
@@ -25,7 +26,12 @@ Rows that are callables with a preset (run by `refnorm validate MODULE:ATTR --pr
   only: its BN keeps no test-mode cache, so it has no backward there);
 * onnx_reference and onnx_runtime below: the ONNX LSTM node of interop.to_onnx_model run by
   onnx's reference evaluator (float64) and by onnxruntime (float32 only). ONNX has no
-  gradients: outputs only.
+  gradients: outputs only. onnx_rnn_reference and onnx_rnn_runtime: the same for the ONNX RNN
+  node, tanh (the reference evaluator has no Relu; the callables build the default activation).
+
+The RNN family's rows follow the LSTM's: torch.nn.RNN (tanh, relu, 2 layers x 2 directions),
+torch.nn.RNNCell, keras.SimpleRNN on each backend, flax SimpleCell (linen, nnx) and the ONNX RNN
+node. No peer ships a normalised vanilla RNN, so there is none to validate.
 """
 import importlib.metadata
 import importlib.util
@@ -99,7 +105,8 @@ ROWS = (
         ("torch", "haste_pytorch")),
     *(Row(f"Keras ({backend})", ("keras.LSTM",), "keras_lstm", NO_STATISTICS,
           ("keras", package), env=(("KERAS_BACKEND", backend),),
-          note=f"its own process, KERAS_BACKEND={backend}; gradients by {autodiff}")
+          note=f"its own process (with keras.SimpleRNN), KERAS_BACKEND={backend}; gradients "
+               f"by {autodiff}")
       for backend, (package, autodiff) in KERAS_BACKENDS.items()),
     *(Row("Flax", (f"flax.{api}.{name}",), "LSTM()", NO_STATISTICS, ("flax",))
       for api in ("linen", "nnx") for name in ("LSTMCell", "OptimizedLSTMCell")),
@@ -117,41 +124,71 @@ ROWS = (
     Row("onnxruntime", ("refnorm.validation_matrix:onnx_runtime", "--preset", "onnx_lstm",
                         "--outputs-only"), "onnx_lstm", NO_STATISTICS, ("onnx", "onnxruntime"),
         dists=("onnxruntime",), note=ONNX_NOTE + "; onnxruntime's LSTM runs in float32 only"),
+    # -- the vanilla RNN family (refnorm.RNN; no peer ships a normalised RNN) --
+    Row("PyTorch", ("torch.nn.RNN",), "torch_rnn", NO_STATISTICS, ("torch",)),
+    Row("PyTorch", ("torch.nn.RNN", "--nonlinearity", "relu"), "torch_rnn (relu)",
+        NO_STATISTICS, ("torch",)),
+    Row("PyTorch", ("torch.nn.RNN", "--layers", "2", "--bidirectional"),
+        "torch_rnn x 4 (2 layers, 2 directions)", NO_STATISTICS, ("torch",)),
+    Row("PyTorch", ("torch.nn.RNNCell",), "torch_rnn", NO_STATISTICS, ("torch",),
+        note="stepped by the adapter with refnorm's masked carry"),
+    *(Row(f"Keras ({backend})", ("keras.SimpleRNN",), "keras_simple_rnn", NO_STATISTICS,
+          ("keras", package), env=(("KERAS_BACKEND", backend),),
+          note=f"in the keras.LSTM row's process, KERAS_BACKEND={backend}; gradients by "
+               f"{autodiff}")
+      for backend, (package, autodiff) in KERAS_BACKENDS.items()),
+    *(Row("Flax", (f"flax.{api}.SimpleCell",), "RNN()", NO_STATISTICS, ("flax",))
+      for api in ("linen", "nnx")),
+    Row("ONNX", ("refnorm.validation_matrix:onnx_rnn_reference", "--preset", "onnx_rnn",
+                 "--outputs-only"), "onnx_rnn", NO_STATISTICS, ("onnx",),
+        dists=("onnx",), note=ONNX_NOTE + "; the reference evaluator ignores sequence_lens "
+                                          "(each length's sequences run on their own) and "
+                                          "knows no Relu, so tanh only"),
+    Row("onnxruntime", ("refnorm.validation_matrix:onnx_rnn_runtime", "--preset", "onnx_rnn",
+                        "--outputs-only"), "onnx_rnn", NO_STATISTICS, ("onnx", "onnxruntime"),
+        dists=("onnxruntime",), note=ONNX_NOTE + "; onnxruntime's RNN runs in float32 only"),
 )
 
 
-# -- ONNX targets (callables for `refnorm validate MODULE:ATTR --preset onnx_lstm`) ------------
+# -- ONNX targets (callables for `refnorm validate MODULE:ATTR --preset onnx_lstm | onnx_rnn`) --
 def _onnx_cell(params, dtype):
+    """The onnx_lstm (4H-wide params) or onnx_rnn (tanh) cell holding `params`."""
     from . import presets
     from .interop._common import build_cell
     D, H = params["Wx"].shape[0], params["Wh"].shape[0]
-    return build_cell(presets.onnx_lstm, D, H, params, dtype=dtype, backend="numpy")
+    preset = presets.onnx_rnn if params["Wh"].shape == (H, H) else presets.onnx_lstm
+    return build_cell(preset, D, H, params, dtype=dtype, backend="numpy")
 
 
-def onnx_reference(inputs):
-    """The LSTM node of interop.to_onnx_model(cell) run by onnx.reference.ReferenceEvaluator in
-    float64. It ignores sequence_lens (onnx 1.23, onnx/reference/ops/op_lstm.py), so the
-    sequences of each length run on their valid steps alone: its Y_h, Y_c are then their last
-    valid states. Outputs only (ONNX has no gradients)."""
+def _onnx_reference(inputs):
+    """The node of interop.to_onnx_model(cell) (LSTM or RNN, by the params' shapes) run by
+    onnx.reference.ReferenceEvaluator in float64. It ignores sequence_lens (onnx 1.23,
+    onnx/reference/ops/op_lstm.py, op_rnn.py), so the sequences of each length run on their
+    valid steps alone: its Y_h (Y_c) are then their last valid states."""
     from onnx.reference import ReferenceEvaluator
 
     from .interop import to_onnx_model
     cell = _onnx_cell(inputs["params"], "float64")
     evaluator = ReferenceEvaluator(to_onnx_model(cell, None, None, with_sequence_lens=False))
+    states = cell.STATES                                            # ("h", "c") or ("h",)
     x, lengths = inputs["x"], np.asarray(inputs["lengths"])
     T, B, _ = x.shape
-    hs, hT, cT = np.zeros((T, B, cell.hidden_size)), inputs["h0"].copy(), inputs["c0"].copy()
+    out = {"hs": np.zeros((T, B, cell.hidden_size)),
+           **{s + "T": inputs[s + "0"].copy() for s in states}}
     for n in np.unique(lengths):
         rows = np.flatnonzero(lengths == n)
-        Y, Y_h, Y_c = evaluator.run(None, {"X": x[:n, rows], "initial_h": inputs["h0"][None, rows],
-                                           "initial_c": inputs["c0"][None, rows]})
-        hs[:n, rows], hT[rows], cT[rows] = Y[:, 0], Y_h[0], Y_c[0]
-    return {"hs": hs, "hT": hT, "cT": cT}
+        feeds = {"X": x[:n, rows], **{f"initial_{s}": inputs[s + "0"][None, rows]
+                                      for s in states}}
+        Y, *finals = evaluator.run(None, feeds)
+        out["hs"][:n, rows] = Y[:, 0]
+        for s, final in zip(states, finals):
+            out[s + "T"][rows] = final[0]
+    return out
 
 
-def onnx_runtime(inputs):
-    """The LSTM node of interop.to_onnx_model(cell) (float32: onnxruntime's LSTM has no double
-    kernel) run by onnxruntime with sequence_lens. Outputs only, float32 arrays."""
+def _onnx_runtime(inputs):
+    """The node of interop.to_onnx_model(cell) (LSTM or RNN) in float32 (onnxruntime has no
+    double kernel for either) run by onnxruntime with sequence_lens. Float32 arrays."""
     import onnxruntime
 
     from .interop import to_onnx_model
@@ -160,11 +197,37 @@ def onnx_runtime(inputs):
         to_onnx_model(cell, None, None).SerializeToString(),
         providers=["CPUExecutionProvider"])
     f32 = lambda a: np.asarray(a, dtype=np.float32)                        # noqa: E731
-    Y, Y_h, Y_c = session.run(None, {"X": f32(inputs["x"]),
-                                     "sequence_lens": np.asarray(inputs["lengths"], np.int32),
-                                     "initial_h": f32(inputs["h0"])[None],
-                                     "initial_c": f32(inputs["c0"])[None]})
-    return {"hs": Y[:, 0], "hT": Y_h[0], "cT": Y_c[0]}
+    feeds = {"X": f32(inputs["x"]), "sequence_lens": np.asarray(inputs["lengths"], np.int32),
+             **{f"initial_{s}": f32(inputs[s + "0"])[None] for s in cell.STATES}}
+    Y, *finals = session.run(None, feeds)
+    return {"hs": Y[:, 0], **{s + "T": f[0] for s, f in zip(cell.STATES, finals)}}
+
+
+def onnx_reference(inputs):
+    """The LSTM node of interop.to_onnx_model(cell) run by onnx.reference.ReferenceEvaluator in
+    float64. It ignores sequence_lens (onnx 1.23, onnx/reference/ops/op_lstm.py), so the
+    sequences of each length run on their valid steps alone: its Y_h, Y_c are then their last
+    valid states. Outputs only (ONNX has no gradients)."""
+    return _onnx_reference(inputs)
+
+
+def onnx_runtime(inputs):
+    """The LSTM node of interop.to_onnx_model(cell) (float32: onnxruntime's LSTM has no double
+    kernel) run by onnxruntime with sequence_lens. Outputs only, float32 arrays."""
+    return _onnx_runtime(inputs)
+
+
+def onnx_rnn_reference(inputs):
+    """The RNN node (activations [Tanh]) of interop.to_onnx_model(cell) run by onnx's reference
+    evaluator in float64, each length's sequences on their own (it ignores sequence_lens and
+    knows no Relu: onnx 1.23 onnx/reference/ops/op_rnn.py). Outputs only."""
+    return _onnx_reference(inputs)
+
+
+def onnx_rnn_runtime(inputs):
+    """The RNN node (activations [Tanh]) of interop.to_onnx_model(cell) run by onnxruntime with
+    sequence_lens, float32 (its RNN has no double kernel). Outputs only, float32 arrays."""
+    return _onnx_runtime(inputs)
 
 
 # -- running the rows ---------------------------------------------------------------------------
@@ -195,43 +258,67 @@ def _framework(row, report):
     return ", ".join(versions) or row.framework
 
 
-def _start(row, seed):
-    """A Keras row's process: `refnorm validate ARGV --json` with the row's environment, the
-    same refnorm imported (ROOT first on its path); stdout and stderr to temporary files."""
-    code = (f"import sys; sys.path.insert(0, {ROOT!r}); from refnorm.cli import main; "
-            f"sys.exit(main(['validate', *{list(row.argv)!r}, '--json', '--seed', "
-            f"'{seed}']))")
+MARK = "refnorm-matrix-reports: "      # the line of a Keras process that holds its reports
+
+
+def _start(rows, seed):
+    """One process for Keras rows that share an environment (a backend): `refnorm validate ARGV
+    --json` for each row in turn, the same refnorm imported (ROOT first on its path); it prints
+    MARK and the JSON list of their outputs. stdout and stderr to temporary files."""
+    argvs = [list(row.argv) for row in rows]
+    code = "\n".join([
+        "import contextlib, io, json, sys",
+        f"sys.path.insert(0, {ROOT!r})",
+        "from refnorm.cli import main",
+        "texts = []",
+        f"for argv in {argvs!r}:",
+        "    out = io.StringIO()",
+        "    try:",
+        "        with contextlib.redirect_stdout(out):",
+        f"            main(['validate', *argv, '--json', '--seed', '{seed}'])",
+        "        texts.append(out.getvalue())",
+        "    except Exception as err:             # one row's crash must not hide the others",
+        "        texts.append(json.dumps({'error': f'{type(err).__name__}: {err}'}))",
+        f"print({MARK!r} + json.dumps(texts))"])
     out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=out, stderr=err,
-                            env={**os.environ, **dict(row.env)})
-    return proc, out, err
+                            env={**os.environ, **dict(rows[0].env)})
+    return proc, out, err, len(rows)
 
 
-def _finish(started, timeout):
-    """(report dict, None) from a row's process, or (None, what went wrong)."""
-    proc, out, err = started
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        return None, f"no report within {timeout} s"
-    out.seek(0)
-    err.seek(0)
-    text, errors = out.read(), err.read()
-    out.close()
-    err.close()
+def _report(text):
+    """(report dict, None) from one `refnorm validate --json` output, or (None, its error)."""
     start = text.find("{")
     try:
         data = json.JSONDecoder().raw_decode(text[start:])[0] if start >= 0 else None
     except ValueError:
         data = None
     if not data:
-        last = [line for line in errors.splitlines() if line.strip()][-1:] or ["no output"]
-        return None, f"exit status {proc.returncode}: {last[0]}"
+        return None, "no report"
     if "error" in data:
         return None, data["error"]
     return data, None
+
+
+def _finish(started, timeout):
+    """[(report dict, None) or (None, what went wrong)] for each row of a process."""
+    proc, out, err, n = started
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return [(None, f"no report within {timeout} s")] * n
+    out.seek(0)
+    err.seek(0)
+    text, errors = out.read(), err.read()
+    out.close()
+    err.close()
+    line = next((line for line in text.splitlines() if line.startswith(MARK)), None)
+    if line is None:
+        last = [line for line in errors.splitlines() if line.strip()][-1:] or ["no output"]
+        return [(None, f"exit status {proc.returncode}: {last[0]}")] * n
+    return [_report(t) for t in json.loads(line[len(MARK):])]
 
 
 def _run_here(row, seed):
@@ -249,14 +336,17 @@ def run(rows=ROWS, seed=0, timeout=SUBPROCESS_TIMEOUT):
     note explains, the failing and missing ones, and the exit status."""
     begin = time.perf_counter()
     absent = {k: missing(row) for k, row in enumerate(rows)}
-    started = {k: _start(row, seed) for k, row in enumerate(rows)
-               if row.env and absent[k] is None}
+    groups = {}                         # the rows of one environment share one process
+    for k, row in enumerate(rows):
+        if row.env and absent[k] is None:
+            groups.setdefault(row.env, []).append(k)
+    started = {env: _start([rows[k] for k in ks], seed) for env, ks in groups.items()}
     results = {}
     for k, row in enumerate(rows):
-        if absent[k] is None and k not in started:
+        if absent[k] is None and not row.env:
             results[k] = _run_here(row, seed)
-    for k, proc in started.items():
-        results[k] = _finish(proc, timeout)
+    for env, proc in started.items():
+        results.update(zip(groups[env], _finish(proc, timeout)))
     out = []
     for k, row in enumerate(rows):
         report, error = results.get(k, (None, None))
@@ -322,7 +412,7 @@ def format_matrix(result):
     widths = [max(len(c[k]) for c in cells + [COLUMNS]) for k in range(len(COLUMNS) - 1)]
     line = lambda c: "  ".join(v.ljust(w) for v, w in zip(c, widths)) + "  " + c[-1]  # noqa
     lengths = {tuple(e["report"]["lengths"]) for e in result["rows"] if e["report"]}
-    lines = [f"refnorm validate --all: each framework's LSTM vs refnorm's float64 truth, "
+    lines = [f"refnorm validate --all: each framework's LSTM or RNN vs refnorm's float64 truth, "
              f"seed {result['seed']}, random non-zero weights, inputs, states and upstream "
              f"gradients, lengths "
              + (str(list(lengths.pop())) if len(lengths) == 1 else "ragged (see --json)"),

@@ -3,11 +3,12 @@ import pathlib
 import re
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TAG = re.compile(r"\((BPTT|BN|LN|LSTM|BN-LSTM|SEQBN-LSTM|LN-LSTM|RNN|BN-RNN|SEQBN-RNN|LN-RNN|VAR) "
-                 r"(\d+[a-z]?)\)")
+TAG = re.compile(r"\((BPTT|BN|LN|LSTM|BN-LSTM|SEQBN-LSTM|LN-LSTM|RNN|BN-RNN|SEQBN-RNN|LN-RNN|"
+                 r"GRU|BN-GRU|SEQBN-GRU|LN-GRU|VAR) (\d+[a-z]?)\)")
 REQUIRED = ["README.md", "notation.md", "bptt.md", "batch_norm.md", "layer_norm.md", "lstm.md",
             "bn_lstm.md", "seq_bn_lstm.md", "ln_lstm.md", "variants.md",
-            "rnn.md", "bn_rnn.md", "seq_bn_rnn.md", "ln_rnn.md"]
+            "rnn.md", "bn_rnn.md", "seq_bn_rnn.md", "ln_rnn.md",
+            "gru.md", "bn_gru.md", "seq_bn_gru.md", "ln_gru.md"]
 
 
 def defined_tags():
@@ -52,6 +53,7 @@ def test_the_code_cites_every_backward_of_every_cell():
     cited = cited_tags()
     for prefix, last in [("LSTM", 10), ("BN-LSTM", 11), ("SEQBN-LSTM", 6), ("LN-LSTM", 10),
                          ("RNN", 6), ("BN-RNN", 9), ("SEQBN-RNN", 5), ("LN-RNN", 8),
+                         ("GRU", 13), ("BN-GRU", 8), ("SEQBN-GRU", 5), ("LN-GRU", 7),
                          ("BN", 11), ("LN", 8), ("BPTT", 9)]:
         for k in range(1, last + 1):
             assert f"({prefix} {k})" in cited, f"({prefix} {k}) is not cited in refnorm/"

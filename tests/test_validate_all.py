@@ -64,9 +64,17 @@ def test_the_matrix_has_every_row(matrix):
             "haste.LayerNormLSTM", "keras.LSTM", "flax.linen.LSTMCell",
             "flax.linen.OptimizedLSTMCell", "flax.nnx.LSTMCell", "flax.nnx.OptimizedLSTMCell",
             vm.BN_LSTM, "refnorm.validation_matrix:onnx_reference",
-            "refnorm.validation_matrix:onnx_runtime"} == targets
-    assert sorted(dict(r["env"]).get("KERAS_BACKEND") for r in rows if r["env"]) == \
-        ["jax", "tensorflow", "torch"]
+            "refnorm.validation_matrix:onnx_runtime",
+            # the vanilla RNN family
+            "torch.nn.RNN", "torch.nn.RNN --nonlinearity relu",
+            "torch.nn.RNN --layers 2 --bidirectional", "torch.nn.RNNCell", "keras.SimpleRNN",
+            "flax.linen.SimpleCell", "flax.nnx.SimpleCell",
+            "refnorm.validation_matrix:onnx_rnn_reference",
+            "refnorm.validation_matrix:onnx_rnn_runtime"} == targets
+    # keras.LSTM and keras.SimpleRNN on each backend, the two in one process per backend
+    assert sorted((dict(r["env"]).get("KERAS_BACKEND"), r["target"]) for r in rows
+                  if r["env"]) == [(b, t) for b in ("jax", "tensorflow", "torch")
+                                   for t in ("keras.LSTM", "keras.SimpleRNN")]
     assert [r["mode"] for r in rows if r["target"] == vm.BN_LSTM] == ["training", "inference"]
 
 
@@ -102,14 +110,33 @@ def test_each_row_shows_its_reports_verdict(matrix):
             assert all(flat(note) in flat(text) for note in report["notes"])
         if report["dtype"] == "float32":
             assert report["verdict"] == "PASS at float32 tolerance: not a float64 check"
-        if "--outputs-only" in entry["argv"]:
-            assert "3/" in line and "outputs only" in line
+        if "--outputs-only" in entry["argv"]:           # hs, hT, cT; the RNN's hs, hT
+            assert f"{len(report['tensors'])}/" in line and "outputs only" in line
+            assert {t["tensor"] for t in report["tensors"]} <= {"hs", "hT", "cT"}
         else:
             assert not report["skipped"]
     float32 = {r["target"] for r in result["rows"]
                if r["report"] and r["report"]["dtype"] == "float32"}
     if vm.missing(vm.ROWS[2]) is None:
         assert "torch.nn.LSTM --dtype float32" in float32
+
+
+def test_the_rnn_rows_compare_every_tensor_of_one_state(matrix):
+    """A vanilla RNN has one state: its rows compare hs, hT, dWx, dWh, db, dx, dh0 (per layer and
+    direction for the stacked torch.nn.RNN), never a cT or dc0."""
+    _, result, _ = matrix
+    one_state = {"hs", "hT", "dWx", "dWh", "db", "dx", "dh0"}
+    rnn = [e for e in result["rows"] if e["cell"].startswith(("torch_rnn", "keras_simple_rnn",
+                                                               "RNN()", "onnx_rnn"))]
+    assert len(rnn) == 11
+    for entry in rnn:
+        if entry["report"] is None:
+            continue
+        names = {t["tensor"] for t in entry["report"]["tensors"]}
+        if "--layers" in entry["argv"]:
+            names = {n.split("_l")[0] for n in names}
+        expected = {"hs", "hT"} if "--outputs-only" in entry["argv"] else one_state
+        assert names == expected, (entry["target"], names)
 
 
 def test_exit_status(matrix):

@@ -91,6 +91,11 @@ class _Cell:
         """Backward of _run_params (the identity unless a family folds parameters)."""
         return grads
 
+    def _run_param_names(self):
+        """The names of the parameters the equations run with: the keys of a cache's params
+        (all of cell.params unless a family folds some into others)."""
+        return set(self._param_shapes())
+
     def _options(self):
         """Keyword options of the backend functions <stem>_forward."""
         return {}
@@ -135,6 +140,10 @@ class _Cell:
             raise ValueError(f"cache was made by a cell of another size or dtype (x "
                              f"{cache.x.shape} {cache.x.dtype}, H={cache.h.shape[2]}), not by "
                              f"this {self!r}")
+        if set(cache.params) != self._run_param_names():    # e.g. a cell of another term form
+            raise ValueError(f"cache was made by a cell with other parameters "
+                             f"({sorted(cache.params)}), not by this {self!r} "
+                             f"({sorted(self._run_param_names())})")
         T, B, _ = cache.x.shape
         H = self.hidden_size
         dhs = self._grad(dhs, "dhs", (T, B, H))

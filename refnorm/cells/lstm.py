@@ -62,6 +62,9 @@ class _LSTMCell(_Cell):
     def _unfold_grads(self, grads):
         return unfold_bias_grads(grads, getattr(self, "term_beta", False))      # (VAR 2)
 
+    def _run_param_names(self):
+        return set(self._param_shapes()) - {"beta_x", "beta_h"}     # folded into b (VAR 2)
+
     def forward(self, x, h0=None, c0=None, mask=None, training=True, *, lengths=None, t0=0,
                 update_stats=None):
         """Run the cell over a sequence.

@@ -1,4 +1,5 @@
-"""Converters between refnorm's cells and the LSTM parameters of other frameworks.
+"""Converters between refnorm's cells and the LSTM and vanilla-RNN parameters of other
+frameworks.
 
     import refnorm.interop as interop
     cell = interop.from_torch(net, layer=1, reverse=True)     # one layer and direction of nn.LSTM
@@ -37,6 +38,28 @@ layouts.LAYOUTS, and every converter reorders with layouts.to_canonical / from_c
 (Flax's is flax_lstm.FLAX_LAYOUT for now, passed to the same functions.) Flax's carry is (c, h)
 (flax_lstm.FLAX_CARRY); a float64 conversion needs JAX's x64 mode on (a ValueError names it).
 
+The vanilla RNN (refnorm.RNN: h' = φ(x Wx + h Wh + b), Wx (D, H), Wh (H, H), b (H), φ = tanh or
+relu, the cell's nonlinearity) goes through the same functions: from_torch, from_keras,
+from_onnx, from_onnx_model and from_flax return a refnorm.RNN for a torch.nn.RNN / RNNCell, a
+Keras SimpleRNN / SimpleRNNCell (or a list whose recurrent kernel is square), ONNX RNN arrays
+(R [dirs, H, H]) or node, a Flax SimpleCell (or its params); to_torch, to_keras, to_onnx,
+to_onnx_model and to_flax take a refnorm.RNN. The modules torch_rnn, keras_rnn, onnx_rnn and
+flax_rnn hold them. One block, no gate order; arrays that do not carry the activation (Keras
+and ONNX lists, Flax params alone) take nonlinearity= ("tanh", each peer's default, or
+"relu"); a module's own is read (and a module of the other one refused on export).
+
+| framework | input weights | recurrent weights | bias | activation | source read |
+|---|---|---|---|---|---|
+| PyTorch nn.RNN, RNNCell | weight_ih_l{k}[_reverse] (H, D) | weight_hh_l{k}... (H, H) | bias_ih + bias_hh | nonlinearity tanh, relu | torch/nn/modules/rnn.py |
+| Keras 3 SimpleRNN, SimpleRNNCell | kernel (D, H) | recurrent_kernel (H, H) | bias (H) | activation "tanh", "relu" | keras/src/layers/rnn/simple_rnn.py |
+| ONNX RNN (opset 22) | W [dirs, H, D] | R [dirs, H, H] | B [dirs, 2H]: Wb + Rb | activations Tanh, Relu | onnx/defs/rnn/defs.cc, onnx/reference/ops/op_rnn.py |
+| Flax linen SimpleCell | i: kernel (D, H) | h: kernel (H, H) | i: bias (H) | activation_fn tanh, jax.nn.relu | flax/linen/recurrent.py |
+| Flax nnx SimpleCell | dense_i: kernel (D, H) | dense_h: kernel (H, H) | dense_i: bias (H) | the same | flax/nnx/nn/recurrent.py |
+
+Refused: a Flax SimpleCell with residual=True (h' = φ(... + h)), other activations, ONNX clip.
+No framework here ships a normalised vanilla RNN (BN-RNN, LN-RNN), so there is no converter for
+refnorm's BNRNN, SeqBNRNN or LNRNN.
+
 Layer-normalised cells (each built with its refnorm.presets function):
 
 * haste LayerNormLSTM -> presets.haste_layer_norm_lstm, LNLSTM(per_gate=False, eps=1e-5): raw c
@@ -58,7 +81,8 @@ Conventions shared by every converter:
   time-reversed sequence, each sequence reversed within its own length (Keras go_backwards also
   returns its outputs in reversed time order).
 * unsupported forms raise ValueError: projections (proj_size), peepholes, other activations,
-  clip, coupled gates, zoneout, layers or directions the module does not have, non-LSTM modules.
+  clip, coupled gates, zoneout, layers or directions the module does not have, modules that
+  are neither an LSTM nor a vanilla RNN (GRU, ...).
 """
 from .flax_lstm import FLAX_CARRY, FLAX_LAYOUT, from_flax, to_flax
 from .haste_lstm import from_haste, to_haste

@@ -9,7 +9,7 @@ import numbers
 
 import numpy as np
 
-from ..cells import LNLSTM, LSTM
+from ..cells import LNLSTM, LSTM, RNN
 
 # The LNLSTM options that decide the function it computes (forget_bias and term_beta are folded
 # into the exported bias instead: both only add constants to z).
@@ -76,12 +76,33 @@ def build_cell(preset, input_size, hidden_size, params, *, dtype, backend, **ove
     return cell
 
 
-def lstm_arrays(cell, who):
-    """Copies of a refnorm.LSTM's Wx, Wh, b (checked), for export by `who`."""
+def lstm_arrays(cell, who, rnn_too=False):
+    """Copies of a refnorm.LSTM's Wx, Wh, b (checked), for export by `who` (rnn_too: `who`
+    also converts a refnorm.RNN, which the message then names)."""
     if not isinstance(cell, LSTM):
-        raise ValueError(f"{who} converts a refnorm.LSTM, got {type(cell).__name__}")
+        also = " (or a refnorm.RNN)" if rnn_too else ""
+        raise ValueError(f"{who} converts a refnorm.LSTM, got {type(cell).__name__}{also}")
     cell._check_params()
     return {name: value.copy() for name, value in cell.params.items()}
+
+
+def rnn_arrays(cell, who):
+    """Copies of a refnorm.RNN's Wx (D, H), Wh (H, H), b (H) (checked), for export by `who`."""
+    if not isinstance(cell, RNN):
+        raise ValueError(f"{who} converts a refnorm.RNN (or a refnorm.LSTM), got "
+                         f"{type(cell).__name__}")
+    cell._check_params()
+    return {name: value.copy() for name, value in cell.params.items()}
+
+
+def nonlinearity_of(name, who, source):
+    """refnorm's nonlinearity ("tanh", "relu") for a peer's activation `name` (its spelling:
+    "tanh", "Relu", jax.nn.relu.__name__, ...); ValueError naming `source` for any other."""
+    key = str(name).lower()
+    if key not in ("tanh", "relu"):
+        raise ValueError(f"{who}: {source} {name!r} is not supported: refnorm's RNN computes "
+                         "tanh or relu")
+    return key
 
 
 def ln_lstm_arrays(cell, who, preset):

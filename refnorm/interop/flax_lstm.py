@@ -1,5 +1,6 @@
 """Flax (JAX) LSTM cells <-> refnorm.LSTM: flax.linen.LSTMCell, flax.linen.OptimizedLSTMCell,
-flax.nnx.LSTMCell and flax.nnx.OptimizedLSTMCell.
+flax.nnx.LSTMCell and flax.nnx.OptimizedLSTMCell (from_flax and to_flax also take a SimpleCell
+and a refnorm.RNN: they hand those to interop.flax_rnn).
 
 Flax computes, per gate k in i, f, g, o (flax/linen/recurrent.py LSTMCell.__call__):
 
@@ -83,9 +84,9 @@ def require_x64(dtype, what):
 
 # -- modules --------------------------------------------------------------------------------------
 def module_api(obj):
-    """"linen" or "nnx" for a Flax LSTMCell / OptimizedLSTMCell (or a subclass), None for an
-    object that is not a Flax module (params, an nnx.State); ValueError for any other Flax
-    module (GRUCell, ...)."""
+    """"linen" or "nnx" for a Flax LSTMCell / OptimizedLSTMCell or SimpleCell (flax_rnn), or a
+    subclass; None for an object that is not a Flax module (params, an nnx.State); ValueError
+    for any other Flax module (GRUCell, ...)."""
     mods = [cls.__module__ or "" for cls in type(obj).__mro__]
     api = next((a for a in ("linen", "nnx") for m in mods if m.startswith(f"flax.{a}")), None)
     if api is None:
@@ -95,9 +96,11 @@ def module_api(obj):
     flax_api = importlib.import_module(f"flax.{api}")
     if not isinstance(obj, flax_api.Module):
         return None
-    if not isinstance(obj, tuple(getattr(flax_api, name) for name in CELL_NAMES)):
-        raise ValueError(f"expected a flax.{api}.LSTMCell or OptimizedLSTMCell, got "
-                         f"{type(obj).__name__} (other Flax cells are not refnorm's LSTM)")
+    cells = CELL_NAMES + ("SimpleCell",)                  # SimpleCell: flax_rnn
+    if not isinstance(obj, tuple(getattr(flax_api, name) for name in cells)):
+        raise ValueError(f"expected a flax.{api}.LSTMCell or OptimizedLSTMCell (refnorm.LSTM), "
+                         f"or a SimpleCell (refnorm.RNN), got {type(obj).__name__} (other Flax "
+                         "cells are not refnorm's)")
     return api
 
 
@@ -205,7 +208,7 @@ def _tree_of(wx, wh, b, layout, cast):
 
 
 # -- the converters -------------------------------------------------------------------------------
-def from_flax(source, dtype="float64", backend="numpy"):
+def from_flax(source, dtype="float64", backend="numpy", *, nonlinearity=None):
     """refnorm.LSTM holding a copy of a Flax LSTM cell's params. source: a bound linen LSTMCell or
     OptimizedLSTMCell (cell.bind({'params': params})), an nnx LSTMCell or OptimizedLSTMCell, or
     the params alone: linen's params dict (or the variables {'params': ...}), an nnx.State or its
@@ -213,7 +216,15 @@ def from_flax(source, dtype="float64", backend="numpy"):
     biases (nnx OptimizedLSTMCell: dense_i/kernel, dense_h/kernel, dense_h/bias as they are).
 
     ValueError for an unbound linen module, gate_fn or activation_fn other than sigmoid and
-    tanh, other Flax cells (GRUCell, ...), other keys or shapes."""
+    tanh, other Flax cells (GRUCell, ...), other keys or shapes.
+
+    A SimpleCell, or its params, gives a refnorm.RNN instead (interop.flax_rnn; nonlinearity,
+    "tanh" or "relu", states the activation of params given alone)."""
+    from .flax_rnn import from_flax_simple_cell, is_simple_cell
+    if is_simple_cell(source):
+        return from_flax_simple_cell(source, dtype, backend, nonlinearity=nonlinearity)
+    if nonlinearity is not None:
+        raise ValueError("nonlinearity is a SimpleCell's; these are an LSTM cell's params")
     api = module_api(source)
     tree = _pure(module_params(source, api) if api else source)
     wx, wh, b, _ = _source_arrays(tree)
@@ -237,10 +248,15 @@ def to_flax(cell, target=None):
       its dtype, and the module returned.
 
     A run-time forget_bias is folded into the forget block of the bias (Flax has none). A 64-bit
-    result needs JAX's x64 mode: ValueError naming the fix otherwise (require_x64)."""
+    result needs JAX's x64 mode: ValueError naming the fix otherwise (require_x64). A
+    refnorm.RNN goes to a SimpleCell instead (interop.flax_rnn.to_flax_simple_cell)."""
     import jax.numpy as jnp
 
-    p = lstm_arrays(cell, "to_flax")
+    from ..cells import RNN
+    from .flax_rnn import is_simple_cell, to_flax_simple_cell
+    if isinstance(cell, RNN):
+        return to_flax_simple_cell(cell, target)
+    p = lstm_arrays(cell, "to_flax", rnn_too=True)
     b = fold_forget_bias(p["b"], cell.forget_bias)
     wx, wh, b = (from_canonical(a, FLAX_LAYOUT) for a in (p["Wx"], p["Wh"], b))
     D, H = cell.input_size, cell.hidden_size
@@ -252,6 +268,9 @@ def to_flax(cell, target=None):
         return cast
 
     api = module_api(target) if target is not None else None
+    if api and is_simple_cell(target):
+        raise ValueError("a refnorm.LSTM goes into a Flax LSTMCell or OptimizedLSTMCell, got "
+                         f"{type(target).__name__}")
     if target is None or api == "linen":
         if api:
             check_activations(target)

@@ -1,4 +1,5 @@
-"""Keras 3 keras.layers.LSTM / LSTMCell <-> refnorm.LSTM.
+"""Keras 3 keras.layers.LSTM / LSTMCell <-> refnorm.LSTM (from_keras and to_keras also take a
+SimpleRNN and a refnorm.RNN: they hand those to interop.keras_rnn).
 
 Keras computes z = x kernel + h recurrent_kernel + bias with gate blocks i, f, c, o (refnorm's
 order: c is the candidate g), so the arrays are copied as they are. unit_forget_bias=True only
@@ -57,10 +58,20 @@ def _weights(layer_or_weights):
     return weights
 
 
-def from_keras(layer_or_weights, dtype="float64", backend="numpy"):
+def from_keras(layer_or_weights, dtype="float64", backend="numpy", *, nonlinearity=None):
     """refnorm.LSTM holding a copy of a Keras 3 LSTM or LSTMCell's weights, or of the list
     [kernel (D, 4H), recurrent_kernel (H, 4H), bias (4H)] (use_bias=False: the first two; b = 0).
-    ValueError for other activations, other shapes (e.g. a GRU's 3H) and other lists."""
+    ValueError for other activations, other shapes (e.g. a GRU's 3H) and other lists.
+
+    A SimpleRNN or SimpleRNNCell, or a list whose recurrent kernel is square (H, H), gives a
+    refnorm.RNN instead (interop.keras_rnn.from_keras_simple_rnn; nonlinearity, "tanh" or
+    "relu", states a list's activation)."""
+    from .keras_rnn import from_keras_simple_rnn, is_simple_rnn
+    if is_simple_rnn(layer_or_weights):
+        return from_keras_simple_rnn(layer_or_weights, dtype, backend, nonlinearity=nonlinearity)
+    if nonlinearity is not None:
+        raise ValueError("nonlinearity is a SimpleRNN's option (a square recurrent kernel); "
+                         "these are an LSTM's weights")
     weights = _weights(layer_or_weights)
     recurrent = source_array(weights[1], "recurrent_kernel", 2)
     H = hidden_size_of(recurrent.shape[1], "recurrent_kernel")
@@ -79,8 +90,13 @@ def to_keras(cell, layer=None):
     """A refnorm.LSTM's weights for Keras: with layer=None the list [kernel, recurrent_kernel,
     bias] (copies, the cell's dtype); with a built Keras LSTM/LSTMCell, layer.set_weights(...)
     (cast to the layer's dtype) and the layer is returned. A run-time forget_bias is folded into
-    bias[H:2H]. A layer with use_bias=False accepts only a cell whose bias is zero."""
-    p = lstm_arrays(cell, "to_keras")
+    bias[H:2H]. A layer with use_bias=False accepts only a cell whose bias is zero. A refnorm.RNN
+    goes to a SimpleRNN instead (interop.keras_rnn.to_keras_simple_rnn)."""
+    from ..cells import RNN
+    if isinstance(cell, RNN):
+        from .keras_rnn import to_keras_simple_rnn
+        return to_keras_simple_rnn(cell, layer)
+    p = lstm_arrays(cell, "to_keras", rnn_too=True)
     b = fold_forget_bias(p["b"], cell.forget_bias)
     weights = [from_canonical(p["Wx"], "keras"), from_canonical(p["Wh"], "keras"),
                from_canonical(b, "keras")]

@@ -1,4 +1,5 @@
-"""ONNX LSTM operator <-> refnorm.LSTM.
+"""ONNX LSTM operator <-> refnorm.LSTM (each function also takes the ONNX RNN operator's arrays
+or node, or a refnorm.RNN, and hands them to interop.onnx_rnn).
 
 ONNX computes z = X Wᵀ + H Rᵀ + Wb + Rb with W [dirs, 4H, D], R [dirs, 4H, H], B [dirs, 8H] =
 [Wb, Rb] and gate blocks i, o, f, c (layout "onnx"). Peepholes P [dirs, 3H] (i, o, f) have no
@@ -24,10 +25,22 @@ ONNX_OPSET = 22
 ONNX_ACTIVATIONS = ("Sigmoid", "Tanh", "Tanh")
 
 
-def from_onnx(W, R, B=None, P=None, direction=0, dtype="float64", backend="numpy"):
+def from_onnx(W, R, B=None, P=None, direction=0, dtype="float64", backend="numpy", *,
+              nonlinearity=None):
     """refnorm.LSTM holding a copy of one direction of an ONNX LSTM's W [dirs, 4H, D],
     R [dirs, 4H, H] and B [dirs, 8H] (None: zeros): Wx = Wᵀ, Wh = Rᵀ, b = Wb + Rb, reordered from
-    i, o, f, c. P (peepholes): None or all zeros, else ValueError."""
+    i, o, f, c. P (peepholes): None or all zeros, else ValueError.
+
+    An ONNX RNN's arrays (R square, [dirs, H, H]; B [dirs, 2H]; no P) give a refnorm.RNN instead,
+    with nonlinearity "tanh" (default) or "relu" (interop.onnx_rnn.from_onnx_rnn)."""
+    if np.ndim(R) == 3 and np.shape(R)[1] == np.shape(R)[2]:
+        from .onnx_rnn import from_onnx_rnn
+        if P is not None:
+            raise ValueError("an ONNX RNN has no peepholes: P must be None")
+        return from_onnx_rnn(W, R, B, direction, nonlinearity or "tanh", dtype, backend)
+    if nonlinearity is not None:
+        raise ValueError("nonlinearity is an ONNX RNN's (R [dirs, H, H]); these are an LSTM's "
+                         "arrays")
     W, R = source_array(W, "W", 3), source_array(R, "R", 3)
     dirs = W.shape[0]
     H = hidden_size_of(W.shape[1], "W [dirs, 4H, D]")
@@ -54,8 +67,13 @@ def from_onnx(W, R, B=None, P=None, direction=0, dtype="float64", backend="numpy
 def to_onnx(cell):
     """A refnorm.LSTM as ONNX LSTM inputs, one direction: {"W": [1, 4H, D], "R": [1, 4H, H],
     "B": [1, 8H]} (NumPy copies, the cell's dtype). One bias -> two: Wb = b and Rb = 0; a run-time
-    forget_bias is folded into Wb."""
-    p = lstm_arrays(cell, "to_onnx")
+    forget_bias is folded into Wb. A refnorm.RNN gives an RNN node's {"W": [1, H, D],
+    "R": [1, H, H], "B": [1, 2H]} (interop.onnx_rnn.to_onnx_rnn)."""
+    from ..cells import RNN
+    if isinstance(cell, RNN):
+        from .onnx_rnn import to_onnx_rnn
+        return to_onnx_rnn(cell)
+    p = lstm_arrays(cell, "to_onnx", rnn_too=True)
     b = from_canonical(fold_forget_bias(p["b"], cell.forget_bias), "onnx")
     return {"W": from_canonical(p["Wx"].T, "onnx", axis=0)[None],
             "R": from_canonical(p["Wh"].T, "onnx", axis=0)[None],
@@ -76,7 +94,12 @@ def to_onnx_model(cell, seq_len, batch, with_sequence_lens=True, opset=ONNX_OPSE
     Inputs X (T, B, D), sequence_lens (B,) int32 (with_sequence_lens=True), initial_h and
     initial_c (1, B, H); outputs Y (T, 1, B, H), Y_h and Y_c (1, B, H); element type double for a
     float64 cell, float for float32. seq_len or batch None makes that dimension symbolic ("T",
-    "B"). The model passes onnx.checker.check_model."""
+    "B"). The model passes onnx.checker.check_model. A refnorm.RNN gives one RNN node instead
+    (interop.onnx_rnn.to_onnx_rnn_model: no initial_c, no Y_c)."""
+    from ..cells import RNN
+    if isinstance(cell, RNN):
+        from .onnx_rnn import to_onnx_rnn_model
+        return to_onnx_rnn_model(cell, seq_len, batch, with_sequence_lens, opset)
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -107,19 +130,28 @@ def from_onnx_model(model, node=0, direction=0, dtype="float64", backend="numpy"
     """refnorm.LSTM from the node-th LSTM node of an onnx ModelProto or GraphProto whose W, R
     (and B, P) are initializers. ValueError for activations other than Sigmoid, Tanh, Tanh, for
     clip or input_forget, and for weights that are computed or fed at run time (pass arrays to
-    from_onnx instead)."""
+    from_onnx instead).
+
+    The nodes counted are the graph's LSTM and RNN nodes, in graph order: an RNN node gives a
+    refnorm.RNN whose nonlinearity is its activation for that direction (Tanh or Relu;
+    interop.onnx_rnn)."""
     from onnx import helper, numpy_helper
 
     graph = getattr(model, "graph", model)
     if not hasattr(graph, "node") or not hasattr(graph, "initializer"):
         raise ValueError(f"expected an onnx ModelProto or GraphProto, got {type(model).__name__}")
-    lstms = [n for n in graph.node if n.op_type == "LSTM" and n.domain in ("", "ai.onnx")]
+    nodes = [n for n in graph.node if n.op_type in ("LSTM", "RNN")
+             and n.domain in ("", "ai.onnx")]
     node = nonneg_int(node, "node")
-    if node >= len(lstms):
-        raise ValueError(f"node={node} is out of range: the graph has {len(lstms)} LSTM node(s)")
-    n = lstms[node]
+    if node >= len(nodes):
+        raise ValueError(f"node={node} is out of range: the graph has {len(nodes)} LSTM or RNN "
+                         "node(s)")
+    n = nodes[node]
     attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
-    if "activations" in attrs:
+    if n.op_type == "RNN":
+        from .onnx_rnn import node_nonlinearity
+        nonlinearity = node_nonlinearity(attrs, nonneg_int(direction, "direction"))
+    elif "activations" in attrs:
         names = tuple(a.decode() if isinstance(a, bytes) else a for a in attrs["activations"])
         if any(names[k:k + 3] != ONNX_ACTIVATIONS for k in range(0, len(names), 3)):
             raise ValueError(f"activations {names} are not supported: refnorm computes "
@@ -141,6 +173,9 @@ def from_onnx_model(model, node=0, direction=0, dtype="float64", backend="numpy"
 
     W, R = initializer(1, "W"), initializer(2, "R")
     if W is None or R is None:
-        raise ValueError("the LSTM node has no W or R input")
+        raise ValueError(f"the {n.op_type} node has no W or R input")
+    if n.op_type == "RNN":
+        from .onnx_rnn import from_onnx_rnn
+        return from_onnx_rnn(W, R, initializer(3, "B"), direction, nonlinearity, dtype, backend)
     return from_onnx(W, R, initializer(3, "B"), initializer(7, "P"), direction=direction,
                      dtype=dtype, backend=backend)

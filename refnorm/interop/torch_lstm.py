@@ -1,4 +1,5 @@
-"""PyTorch torch.nn.LSTM and torch.nn.LSTMCell <-> refnorm.LSTM.
+"""PyTorch torch.nn.LSTM and torch.nn.LSTMCell <-> refnorm.LSTM (from_torch and to_torch also
+take torch.nn.RNN / RNNCell and refnorm.RNN: they hand those to interop.torch_rnn).
 
 torch computes z = x W_ihᵀ + b_ih + h W_hhᵀ + b_hh with gate blocks i, f, g, o (refnorm's order),
 so Wx = weight_ihᵀ, Wh = weight_hhᵀ, b = bias_ih + bias_hh. Layer k of a stacked nn.LSTM reads
@@ -13,18 +14,20 @@ from ._common import build_cell, expect_shape, flag, fold_forget_bias, lstm_arra
 from .layouts import from_canonical, to_canonical
 
 
-def _locate(module, layer, reverse):
-    """The parameter names of one layer and direction of `module`, its input size and H."""
+def _locate(module, layer, reverse, family="LSTM"):
+    """The parameter names of one layer and direction of `module` (a torch.nn.<family> or
+    <family>Cell: family "LSTM" or "RNN"), its input size and H."""
     import torch
 
     layer, reverse = nonneg_int(layer, "layer"), flag(reverse, "reverse")
-    if isinstance(module, torch.nn.LSTMCell):
+    sequence, single = getattr(torch.nn, family), getattr(torch.nn, family + "Cell")
+    if isinstance(module, single):
         if layer != 0 or reverse:
-            raise ValueError("torch.nn.LSTMCell has one layer and one direction: layer must be 0 "
-                             f"and reverse False, got layer={layer}, reverse={reverse}")
+            raise ValueError(f"torch.nn.{family}Cell has one layer and one direction: layer "
+                             f"must be 0 and reverse False, got layer={layer}, reverse={reverse}")
         suffix, input_size = "", module.input_size
-    elif isinstance(module, torch.nn.LSTM):
-        if module.proj_size:
+    elif isinstance(module, sequence):
+        if getattr(module, "proj_size", 0):
             raise ValueError(f"torch.nn.LSTM with proj_size={module.proj_size} (LSTMP: h is "
                              "projected by weight_hr) is not supported")
         if layer >= module.num_layers:
@@ -36,10 +39,18 @@ def _locate(module, layer, reverse):
         input_size = module.input_size if layer == 0 else \
             module.hidden_size * (2 if module.bidirectional else 1)
     else:
-        raise ValueError(f"expected a torch.nn.LSTM or torch.nn.LSTMCell, got "
-                         f"{type(module).__name__}")
+        other = {"LSTM": "a torch.nn.RNN or RNNCell converts to a refnorm.RNN",
+                 "RNN": "a torch.nn.LSTM or LSTMCell converts to a refnorm.LSTM"}[family]
+        raise ValueError(f"expected a torch.nn.{family} or torch.nn.{family}Cell, got "
+                         f"{type(module).__name__} ({other})")
     names = {key: key + suffix for key in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
     return names, input_size, module.hidden_size
+
+
+def _is_rnn(module):
+    """A torch.nn.RNN or RNNCell (the refnorm.RNN converters, interop.torch_rnn)."""
+    import torch
+    return isinstance(module, (torch.nn.RNN, torch.nn.RNNCell))
 
 
 def _to_numpy(tensor, name, shape):
@@ -56,8 +67,12 @@ def from_torch(module, layer=0, reverse=False, dtype="float64", backend="numpy")
     b = bias_ih + bias_hh (zeros for bias=False). The reverse direction runs over the time-reversed
     sequence: feed the cell x[::-1] (each sequence reversed within its length when padded).
 
-    ValueError for proj_size > 0, a layer or direction the module does not have, and any module
-    that is not an LSTM (GRU, RNN, ...)."""
+    A torch.nn.RNN or RNNCell gives a refnorm.RNN instead (refnorm.interop.torch_rnn).
+    ValueError for proj_size > 0, a layer or direction the module does not have, and any other
+    module (GRU, ...)."""
+    if _is_rnn(module):
+        from .torch_rnn import from_torch_rnn
+        return from_torch_rnn(module, layer, reverse, dtype=dtype, backend=backend)
     names, D, H = _locate(module, layer, reverse)
     w_ih = _to_numpy(getattr(module, names["weight_ih"]), names["weight_ih"], (4 * H, D))
     w_hh = _to_numpy(getattr(module, names["weight_hh"]), names["weight_hh"], (4 * H, H))
@@ -79,10 +94,15 @@ def to_torch(cell, module=None, layer=0, reverse=False):
     One bias -> two: bias_ih gets b and bias_hh gets zeros (their sum is what torch adds). A
     cell's run-time forget_bias is folded into bias_ih's forget block (torch has none). A module
     built with bias=False accepts only a cell whose bias is zero. The values are cast to the
-    module's dtype."""
+    module's dtype. A refnorm.RNN goes into a torch.nn.RNN or RNNCell instead
+    (refnorm.interop.torch_rnn)."""
     import torch
 
-    p = lstm_arrays(cell, "to_torch")
+    from ..cells import RNN
+    if isinstance(cell, RNN):
+        from .torch_rnn import to_torch_rnn
+        return to_torch_rnn(cell, module, layer, reverse)
+    p = lstm_arrays(cell, "to_torch", rnn_too=True)
     b = fold_forget_bias(p["b"], cell.forget_bias)
     D, H = cell.input_size, cell.hidden_size
     if module is None:

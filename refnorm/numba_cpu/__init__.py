@@ -1,8 +1,9 @@
 """The Numba CPU backend: the reference's math with the step loops compiled by Numba.
 
 Mirror of refnorm.numpy_ref file for file (common, norms, lstm, bn_lstm, seq_bn_lstm,
-ln_lstm, rnn, bn_rnn, seq_bn_rnn, ln_rnn); the same sixteen functions with the same signatures,
-returning the same cache classes, so every test of the reference runs on it unchanged.
+ln_lstm, rnn, bn_rnn, seq_bn_rnn, ln_rnn, gru, bn_gru, seq_bn_gru, ln_gru); the same twenty-four
+functions with the same signatures, returning the same cache classes, so every test of the
+reference runs on it unchanged.
 Whole-sequence products stay NumPy BLAS calls; the step loops run their one product per step in
 a kernel of their own on a weight packed once per sequence (common.packed_matmul).
 
@@ -66,8 +67,14 @@ with _cache_outside_the_package():
     from .rnn import rnn_backward, rnn_forward
     from .seq_bn_lstm import seq_bn_lstm_backward, seq_bn_lstm_forward
     from .seq_bn_rnn import seq_bn_rnn_backward, seq_bn_rnn_forward
+    from .gru import gru_backward, gru_forward
+    from .bn_gru import bn_gru_backward, bn_gru_forward
+    from .seq_bn_gru import seq_bn_gru_backward, seq_bn_gru_forward
+    from .ln_gru import ln_gru_backward, ln_gru_forward
 
 __all__ = ["lstm_forward", "lstm_backward", "bn_lstm_forward", "bn_lstm_backward",
            "seq_bn_lstm_forward", "seq_bn_lstm_backward", "ln_lstm_forward", "ln_lstm_backward",
            "rnn_forward", "rnn_backward", "bn_rnn_forward", "bn_rnn_backward",
-           "seq_bn_rnn_forward", "seq_bn_rnn_backward", "ln_rnn_forward", "ln_rnn_backward"]
+           "seq_bn_rnn_forward", "seq_bn_rnn_backward", "ln_rnn_forward", "ln_rnn_backward",
+           "gru_forward", "gru_backward", "bn_gru_forward", "bn_gru_backward",
+           "seq_bn_gru_forward", "seq_bn_gru_backward", "ln_gru_forward", "ln_gru_backward"]
