@@ -137,7 +137,11 @@ BUILTIN_TARGETS = ("torch.nn.LSTM", "torch.nn.LSTMCell", "haste.LSTM", "haste.La
                    "keras.LSTM", "flax.linen.LSTMCell", "flax.linen.OptimizedLSTMCell",
                    "flax.nnx.LSTMCell", "flax.nnx.OptimizedLSTMCell",
                    "torch.nn.RNN", "torch.nn.RNNCell", "keras.SimpleRNN",
-                   "flax.linen.SimpleCell", "flax.nnx.SimpleCell")
+                   "flax.linen.SimpleCell", "flax.nnx.SimpleCell",
+                   "torch.nn.GRU", "torch.nn.GRUCell", "haste.GRU", "haste.LayerNormGRU")
+# the built-in targets of the GRU family (refnorm.GRU, LNGRU) and the cell each compares with
+GRU_TARGETS = {"torch.nn.GRU": "torch_gru", "torch.nn.GRUCell": "torch_gru",
+               "haste.GRU": "haste_gru", "haste.LayerNormGRU": "haste_layer_norm_gru"}
 # the built-in targets that are vanilla RNNs (refnorm.RNN; --nonlinearity)
 RNN_TARGETS = ("torch.nn.RNN", "torch.nn.RNNCell", "keras.SimpleRNN", "flax.linen.SimpleCell",
                "flax.nnx.SimpleCell")
@@ -166,9 +170,9 @@ def add_validate_parser(sub):
     p.add_argument("--input-size", type=int, default=3)
     p.add_argument("--hidden-size", type=int, default=4)
     p.add_argument("--layers", type=int, default=1,
-                   help="torch.nn.LSTM, torch.nn.RNN: num_layers (default 1)")
+                   help="torch.nn.LSTM, torch.nn.RNN, torch.nn.GRU: num_layers (default 1)")
     p.add_argument("--bidirectional", action="store_true",
-                   help="torch.nn.LSTM, torch.nn.RNN: two directions")
+                   help="torch.nn.LSTM, torch.nn.RNN, torch.nn.GRU: two directions")
     p.add_argument("--nonlinearity", choices=("tanh", "relu"),
                    help="the RNN targets (" + ", ".join(RNN_TARGETS) + ") and a --preset of the "
                         "RNN family: tanh (default) or relu")
@@ -224,6 +228,8 @@ def _build_target(args):
     if args.target in BUILTIN_TARGETS:
         family, _, name = args.target.rpartition(".")
         cell = _random_cell(CELLS["rnn"], args, nonlinearity=nonlinearity) if rnn else None
+        if args.target in GRU_TARGETS:
+            cell = _random_cell(presets.PRESETS[GRU_TARGETS[args.target]], args)
         if family.startswith("flax"):                    # flax.linen / flax.nnx, on JAX
             import_peer("flax", args.target)
             import jax
@@ -244,7 +250,7 @@ def _build_target(args):
             torch = import_peer("torch", args.target)
         if family.startswith("torch"):
             stack = {"num_layers": args.layers, "bidirectional": args.bidirectional}
-            options = {**(stack if name in ("LSTM", "RNN") else {}),
+            options = {**(stack if name in ("LSTM", "RNN", "GRU") else {}),
                        **({"nonlinearity": nonlinearity} if rnn else {})}
             module = getattr(torch.nn, name)(D, H, dtype=getattr(torch, args.dtype), **options)
             return _randomize_torch(module, args.seed), None
@@ -252,8 +258,10 @@ def _build_target(args):
             haste_pytorch = import_peer("haste_pytorch", args.target)
             module = getattr(haste_pytorch, name)(D, H)
             module = module.double() if args.dtype == "float64" else module.float()
-            stem = "ln_lstm" if name == "LayerNormLSTM" else "lstm"
-            return interop.to_haste(_random_cell(CELLS[stem], args), module), None
+            if cell is None:                                # the LSTMs: the GRUs' is drawn
+                cell = _random_cell(CELLS["ln_lstm" if name == "LayerNormLSTM" else "lstm"],
+                                    args)
+            return interop.to_haste(cell, module), None
         keras = import_peer("keras", args.target)
         if rnn:
             layer = keras.layers.SimpleRNN(H, activation=nonlinearity, return_sequences=True,
@@ -296,7 +304,7 @@ def _build_target(args):
 
 
 def _randomize_torch(module, seed):
-    """Every layer and direction of a torch.nn.LSTM or RNN (or an LSTMCell, RNNCell) redrawn at
+    """Every layer and direction of a torch.nn.LSTM, RNN or GRU (or its Cell) redrawn at
     random and non-zero through refnorm.randomize and the converter; returns the module."""
     from . import interop
     layers = getattr(module, "num_layers", 1)

@@ -12,7 +12,7 @@ the peer's weights with refnorm.interop (or refnorm.validate, which does it for 
 Everywhere refnorm's layout is canonical: z = x Wx + h Wh + b, gate blocks i, f, g, o,
 time-major (T, B, ·), and outputs 0 at padded steps; the converters reorder.
 """
-from .cells import BNLSTM, LNLSTM, LSTM, RNN, SeqBNLSTM
+from .cells import BNLSTM, GRU, LNGRU, LNLSTM, LSTM, RNN, SeqBNLSTM
 
 
 def _preset(cls, hold_zero=(), **options):
@@ -200,5 +200,29 @@ H_t = f(X_t Wᵀ + H_{t-1} Rᵀ + Wb + Rb): W [dirs, H, D], R [dirs, H, H], B [d
 Rb] (b = Wb + Rb); activations Tanh (default) or Relu, no clip. With sequence_lens (onnxruntime)
 Y is 0 at padded steps, as in refnorm; onnx's reference evaluator ignores sequence_lens and
 knows Tanh and Affine only.""")
+
+# -- the GRU family ---------------------------------------------------------------------------
+_register("torch_gru", GRU, """PyTorch torch.nn.GRU / nn.GRUCell (torch/nn/modules/rnn.py).
+
+Gate blocks r, z, n (refnorm's); weight_ih (3H, D) = Wxᵀ, weight_hh (3H, H) = Whᵀ; n = tanh(
+x W_inᵀ + b_in + r ⊙ (h W_hnᵀ + b_hn)): reset after. b_ir + b_hr and b_iz + b_hz fold into b's
+r, z blocks, b_in is b's n block, b_hn = bias_hh's n block. Packed sequences: outputs 0 at
+padded steps, h_n at each sequence's last valid step, as refnorm.""", reset="after")
+
+_register("haste_gru", GRU, """haste GRU (lmnt-com/haste frameworks/pytorch/gru.py, pip
+haste-pytorch-cpu 0.5.5; GRUScript).
+
+Gate blocks z, r, h; kernel (D, 3H), recurrent_kernel (H, 3H), bias and recurrent_bias (3H);
+g = tanh(vx_h + r ⊙ vh_h) (reset after), h' = z h + (1 − z) g. bias + recurrent_bias's z, r parts
+fold into b, recurrent_bias's h part is b_hn. Outputs at padded steps are not masked by haste;
+the final state is taken at `lengths`. Zoneout and DropConnect are not reproduced.""",
+          reset="after")
+
+_register("haste_layer_norm_gru", LNGRU, """haste LayerNormGRU (lmnt-com/haste
+frameworks/pytorch/layer_norm_gru.py, LayerNormGRUScript; pip haste-pytorch-cpu 0.5.5).
+
+LN over 3H without shift of x kernel (gamma[0] -> gamma_x) and of h recurrent_kernel
+(gamma[1] -> gamma_h), then bias and recurrent_bias as haste_gru; eps 1e-5 (F.layer_norm),
+biased two-pass variance; derivations/ln_gru.md. refnorm.LNGRU is this cell.""", eps=1e-5)
 
 __all__ = sorted(PRESETS) + ["PRESETS"]

@@ -13,13 +13,18 @@ respect to the input, the initial states and every weight (in refnorm's layout; 
 gradients go through the same converter as its weights). Each tensor gets the relative error
 max|a - b| / max(|a| + |b|) and a verdict against a tolerance chosen by the framework's dtype.
 The states are the cell's (cell.STATES): h and c for the LSTM family; h alone for a vanilla RNN
-(refnorm.RNN), whose report has no cT, dc0 and whose data has no c0, dcT.
+(refnorm.RNN) and the GRU family (refnorm.GRU, LNGRU), whose report has no cT, dc0 and whose
+data has no c0, dcT.
 
 Targets:
 * torch.nn.LSTM and torch.nn.RNN (tanh or relu) (variable lengths through a PackedSequence;
   several layers and two directions are one refnorm cell per layer and direction, composed as
   torch composes them), torch.nn.LSTMCell and RNNCell (stepped here, with refnorm's masked
   carry);
+* torch.nn.GRU (as torch.nn.RNN, layers and directions included) and torch.nn.GRUCell (stepped),
+  against refnorm.GRU (reset="after"; the gradient of bias_hh's n block is db_hn);
+* haste_pytorch.GRU and LayerNormGRU (refnorm.GRU, LNGRU: presets.haste_gru,
+  haste_layer_norm_gru), as haste's LSTMs below;
 * haste_pytorch.LSTM and LayerNormLSTM (lengths passed to the module; it leaves outputs at padded
   steps unmasked, so only valid steps are compared);
 * keras.layers.LSTM (Keras 3 on the backend it was imported with, KERAS_BACKEND or
@@ -438,8 +443,9 @@ def _adapter(target, cell):
     kind = _framework_kind(target)
     if kind == "torch":
         import torch
-        if isinstance(target, (torch.nn.LSTM, torch.nn.RNN)) and (target.num_layers > 1
-                                                                  or target.bidirectional):
+        if isinstance(target, (torch.nn.LSTM, torch.nn.RNN, torch.nn.GRU)) and (
+                target.num_layers > 1
+                or target.bidirectional):
             return _TorchStackAdapter(target)
         return _TorchAdapter(target)
     if kind == "haste":
@@ -451,8 +457,8 @@ def _adapter(target, cell):
     if callable(target):
         return _CallableAdapter(target, cell)
     raise ValueError(f"cannot validate a {type(target).__name__}: pass a torch.nn.LSTM, "
-                     "torch.nn.LSTMCell, torch.nn.RNN, torch.nn.RNNCell, haste LSTM / "
-                     "LayerNormLSTM, keras.layers.LSTM or SimpleRNN, a Flax LSTMCell / "
+                     "torch.nn.LSTMCell, torch.nn.RNN, torch.nn.RNNCell, torch.nn.GRU, "
+                     "torch.nn.GRUCell, haste LSTM / LayerNormLSTM / GRU / LayerNormGRU, keras.layers.LSTM or SimpleRNN, a Flax LSTMCell / "
                      "OptimizedLSTMCell / SimpleCell (linen bound, or nnx), or a callable with "
                      "cell=")
 
@@ -468,11 +474,14 @@ def _framework_kind(target):
     return None
 
 
-def _torch_grads_as_module(module, grads):
+def _torch_grads_as_module(module, grads, kept_block=False):
     """A copy of `module` whose parameters hold `grads` (same names). The converters are linear
     maps (transposes, gate permutations, a sum of two biases), so converting the gradients with
     them gives the gradients in refnorm's layout -- except the sum of two biases, whose gradient
-    is each bias's gradient: the second bias of each pair is zeroed so the sum counts it once."""
+    is each bias's gradient: the second bias of each pair (bias_hh, haste's recurrent_bias) is
+    zeroed so the sum counts it once. kept_block: a GRU's, whose second bias keeps its last
+    (candidate) block apart as b_hn: that block keeps its gradient, its r, z blocks are
+    zeroed."""
     import copy
 
     import torch
@@ -481,8 +490,15 @@ def _torch_grads_as_module(module, grads):
     with torch.no_grad():
         for name, param in twin.named_parameters():
             g = grads.get(name)
-            param.copy_(torch.zeros_like(param) if g is None or name.startswith("bias_hh")
-                        else g)
+            second = name.startswith("bias_hh") or name == "recurrent_bias"
+            if g is None:
+                g = torch.zeros_like(param)
+            elif second and kept_block:
+                g = torch.cat([torch.zeros_like(g[:2 * g.shape[0] // 3]),
+                               g[2 * g.shape[0] // 3:]])
+            elif second:
+                g = torch.zeros_like(param)
+            param.copy_(g)
     return twin
 
 
@@ -537,7 +553,8 @@ class _ModuleAdapter(_Adapter):
         out = {k: numpy(v) for k, v in outs.items()}
         out.update({"d" + k: numpy(g) for k, g in zip(inputs, grads)})
         params = dict(zip(names, grads[len(inputs):]))
-        out.update(self.param_grads(_torch_grads_as_module(m, params)))
+        kept = "b_hn" in self.cell.params              # the GRU's candidate recurrent bias
+        out.update(self.param_grads(_torch_grads_as_module(m, params, kept)))
         return out
 
     def param_grads(self, twin):
@@ -563,7 +580,7 @@ class _TorchAdapter(_ModuleAdapter):
 
         m = self.module
         states = [t[s + "0"] for s in self.states]               # [h] or [h, c]
-        if isinstance(m, (torch.nn.LSTMCell, torch.nn.RNNCell)):  # stepped, refnorm's carry
+        if isinstance(m, (torch.nn.LSTMCell, torch.nn.RNNCell, torch.nn.GRUCell)):  # stepped
             outs = []
             for x_t, m_t in zip(t["x"].unbind(0), t["mask"].unbind(0)):
                 new = m(x_t, tuple(states) if len(states) > 1 else states[0])
@@ -645,7 +662,7 @@ class _TorchStackAdapter(_TorchAdapter):
         for s in states:
             out[f"d{s}0"] = np.stack([grads[k][s + "0"] for k in range(n)])
         for k in range(n):
-            for name in ("Wx", "Wh", "b"):
+            for name in self.cells[0][0].params:            # Wx, Wh, b (, b_hn for a GRU)
                 out["d" + name + self.suffix(k)] = grads[k][name]
         return out
 
@@ -683,9 +700,12 @@ class _HasteAdapter(_ModuleAdapter):
     def forward(self, t, data):
         import torch
 
-        hs, (hn, cn) = self.module(t["x"], (t["h0"][None], t["c0"][None]),
-                                   lengths=torch.as_tensor(data["lengths"]))
-        return hs * t["mask"][..., None], hn[0], cn[0]      # haste leaves padded steps unmasked
+        states = tuple(t[s + "0"][None] for s in self.states)     # (h0, c0), or h0 (GRU)
+        hs, finals = self.module(t["x"], states if len(states) > 1 else states[0],
+                                 lengths=torch.as_tensor(data["lengths"]))
+        finals = finals if len(states) > 1 else (finals,)
+        return (hs * t["mask"][..., None],                 # haste leaves padded steps unmasked
+                *(f[0] for f in finals))
 
 
 class _KerasAdapter(_Adapter):

@@ -32,6 +32,10 @@ Rows that are callables with a preset (run by `refnorm validate MODULE:ATTR --pr
 The RNN family's rows follow the LSTM's: torch.nn.RNN (tanh, relu, 2 layers x 2 directions),
 torch.nn.RNNCell, keras.SimpleRNN on each backend, flax SimpleCell (linen, nnx) and the ONNX RNN
 node. No peer ships a normalised vanilla RNN, so there is none to validate.
+
+The GRU family's rows: torch.nn.GRU (one layer; 2 layers x 2 directions), torch.nn.GRUCell,
+haste GRU and LayerNormGRU (refnorm.LNGRU, presets.haste_layer_norm_gru). Keras GRU, the ONNX
+GRU node and Flax's GRUCell have no converter yet.
 """
 import importlib.metadata
 import importlib.util
@@ -147,6 +151,15 @@ ROWS = (
     Row("onnxruntime", ("refnorm.validation_matrix:onnx_rnn_runtime", "--preset", "onnx_rnn",
                         "--outputs-only"), "onnx_rnn", NO_STATISTICS, ("onnx", "onnxruntime"),
         dists=("onnxruntime",), note=ONNX_NOTE + "; onnxruntime's RNN runs in float32 only"),
+    # -- the GRU family (refnorm.GRU, reset after; LNGRU = haste's LayerNormGRU) --
+    Row("PyTorch", ("torch.nn.GRU",), "torch_gru", NO_STATISTICS, ("torch",)),
+    Row("PyTorch", ("torch.nn.GRU", "--layers", "2", "--bidirectional"),
+        "torch_gru x 4 (2 layers, 2 directions)", NO_STATISTICS, ("torch",)),
+    Row("PyTorch", ("torch.nn.GRUCell",), "torch_gru", NO_STATISTICS, ("torch",),
+        note="stepped by the adapter with refnorm's masked carry"),
+    Row("haste", ("haste.GRU",), "haste_gru", NO_STATISTICS, ("torch", "haste_pytorch")),
+    Row("haste", ("haste.LayerNormGRU",), "haste_layer_norm_gru", NO_STATISTICS,
+        ("torch", "haste_pytorch")),
 )
 
 

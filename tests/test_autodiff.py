@@ -1,28 +1,32 @@
 """refnorm's hand-written forward and BPTT against PyTorch float64 autograd.
 
 Two independent references:
-* tests/torch_reference.py, the four cells written again from the equations, differentiated by
-  autograd: outputs, every gradient of L = Σ dhs⊙hs + Σ dhT⊙hT + Σ dcT⊙cT, and the BN statistics
-  in the cache, for every cell, training and inference, with and without a ragged mask;
-* torch.nn.LSTM for the vanilla cell, with equal lengths and with packed variable lengths.
+* tests/torch_reference.py, the eight cells written again from the equations, differentiated by
+  autograd: outputs, every gradient of L = Σ dhs⊙hs + Σ dhT⊙hT (+ Σ dcT⊙cT), and the BN
+  statistics in the cache, for every cell and option that changes the equations, training and
+  inference, with and without a ragged mask;
+* torch.nn.LSTM and torch.nn.RNN (tanh and relu) for the plain cells, with equal lengths and with
+  packed variable lengths.
 """
 import numpy as np
 import pytest
 import torch
 
 import refnorm
-from helpers import BACKENDS, TOL, make_cell, ragged_mask, random_data
+from helpers import (BACKENDS, BN_CELLS, BN_STEP_CELLS, TOL, backends_for, final_names,
+                     initial_names, make_cell, ragged_mask, random_data, upstream_names)
 import torch_reference
 
 T, B, D, H = 5, 4, 3, 3
 # a full-length sequence, an empty one and two in between: steps 3 and 4 have a single valid row
 LENGTHS = (5, 0, 3, 2)
-# BNLSTM inference starts at absolute step 3 of make_cell's 6 slots, so the local steps use
-# slots 3, 4, 5, 5, 5: steps past the last slot are clamped to it (BN-LSTM 5)
+# the per-step BN cells' inference starts at absolute step 3 of make_cell's 6 slots, so the
+# local steps use slots 3, 4, 5, 5, 5: steps past the last slot are clamped to it (BN-LSTM 5)
 BN_T0 = 3
 
 # (cell name, constructor options): the papers' cells, LN both over the joint 4H row and per
-# gate, and every variant of derivations/variants.md (each with a run-time forget bias too)
+# gate, every variant of derivations/variants.md (each with a run-time forget bias too), and the
+# RNN family with both nonlinearities, both term forms and padded rows in the BN statistics
 CASES = [("lstm", {}), ("bn_lstm", {}), ("seq_bn_lstm", {}),
          ("ln_lstm", {"per_gate": False}), ("ln_lstm", {"per_gate": True}),
          ("lstm", {"forget_bias": 1.0}),
@@ -31,10 +35,23 @@ CASES = [("lstm", {}), ("bn_lstm", {}), ("seq_bn_lstm", {}),
          ("ln_lstm", {"carry": "normalized", "term_beta": True}),
          ("ln_lstm", {"terms": "summed", "per_gate": True, "carry": "normalized",
                       "forget_bias": 1.0}),
-         ("ln_lstm", {"terms": "summed", "forget_bias": -0.4})]
+         ("ln_lstm", {"terms": "summed", "forget_bias": -0.4}),
+         ("rnn", {}), ("rnn", {"nonlinearity": "relu"}),
+         ("bn_rnn", {}), ("bn_rnn", {"terms": "summed", "nonlinearity": "relu"}),
+         ("bn_rnn", {"terms": "summed", "pad_stats": "include"}),
+         ("bn_rnn", {"nonlinearity": "relu", "pad_stats": "include", "eps": 1e-3}),
+         ("seq_bn_rnn", {}), ("seq_bn_rnn", {"nonlinearity": "relu", "pad_stats": "include"}),
+         ("ln_rnn", {}), ("ln_rnn", {"terms": "separate", "nonlinearity": "relu"}),
+         ("ln_rnn", {"terms": "separate", "eps": 1e-3})]
 CASE_IDS = ["lstm", "bn_lstm", "seq_bn_lstm", "ln_lstm-joint", "ln_lstm-per_gate",
             "lstm-forget_bias", "bn_lstm-carry_norm-term_beta", "bn_lstm-pad_include-term_beta",
-            "ln_lstm-carry_norm-term_beta", "ln_lstm-tf1_contrib", "ln_lstm-summed-joint"]
+            "ln_lstm-carry_norm-term_beta", "ln_lstm-tf1_contrib", "ln_lstm-summed-joint",
+            "rnn", "rnn-relu", "bn_rnn", "bn_rnn-summed-relu", "bn_rnn-summed-pad_include",
+            "bn_rnn-relu-pad_include-eps", "seq_bn_rnn", "seq_bn_rnn-relu-pad_include",
+            "ln_rnn", "ln_rnn-separate-relu", "ln_rnn-separate-eps"]
+AUTODIFF_PARAMS = [pytest.param(backend, name, options, id=f"{backend}-{case_id}")
+                   for backend in BACKENDS for (name, options), case_id in zip(CASES, CASE_IDS)
+                   if backend in backends_for(name)]
 
 
 def tensor(a, grad=False):
@@ -46,61 +63,83 @@ def assert_close(name, ours, theirs):
     assert err <= TOL["autodiff"], f"{name}: relative error {err:.3e}"
 
 
-def torch_forward(name, cell, x, h0, c0, mask, params, training, t0, record):
-    """The torch reference of `cell`, with the population statistics refnorm would use."""
+def torch_forward(name, cell, x, states, mask, params, training, t0, record, **rnn_only):
+    """The torch reference of `cell`, with the population statistics refnorm would use: hs and
+    the final states. states: the initial states, (h0, c0) or (h0,). rnn_only: keyword
+    arguments of the RNN family's functions only (keep)."""
+    stat_mask = torch.ones_like(mask) if getattr(cell, "pad_stats", None) == "include" else mask
+    if name in BN_STEP_CELLS:
+        slots = next(iter(cell.stats.values())).shape[0]
+        idx = np.minimum(np.arange(t0, t0 + x.shape[0]), slots - 1)
+        pop = {key: tensor(value[idx]) for key, value in cell.stats.items()}
+    elif name in BN_CELLS:
+        pop = {key: tensor(value) for key, value in cell.stats.items()}
     if name == "lstm":
-        return torch_reference.lstm(x, h0, c0, mask, params, forget_bias=cell.forget_bias)
+        return torch_reference.lstm(x, *states, mask, params, forget_bias=cell.forget_bias)
     if name == "ln_lstm":
-        return torch_reference.ln_lstm(x, h0, c0, mask, params, eps=cell.eps,
+        return torch_reference.ln_lstm(x, *states, mask, params, eps=cell.eps,
                                        per_gate=cell.per_gate, forget_bias=cell.forget_bias,
                                        carry=cell.carry, terms=cell.terms)
     if name == "bn_lstm":
-        slots = cell.stats["mean_x"].shape[0]
-        idx = np.minimum(np.arange(t0, t0 + x.shape[0]), slots - 1)
-        pop = {key: tensor(value[idx]) for key, value in cell.stats.items()}
-        stat_mask = torch.ones_like(mask) if cell.pad_stats == "include" else mask
-        return torch_reference.bn_lstm(x, h0, c0, mask, params, training=training, eps=cell.eps,
+        return torch_reference.bn_lstm(x, *states, mask, params, training=training, eps=cell.eps,
                                        pop=pop, record=record, stat_mask=stat_mask,
                                        forget_bias=cell.forget_bias, carry=cell.carry)
-    pop = {key: tensor(value) for key, value in cell.stats.items()}
-    return torch_reference.seq_bn_lstm(x, h0, c0, mask, params, training=training, eps=cell.eps,
-                                       pop=pop, record=record)
+    if name == "seq_bn_lstm":
+        return torch_reference.seq_bn_lstm(x, *states, mask, params, training=training,
+                                           eps=cell.eps, pop=pop, record=record)
+    if name == "rnn":
+        return torch_reference.rnn(x, *states, mask, params, nonlinearity=cell.nonlinearity,
+                                   **rnn_only)
+    if name == "bn_rnn":
+        return torch_reference.bn_rnn(x, *states, mask, params, training=training, eps=cell.eps,
+                                      terms=cell.terms, nonlinearity=cell.nonlinearity, pop=pop,
+                                      record=record, stat_mask=stat_mask, **rnn_only)
+    if name == "seq_bn_rnn":
+        return torch_reference.seq_bn_rnn(x, *states, mask, params, training=training,
+                                          eps=cell.eps, nonlinearity=cell.nonlinearity, pop=pop,
+                                          record=record, stat_mask=stat_mask, **rnn_only)
+    assert name == "ln_rnn"
+    return torch_reference.ln_rnn(x, *states, mask, params, eps=cell.eps, terms=cell.terms,
+                                  nonlinearity=cell.nonlinearity, **rnn_only)
 
 
 @pytest.mark.parametrize("masked", [False, True], ids=["full", "ragged"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("name, options", CASES, ids=CASE_IDS)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend, name, options", AUTODIFF_PARAMS)
 def test_cell_matches_torch_autograd(backend, name, options, training, masked):
     cell = make_cell(name, D, H, seed=3, backend=backend, **options)
     data = random_data(cell, T, B, seed=4)
     mask = ragged_mask(T, B, LENGTHS) if masked else None
-    t0 = BN_T0 if (name == "bn_lstm" and not training) else 0
+    t0 = BN_T0 if (name in BN_STEP_CELLS and not training) else 0
     pop_before = {key: value.copy() for key, value in getattr(cell, "stats", {}).items()}
 
-    hs, (hT, cT), cache = cell.forward(data["x"], data["h0"], data["c0"], mask, training, t0=t0,
-                                       update_stats=False)
-    grads = cell.backward(data["dhs"], cache, data["dhT"], data["dcT"])
+    out = cell.forward(data["x"], **{k: data[k] for k in initial_names(cell)}, mask=mask,
+                       training=training, t0=t0, update_stats=False)
+    hs, cache = out[0], out[-1]
+    finals = dict(zip(final_names(cell), out[1] if len(cell.STATES) > 1 else (out[1],)))
+    grads = cell.backward(data["dhs"], cache, **{k: data[k] for k in upstream_names(cell)})
 
     leaves = {key: tensor(value, grad=True) for key, value in cell.params.items()}
-    leaves.update({key: tensor(data[key], grad=True) for key in ("x", "h0", "c0")})
+    leaves.update({key: tensor(data[key], grad=True) for key in ("x",) + initial_names(cell)})
     params = {key: leaves[key] for key in cell.params}
     m = tensor(mask if masked else np.ones((T, B)))
     record = {}
-    hs_t, hT_t, cT_t = torch_forward(name, cell, leaves["x"], leaves["h0"], leaves["c0"], m,
-                                     params, training, t0, record)
-    loss = ((tensor(data["dhs"]) * hs_t).sum() + (tensor(data["dhT"]) * hT_t).sum()
-            + (tensor(data["dcT"]) * cT_t).sum())
+    hs_t, *finals_t = torch_forward(name, cell, leaves["x"],
+                                    [leaves[k] for k in initial_names(cell)], m, params,
+                                    training, t0, record)
+    finals_t = dict(zip(final_names(cell), finals_t))
+    loss = (tensor(data["dhs"]) * hs_t).sum() + sum(
+        (tensor(data["d" + key]) * value).sum() for key, value in finals_t.items())
     torch_grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
 
     assert_close("hs", hs, hs_t)
-    assert_close("hT", hT, hT_t)
-    assert_close("cT", cT, cT_t)
+    for key in finals:
+        assert_close(key, finals[key], finals_t[key])
     assert set(grads) == set(leaves)
     for key in leaves:
         assert_close(f"d{key}", grads[key], torch_grads[key])
 
-    if name in ("bn_lstm", "seq_bn_lstm"):
+    if name in BN_CELLS:
         assert set(record) == set(cell.stats)
         for key, value in record.items():
             assert_close(f"cache.{key}", getattr(cache, key), value)
@@ -108,16 +147,21 @@ def test_cell_matches_torch_autograd(backend, name, options, training, masked):
             rows = np.ones((T, B)) if cell.pad_stats == "include" else m.numpy()
             valid = rows.sum(1)
             np.testing.assert_array_equal(cache.count,
-                                          valid if name == "bn_lstm" else valid.sum())
+                                          valid if name in BN_STEP_CELLS else valid.sum())
         for key, value in pop_before.items():        # update_stats=False left them alone
             np.testing.assert_array_equal(cell.stats[key], value)
 
 
-def torch_lstm(cell, rng):
-    """torch.nn.LSTM holding refnorm's weights, b split at random into bias_ih + bias_hh so that
-    a bias counted twice (or once too few) shows."""
+def torch_net(cell, rng):
+    """torch.nn.LSTM, or torch.nn.RNN with the cell's nonlinearity, holding refnorm's weights, b
+    split at random into bias_ih + bias_hh so that a bias counted twice (or once too few)
+    shows."""
     p = cell.params
-    net = torch.nn.LSTM(cell.input_size, cell.hidden_size, dtype=torch.float64)
+    if cell.stem == "lstm":
+        net = torch.nn.LSTM(cell.input_size, cell.hidden_size, dtype=torch.float64)
+    else:
+        net = torch.nn.RNN(cell.input_size, cell.hidden_size, nonlinearity=cell.nonlinearity,
+                           dtype=torch.float64)
     r = 0.5 * rng.standard_normal(p["b"].shape)
     with torch.no_grad():
         net.weight_ih_l0.copy_(tensor(p["Wx"].T))
@@ -127,35 +171,50 @@ def torch_lstm(cell, rng):
     return net
 
 
+# the plain cells and torch's module of the same equations: nn.LSTM, nn.RNN (tanh and relu)
+PLAIN = [("lstm", {}), ("rnn", {"nonlinearity": "tanh"}), ("rnn", {"nonlinearity": "relu"})]
+PLAIN_PARAMS = [pytest.param(backend, name, options,
+                             id="-".join([backend, name, *options.values()]))
+                for backend in BACKENDS for name, options in PLAIN
+                if backend in backends_for(name)]
+
+
 @pytest.mark.parametrize("lengths", [None, (5, 2, 3, 1)], ids=["equal", "packed"])
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_lstm_matches_torch_nn_lstm(backend, lengths):
+@pytest.mark.parametrize("backend, name, options", PLAIN_PARAMS)
+def test_plain_cell_matches_torch_nn(backend, name, options, lengths):
     # pack_padded_sequence rejects length 0, so the empty sequence is covered by the test above
-    cell = make_cell("lstm", D, H, seed=5, backend=backend)
+    cell = make_cell(name, D, H, seed=5, backend=backend, **options)
     data = random_data(cell, T, B, seed=6)
-    net = torch_lstm(cell, np.random.default_rng(7))
-    x, h0, c0 = (tensor(data[key], grad=True) for key in ("x", "h0", "c0"))
+    net = torch_net(cell, np.random.default_rng(7))
+    x = tensor(data["x"], grad=True)
+    states = {key: tensor(data[key], grad=True) for key in initial_names(cell)}
+    initial = tuple(v[None] for v in states.values())
+    initial = initial if len(initial) > 1 else initial[0]
 
     if lengths is None:
-        hs_t, (hT_t, cT_t) = net(x, (h0[None], c0[None]))
+        hs_t, finals_t = net(x, initial)
     else:
         packed = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor(lengths),
                                                          enforce_sorted=False)
-        out, (hT_t, cT_t) = net(packed, (h0[None], c0[None]))
+        out, finals_t = net(packed, initial)
         hs_t, _ = torch.nn.utils.rnn.pad_packed_sequence(out, total_length=T)
-    hT_t, cT_t = hT_t[0], cT_t[0]
-    loss = ((tensor(data["dhs"]) * hs_t).sum() + (tensor(data["dhT"]) * hT_t).sum()
-            + (tensor(data["dcT"]) * cT_t).sum())
+    finals_t = dict(zip(final_names(cell), (finals_t if isinstance(finals_t, tuple)
+                                            else (finals_t,))))
+    finals_t = {key: value[0] for key, value in finals_t.items()}
+    loss = (tensor(data["dhs"]) * hs_t).sum() + sum(
+        (tensor(data["d" + key]) * value).sum() for key, value in finals_t.items())
     loss.backward()
 
-    hs, (hT, cT), cache = cell.forward(data["x"], data["h0"], data["c0"],
-                                       lengths=None if lengths is None else np.array(lengths))
-    grads = cell.backward(data["dhs"], cache, data["dhT"], data["dcT"])
+    out = cell.forward(data["x"], **{k: data[k] for k in initial_names(cell)},
+                       lengths=None if lengths is None else np.array(lengths))
+    finals = dict(zip(final_names(cell), out[1] if len(cell.STATES) > 1 else (out[1],)))
+    grads = cell.backward(data["dhs"], out[-1], **{k: data[k] for k in upstream_names(cell)})
 
-    assert_close("hs", hs, hs_t)
-    assert_close("hT", hT, hT_t)
-    assert_close("cT", cT, cT_t)
-    for key, leaf in (("x", x), ("h0", h0), ("c0", c0)):
+    assert_close("hs", out[0], hs_t)
+    for key in finals:
+        assert_close(key, finals[key], finals_t[key])
+    assert_close("dx", grads["x"], x.grad)
+    for key, leaf in states.items():
         assert_close(f"d{key}", grads[key], leaf.grad)
     assert_close("dWx", grads["Wx"], net.weight_ih_l0.grad.T)
     assert_close("dWh", grads["Wh"], net.weight_hh_l0.grad.T)
@@ -163,10 +222,11 @@ def test_lstm_matches_torch_nn_lstm(backend, lengths):
     assert_close("db (bias_ih)", grads["b"], net.bias_ih_l0.grad)
     assert_close("db (bias_hh)", grads["b"], net.bias_hh_l0.grad)
 
-    # the hand-written torch reference agrees with torch.nn.LSTM too
+    # the hand-written torch reference agrees with torch's module too
     m = tensor(np.ones((T, B)) if lengths is None else ragged_mask(T, B, lengths))
     params = {key: tensor(value) for key, value in cell.params.items()}
-    ref = torch_reference.lstm(tensor(data["x"]), tensor(data["h0"]), tensor(data["c0"]), m,
-                               params)
-    for label, ours, theirs in zip(("hs", "hT", "cT"), ref, (hs_t, hT_t, cT_t)):
+    ref = torch_forward(name, cell, tensor(data["x"]),
+                        [tensor(data[k]) for k in initial_names(cell)], m, params, True, 0, {})
+    for label, ours, theirs in zip(("hs",) + final_names(cell), ref,
+                                   (hs_t, *finals_t.values())):
         assert_close(f"torch_reference {label}", ours.detach().numpy(), theirs)

@@ -7,7 +7,8 @@ import refnorm.numpy_ref.bn_lstm
 from refnorm import cli
 from refnorm.gradcheck import numerical_gradient, relative_error
 
-from helpers import BACKENDS, CELL_NAMES, TOL, make_cell, ragged_mask
+from helpers import (ALL_CELLS, BACKENDS, BN_STEP_CELLS, LSTM_CELLS, TOL, cell_backends,
+                     initial_names, make_cell, ragged_mask)
 
 
 # -- the checker on functions with known derivatives -------------------------------------------
@@ -60,8 +61,8 @@ def test_gradcheck_catches_a_wrong_backward(monkeypatch):
     assert max(refnorm.gradcheck(cell, training=True, wrt=["Wx", "Wh"]).values()) < TOL["gradcheck"]
 
 
-def test_gradcheck_catches_a_wrong_sign_in_one_gate(monkeypatch):
-    """Flip the sign of the forget-gate derivative in (LSTM 8): caught in every cell."""
+def test_gradcheck_catches_a_wrong_sign_in_one_lstm_gate(monkeypatch):
+    """Flip the sign of the forget-gate derivative in (LSTM 8): caught in every LSTM cell."""
     import refnorm.numpy_ref.common as common
     original = common.gates_backward
 
@@ -70,50 +71,68 @@ def test_gradcheck_catches_a_wrong_sign_in_one_gate(monkeypatch):
 
     for module in ("lstm", "bn_lstm", "ln_lstm"):     # seq_bn_lstm reuses lstm's step
         monkeypatch.setattr(f"refnorm.numpy_ref.{module}.gates_backward", wrong)
-    for stem in CELL_NAMES:
+    for stem in LSTM_CELLS:
         errors = refnorm.gradcheck(make_cell(stem), training=True, wrt=["b"])
         assert errors["b"] > 1e-3, stem
 
 
 # -- every cell, every mode -------------------------------------------------------------------
-MASKS = {"no mask": None, "ragged": [5, 3, 0, 1]}
+# Lengths (5, 4, 0, 3) in a batch of 4: an empty sequence, three valid rows in steps 0-2, two in
+# step 3 and one in step 4 (a per-step BN step with a single row). At least three rows early on:
+# a per-step BN over two rows is ±γ whatever its input, so with two rows at most BNRNN's dWh
+# would come from step 0 alone and be small against the finite differences' round-off (the
+# comment at refnorm/cli.py CHECK_LENGTHS).
+MASKS = {"no mask": None, "ragged": [5, 4, 0, 3]}
+
+# (cell, constructor options): every cell with its defaults, then the options that change the
+# equations: LN per gate, padded rows in the BN statistics, the variants of derivations/
+# variants.md, the RNN family's relu and other term form, and eps = 0 (BN 15), (LN 11): random
+# data has no zero variance, but the ragged BN steps with one valid row have v = 0 exactly
+GRADCHECK_CASES = ([(s, {}) for s in ALL_CELLS]
+                   + [("ln_lstm", {"per_gate": True}),
+                      ("bn_lstm", {"pad_stats": "include"}),
+                      ("seq_bn_lstm", {"pad_stats": "include"}),
+                      ("lstm", {"forget_bias": 1.0}),
+                      ("bn_lstm", {"carry": "normalized", "term_beta": True,
+                                   "forget_bias": 0.6}),
+                      ("ln_lstm", {"carry": "normalized", "term_beta": True}),
+                      ("ln_lstm", {"terms": "summed", "per_gate": True,
+                                   "carry": "normalized", "forget_bias": 1.0}),
+                      ("bn_lstm", {"eps": 0.0, "term_beta": True}),
+                      ("seq_bn_lstm", {"eps": 0.0}),
+                      ("ln_lstm", {"eps": 0.0, "carry": "normalized", "term_beta": True}),
+                      ("rnn", {"nonlinearity": "relu"}),
+                      ("bn_rnn", {"terms": "summed", "nonlinearity": "relu"}),
+                      ("bn_rnn", {"pad_stats": "include", "eps": 0.0}),
+                      ("seq_bn_rnn", {"pad_stats": "include", "nonlinearity": "relu"}),
+                      ("seq_bn_rnn", {"eps": 0.0}),
+                      ("ln_rnn", {"terms": "separate", "nonlinearity": "relu"}),
+                      ("ln_rnn", {"eps": 0.0})])
+GRADCHECK_PARAMS = [pytest.param(backend, stem, options, id=f"{backend}-{stem}-{k}")
+                    for backend, stem in cell_backends(ALL_CELLS)
+                    for k, (s, options) in enumerate(GRADCHECK_CASES) if s == stem]
 
 
-@pytest.mark.parametrize("stem,options", [(s, {}) for s in CELL_NAMES]
-                         + [("ln_lstm", {"per_gate": True}),
-                            ("bn_lstm", {"pad_stats": "include"}),
-                            ("seq_bn_lstm", {"pad_stats": "include"}),
-                            # the variants of derivations/variants.md
-                            ("lstm", {"forget_bias": 1.0}),
-                            ("bn_lstm", {"carry": "normalized", "term_beta": True,
-                                         "forget_bias": 0.6}),
-                            ("ln_lstm", {"carry": "normalized", "term_beta": True}),
-                            ("ln_lstm", {"terms": "summed", "per_gate": True,
-                                         "carry": "normalized", "forget_bias": 1.0}),
-                            # eps = 0 (BN 15), (LN 11): random data has no zero variance, but
-                            # the ragged BN steps with one valid row have v = 0 exactly
-                            ("bn_lstm", {"eps": 0.0, "term_beta": True}),
-                            ("seq_bn_lstm", {"eps": 0.0}),
-                            ("ln_lstm", {"eps": 0.0, "carry": "normalized", "term_beta": True})])
 @pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
 @pytest.mark.parametrize("mask", list(MASKS), ids=list(MASKS))
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend, stem, options", GRADCHECK_PARAMS)
 def test_every_gradient_matches_finite_differences(backend, stem, options, training, mask):
     cell = make_cell(stem, backend=backend, **options)
     lengths = MASKS[mask]
     kwargs = {"T": 5, "B": 4, "seed": 3}
     if lengths is not None:
         kwargs["mask"] = ragged_mask(5, 4, lengths)
-    if stem == "bn_lstm" and not training:
+    if stem in BN_STEP_CELLS and not training:
         kwargs["t0"] = 3             # slots 3, 4, 5, 5, 5 of max_steps = 6: clamping exercised
     errors = refnorm.gradcheck(cell, training=training, **kwargs)
-    assert set(errors) == set(cell.params) | {"x", "h0", "c0"}
+    assert set(errors) == set(cell.params) | {"x"} | set(initial_names(cell))
     worst = max(errors, key=errors.get)
     assert errors[worst] <= TOL["gradcheck"], (worst, errors)
 
 
-def test_gradcheck_leaves_the_cell_alone():
-    cell = make_cell("bn_lstm", max_steps=None)
+@pytest.mark.parametrize("stem", BN_STEP_CELLS)
+def test_gradcheck_leaves_the_cell_alone(stem):
+    cell = make_cell(stem, max_steps=None)
     cell.forward(np.random.default_rng(0).standard_normal((4, 3, 3)))   # grows 4 slots
     params = {k: v.copy() for k, v in cell.params.items()}
     stats = {k: v.copy() for k, v in cell.stats.items()}
@@ -125,9 +144,10 @@ def test_gradcheck_leaves_the_cell_alone():
         assert np.array_equal(cell.stats[k], stats[k])
 
 
-def test_gradcheck_rejects_float32():
+@pytest.mark.parametrize("stem", ALL_CELLS)
+def test_gradcheck_rejects_float32(stem):
     with pytest.raises(ValueError, match="float64"):
-        refnorm.gradcheck(refnorm.LSTM(2, 2, dtype="float32"))
+        refnorm.gradcheck(refnorm.CELLS[stem](2, 2, dtype="float32"))
 
 
 # -- the command ------------------------------------------------------------------------------
@@ -135,7 +155,7 @@ def test_refnorm_check_command_passes(capsys):
     assert cli.main(["check"]) == 0
     out = capsys.readouterr().out
     assert "PASS" in out.splitlines()[-1]
-    for label in ("lstm", "bn_lstm", "seq_bn_lstm", "ln_lstm per_gate"):
+    for label in ALL_CELLS + ("ln_lstm per_gate",):
         assert f" {label} " in out
     for backend in BACKENDS:
         assert out.count(f"\n{backend} ") >= 80, backend

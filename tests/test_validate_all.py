@@ -70,7 +70,10 @@ def test_the_matrix_has_every_row(matrix):
             "torch.nn.RNN --layers 2 --bidirectional", "torch.nn.RNNCell", "keras.SimpleRNN",
             "flax.linen.SimpleCell", "flax.nnx.SimpleCell",
             "refnorm.validation_matrix:onnx_rnn_reference",
-            "refnorm.validation_matrix:onnx_rnn_runtime"} == targets
+            "refnorm.validation_matrix:onnx_rnn_runtime",
+            # the GRU family
+            "torch.nn.GRU", "torch.nn.GRU --layers 2 --bidirectional", "torch.nn.GRUCell",
+            "haste.GRU", "haste.LayerNormGRU"} == targets
     # keras.LSTM and keras.SimpleRNN on each backend, the two in one process per backend
     assert sorted((dict(r["env"]).get("KERAS_BACKEND"), r["target"]) for r in rows
                   if r["env"]) == [(b, t) for b in ("jax", "tensorflow", "torch")
@@ -137,6 +140,24 @@ def test_the_rnn_rows_compare_every_tensor_of_one_state(matrix):
             names = {n.split("_l")[0] for n in names}
         expected = {"hs", "hT"} if "--outputs-only" in entry["argv"] else one_state
         assert names == expected, (entry["target"], names)
+
+
+def test_the_gru_rows_compare_every_tensor_of_one_state(matrix):
+    """A GRU has one state and b_hn: its rows compare hs, hT, dWx, dWh, db, db_hn (per layer and
+    direction for the stacked torch.nn.GRU; dgamma_x, dgamma_h for LayerNormGRU), dx, dh0."""
+    _, result, _ = matrix
+    one_state = {"hs", "hT", "dWx", "dWh", "db", "db_hn", "dx", "dh0"}
+    gru = [e for e in result["rows"] if e["cell"].startswith(("torch_gru", "haste_gru",
+                                                               "haste_layer_norm_gru"))]
+    assert len(gru) == 5
+    for entry in gru:
+        if entry["report"] is None:
+            continue
+        names = {t["tensor"] for t in entry["report"]["tensors"]}
+        if "--layers" in entry["argv"]:
+            names = {n.split("_l")[0] for n in names}
+        extra = {"dgamma_x", "dgamma_h"} if entry["cell"] == "haste_layer_norm_gru" else set()
+        assert names == one_state | extra, (entry["target"], names)
 
 
 def test_exit_status(matrix):

@@ -1,8 +1,9 @@
-"""The four cells written again from the equations in PyTorch float64, so that autograd gives a
+"""The eight cells written again from the equations in PyTorch float64, so that autograd gives a
 backward pass independent of refnorm's hand-written BPTT. Nothing here calls or copies refnorm.
 
 Shapes are time-major: x (T, B, D), mask (T, B) of 0/1, h0, c0 (B, H); params is a dict of
-tensors with the names of refnorm's cell.params. Each function returns hs (T, B, H), hT, cT.
+tensors with the names of refnorm's cell.params. Each LSTM function returns hs (T, B, H), hT,
+cT; each RNN function (one state, no c) hs, hT.
 
     (LSTM 1)       z_t = x_t Wx + h_{t-1} Wh + b                 blocks i, f, g, o
     (LSTM 2)       i = σ(z^i), f = σ(z^f), g = tanh(z^g), o = σ(z^o)
@@ -25,6 +26,17 @@ does:
     beta_x/beta_h  N(u; γ_x, β_x) + N(a; γ_h, β_h) + b                           fastrnns, TFA, jihunchoi
     carry          "normalized": N(c̃_t; γ_c, β_c) is the carried state          fastrnns, TFA, TF1
     terms          "summed": LN(x_t Wx + h_{t-1} Wh; γ_z, 0) + b                TF1 contrib
+
+The vanilla RNN family (Elman 1990; refnorm's derivations/rnn.md and the files after it), with
+φ = tanh or relu and no gates:
+    (RNN 1-2)      h̃_t = φ(x_t Wx + h_{t-1} Wh + b)                               torch.nn.RNN
+    (BN-RNN 2)     h̃_t = φ(BN_t(x_t Wx; γ_x, 0) + BN_t(h_{t-1} Wh; γ_h, 0) + b)  terms="separate"
+    (BN-RNN 3)     h̃_t = φ(BN_t(x_t Wx + h_{t-1} Wh; γ_z, 0) + b)                terms="summed"
+                   (the tanh RNN of Cooijmans et al.'s own code, their Figure 1)
+    (SEQBN-RNN)    h̃_t = φ(BN_S(x_t Wx; γ_x, 0) + h_{t-1} Wh + b)                Laurent et al.
+    (LN-RNN 2)     h̃_t = φ(LN(x_t Wx + h_{t-1} Wh; γ_z, 0) + b)                  Ba et al. eq. 4
+    (LN-RNN 3)     h̃_t = φ(LN(x_t Wx; γ_x, 0) + LN(h_{t-1} Wh; γ_h, 0) + b)      terms="separate"
+with the same masked carry and zero outputs at padded steps.
 
 Batch norm in training: over the valid rows r (m_r = 1), n = Σ m_r,
     μ = Σ m_r z_r / n,   v = Σ m_r (z_r − μ)² / n,   ẑ_r = m_r (z_r − μ) / sqrt(v + eps)
@@ -160,3 +172,91 @@ def ln_lstm(x, h0, c0, mask, params, *, eps, per_gate, forget_bias=0.0, carry="r
         h_new = o * torch.tanh(c_ln)
         h, c = masked_carry(m_t, h_new, c_ln if carry_mode(carry) else c_new, h, c, out)
     return torch.stack(out), h, c
+
+
+# -- the vanilla RNN family ----------------------------------------------------------------------
+def phi(z, nonlinearity):
+    """(RNN 2): the RNN's activation."""
+    assert nonlinearity in ("tanh", "relu")
+    return torch.tanh(z) if nonlinearity == "tanh" else torch.relu(z)
+
+
+def carry_h(m_t, h_new, h, out, keep=None):
+    """(BPTT 2), (BPTT 3) for one state: keep h where m_t = 0, output m_t ⊙ h̃_t. A list `keep`
+    receives h̃_t with retain_grad, so that autograd gives dL/dh̃_t (the cells' state_grads)."""
+    if keep is not None:
+        h_new.retain_grad()
+        keep.append(h_new)
+    out.append(m_t[:, None] * h_new)
+    return torch.where(m_t[:, None] > 0, h_new, h)
+
+
+def rnn(x, h0, mask, params, *, nonlinearity="tanh", keep=None):
+    """(RNN 1)-(RNN 2) with the masked carry. keep: see carry_h (every RNN function takes it)."""
+    p, h, out = params, h0, []
+    for x_t, m_t in zip(x.unbind(0), mask.unbind(0)):
+        h = carry_h(m_t, phi(x_t @ p["Wx"] + h @ p["Wh"] + p["b"], nonlinearity), h, out, keep)
+    return torch.stack(out), h
+
+
+def bn_rnn(x, h0, mask, params, *, training, eps, terms="separate", nonlinearity="tanh",
+           pop=None, record=None, stat_mask=None, keep=None):
+    """(BN-RNN 2) or (BN-RNN 3), per-step statistics over the rows of stat_mask (default: the
+    valid rows) in training, pop[name][t] in inference (mean_x, var_x, mean_h, var_h, or
+    mean_z, var_z: the slot already chosen for local step t). A dict `record` receives the
+    statistics used, {name: (T, H)}."""
+    p = params
+    stat_mask = mask if stat_mask is None else stat_mask
+    sites = ("x", "h") if terms == "separate" else ("z",)
+    used = {f"{kind}_{site}": [] for site in sites for kind in ("mean", "var")}
+    h, out = h0, []
+
+    def bn(z, s_t, t, site):
+        stats = None if training else (pop["mean_" + site][t], pop["var_" + site][t])
+        y, (mean, var) = batch_norm(z, s_t, p["gamma_" + site], 0.0, eps, stats)
+        used["mean_" + site].append(mean)
+        used["var_" + site].append(var)
+        return y
+
+    for t, (x_t, m_t, s_t) in enumerate(zip(x.unbind(0), mask.unbind(0), stat_mask.unbind(0))):
+        if terms == "separate":
+            z = bn(x_t @ p["Wx"], s_t, t, "x") + bn(h @ p["Wh"], s_t, t, "h") + p["b"]
+        else:
+            assert terms == "summed"
+            z = bn(x_t @ p["Wx"] + h @ p["Wh"], s_t, t, "z") + p["b"]
+        h = carry_h(m_t, phi(z, nonlinearity), h, out, keep)
+    if record is not None:
+        record.update({key: torch.stack(v) for key, v in used.items()})
+    return torch.stack(out), h
+
+
+def seq_bn_rnn(x, h0, mask, params, *, training, eps, nonlinearity="tanh", pop=None,
+               record=None, stat_mask=None, keep=None):
+    """(SEQBN-RNN 1)-(2): BN_S of x_t Wx over every frame of stat_mask (default: the valid
+    ones), then the plain recurrence. Inference: pop = {"mean_x", "var_x"} (H,)."""
+    T, B, D = x.shape
+    H = h0.shape[1]
+    stat_mask = mask if stat_mask is None else stat_mask
+    stats = None if training else (pop["mean_x"], pop["var_x"])
+    u, (mean, var) = batch_norm(x.reshape(T * B, D) @ params["Wx"], stat_mask.reshape(T * B),
+                                params["gamma_x"], 0.0, eps, stats)
+    h, out = h0, []
+    for u_t, m_t in zip(u.reshape(T, B, H).unbind(0), mask.unbind(0)):
+        h = carry_h(m_t, phi(u_t + h @ params["Wh"] + params["b"], nonlinearity), h, out, keep)
+    if record is not None:
+        record.update(mean_x=mean, var_x=var)
+    return torch.stack(out), h
+
+
+def ln_rnn(x, h0, mask, params, *, eps, terms="summed", nonlinearity="tanh", keep=None):
+    """(LN-RNN 2) or (LN-RNN 3): LN over the H features of each row; b is the only shift."""
+    p, h, out = params, h0, []
+    for x_t, m_t in zip(x.unbind(0), mask.unbind(0)):
+        if terms == "summed":
+            z = layer_norm(x_t @ p["Wx"] + h @ p["Wh"], p["gamma_z"], 0.0, eps) + p["b"]
+        else:
+            assert terms == "separate"
+            z = (layer_norm(x_t @ p["Wx"], p["gamma_x"], 0.0, eps)
+                 + layer_norm(h @ p["Wh"], p["gamma_h"], 0.0, eps) + p["b"])
+        h = carry_h(m_t, phi(z, nonlinearity), h, out, keep)
+    return torch.stack(out), h

@@ -9,7 +9,7 @@ import numbers
 
 import numpy as np
 
-from ..cells import LNLSTM, LSTM, RNN
+from ..cells import GRU, LNGRU, LNLSTM, LSTM, RNN
 
 # The LNLSTM options that decide the function it computes (forget_bias and term_beta are folded
 # into the exported bias instead: both only add constants to z).
@@ -130,3 +130,48 @@ def fold_forget_bias(b, offset):
         H = b.shape[0] // 4
         b[H:2 * H] += offset
     return b
+
+
+# -- the GRU family: gate blocks r, z, n (refnorm's, PyTorch's); a peer's in its own order ------
+def gru_arrays(cell, who, cls=GRU):
+    """Copies of a refnorm GRU's (or, with cls=LNGRU, an LNGRU's) params (checked), for export by
+    `who`: reset="after" only (every peer converted here keeps b_hn inside r ⊙ (...))."""
+    if type(cell) is not cls:
+        raise ValueError(f"{who} converts a refnorm.{cls.__name__}, got {type(cell).__name__}")
+    if cell.reset != "after":
+        raise ValueError(f"{who}: the target computes the GRU with the reset after the recurrent "
+                         f"product (reset=\"after\"); this cell has reset={cell.reset!r}")
+    if cls is LNGRU and cell.eps != LNGRU(1, 1).eps:
+        raise ValueError(f"{who}: the target's layer norm has eps={LNGRU(1, 1).eps}; this cell "
+                         f"has eps={cell.eps}")
+    cell._check_params()
+    return {name: value.copy() for name, value in cell.params.items()}
+
+
+def gru_blocks(a, order, to_refnorm=True, axis=-1):
+    """a's three gate blocks along `axis` reordered from a peer's `order` (a permutation of
+    "rzn", e.g. "zrn" for haste and Keras) into refnorm's r, z, n (to_refnorm) or back (a
+    C-contiguous copy)."""
+    a = np.asarray(a)
+    if a.shape[axis] % 3 or a.shape[axis] == 0:
+        raise ValueError(f"the gate axis must have length 3H, got shape {a.shape}")
+    blocks = np.split(a, 3, axis=axis)
+    src, dst = (order, "rzn") if to_refnorm else ("rzn", order)
+    return np.ascontiguousarray(np.concatenate([blocks[src.index(g)] for g in dst], axis=axis))
+
+
+def fold_gru_biases(b_in, b_rec):
+    """(b, b_hn) of refnorm from a peer's input and recurrent biases in r, z, n order: the r, z
+    blocks sum into b, the recurrent n block is b_hn (inside r ⊙ (...))."""
+    H = b_in.shape[0] // 3
+    b = np.array(b_in, dtype=np.float64)
+    b[:2 * H] += b_rec[:2 * H]
+    return b, np.array(b_rec[2 * H:], dtype=np.float64)
+
+
+def split_gru_biases(b, b_hn):
+    """A peer's (input bias, recurrent bias) in r, z, n order from refnorm's b, b_hn: the input
+    bias gets b, the recurrent bias zeros in r, z and b_hn in n (their sum is what the peer
+    adds)."""
+    H = b_hn.shape[0]
+    return np.array(b), np.concatenate([np.zeros(2 * H, dtype=b.dtype), b_hn])

@@ -15,7 +15,7 @@ steps are not masked by haste, and its final state is taken at `lengths`.
 import numpy as np
 
 from .. import presets
-from ..cells import LNLSTM
+from ..cells import GRU, LNGRU, LNLSTM
 from ._common import build_cell, expect_shape, fold_forget_bias, ln_lstm_arrays, lstm_arrays
 from .layouts import from_canonical, to_canonical
 
@@ -49,6 +49,9 @@ def from_haste(module, dtype="float64", backend="numpy"):
     haste_pytorch.LayerNormLSTM) holding copies of the module's parameters, gate blocks reordered
     from i, g, f, o. DropConnect dropout acts in training only and is ignored; zoneout is
     refused."""
+    from .haste_gru import from_haste_gru, is_haste_gru
+    if is_haste_gru(module):
+        return from_haste_gru(module, dtype=dtype, backend=backend)
     kind = _kind(module)
     D, H = module.input_size, module.hidden_size
     params = {"Wx": to_canonical(_to_numpy(module, "kernel", (D, 4 * H)), "haste"),
@@ -73,6 +76,9 @@ def to_haste(cell, module=None):
     import haste_pytorch
     import torch
 
+    if isinstance(cell, (GRU, LNGRU)):
+        from .haste_gru import to_haste_gru
+        return to_haste_gru(cell, module)
     if isinstance(cell, LNLSTM):
         p = ln_lstm_arrays(cell, "to_haste", presets.haste_layer_norm_lstm)
         cls = haste_pytorch.LayerNormLSTM

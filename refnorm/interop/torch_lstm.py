@@ -16,7 +16,7 @@ from .layouts import from_canonical, to_canonical
 
 def _locate(module, layer, reverse, family="LSTM"):
     """The parameter names of one layer and direction of `module` (a torch.nn.<family> or
-    <family>Cell: family "LSTM" or "RNN"), its input size and H."""
+    <family>Cell: family "LSTM", "RNN" or "GRU"), its input size and H."""
     import torch
 
     layer, reverse = nonneg_int(layer, "layer"), flag(reverse, "reverse")
@@ -39,18 +39,27 @@ def _locate(module, layer, reverse, family="LSTM"):
         input_size = module.input_size if layer == 0 else \
             module.hidden_size * (2 if module.bidirectional else 1)
     else:
-        other = {"LSTM": "a torch.nn.RNN or RNNCell converts to a refnorm.RNN",
-                 "RNN": "a torch.nn.LSTM or LSTMCell converts to a refnorm.LSTM"}[family]
+        other = "; ".join(f"a torch.nn.{f} or {f}Cell converts to a refnorm.{f}"
+                          for f in ("LSTM", "RNN", "GRU") if f != family)
         raise ValueError(f"expected a torch.nn.{family} or torch.nn.{family}Cell, got "
                          f"{type(module).__name__} ({other})")
     names = {key: key + suffix for key in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
     return names, input_size, module.hidden_size
 
 
+def _family(module):
+    """"RNN" for a torch.nn.RNN or RNNCell (interop.torch_rnn), "GRU" for a torch.nn.GRU or
+    GRUCell (interop.torch_gru), else None (the LSTM converters here)."""
+    import torch
+    for family in ("RNN", "GRU"):
+        if isinstance(module, (getattr(torch.nn, family), getattr(torch.nn, family + "Cell"))):
+            return family
+    return None
+
+
 def _is_rnn(module):
     """A torch.nn.RNN or RNNCell (the refnorm.RNN converters, interop.torch_rnn)."""
-    import torch
-    return isinstance(module, (torch.nn.RNN, torch.nn.RNNCell))
+    return _family(module) == "RNN"
 
 
 def _to_numpy(tensor, name, shape):
@@ -67,12 +76,16 @@ def from_torch(module, layer=0, reverse=False, dtype="float64", backend="numpy")
     b = bias_ih + bias_hh (zeros for bias=False). The reverse direction runs over the time-reversed
     sequence: feed the cell x[::-1] (each sequence reversed within its length when padded).
 
-    A torch.nn.RNN or RNNCell gives a refnorm.RNN instead (refnorm.interop.torch_rnn).
+    A torch.nn.RNN or RNNCell gives a refnorm.RNN instead (refnorm.interop.torch_rnn), a
+    torch.nn.GRU or GRUCell a refnorm.GRU (refnorm.interop.torch_gru).
     ValueError for proj_size > 0, a layer or direction the module does not have, and any other
     module (GRU, ...)."""
     if _is_rnn(module):
         from .torch_rnn import from_torch_rnn
         return from_torch_rnn(module, layer, reverse, dtype=dtype, backend=backend)
+    if _family(module) == "GRU":
+        from .torch_gru import from_torch_gru
+        return from_torch_gru(module, layer, reverse, dtype=dtype, backend=backend)
     names, D, H = _locate(module, layer, reverse)
     w_ih = _to_numpy(getattr(module, names["weight_ih"]), names["weight_ih"], (4 * H, D))
     w_hh = _to_numpy(getattr(module, names["weight_hh"]), names["weight_hh"], (4 * H, H))
@@ -95,13 +108,17 @@ def to_torch(cell, module=None, layer=0, reverse=False):
     cell's run-time forget_bias is folded into bias_ih's forget block (torch has none). A module
     built with bias=False accepts only a cell whose bias is zero. The values are cast to the
     module's dtype. A refnorm.RNN goes into a torch.nn.RNN or RNNCell instead
-    (refnorm.interop.torch_rnn)."""
+    (refnorm.interop.torch_rnn), a refnorm.GRU into a torch.nn.GRU or GRUCell
+    (refnorm.interop.torch_gru)."""
     import torch
 
-    from ..cells import RNN
+    from ..cells import GRU, RNN
     if isinstance(cell, RNN):
         from .torch_rnn import to_torch_rnn
         return to_torch_rnn(cell, module, layer, reverse)
+    if isinstance(cell, GRU):
+        from .torch_gru import to_torch_gru
+        return to_torch_gru(cell, module, layer, reverse)
     p = lstm_arrays(cell, "to_torch", rnn_too=True)
     b = fold_forget_bias(p["b"], cell.forget_bias)
     D, H = cell.input_size, cell.hidden_size
