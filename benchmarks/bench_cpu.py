@@ -3,14 +3,16 @@
     python benchmarks/bench_cpu.py                # full run (several minutes on 2 cores)
     python benchmarks/bench_cpu.py --quick        # smallest shapes only, fewer repeats
     python benchmarks/bench_cpu.py --family rnn   # the RNN family's tables alone
+    python benchmarks/bench_cpu.py --family gru   # the GRU family's tables alone
 
-Two families of cells, each timed against its own anchors: the LSTM family (LSTM, BN-, SeqBN-,
-LN-LSTM) and the vanilla RNN family (RNN, BN-, SeqBN-, LN-RNN; tanh). G below is the width of
-the pre-activation, 4H for the LSTM and H for the RNN (GATES).
+Three families of cells, each timed against its own anchors: the LSTM family (LSTM, BN-, SeqBN-,
+LN-LSTM), the vanilla RNN family (RNN, BN-, SeqBN-, LN-RNN; tanh) and the GRU family (GRU, BN-,
+SeqBN-, LN-GRU; reset after, the torch.nn.GRU form). G below is the width of the
+pre-activation, 4H for the LSTM, H for the RNN and 3H for the GRU (GATES).
 
 Anchors, all in this process, on the same threads:
-  * torch.nn.LSTM / torch.nn.RNN (tanh) forward+backward and forward alone (the LSTM on oneDNN
-    in float32, native in float64; the RNN native in both);
+  * torch.nn.LSTM / torch.nn.RNN (tanh) / torch.nn.GRU forward+backward and forward alone (the
+    LSTM on oneDNN in float32, native in float64; the RNN native in both);
   * the BLAS floor: the matrix products the cell's BPTT must do, alone (input projection, one
     (B,H)·(H,G) product per step forward and one (B,G)·(G,H) backward, dWx, dWh, dx), through
     NumPy's BLAS: `@` for the whole-sequence products, and for the step products a direct
@@ -55,9 +57,10 @@ from blas_floor import gemm_for, matmul
 SHAPES = [(16, 64), (32, 128), (64, 256), (128, 512)]
 T_DEFAULT = 100
 FAMILIES = {"lstm": ("bn_lstm", "seq_bn_lstm", "ln_lstm"),     # family: its normalised cells
-            "rnn": ("bn_rnn", "seq_bn_rnn", "ln_rnn")}
-GATES = {"lstm": 4, "rnn": 1}     # the pre-activation z_t is (B, GATES·H)
-NAMES = {"lstm": "LSTM", "rnn": "RNN"}
+            "rnn": ("bn_rnn", "seq_bn_rnn", "ln_rnn"),
+            "gru": ("bn_gru", "seq_bn_gru", "ln_gru")}
+GATES = {"lstm": 4, "rnn": 1, "gru": 3}     # the pre-activation z_t is (B, GATES·H)
+NAMES = {"lstm": "LSTM", "rnn": "RNN", "gru": "GRU"}
 # The clock every timing of this module reads, looked up at each call (tests/test_bench_timing.py
 # puts a counter in its place, so the tests of these helpers time nothing).
 clock = time.perf_counter
@@ -141,7 +144,7 @@ def refnorm_case(stem, T, B, H, dtype, backend="numba"):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((T, B, H)).astype(dtype)
     dhs = rng.standard_normal((T, B, H)).astype(dtype)
-    kwargs = {"update_stats": False} if "bn" in stem else {}   # BN-, SeqBN-LSTM and -RNN
+    kwargs = {"update_stats": False} if "bn" in stem else {}   # BN-, SeqBN- LSTM, RNN, GRU
 
     def fwd():
         return cell.forward(x, **kwargs)
@@ -172,7 +175,8 @@ def _kernel_step_products(h, Whp, WhTp, dz, out_f, out_b):
 
 def blas_floor_case(T, B, H, dtype, gates=4):
     """The products of BPTT for a pre-activation of width G = gates·H (4 for the LSTM, 1 for
-    the RNN), D = H: the whole and its two halves timed apart, and the step products in
+    the RNN, 3 for the GRU, whose step products are h_{t-1} Wh and dw_t Whᵀ over all 3H),
+    D = H: the whole and its two halves timed apart, and the step products in
     refnorm's kernel."""
     rng = np.random.default_rng(0)
     D, G = H, gates * H
@@ -206,10 +210,10 @@ def blas_floor_case(T, B, H, dtype, gates=4):
 
 # -- torch -----------------------------------------------------------------------------------
 def torch_case(family, T, B, H, dtype):
-    """torch.nn.LSTM, or torch.nn.RNN with tanh, D = H: its forward alone (no_grad) and its
-    forward+backward."""
+    """torch.nn.LSTM, torch.nn.RNN with tanh, or torch.nn.GRU, D = H: its forward alone
+    (no_grad) and its forward+backward."""
     tdt = getattr(torch, dtype)
-    module = (torch.nn.LSTM(H, H) if family == "lstm"
+    module = (torch.nn.LSTM(H, H) if family == "lstm" else torch.nn.GRU(H, H) if family == "gru"
               else torch.nn.RNN(H, H, nonlinearity="tanh")).to(tdt)
     x = torch.randn(T, B, H, dtype=tdt, requires_grad=True)
     dhs = torch.randn(T, B, H, dtype=tdt)
@@ -244,6 +248,8 @@ def torch_eager_cell(stem, x, p, eps=1e-5):
     tensors. Returns hs (T, B, H)."""
     if stem.endswith("rnn"):
         return torch_eager_rnn(stem, x, p, eps)
+    if stem.endswith("gru"):
+        return torch_eager_gru(stem, x, p, eps)
     T, B, _ = x.shape
     H = p["Wh"].shape[0]
     h = x.new_zeros(B, H)
@@ -297,6 +303,34 @@ def torch_eager_rnn(stem, x, p, eps=1e-5):
     return torch.stack(outs)
 
 
+def torch_eager_gru(stem, x, p, eps=1e-5):
+    """The GRU family's equations, reset after (refnorm/numpy_ref/<stem>.py): BN- and LN-GRU
+    normalise u_t and a_t apart over all 3H (gains gamma_x, gamma_h, no shift), SeqBN-GRU
+    normalises U over all T·B frames; b is added to the input side, b_hn to a^n inside r ⊙ ·."""
+    T, B, _ = x.shape
+    H = p["Wh"].shape[0]
+    h = x.new_zeros(B, H)
+    U = x @ p["Wx"]                                               # u_t = x_t Wx, all t
+    if stem == "seq_bn_gru":                                      # (SEQBN-GRU 1)
+        U = _bn(U.reshape(T * B, -1), p["gamma_x"], 0.0, eps).reshape(T, B, -1)
+    outs = []
+    for u in U.unbind(0):
+        a = h @ p["Wh"]                                           # a_t = h_{t-1} Wh
+        if stem == "bn_gru":                                      # (BN-GRU 2)
+            v, w = _bn(u, p["gamma_x"], 0.0, eps) + p["b"], _bn(a, p["gamma_h"], 0.0, eps)
+        elif stem == "ln_gru":                                    # (LN-GRU 2)
+            v, w = _ln(u, p["gamma_x"], 0.0, eps) + p["b"], _ln(a, p["gamma_h"], 0.0, eps)
+        else:                                                     # (GRU 1), (SEQBN-GRU 2)
+            v, w = u + p["b"], a
+        vr, vz, vn = v.chunk(3, dim=1)
+        wr, wz, wn = w.chunk(3, dim=1)
+        r, z = torch.sigmoid(vr + wr), torch.sigmoid(vz + wz)     # (GRU 2)
+        n = torch.tanh(vn + r * (wn + p["b_hn"]))                 # (GRU 3)
+        h = (1 - z) * n + z * h                                   # (GRU 5)
+        outs.append(h)
+    return torch.stack(outs)
+
+
 def torch_eager_case(stem, T, B, H, dtype):
     cell = randomize(refnorm.CELLS[stem](H, H, seed=0, dtype=dtype), seed=1)
     p = {k: torch.tensor(v, requires_grad=True) for k, v in cell.params.items()}
@@ -316,9 +350,9 @@ def row(cells):
 
 def product_flops(T, B, H, gates=4):
     """Floating-point operations of the matrix products a cell's BPTT must do (D = H, G =
-    gates·H: 4H for the LSTM, H for the RNN): six of (T·B)×H×G, i.e. x Wx and the T products
-    h_{t-1} Wh forward, the T products dz_t Whᵀ, dWx, dWh and dx backward, two operations per
-    multiply-add."""
+    gates·H: 4H for the LSTM, H for the RNN, 3H for the GRU): six of (T·B)×H×G, i.e. x Wx and
+    the T products h_{t-1} Wh forward, the T products dz_t Whᵀ, dWx, dWh and dx backward, two
+    operations per multiply-add."""
     return 6 * 2 * T * B * H * gates * H
 
 
@@ -374,10 +408,10 @@ def table_product_bound(measured, T, out, family="lstm"):
 
 
 def table_vs_torch(shapes, T, repeats, out, family="lstm"):
-    """refnorm's LSTM (family "lstm") or tanh RNN ("rnn") against torch.nn.LSTM / torch.nn.RNN
-    and the BLAS floor of the same family. Prints the table; returns per shape (dtype, B, H) and
-    the seconds of refnorm, torch, the floor, the floor's step and whole-sequence products timed
-    apart, the same step products in refnorm's kernel, and torch's forward alone."""
+    """refnorm's LSTM (family "lstm"), tanh RNN ("rnn") or GRU ("gru") against torch.nn.LSTM /
+    torch.nn.RNN / torch.nn.GRU and the BLAS floor of the same family. Prints the table;
+    returns per shape (dtype, B, H) and the seconds of refnorm, torch, the floor, the floor's
+    step and whole-sequence products timed apart, the same step products in refnorm's kernel, and torch's forward alone."""
     name = NAMES[family]
     anchor = f"torch.nn.{name}" + (" (tanh)" if family == "rnn" else "")
     print(f"\n## {name}: refnorm numba vs {anchor} and the BLAS floor "
@@ -407,8 +441,8 @@ def table_vs_torch(shapes, T, repeats, out, family="lstm"):
 
 def table_norm_cells(shapes, T, repeats, out, family="lstm"):
     """The family's normalised cells (FAMILIES; the cells' default options: BN-RNN separate
-    terms, LN-RNN summed) against the family's plain cell in refnorm and against the same
-    equations in PyTorch eager, the three interleaved."""
+    terms, LN-RNN summed, the GRUs reset after) against the family's plain cell in refnorm and
+    against the same equations in PyTorch eager, the three interleaved."""
     name = NAMES[family]
     print(f"\n## Normalised cells on numba: fwd+bwd vs refnorm's {name} and vs the same "
           f"equations in PyTorch eager (T={T}, ms, median of {repeats}; ratios: median "
@@ -837,9 +871,10 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=None,
                         help="repeats per measurement (default 7, --quick 3)")
     parser.add_argument("--family", choices=tuple(FAMILIES), default=None,
-                        help="one family's tables alone: lstm, every table but the RNN "
-                             "family's three; rnn, the RNN vs torch.nn.RNN and the floor, its "
-                             "products, and the normalised RNNs (default: both families)")
+                        help="one family's tables alone: lstm, every table but the RNN and "
+                             "GRU families' three; rnn, the RNN vs torch.nn.RNN and the floor, "
+                             "its products, and the normalised RNNs; gru, the same three for "
+                             "the GRU vs torch.nn.GRU (default: every family)")
     args = parser.parse_args(argv)
     kept = args.keep_freed_memory and keep_freed_memory()
     if args.keep_freed_memory and not kept:
@@ -864,7 +899,7 @@ def main(argv=None):
         measured = table_vs_torch(shapes, T_DEFAULT, repeats, out, family)
         table_product_bound(measured, T_DEFAULT, out, family)
         table_norm_cells(small, T_DEFAULT, repeats, out, family)
-    if args.family != "rnn":
+    if args.family in (None, "lstm"):
         table_vs_book(small, T_DEFAULT, repeats, out)
         table_phases(small, T_DEFAULT, max(repeats, 11), out)
         table_normalisation(small, T_DEFAULT, max(repeats, 11), out)

@@ -155,6 +155,7 @@ def test_hot_normalisation_loops_do_the_cells_work_t_times(stem):
 
 
 EAGER_CELLS = [("lstm", {}), ("bn_lstm", {}), ("seq_bn_lstm", {}), ("ln_lstm", {}),
+               ("gru", {}), ("bn_gru", {}), ("seq_bn_gru", {}), ("ln_gru", {}),
                ("rnn", {}), ("bn_rnn", {"terms": "separate"}), ("bn_rnn", {"terms": "summed"}),
                ("seq_bn_rnn", {}), ("ln_rnn", {"terms": "summed"}),
                ("ln_rnn", {"terms": "separate"})]
@@ -192,26 +193,28 @@ def test_torch_eager_anchor_is_the_cells_math(stem, options):
     close(xt.grad.numpy(), grads["x"])
 
 
-def test_rnn_tables_print_one_row_per_case(fake_clock, monkeypatch):
-    """The RNN family's three tables, run for real on a tiny shape with the fake clock (each
-    timed call 1 tick, so every paired ratio reads 1.00 with quartiles 1.00): the RNN against
-    torch.nn.RNN and its floor (G = H), the products the RNN must do, and BN-, SeqBN- and
-    LN-RNN against refnorm's RNN and the eager anchor; a header, a rule and one row per
-    (dtype, shape[, cell]), every row as wide as the header. gemm_ceiling's large product is
-    replaced by a rate of 1 FLOP per tick."""
+@pytest.mark.parametrize("family, name, gates", [("rnn", "RNN", 1), ("gru", "GRU", 3)])
+def test_family_tables_print_one_row_per_case(fake_clock, monkeypatch, family, name, gates):
+    """The RNN and GRU families' three tables, run for real on a tiny shape with the fake clock
+    (each timed call 1 tick, so every paired ratio reads 1.00 with quartiles 1.00): the RNN
+    (GRU) against torch.nn.RNN (torch.nn.GRU) and its floor (G = H, 3H), the products the cell
+    must do, and its BN-, SeqBN- and LN- cells against refnorm's plain cell and the eager
+    anchor; a header, a rule and one row per (dtype, shape[, cell]), every row as wide as the
+    header. gemm_ceiling's large product is replaced by a rate of 1 FLOP per tick."""
     import io
     monkeypatch.setattr(bench_cpu, "gemm_ceiling", lambda dtype: 1.0)
     out = io.StringIO()
     T, B, H = 3, 4, 5
-    measured = bench_cpu.table_vs_torch([(B, H)], T, 3, out, family="rnn")
-    bench_cpu.table_product_bound(measured, T, out, family="rnn")
-    bench_cpu.table_norm_cells([(B, H)], T, 3, out, family="rnn")
+    measured = bench_cpu.table_vs_torch([(B, H)], T, 3, out, family=family)
+    bench_cpu.table_product_bound(measured, T, out, family=family)
+    bench_cpu.table_norm_cells([(B, H)], T, 3, out, family=family)
     text = out.getvalue()
     titles = [line for line in text.splitlines() if line.startswith("## ")]
-    assert [t.split(" (")[0] for t in titles] == [
-        "## RNN: refnorm numba vs torch.nn.RNN", "## What the matrix products allow, RNN",
-        "## Normalised cells on numba: fwd+bwd vs refnorm's RNN and vs the same equations in "
-        "PyTorch eager"]
+    assert [t.split(" (")[0].replace(" and the BLAS floor", "") for t in titles] == [
+        f"## {name}: refnorm numba vs torch.nn.{name}",
+        f"## What the matrix products allow, {name}",
+        f"## Normalised cells on numba: fwd+bwd vs refnorm's {name} and vs the same equations "
+        "in PyTorch eager"]
     tables = [[line for line in block.splitlines() if line.startswith("|")]
               for block in text.split("## ")[1:]]
     rows = {"float64": [], "float32": []}
@@ -223,22 +226,24 @@ def test_rnn_tables_print_one_row_per_case(fake_clock, monkeypatch):
             rows[line.split(" | ")[0][2:]].append(line)
     assert all(len(r) == 5 for r in rows.values())
     assert "1.00 (1.00-1.00)" in tables[0][2]
-    assert [line.split(" | ")[3] for line in tables[2][2:]] == ["bn_rnn", "seq_bn_rnn",
-                                                                "ln_rnn"] * 2
-    assert "vs refnorm RNN" in tables[2][0]
+    assert [line.split(" | ")[3] for line in tables[2][2:]] == [
+        f"bn_{family}", f"seq_bn_{family}", f"ln_{family}"] * 2
+    assert f"vs refnorm {name}" in tables[2][0]
     assert [m[:3] for m in measured] == [("float64", B, H), ("float32", B, H)]
-    flops = bench_cpu.product_flops(T, B, H, gates=1)
-    assert flops == 6 * 2 * T * B * H * H == bench_cpu.product_flops(T, B, H) / 4
+    flops = bench_cpu.product_flops(T, B, H, gates=bench_cpu.GATES[family])
+    assert flops == 6 * 2 * T * B * H * gates * H
+    assert flops == bench_cpu.product_flops(T, B, H) // 4 * gates
     assert f"{flops / 1e9:.2f}" == tables[1][2].split(" | ")[3]
 
 
-@pytest.mark.parametrize("argv, families, rest", [([], ["lstm", "rnn"], True),
+@pytest.mark.parametrize("argv, families, rest", [([], ["lstm", "rnn", "gru"], True),
                                                   (["--family", "rnn"], ["rnn"], False),
+                                                  (["--family", "gru"], ["gru"], False),
                                                   (["--family", "lstm"], ["lstm"], True)])
 def test_family_option_picks_the_tables(monkeypatch, capsys, argv, families, rest):
-    """--family rnn runs the RNN family's three tables alone; --family lstm every table but
-    those; no option, both families and then the LSTM-only tables. The tables are replaced by
-    recorders (nothing runs), and so are the thread settings main makes."""
+    """--family rnn (gru) runs the RNN (GRU) family's three tables alone; --family lstm every
+    table but those; no option, every family and then the LSTM-only tables. The tables are
+    replaced by recorders (nothing runs), and so are the thread settings main makes."""
     import threadpoolctl
     import torch
     calls = []
