@@ -21,6 +21,7 @@ import numbers
 import numpy as np
 
 from .. import _checks, backends
+from ..config import DEFAULT_EPS, SEQ_BN_GAMMA_INIT, SEQ_BN_LSTM_MOMENTUM
 
 
 def uniform_init(rng, shape, hidden_size):
@@ -389,10 +390,15 @@ class _SequenceBatchNormCell(_BatchNormCell):
     """Statistics over batch x time (Laurent et al. 2016): SeqBNLSTM, SeqBNRNN. One set of
     statistics over every valid (t, b) frame of the batch (every frame with
     pad_stats="include"), so batch size 1 works in training; inference uses the running
-    statistics `cell.stats` (F,)."""
+    statistics `cell.stats` (F,). Every family's sequence-wise cell takes these options: eps,
+    momentum (0.1, PyTorch's convention), unbiased_var, gamma_init (1.0), pad_stats."""
 
-    def __init__(self, input_size, hidden_size, **kw):
-        super().__init__(input_size, hidden_size, **kw)
+    def __init__(self, input_size, hidden_size, *, eps=DEFAULT_EPS,
+                 momentum=SEQ_BN_LSTM_MOMENTUM, unbiased_var=False,
+                 gamma_init=SEQ_BN_GAMMA_INIT, pad_stats="exclude", **kw):
+        self.gamma_init = _checks.positive_float(gamma_init, "gamma_init")
+        super().__init__(input_size, hidden_size, eps=eps, momentum=momentum,
+                         unbiased_var=unbiased_var, pad_stats=pad_stats, **kw)
         self.stats = self._fresh_stats(None)
 
     def _n_slots(self):

@@ -13,8 +13,7 @@ b_hr and b_iz + b_hz fold into b's r and z blocks; its b_in is b's n block.
 import numpy as np
 
 from .. import _checks
-from ..config import (BN_GAMMA_INIT, BN_LSTM_MOMENTUM, DEFAULT_EPS, LN_GAMMA_INIT,
-                      SEQ_BN_GAMMA_INIT, SEQ_BN_LSTM_MOMENTUM)
+from ..config import BN_GAMMA_INIT, BN_LSTM_MOMENTUM, DEFAULT_EPS, LN_GAMMA_INIT
 from ..numpy_ref.bn_gru import BNGRUCache
 from ..numpy_ref.gru import GRUCache
 from ..numpy_ref.ln_gru import LNGRUCache
@@ -119,13 +118,6 @@ class SeqBNGRU(_SequenceBatchNormCell, _GRUCell):
 
     stem = "seq_bn_gru"
     cache_class = SeqBNGRUCache
-
-    def __init__(self, input_size, hidden_size, *, eps=DEFAULT_EPS,
-                 momentum=SEQ_BN_LSTM_MOMENTUM, unbiased_var=False,
-                 gamma_init=SEQ_BN_GAMMA_INIT, pad_stats="exclude", **kw):
-        self.gamma_init = _checks.positive_float(gamma_init, "gamma_init")
-        super().__init__(input_size, hidden_size, eps=eps, momentum=momentum,
-                         unbiased_var=unbiased_var, pad_stats=pad_stats, **kw)
 
     def _gains(self):
         return {"gamma_x": self.gamma_init}

@@ -24,8 +24,7 @@ gradient (BN 15), (LN 11). refnorm.presets sets them all for a named peer.
 import numpy as np
 
 from .. import _checks
-from ..config import (BN_GAMMA_INIT, BN_LSTM_MOMENTUM, DEFAULT_EPS, LN_GAMMA_INIT,
-                      SEQ_BN_GAMMA_INIT, SEQ_BN_LSTM_MOMENTUM)
+from ..config import BN_GAMMA_INIT, BN_LSTM_MOMENTUM, DEFAULT_EPS, LN_GAMMA_INIT
 from ..numpy_ref.bn_lstm import BNLSTMCache
 from ..numpy_ref.common import fold_into_bias, unfold_bias_grads
 from ..numpy_ref.ln_lstm import LNLSTMCache
@@ -214,13 +213,6 @@ class SeqBNLSTM(_SequenceBatchNormCell, _LSTMCell):
 
     stem = "seq_bn_lstm"
     cache_class = SeqBNLSTMCache
-
-    def __init__(self, input_size, hidden_size, *, eps=DEFAULT_EPS,
-                 momentum=SEQ_BN_LSTM_MOMENTUM, unbiased_var=False,
-                 gamma_init=SEQ_BN_GAMMA_INIT, pad_stats="exclude", **kw):
-        self.gamma_init = _checks.positive_float(gamma_init, "gamma_init")
-        super().__init__(input_size, hidden_size, eps=eps, momentum=momentum,
-                         unbiased_var=unbiased_var, pad_stats=pad_stats, **kw)
 
     def _param_shapes(self):
         return {**super()._param_shapes(), "gamma_x": (4 * self.hidden_size,)}

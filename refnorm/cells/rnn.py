@@ -17,8 +17,7 @@ Options of the whole family:
 import numpy as np
 
 from .. import _checks
-from ..config import (BN_GAMMA_INIT, BN_LSTM_MOMENTUM, DEFAULT_EPS, LN_GAMMA_INIT,
-                      SEQ_BN_GAMMA_INIT, SEQ_BN_LSTM_MOMENTUM)
+from ..config import BN_GAMMA_INIT, BN_LSTM_MOMENTUM, DEFAULT_EPS, LN_GAMMA_INIT
 from ..numpy_ref.bn_rnn import STAT_NAMES, BNRNNCache
 from ..numpy_ref.ln_rnn import LNRNNCache
 from ..numpy_ref.rnn import NONLINEARITIES, RNNCache
@@ -126,13 +125,6 @@ class SeqBNRNN(_SequenceBatchNormCell, _RNNCell):
 
     stem = "seq_bn_rnn"
     cache_class = SeqBNRNNCache
-
-    def __init__(self, input_size, hidden_size, *, eps=DEFAULT_EPS,
-                 momentum=SEQ_BN_LSTM_MOMENTUM, unbiased_var=False,
-                 gamma_init=SEQ_BN_GAMMA_INIT, pad_stats="exclude", **kw):
-        self.gamma_init = _checks.positive_float(gamma_init, "gamma_init")
-        super().__init__(input_size, hidden_size, eps=eps, momentum=momentum,
-                         unbiased_var=unbiased_var, pad_stats=pad_stats, **kw)
 
     def _gains(self):
         return {"gamma_x": self.gamma_init}
