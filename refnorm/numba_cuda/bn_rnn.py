@@ -19,7 +19,8 @@ from ..numpy_ref.bn_rnn import STAT_NAMES, BNRNNCache
 from . import common
 from .common import MAX_THREADS, TERMS_MODES, kernel_mode, normalized_preactivation
 from .norms import column_backward, column_count, column_normalize, column_stats
-from .rnn import NONLINEARITY_MODES, activation, activation_grad, copy_params, states_h, with_dh
+from .rnn import (NONLINEARITY_MODES, activation, activation_grad, copy_params,
+                  normalized_terms, states_h, with_dh)
 
 
 @cuda.jit
@@ -157,14 +158,7 @@ def bn_rnn_backward(dhs, dhT, cache, state_grads=False):
     T, B, H = dhs_d.shape
     dt = dhs_d.dtype
     p = {k: dev(v) for k, v in cache.params.items()}
-    if terms_mode == 0:
-        a_hat, u_hat = dev(cache.a_hat), dev(cache.u_hat)
-        var_h, var_x = dev(cache.var_h), dev(cache.var_x)
-        gamma_h, gamma_x = p["gamma_h"], p["gamma_x"]
-    else:                                                  # ŝ, var_z, γ_z          (BN-RNN 6)
-        a_hat = u_hat = dev(cache.s_hat)
-        var_h = var_x = dev(cache.var_z)
-        gamma_h = gamma_x = p["gamma_z"]
+    a_hat, u_hat, var_h, var_x, gamma_h, gamma_x = normalized_terms(cache, p, dev, terms_mode)
     md, sd, h_tilde = dev(cache.mask), dev(cache.stat_mask), dev(cache.h_tilde)
     dZ, dA, dh = (common.empty((T, B, H), dt) for _ in range(3))
     dU = common.empty((T, B, H), dt) if terms_mode == 0 else dA    # du, da = ds, ds (BN-RNN 6)

@@ -42,6 +42,17 @@ def with_dh(grads, dh, state_grads):
     return {**grads, "dh": dh} if state_grads else grads
 
 
+def normalized_terms(cache, p, dev, terms_mode):
+    """What the BN- and LN-RNN backward kernels read of the two normalised terms, on the device:
+    (â, û, their variances v_h, v_x, gains γ_h, γ_x), or with one normalisation of the summed
+    terms (terms_mode 1) ŝ, v_z and γ_z in both places (BN-RNN 6), (LN-RNN 5)."""
+    if terms_mode == 0:
+        return (dev(cache.a_hat), dev(cache.u_hat), dev(cache.var_h), dev(cache.var_x),
+                p["gamma_h"], p["gamma_x"])
+    s_hat, var_z = dev(cache.s_hat), dev(cache.var_z)
+    return s_hat, s_hat, var_z, var_z, p["gamma_z"], p["gamma_z"]
+
+
 @cuda.jit(device=True)
 def activation(z, relu):
     """h̃ = φ(z) (RNN 2): np.tanh(z) if nonlinearity == "tanh" else np.maximum(z, 0.0)."""
