@@ -138,10 +138,14 @@ BUILTIN_TARGETS = ("torch.nn.LSTM", "torch.nn.LSTMCell", "haste.LSTM", "haste.La
                    "flax.nnx.LSTMCell", "flax.nnx.OptimizedLSTMCell",
                    "torch.nn.RNN", "torch.nn.RNNCell", "keras.SimpleRNN",
                    "flax.linen.SimpleCell", "flax.nnx.SimpleCell",
-                   "torch.nn.GRU", "torch.nn.GRUCell", "haste.GRU", "haste.LayerNormGRU")
+                   "torch.nn.GRU", "torch.nn.GRUCell", "haste.GRU", "haste.LayerNormGRU",
+                   "keras.GRU")
 # the built-in targets of the GRU family (refnorm.GRU, LNGRU) and the cell each compares with
 GRU_TARGETS = {"torch.nn.GRU": "torch_gru", "torch.nn.GRUCell": "torch_gru",
-               "haste.GRU": "haste_gru", "haste.LayerNormGRU": "haste_layer_norm_gru"}
+               "haste.GRU": "haste_gru", "haste.LayerNormGRU": "haste_layer_norm_gru",
+               "keras.GRU": "torch_gru"}     # the same GRU (reset "after", or "before")
+# the targets that take --reset-after (refnorm.GRU reset="after" / "before")
+RESET_TARGETS = ("keras.GRU",)
 # the built-in targets that are vanilla RNNs (refnorm.RNN; --nonlinearity)
 RNN_TARGETS = ("torch.nn.RNN", "torch.nn.RNNCell", "keras.SimpleRNN", "flax.linen.SimpleCell",
                "flax.nnx.SimpleCell")
@@ -176,6 +180,9 @@ def add_validate_parser(sub):
     p.add_argument("--nonlinearity", choices=("tanh", "relu"),
                    help="the RNN targets (" + ", ".join(RNN_TARGETS) + ") and a --preset of the "
                         "RNN family: tanh (default) or relu")
+    p.add_argument("--reset-after", choices=("true", "false"),
+                   help=", ".join(RESET_TARGETS) + ": reset_after (default true: refnorm.GRU "
+                        "reset=\"after\"; false: reset=\"before\")")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
                    help="the target's dtype for the built-in targets (default %(default)s)")
     p.add_argument("--T", type=int, default=6, dest="T", help="time steps (default 6)")
@@ -225,11 +232,15 @@ def _build_target(args):
         raise ValueError("--nonlinearity is an option of the RNN targets "
                          f"({', '.join(RNN_TARGETS)}) and of the RNN family's presets")
     nonlinearity = args.nonlinearity or "tanh"
+    if args.reset_after and args.target not in RESET_TARGETS:
+        raise ValueError(f"--reset-after is an option of {', '.join(RESET_TARGETS)}")
+    reset = "before" if args.reset_after == "false" else "after"
     if args.target in BUILTIN_TARGETS:
         family, _, name = args.target.rpartition(".")
         cell = _random_cell(CELLS["rnn"], args, nonlinearity=nonlinearity) if rnn else None
         if args.target in GRU_TARGETS:
-            cell = _random_cell(presets.PRESETS[GRU_TARGETS[args.target]], args)
+            cell = _random_cell(presets.PRESETS[GRU_TARGETS[args.target]], args,
+                                **({"reset": reset} if args.target in RESET_TARGETS else {}))
         if family.startswith("flax"):                    # flax.linen / flax.nnx, on JAX
             import_peer("flax", args.target)
             import jax
@@ -266,6 +277,9 @@ def _build_target(args):
         if rnn:
             layer = keras.layers.SimpleRNN(H, activation=nonlinearity, return_sequences=True,
                                            return_state=True, dtype=args.dtype)
+        elif name == "GRU":
+            layer = keras.layers.GRU(H, reset_after=reset == "after", return_sequences=True,
+                                     return_state=True, dtype=args.dtype)
         else:
             layer = keras.layers.LSTM(H, return_sequences=True, return_state=True,
                                       dtype=args.dtype)

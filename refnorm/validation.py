@@ -142,7 +142,23 @@ KERAS_FLOAT32_SIMPLE_RNN = {
                       "jnp.where merges into the float64 carry; without a mask the layer does "
                       "not run at all)"),
 }
-KERAS_FLOAT32_BY = {"LSTM": KERAS_FLOAT32, "SimpleRNN": KERAS_FLOAT32_SIMPLE_RNN}
+# The same for a float64 keras.layers.GRU (measured with Keras 3.15.1,
+# tests/test_interop_gru_peers.py): as the LSTM on torch (unmasked, a fused torch loop keeps
+# float64), keras.ops.tanh / sigmoid cast on JAX. TensorFlow is float64.
+KERAS_FLOAT32_GRU = {
+    "torch": ("masked", "where a mask is used (its masked RNN loop's GRUCell.call's "
+                        "keras.ops.matmul casts to Keras's result type; unmasked, a fused torch "
+                        "loop keeps float64)"),
+    "jax": ("always", "masked or not (the cell's activations keras.ops.tanh / sigmoid cast to "
+                      "Keras's result type: keras/src/backend/jax/numpy.py)"),
+}
+# reset_after=False has no fused torch loop: its cell's keras.ops.matmul casts masked or not
+KERAS_FLOAT32_GRU_BEFORE = {**KERAS_FLOAT32_GRU, "torch": (
+    "always", "masked or not (GRUCell.call's keras.ops.matmul casts to Keras's result type at "
+              "every step: keras/src/backend/torch/numpy.py matmul; reset_after=False has no "
+              "fused torch loop)")}
+KERAS_FLOAT32_BY = {"LSTM": KERAS_FLOAT32, "SimpleRNN": KERAS_FLOAT32_SIMPLE_RNN,
+                    "GRU": KERAS_FLOAT32_GRU, "GRU reset before": KERAS_FLOAT32_GRU_BEFORE}
 
 # Why a float64 tanh SimpleRNN without a mask cannot run on Keras's JAX backend (a ValueError)
 KERAS_JAX_CARRY = (
@@ -735,7 +751,11 @@ class _KerasAdapter(_Adapter):
                              "and return_state=True for validation")
         self.layer, self.backend = layer, backend
         self.cell = from_keras(layer)
-        self.kind = "LSTM" if "c" in self.cell.STATES else "SimpleRNN"      # KERAS_FLOAT32_BY
+        from .cells import GRU
+        self.kind = ("LSTM" if "c" in self.cell.STATES else            # KERAS_FLOAT32_BY
+                     "GRU" if isinstance(self.cell, GRU) else "SimpleRNN")
+        self.float32_key = self.kind + (" reset before" if getattr(self.cell, "reset", None)
+                                        == "before" else "")
         self.dtype = layer.dtype_policy.compute_dtype
         package, autodiff = KERAS_BACKENDS[backend]
         if backend == "jax" and self.dtype == "float64":
@@ -782,7 +802,19 @@ class _KerasAdapter(_Adapter):
         by_name = dict(zip(names, (numpy(g) for g in grads[n:])))
         order = ["kernel", "recurrent_kernel"] + (["bias"] if "bias" in by_name else [])
         from .interop import from_keras
-        out.update({"d" + k: v for k, v in from_keras([by_name[n] for n in order]).params.items()})
+        grads = [by_name[n] for n in order]
+        options = {}
+        if self.kind == "GRU":
+            options["reset_after"] = self.cell.reset == "after"
+            if len(grads) == 3 and grads[2].ndim == 2:
+                # bias (2, 3H): the converter sums the recurrent bias's z, r blocks into b, whose
+                # gradient is each one's: zero them so the sum counts it once; its h block is
+                # b_hn, kept (as _torch_grads_as_module's kept_block)
+                H = grads[2].shape[1] // 3
+                grads[2] = grads[2].copy()
+                grads[2][1, :2 * H] = 0
+        out.update({"d" + k: v
+                    for k, v in from_keras(grads, **options).params.items()})
         return out
 
     # Each _autodiff_<backend>(args, mask, up): the outputs (seq, hT (, cT)) and the gradients of
@@ -834,7 +866,7 @@ class _KerasAdapter(_Adapter):
         """Where Keras computes a float64 layer in float32 (KERAS_FLOAT32_BY), and the mismatch
         is of that size: say why, and how to check the layer at float32 level."""
         bad = [row[3] for row in rows if not row[-1]]
-        known = KERAS_FLOAT32_BY[self.kind].get(self.backend)
+        known = KERAS_FLOAT32_BY[self.float32_key].get(self.backend)
         if (known is None or self.dtype != "float64" or not bad
                 or max(bad) > TOLERANCE["float32"]
                 or (known[0] == "masked" and data["mask"].min() > 0)):

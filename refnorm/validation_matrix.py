@@ -6,9 +6,9 @@
 Each row of ROWS is one `refnorm validate` command line (Row.argv), run through the same code
 (cli.validation_report, hence refnorm.validate) with the same fixed seed: random non-zero
 weights, inputs, states and upstream gradients, and ragged lengths (validate's defaults). Keras
-fixes its backend once per process, so the Keras rows of one backend (keras.LSTM and
-keras.SimpleRNN) run `refnorm validate ... --json` one after the other in that backend's own
-process with KERAS_BACKEND set; the three processes start first and run while this process runs
+fixes its backend once per process, so the Keras rows of one backend (keras.LSTM,
+keras.SimpleRNN, keras.GRU) run `refnorm validate ... --json` one after the other in that
+backend's own process with KERAS_BACKEND set; the three processes start first and run while this process runs
 the others, and their JSON reports come back (ValidationReport.from_dict). Flax rows need JAX's
 x64 mode, which this process switches on as `refnorm validate flax.*` does.
 
@@ -34,8 +34,9 @@ torch.nn.RNNCell, keras.SimpleRNN on each backend, flax SimpleCell (linen, nnx) 
 node. No peer ships a normalised vanilla RNN, so there is none to validate.
 
 The GRU family's rows: torch.nn.GRU (one layer; 2 layers x 2 directions), torch.nn.GRUCell,
-haste GRU and LayerNormGRU (refnorm.LNGRU, presets.haste_layer_norm_gru). Keras GRU, the ONNX
-GRU node and Flax's GRUCell have no converter yet.
+haste GRU and LayerNormGRU (refnorm.LNGRU, presets.haste_layer_norm_gru), keras.GRU with
+reset_after True and False (refnorm.GRU reset "after" / "before") on each backend, in the
+keras.LSTM row's process. The ONNX GRU node and Flax's GRUCell have no converter yet.
 """
 import importlib.metadata
 import importlib.util
@@ -160,6 +161,13 @@ ROWS = (
     Row("haste", ("haste.GRU",), "haste_gru", NO_STATISTICS, ("torch", "haste_pytorch")),
     Row("haste", ("haste.LayerNormGRU",), "haste_layer_norm_gru", NO_STATISTICS,
         ("torch", "haste_pytorch")),
+    *(Row(f"Keras ({backend})", ("keras.GRU", *flag), f"torch_gru ({form})", NO_STATISTICS,
+          ("keras", package), env=(("KERAS_BACKEND", backend),),
+          note=f"in the keras.LSTM row's process, KERAS_BACKEND={backend}; gradients by "
+               f"{autodiff}")
+      for backend, (package, autodiff) in KERAS_BACKENDS.items()
+      for flag, form in (((), "reset_after=True: reset after"),
+                         (("--reset-after", "false"), "reset_after=False: reset before"))),
 )
 
 

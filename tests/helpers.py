@@ -2,17 +2,18 @@
 every cell of both families.
 
 The cells by family and by kind (stems, as in refnorm.CELLS):
-    ALL_CELLS       every cell of the families in TESTED_FAMILIES: the LSTM, then the RNN family
+    ALL_CELLS       every cell of the families in TESTED_FAMILIES: the LSTM, the RNN, the GRU family
     LSTM_CELLS      lstm, bn_lstm, seq_bn_lstm, ln_lstm          states (h, c)
     RNN_CELLS       rnn, bn_rnn, seq_bn_rnn, ln_rnn              state h
-    BN_STEP_CELLS   per-step batch norm (bn_lstm, bn_rnn)
-    BN_SEQ_CELLS    sequence-wise batch norm (seq_bn_lstm, seq_bn_rnn)
+    GRU_CELLS       gru, bn_gru, seq_bn_gru, ln_gru              state h
+    BN_STEP_CELLS   per-step batch norm (bn_lstm, bn_rnn, bn_gru)
+    BN_SEQ_CELLS    sequence-wise batch norm (seq_bn_lstm, seq_bn_rnn, seq_bn_gru)
     BN_CELLS        both; LN_CELLS the layer-normalised ones; NORM_CELLS all normalised ones
 The kinds are read from the classes, so a new cell lands in the right groups by itself once its
 family is in TESTED_FAMILIES (which needs its equations in tests/torch_reference.py and its rules
 in the modules' per-cell tables: test_properties.noisy_grads, the option lists).
 
-One calling convention for both families (a cell's STATES is ("h",) or ("h", "c")):
+One calling convention for every family (a cell's STATES is ("h",) or ("h", "c")):
     data = random_data(cell, T, B)            x, h0 (c0), dhs, dhT (dcT)
     hs, finals, cache = forward(cell, data, mask=..., training=...)    finals {"hT": , "cT": }
     grads = backward(cell, data, cache)       data's upstream gradients
@@ -37,10 +38,11 @@ TOL = {
     "float32": 1e-4,
 }
 
-TESTED_FAMILIES = ("lstm", "rnn")
+TESTED_FAMILIES = ("lstm", "rnn", "gru")
 ALL_CELLS = tuple(name for family in TESTED_FAMILIES for name in refnorm.FAMILIES[family])
 LSTM_CELLS = tuple(refnorm.FAMILIES["lstm"])
 RNN_CELLS = tuple(refnorm.FAMILIES["rnn"])
+GRU_CELLS = tuple(refnorm.FAMILIES["gru"])
 BN_STEP_CELLS = tuple(n for n in ALL_CELLS if issubclass(refnorm.CELLS[n], _PerStepBatchNormCell))
 BN_SEQ_CELLS = tuple(n for n in ALL_CELLS
                      if issubclass(refnorm.CELLS[n], _SequenceBatchNormCell))
@@ -77,7 +79,7 @@ def cell_backends(names):
 
 def make_cell(name, D=3, H=3, *, seed=0, dtype="float64", **options):
     """A cell with every parameter (and BN population statistic) redrawn at random and non-zero
-    by refnorm.gradcheck.randomize; the per-step BN cells (BNLSTM, BNRNN) get max_steps=6
+    by refnorm.gradcheck.randomize; the per-step BN cells (BNLSTM, BNRNN, BNGRU) get max_steps=6
     unless told otherwise."""
     if name in BN_STEP_CELLS:
         options.setdefault("max_steps", 6)

@@ -1,11 +1,11 @@
 """refnorm's hand-written forward and BPTT against PyTorch float64 autograd.
 
 Two independent references:
-* tests/torch_reference.py, the eight cells written again from the equations, differentiated by
+* tests/torch_reference.py, the twelve cells written again from the equations, differentiated by
   autograd: outputs, every gradient of L = Σ dhs⊙hs + Σ dhT⊙hT (+ Σ dcT⊙cT), and the BN
   statistics in the cache, for every cell and option that changes the equations, training and
   inference, with and without a ragged mask;
-* torch.nn.LSTM and torch.nn.RNN (tanh and relu) for the plain cells, with equal lengths and with
+* torch.nn.LSTM, torch.nn.RNN (tanh and relu) and torch.nn.GRU (reset after) for the plain cells, with equal lengths and with
   packed variable lengths.
 """
 import numpy as np
@@ -26,7 +26,8 @@ BN_T0 = 3
 
 # (cell name, constructor options): the papers' cells, LN both over the joint 4H row and per
 # gate, every variant of derivations/variants.md (each with a run-time forget bias too), and the
-# RNN family with both nonlinearities, both term forms and padded rows in the BN statistics
+# RNN family with both nonlinearities, both term forms and padded rows in the BN statistics, and
+# the GRU family with both reset placements and padded rows in the BN statistics
 CASES = [("lstm", {}), ("bn_lstm", {}), ("seq_bn_lstm", {}),
          ("ln_lstm", {"per_gate": False}), ("ln_lstm", {"per_gate": True}),
          ("lstm", {"forget_bias": 1.0}),
@@ -42,13 +43,19 @@ CASES = [("lstm", {}), ("bn_lstm", {}), ("seq_bn_lstm", {}),
          ("bn_rnn", {"nonlinearity": "relu", "pad_stats": "include", "eps": 1e-3}),
          ("seq_bn_rnn", {}), ("seq_bn_rnn", {"nonlinearity": "relu", "pad_stats": "include"}),
          ("ln_rnn", {}), ("ln_rnn", {"terms": "separate", "nonlinearity": "relu"}),
-         ("ln_rnn", {"terms": "separate", "eps": 1e-3})]
+         ("ln_rnn", {"terms": "separate", "eps": 1e-3}),
+         ("gru", {"reset": "after"}), ("gru", {"reset": "before"}),
+         ("bn_gru", {}), ("bn_gru", {"pad_stats": "include", "eps": 1e-3}),
+         ("seq_bn_gru", {}), ("seq_bn_gru", {"pad_stats": "include"}),
+         ("ln_gru", {}), ("ln_gru", {"eps": 1e-3})]
 CASE_IDS = ["lstm", "bn_lstm", "seq_bn_lstm", "ln_lstm-joint", "ln_lstm-per_gate",
             "lstm-forget_bias", "bn_lstm-carry_norm-term_beta", "bn_lstm-pad_include-term_beta",
             "ln_lstm-carry_norm-term_beta", "ln_lstm-tf1_contrib", "ln_lstm-summed-joint",
             "rnn", "rnn-relu", "bn_rnn", "bn_rnn-summed-relu", "bn_rnn-summed-pad_include",
             "bn_rnn-relu-pad_include-eps", "seq_bn_rnn", "seq_bn_rnn-relu-pad_include",
-            "ln_rnn", "ln_rnn-separate-relu", "ln_rnn-separate-eps"]
+            "ln_rnn", "ln_rnn-separate-relu", "ln_rnn-separate-eps",
+            "gru-after", "gru-before", "bn_gru", "bn_gru-pad_include-eps", "seq_bn_gru",
+            "seq_bn_gru-pad_include", "ln_gru", "ln_gru-eps"]
 AUTODIFF_PARAMS = [pytest.param(backend, name, options, id=f"{backend}-{case_id}")
                    for backend in BACKENDS for (name, options), case_id in zip(CASES, CASE_IDS)
                    if backend in backends_for(name)]
@@ -66,7 +73,7 @@ def assert_close(name, ours, theirs):
 def torch_forward(name, cell, x, states, mask, params, training, t0, record, **rnn_only):
     """The torch reference of `cell`, with the population statistics refnorm would use: hs and
     the final states. states: the initial states, (h0, c0) or (h0,). rnn_only: keyword
-    arguments of the RNN family's functions only (keep)."""
+    arguments of the one-state families' functions only (keep)."""
     stat_mask = torch.ones_like(mask) if getattr(cell, "pad_stats", None) == "include" else mask
     if name in BN_STEP_CELLS:
         slots = next(iter(cell.stats.values())).shape[0]
@@ -98,9 +105,20 @@ def torch_forward(name, cell, x, states, mask, params, training, t0, record, **r
         return torch_reference.seq_bn_rnn(x, *states, mask, params, training=training,
                                           eps=cell.eps, nonlinearity=cell.nonlinearity, pop=pop,
                                           record=record, stat_mask=stat_mask, **rnn_only)
-    assert name == "ln_rnn"
-    return torch_reference.ln_rnn(x, *states, mask, params, eps=cell.eps, terms=cell.terms,
-                                  nonlinearity=cell.nonlinearity, **rnn_only)
+    if name == "ln_rnn":
+        return torch_reference.ln_rnn(x, *states, mask, params, eps=cell.eps, terms=cell.terms,
+                                      nonlinearity=cell.nonlinearity, **rnn_only)
+    if name == "gru":
+        return torch_reference.gru(x, *states, mask, params, reset=cell.reset, **rnn_only)
+    if name == "bn_gru":
+        return torch_reference.bn_gru(x, *states, mask, params, training=training, eps=cell.eps,
+                                      pop=pop, record=record, stat_mask=stat_mask, **rnn_only)
+    if name == "seq_bn_gru":
+        return torch_reference.seq_bn_gru(x, *states, mask, params, training=training,
+                                          eps=cell.eps, pop=pop, record=record,
+                                          stat_mask=stat_mask, **rnn_only)
+    assert name == "ln_gru"
+    return torch_reference.ln_gru(x, *states, mask, params, eps=cell.eps, **rnn_only)
 
 
 @pytest.mark.parametrize("masked", [False, True], ids=["full", "ragged"])
@@ -153,26 +171,36 @@ def test_cell_matches_torch_autograd(backend, name, options, training, masked):
 
 
 def torch_net(cell, rng):
-    """torch.nn.LSTM, or torch.nn.RNN with the cell's nonlinearity, holding refnorm's weights, b
+    """torch.nn.LSTM, torch.nn.GRU (reset after), or torch.nn.RNN with the cell's nonlinearity, holding refnorm's weights, b
     split at random into bias_ih + bias_hh so that a bias counted twice (or once too few)
     shows."""
     p = cell.params
     if cell.stem == "lstm":
         net = torch.nn.LSTM(cell.input_size, cell.hidden_size, dtype=torch.float64)
+    elif cell.stem == "gru":
+        net = torch.nn.GRU(cell.input_size, cell.hidden_size, dtype=torch.float64)
     else:
         net = torch.nn.RNN(cell.input_size, cell.hidden_size, nonlinearity=cell.nonlinearity,
                            dtype=torch.float64)
     r = 0.5 * rng.standard_normal(p["b"].shape)
+    bias_hh = r
+    if cell.stem == "gru":
+        # torch's GRU: b = [b_ir + b_hr | b_iz + b_hz | b_in], b_hn = b_hh's n block apart
+        # (derivations/gru.md); only the r and z blocks of b are split
+        rz = 2 * cell.hidden_size
+        r[rz:] = 0.0
+        bias_hh = np.concatenate([r[:rz], p["b_hn"]])
     with torch.no_grad():
         net.weight_ih_l0.copy_(tensor(p["Wx"].T))
         net.weight_hh_l0.copy_(tensor(p["Wh"].T))
         net.bias_ih_l0.copy_(tensor(p["b"] - r))
-        net.bias_hh_l0.copy_(tensor(r))
+        net.bias_hh_l0.copy_(tensor(bias_hh))
     return net
 
 
 # the plain cells and torch's module of the same equations: nn.LSTM, nn.RNN (tanh and relu)
-PLAIN = [("lstm", {}), ("rnn", {"nonlinearity": "tanh"}), ("rnn", {"nonlinearity": "relu"})]
+PLAIN = [("lstm", {}), ("rnn", {"nonlinearity": "tanh"}), ("rnn", {"nonlinearity": "relu"}),
+         ("gru", {"reset": "after"})]
 PLAIN_PARAMS = [pytest.param(backend, name, options,
                              id="-".join([backend, name, *options.values()]))
                 for backend in BACKENDS for name, options in PLAIN
@@ -218,9 +246,15 @@ def test_plain_cell_matches_torch_nn(backend, name, options, lengths):
         assert_close(f"d{key}", grads[key], leaf.grad)
     assert_close("dWx", grads["Wx"], net.weight_ih_l0.grad.T)
     assert_close("dWh", grads["Wh"], net.weight_hh_l0.grad.T)
-    # z = ... + bias_ih + bias_hh, so each of torch's biases gets the whole dL/db
+    # z = ... + bias_ih + bias_hh, so each of torch's biases gets the whole dL/db; the GRU's n
+    # block of bias_hh is b_hn, inside r ⊙ (·)
     assert_close("db (bias_ih)", grads["b"], net.bias_ih_l0.grad)
-    assert_close("db (bias_hh)", grads["b"], net.bias_hh_l0.grad)
+    if name == "gru":
+        rz = 2 * cell.hidden_size
+        assert_close("db (bias_hh r, z)", grads["b"][:rz], net.bias_hh_l0.grad[:rz])
+        assert_close("db_hn (bias_hh n)", grads["b_hn"], net.bias_hh_l0.grad[rz:])
+    else:
+        assert_close("db (bias_hh)", grads["b"], net.bias_hh_l0.grad)
 
     # the hand-written torch reference agrees with torch's module too
     m = tensor(np.ones((T, B)) if lengths is None else ragged_mask(T, B, lengths))

@@ -20,9 +20,9 @@ import pytest
 import refnorm
 from refnorm import relative_error
 
-from helpers import (ALL_CELLS, BN_CELLS, BN_SEQ_CELLS, BN_STEP_CELLS, LSTM_CELLS, NORM_CELLS,
-                     RNN_CELLS, TOL, backward, cell_backends, forward, initial_states,
-                     make_cell, ragged_mask, random_data, run, upstream_names)
+from helpers import (ALL_CELLS, BN_CELLS, BN_SEQ_CELLS, BN_STEP_CELLS, GRU_CELLS, LN_CELLS,
+                     LSTM_CELLS, NORM_CELLS, RNN_CELLS, TOL, backward, cell_backends, forward,
+                     initial_states, make_cell, ragged_mask, random_data, run, upstream_names)
 
 T, B, D, H = 4, 3, 3, 3            # make_cell's default D = H = 3
 DTYPES = ("float64", "float32")
@@ -134,6 +134,7 @@ BAD_OPTIONS = {
     "terms": (("bn_rnn", "ln_lstm", "ln_rnn"), ["sum", "Summed", "joint"] + BAD_CHOICES),
     "nonlinearity": (RNN_CELLS, ["sigmoid", "Tanh", "relu6"] + BAD_CHOICES),
     "Wh": (RNN_CELLS, ["eye", "Identity", "uniform", "", True, 1]),
+    "reset": (("gru",), ["After", "before_", "linear_before_reset"] + BAD_CHOICES),
     # a NumPy NaN or bool is as bad as Python's; None means "as drawn" for forget_bias_init only
     "forget_bias": (LSTM_CELLS, [NAN, INF, -INF, "1", True, None, np.float64(NAN),
                                  np.float32(INF), np.bool_(True), np.array([1.0])]),
@@ -151,6 +152,23 @@ def test_constructor_rejects_bad_option(name, arg, value):
         refnorm.CELLS[name](3, 3, **{arg: value})
 
 
+# options of the other families that the GRU family does not have (no nonlinearity, no Wh
+# initialiser, one term form, no forget gate); reset is the plain GRU's alone (the normalised
+# GRUs are reset after, derivations/bn_gru.md, seq_bn_gru.md, ln_gru.md)
+FOREIGN_GRU_OPTIONS = [pytest.param(name, arg, value, id=f"{name}-{arg}")
+                       for name in GRU_CELLS
+                       for arg, value in [("nonlinearity", "tanh"), ("Wh", "identity"),
+                                          ("terms", "summed"), ("per_gate", True),
+                                          ("forget_bias", 1.0)]
+                       + ([("reset", "after")] if name != "gru" else [])]
+
+
+@pytest.mark.parametrize("name, arg, value", FOREIGN_GRU_OPTIONS)
+def test_gru_family_rejects_options_it_does_not_have(name, arg, value):
+    with pytest.raises(TypeError, match=arg):
+        refnorm.CELLS[name](3, 3, **{arg: value})
+
+
 @pytest.mark.parametrize("name", ALL_CELLS)
 def test_constructor_accepts_edge_values(name):
     """The rejections above are not over-broad: NumPy integers and bools, the closed end of the
@@ -162,7 +180,7 @@ def test_constructor_accepts_edge_values(name):
         options.update(momentum=1.0, eps=0, unbiased_var=np.True_)
     if name in BN_STEP_CELLS:
         options.update(max_steps=np.int64(1), past_max_steps="clamp")
-    if name in ("ln_lstm", "ln_rnn"):
+    if name in LN_CELLS:
         options.update(eps=-0.0)
     if name == "ln_lstm":
         options.update(per_gate=np.True_)
@@ -170,15 +188,19 @@ def test_constructor_accepts_edge_values(name):
         options.update(forget_bias=np.float32(0.5), forget_bias_init=np.int64(-2))
     if name in RNN_CELLS:
         options.update(nonlinearity="relu", Wh="identity")
+    if name == "gru":
+        options.update(reset="before")
     cell = refnorm.CELLS[name](np.int64(2), np.int32(H_min), **options)
     assert (cell.input_size, cell.hidden_size, cell.dtype) == (2, H_min, np.float32)
     assert all(p.dtype == np.float32 for p in cell.params.values())
     if name in LSTM_CELLS:
         assert type(cell.forget_bias) is float and cell.forget_bias == 0.5
         assert cell.params["b"][1] == -2                   # the forget block of b (H = 1)
-    else:
+    elif name in RNN_CELLS:
         assert cell.nonlinearity == "relu"
         assert np.array_equal(cell.params["Wh"], np.eye(H_min, dtype=np.float32))
+    elif name == "gru":
+        assert cell.reset == "before" and "b_hn" not in cell.params       # (GRU 4): no b_hn
     if name in NORM_CELLS:                                 # eps = 0 (and -0.0) is 0.0
         assert type(cell.eps) is float and cell.eps == 0 and math.copysign(1, cell.eps) == 1
 

@@ -1,5 +1,5 @@
 """Population statistics of the BN cells (BNLSTM, SeqBNLSTM, BNRNN with both term forms,
-SeqBNRNN): the EMA rule (BN 13), the exact estimator (BN 14), per-step slots and the T_max rule
+SeqBNRNN, BNGRU, SeqBNGRU): the EMA rule (BN 13), the exact estimator (BN 14), per-step slots and the T_max rule
 (BN-LSTM 5), past_max_steps="clamp" (VAR 7), (VAR 8), and the degenerate batches."""
 import numpy as np
 import pytest
@@ -9,10 +9,11 @@ import refnorm
 from helpers import (BACKENDS, BN_CELLS, BN_SEQ_CELLS, BN_STEP_CELLS, TOL, backends_for,
                      finals_of, make_cell, ragged_mask)
 
-# the per-step BN cells and their options: BNLSTM, BNRNN with each term form (other statistics)
+# the per-step BN cells and their options: BNLSTM, BNRNN with each term form (other statistics),
+# BNGRU
 STEP_CASES = [("bn_lstm", {}), ("bn_rnn", {"terms": "separate"}),
-              ("bn_rnn", {"terms": "summed", "nonlinearity": "relu"})]
-STEP_IDS = ["bn_lstm", "bn_rnn-separate", "bn_rnn-summed-relu"]
+              ("bn_rnn", {"terms": "summed", "nonlinearity": "relu"}), ("bn_gru", {})]
+STEP_IDS = ["bn_lstm", "bn_rnn-separate", "bn_rnn-summed-relu", "bn_gru"]
 # and every BN cell: the sequence-wise ones too
 BN_CASES = STEP_CASES + [(name, {}) for name in BN_SEQ_CELLS]
 BN_IDS = STEP_IDS + list(BN_SEQ_CELLS)
@@ -23,7 +24,8 @@ INPUT_TERM_IDS = [i for i, (n, o) in zip(BN_IDS, BN_CASES) if o.get("terms") != 
 
 def expected_widths(name, options, H):
     """{statistic: width F} each BN cell must keep, written out from the papers' equations: the
-    LSTMs normalise the 4H gate terms (and BNLSTM the H-wide cell), the RNNs H-wide terms."""
+    LSTMs normalise the 4H gate terms (and BNLSTM the H-wide cell), the RNNs H-wide terms, the
+    GRUs the 3H gate terms x Wx and h Wh (BN-GRU 2), (SEQBN-GRU 1)."""
     if name == "bn_lstm":
         return {"mean_x": 4 * H, "var_x": 4 * H, "mean_h": 4 * H, "var_h": 4 * H,
                 "mean_c": H, "var_c": H}
@@ -33,6 +35,10 @@ def expected_widths(name, options, H):
         return {"mean_z": H, "var_z": H}
     if name == "bn_rnn":
         return {"mean_x": H, "var_x": H, "mean_h": H, "var_h": H}
+    if name == "bn_gru":
+        return {"mean_x": 3 * H, "var_x": 3 * H, "mean_h": 3 * H, "var_h": 3 * H}
+    if name == "seq_bn_gru":
+        return {"mean_x": 3 * H, "var_x": 3 * H}
     assert name == "seq_bn_rnn"
     return {"mean_x": H, "var_x": H}
 

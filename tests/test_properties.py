@@ -1,5 +1,5 @@
-"""Property tests (Hypothesis) for every cell of both families: shapes, seeds, masks and the
-cells' options (the RNN family's nonlinearity and term form) are drawn, the properties must hold
+"""Property tests (Hypothesis) for every cell of the three families: shapes, seeds, masks and the
+cells' options (the RNN family's nonlinearity and term form, the GRU's reset) are drawn, the properties must hold
 for all of them.
 
 1. sequential equals batched: T one-step calls chained through the states forward and their
@@ -28,7 +28,8 @@ from hypothesis import strategies as st
 from refnorm import relative_error
 from refnorm.numpy_ref.norms import layernorm_forward
 
-from helpers import (BACKENDS, BN_CELLS, BN_SEQ_CELLS, BN_STEP_CELLS, LN_CELLS, LSTM_CELLS, TOL,
+from helpers import (BACKENDS, BN_CELLS, BN_SEQ_CELLS, BN_STEP_CELLS, GRU_CELLS, LN_CELLS,
+                     LSTM_CELLS, TOL,
                      backends_for, finals_of, initial_names, make_cell, ragged_mask,
                      random_data, upstream_names)
 
@@ -40,7 +41,9 @@ FEW_EXAMPLES = settings(deadline=None, max_examples=15)
 BOTH_MODES = [("lstm", None), ("ln_lstm", None), ("bn_lstm", True), ("bn_lstm", False),
               ("seq_bn_lstm", True), ("seq_bn_lstm", False),
               ("rnn", None), ("ln_rnn", None), ("bn_rnn", True), ("bn_rnn", False),
-              ("seq_bn_rnn", True), ("seq_bn_rnn", False)]
+              ("seq_bn_rnn", True), ("seq_bn_rnn", False),
+              ("gru", None), ("ln_gru", None), ("bn_gru", True), ("bn_gru", False),
+              ("seq_bn_gru", True), ("seq_bn_gru", False)]
 
 
 # -- strategies ----------------------------------------------------------------------------------
@@ -61,10 +64,15 @@ def batch_sizes(name, training):
 
 @st.composite
 def cell_options(draw, name):
-    """The RNN family's options: the nonlinearity, and the term form where the cell has two.
-    Nothing (no draw) for the LSTM family, whose options each test draws itself."""
+    """The RNN family's options: the nonlinearity, and the term form where the cell has two;
+    the plain GRU's reset placement. Nothing (no draw) for the LSTM family, whose options each
+    test draws itself, and for the normalised GRUs (reset after, no other option)."""
     if name in LSTM_CELLS:
         return {}
+    if name in GRU_CELLS:
+        if name != "gru":
+            return {}
+        return {"reset": draw(st.sampled_from(["after", "before"]), label="reset")}
     options = {"nonlinearity": draw(st.sampled_from(["tanh", "relu"]), label="nonlinearity")}
     if name in ("bn_rnn", "ln_rnn"):
         options["terms"] = draw(st.sampled_from(["separate", "summed"]), label="terms")
@@ -148,6 +156,10 @@ def assert_finite(arrays, what):
 #   BN in training, D = 1 (H = 1): per feature k, BN_t(x w_k) = sign(w_k)·BN_t(x) whatever
 #     |w_k|, so dWx (dWh) ~ 0 (BN-RNN with summed terms normalises x Wx + h Wh: not so, unless
 #     relu has made h_{t-1} = 0 in every row, when the term is BN_t(x Wx) again).
+#   The GRU family normalises x Wx and h Wh apart (over the 3H features for LN-GRU, per feature
+#     for BN-GRU and SeqBN-GRU on the input side), so the LSTM's rules carry over: LN-GRU D = 1
+#     dx, H = 1 dh0 (LN-GRU 2); BN-GRU in training D = 1 dWx, H = 1 dWh (BN-GRU 2); SeqBN-GRU
+#     in training D = 1 dWx (SEQBN-GRU 1).
 # (Two valid rows of a BN, which normalise to ±1, are avoided where it matters by the draws.)
 def noisy_grads(name, training, D, H, options=None, shifted_row=False):
     """Gradient keys that are O(ε/v) for these shapes and the cell's options (LN-LSTM's
@@ -169,10 +181,15 @@ def noisy_grads(name, training, D, H, options=None, shifted_row=False):
             noisy.add("x")
         if H == 2:
             noisy.update({"x", "h0", "Wx", "Wh"})
-    if name in ("bn_lstm", "seq_bn_lstm", "seq_bn_rnn") and training:
+    if name == "ln_gru":
+        if D == 1:
+            noisy.add("x")
+        if H == 1:
+            noisy.add("h0")
+    if name in ("bn_lstm", "seq_bn_lstm", "seq_bn_rnn", "bn_gru", "seq_bn_gru") and training:
         if D == 1:
             noisy.add("Wx")
-        if H == 1 and name == "bn_lstm":
+        if H == 1 and name in ("bn_lstm", "bn_gru"):
             noisy.add("Wh")
     if name == "bn_rnn" and training:
         # summed: where relu has zeroed h_{t-1} in every row, BN_t(x_t Wx + 0) is BN_t(x_t Wx)
@@ -189,7 +206,10 @@ def noisy_grads(name, training, D, H, options=None, shifted_row=False):
                                             ("seq_bn_lstm", False),
                                             ("rnn", None), ("ln_rnn", None),
                                             ("bn_rnn", True), ("bn_rnn", False),
-                                            ("seq_bn_rnn", False)])
+                                            ("seq_bn_rnn", False),
+                                            ("gru", None), ("ln_gru", None),
+                                            ("bn_gru", True), ("bn_gru", False),
+                                            ("seq_bn_gru", False)])
 @EXAMPLES
 @given(data=st.data())
 def test_sequential_equals_batched(name, training, data):
@@ -327,7 +347,7 @@ def test_padding_invariance(name, training, data):
 
 @st.composite
 def ln_options(draw, name):
-    """LN-LSTM: per_gate drawn; LN-RNN: the nonlinearity and the term form."""
+    """LN-LSTM: per_gate drawn; LN-RNN: the nonlinearity and the term form; LN-GRU: none."""
     if name == "ln_lstm":
         return {"per_gate": draw(st.booleans(), label="per_gate")}
     return draw(cell_options(name))
@@ -397,7 +417,8 @@ SCALE_AMPLIFICATION = 1e4
 @st.composite
 def scalings(draw, name, options):
     """What the LN cell is invariant to scaling: x or Wx, where x Wx has an LN of its own
-    (LN-LSTM, LN-RNN with separate terms); both weights, where one LN takes x Wx + h Wh."""
+    (LN-LSTM, LN-RNN with separate terms, LN-GRU); both weights, where one LN takes
+    x Wx + h Wh."""
     if options.get("terms") == "summed" and name == "ln_rnn":
         return "W"
     return draw(st.sampled_from(["x", "Wx"]), label="where")
@@ -630,8 +651,9 @@ def test_float32_matches_float64(backend, name, training, data):
 # -- 6. zero variance ----------------------------------------------------------------------------
 def normalises_h0_wh(name, training, options):
     """Whether h0 Wh has a normalisation of its own, over statistics of the data: LN-LSTM,
-    BN-LSTM in training, and the RNN cells with separate terms likewise."""
-    if name in ("ln_lstm", "ln_rnn"):
+    BN-LSTM in training, the RNN cells with separate terms likewise, and LN-GRU, BN-GRU in
+    training (LN-GRU 2), (BN-GRU 2)."""
+    if name in ("ln_lstm", "ln_rnn", "ln_gru"):
         return options.get("terms", "separate") == "separate"
     if name in BN_STEP_CELLS:
         return training and options.get("terms", "separate") == "separate"

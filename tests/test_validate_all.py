@@ -73,11 +73,14 @@ def test_the_matrix_has_every_row(matrix):
             "refnorm.validation_matrix:onnx_rnn_runtime",
             # the GRU family
             "torch.nn.GRU", "torch.nn.GRU --layers 2 --bidirectional", "torch.nn.GRUCell",
-            "haste.GRU", "haste.LayerNormGRU"} == targets
-    # keras.LSTM and keras.SimpleRNN on each backend, the two in one process per backend
+            "haste.GRU", "haste.LayerNormGRU", "keras.GRU", "keras.GRU --reset-after false"
+            } == targets
+    # keras.LSTM, keras.SimpleRNN and keras.GRU (reset_after True, False) on each backend, in
+    # one process per backend
     assert sorted((dict(r["env"]).get("KERAS_BACKEND"), r["target"]) for r in rows
                   if r["env"]) == [(b, t) for b in ("jax", "tensorflow", "torch")
-                                   for t in ("keras.LSTM", "keras.SimpleRNN")]
+                                   for t in ("keras.GRU", "keras.GRU --reset-after false",
+                                             "keras.LSTM", "keras.SimpleRNN")]
     assert [r["mode"] for r in rows if r["target"] == vm.BN_LSTM] == ["training", "inference"]
 
 
@@ -149,11 +152,13 @@ def test_the_gru_rows_compare_every_tensor_of_one_state(matrix):
     one_state = {"hs", "hT", "dWx", "dWh", "db", "db_hn", "dx", "dh0"}
     gru = [e for e in result["rows"] if e["cell"].startswith(("torch_gru", "haste_gru",
                                                                "haste_layer_norm_gru"))]
-    assert len(gru) == 5
+    assert len(gru) == 11                   # + keras.GRU, reset_after True and False, x 3
     for entry in gru:
         if entry["report"] is None:
             continue
         names = {t["tensor"] for t in entry["report"]["tensors"]}
+        if "reset before" in entry["cell"]:                     # no b_hn
+            names |= {"db_hn"}
         if "--layers" in entry["argv"]:
             names = {n.split("_l")[0] for n in names}
         extra = {"dgamma_x", "dgamma_h"} if entry["cell"] == "haste_layer_norm_gru" else set()

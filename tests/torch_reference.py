@@ -1,4 +1,4 @@
-"""The eight cells written again from the equations in PyTorch float64, so that autograd gives a
+"""The twelve cells written again from the equations in PyTorch float64, so that autograd gives a
 backward pass independent of refnorm's hand-written BPTT. Nothing here calls or copies refnorm.
 
 Shapes are time-major: x (T, B, D), mask (T, B) of 0/1, h0, c0 (B, H); params is a dict of
@@ -259,4 +259,96 @@ def ln_rnn(x, h0, mask, params, *, eps, terms="summed", nonlinearity="tanh", kee
             z = (layer_norm(x_t @ p["Wx"], p["gamma_x"], 0.0, eps)
                  + layer_norm(h @ p["Wh"], p["gamma_h"], 0.0, eps) + p["b"])
         h = carry_h(m_t, phi(z, nonlinearity), h, out, keep)
+    return torch.stack(out), h
+
+
+# -- the GRU family ------------------------------------------------------------------------------
+# (derivations/gru.md and the files after it; gate blocks r, z, n, z the update gate)
+#     (GRU 1-5)      r = σ(u^r + a^r), z = σ(u^z + a^z) with u = x Wx + b, a = h_{t-1} Wh
+#                    reset="after":  n = tanh(u^n + r ⊙ (a^n + b_hn))               torch.nn.GRU
+#                    reset="before": n = tanh(u^n + (r ⊙ h_{t-1}) Wh^n), no b_hn      Keras/TF1
+#                    h̃_t = (1 − z) ⊙ n + z ⊙ h_{t-1}
+#     (BN-GRU 1-3)   v = BN_t(x Wx; γ_x, 0) + b, w = BN_t(h_{t-1} Wh; γ_h, 0), then reset after
+#                    with v for u, w for a
+#     (SEQBN-GRU)    v = BN_S(x Wx; γ_x, 0) + b over every frame, a = h_{t-1} Wh, reset after
+#     (LN-GRU 1-3)   as BN-GRU with LN over the 3H features of each row (haste LayerNormGRU)
+def gru_step(v, a, h, H, b_hn=None, Wh_n=None):
+    """One GRU step from the input side v (B, 3H) and the recurrent side a (B, 3H, or 2H for
+    reset before, where the n block is (r ⊙ h) Wh_n instead)."""
+    r = torch.sigmoid(v[:, :H] + a[:, :H])
+    z = torch.sigmoid(v[:, H:2 * H] + a[:, H:2 * H])
+    if Wh_n is None:                                              # reset after (GRU 3)
+        n = torch.tanh(v[:, 2 * H:] + r * (a[:, 2 * H:] + b_hn))
+    else:                                                         # reset before (GRU 4)
+        n = torch.tanh(v[:, 2 * H:] + (r * h) @ Wh_n)
+    return (1 - z) * n + z * h
+
+
+def gru(x, h0, mask, params, *, reset="after", keep=None):
+    """(GRU 1)-(GRU 5) with the masked carry."""
+    assert reset in ("after", "before")
+    p, H, h, out = params, h0.shape[1], h0, []
+    for x_t, m_t in zip(x.unbind(0), mask.unbind(0)):
+        v = x_t @ p["Wx"] + p["b"]
+        if reset == "after":
+            h_new = gru_step(v, h @ p["Wh"], h, H, b_hn=p["b_hn"])
+        else:
+            h_new = gru_step(v, h @ p["Wh"][:, :2 * H], h, H, Wh_n=p["Wh"][:, 2 * H:])
+        h = carry_h(m_t, h_new, h, out, keep)
+    return torch.stack(out), h
+
+
+def bn_gru(x, h0, mask, params, *, training, eps, pop=None, record=None, stat_mask=None,
+           keep=None):
+    """(BN-GRU 1)-(BN-GRU 3): per-step statistics over the rows of stat_mask (default: the valid
+    rows) in training, pop[name][t] in inference (mean_x, var_x, mean_h, var_h: the slot already
+    chosen for local step t). A dict `record` receives the statistics used, {name: (T, 3H)}."""
+    p, H = params, h0.shape[1]
+    stat_mask = mask if stat_mask is None else stat_mask
+    used = {key: [] for key in ("mean_x", "var_x", "mean_h", "var_h")}
+    h, out = h0, []
+
+    def bn(z, s_t, t, site):
+        stats = None if training else (pop["mean_" + site][t], pop["var_" + site][t])
+        y, (mean, var) = batch_norm(z, s_t, p["gamma_" + site], 0.0, eps, stats)
+        used["mean_" + site].append(mean)
+        used["var_" + site].append(var)
+        return y
+
+    for t, (x_t, m_t, s_t) in enumerate(zip(x.unbind(0), mask.unbind(0), stat_mask.unbind(0))):
+        v = bn(x_t @ p["Wx"], s_t, t, "x") + p["b"]
+        w = bn(h @ p["Wh"], s_t, t, "h")
+        h = carry_h(m_t, gru_step(v, w, h, H, b_hn=p["b_hn"]), h, out, keep)
+    if record is not None:
+        record.update({key: torch.stack(v) for key, v in used.items()})
+    return torch.stack(out), h
+
+
+def seq_bn_gru(x, h0, mask, params, *, training, eps, pop=None, record=None, stat_mask=None,
+               keep=None):
+    """(SEQBN-GRU 1)-(2): BN_S of x_t Wx over every frame of stat_mask (default: the valid
+    ones), + b, then the reset-after recurrence. Inference: pop = {"mean_x", "var_x"} (3H,)."""
+    T, B, D = x.shape
+    H = h0.shape[1]
+    stat_mask = mask if stat_mask is None else stat_mask
+    stats = None if training else (pop["mean_x"], pop["var_x"])
+    u, (mean, var) = batch_norm(x.reshape(T * B, D) @ params["Wx"], stat_mask.reshape(T * B),
+                                params["gamma_x"], 0.0, eps, stats)
+    h, out = h0, []
+    for u_t, m_t in zip(u.reshape(T, B, 3 * H).unbind(0), mask.unbind(0)):
+        h_new = gru_step(u_t + params["b"], h @ params["Wh"], h, H, b_hn=params["b_hn"])
+        h = carry_h(m_t, h_new, h, out, keep)
+    if record is not None:
+        record.update(mean_x=mean, var_x=var)
+    return torch.stack(out), h
+
+
+def ln_gru(x, h0, mask, params, *, eps, keep=None):
+    """(LN-GRU 1)-(LN-GRU 3): LN over the 3H features of x Wx and of h Wh, no shifts but b and
+    b_hn (haste's LayerNormGRU)."""
+    p, H, h, out = params, h0.shape[1], h0, []
+    for x_t, m_t in zip(x.unbind(0), mask.unbind(0)):
+        v = layer_norm(x_t @ p["Wx"], p["gamma_x"], 0.0, eps) + p["b"]
+        w = layer_norm(h @ p["Wh"], p["gamma_h"], 0.0, eps)
+        h = carry_h(m_t, gru_step(v, w, h, H, b_hn=p["b_hn"]), h, out, keep)
     return torch.stack(out), h

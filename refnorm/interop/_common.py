@@ -133,12 +133,13 @@ def fold_forget_bias(b, offset):
 
 
 # -- the GRU family: gate blocks r, z, n (refnorm's, PyTorch's); a peer's in its own order ------
-def gru_arrays(cell, who, cls=GRU):
+def gru_arrays(cell, who, cls=GRU, resets=("after",)):
     """Copies of a refnorm GRU's (or, with cls=LNGRU, an LNGRU's) params (checked), for export by
-    `who`: reset="after" only (every peer converted here keeps b_hn inside r ⊙ (...))."""
+    `who`: reset="after" only (b_hn inside r ⊙ (...)) unless `resets` names "before" too (Keras
+    reset_after=False, ONNX linear_before_reset=0)."""
     if type(cell) is not cls:
         raise ValueError(f"{who} converts a refnorm.{cls.__name__}, got {type(cell).__name__}")
-    if cell.reset != "after":
+    if cell.reset not in resets:
         raise ValueError(f"{who}: the target computes the GRU with the reset after the recurrent "
                          f"product (reset=\"after\"); this cell has reset={cell.reset!r}")
     if cls is LNGRU and cell.eps != LNGRU(1, 1).eps:

@@ -58,15 +58,25 @@ def _weights(layer_or_weights):
     return weights
 
 
-def from_keras(layer_or_weights, dtype="float64", backend="numpy", *, nonlinearity=None):
+def from_keras(layer_or_weights, dtype="float64", backend="numpy", *, nonlinearity=None,
+               reset_after=None):
     """refnorm.LSTM holding a copy of a Keras 3 LSTM or LSTMCell's weights, or of the list
     [kernel (D, 4H), recurrent_kernel (H, 4H), bias (4H)] (use_bias=False: the first two; b = 0).
     ValueError for other activations, other shapes (e.g. a GRU's 3H) and other lists.
 
     A SimpleRNN or SimpleRNNCell, or a list whose recurrent kernel is square (H, H), gives a
     refnorm.RNN instead (interop.keras_rnn.from_keras_simple_rnn; nonlinearity, "tanh" or
-    "relu", states a list's activation)."""
+    "relu", states a list's activation). A Keras GRU or GRUCell, or a list whose recurrent
+    kernel is (H, 3H), gives a refnorm.GRU (interop.keras_gru.from_keras_gru; reset_after states
+    a bias-less list's form)."""
+    from .keras_gru import from_keras_gru, is_gru
     from .keras_rnn import from_keras_simple_rnn, is_simple_rnn
+    if is_gru(layer_or_weights):
+        if nonlinearity is not None:
+            raise ValueError("nonlinearity is a SimpleRNN's option; these are a GRU's weights")
+        return from_keras_gru(layer_or_weights, dtype, backend, reset_after=reset_after)
+    if reset_after is not None:
+        raise ValueError("reset_after is a GRU's option (recurrent kernel (H, 3H))")
     if is_simple_rnn(layer_or_weights):
         return from_keras_simple_rnn(layer_or_weights, dtype, backend, nonlinearity=nonlinearity)
     if nonlinearity is not None:
@@ -92,7 +102,10 @@ def to_keras(cell, layer=None):
     (cast to the layer's dtype) and the layer is returned. A run-time forget_bias is folded into
     bias[H:2H]. A layer with use_bias=False accepts only a cell whose bias is zero. A refnorm.RNN
     goes to a SimpleRNN instead (interop.keras_rnn.to_keras_simple_rnn)."""
-    from ..cells import RNN
+    from ..cells import GRU, RNN
+    if isinstance(cell, GRU):
+        from .keras_gru import to_keras_gru
+        return to_keras_gru(cell, layer)
     if isinstance(cell, RNN):
         from .keras_rnn import to_keras_simple_rnn
         return to_keras_simple_rnn(cell, layer)
