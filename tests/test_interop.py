@@ -299,10 +299,9 @@ def test_array_refusals():
         interop.from_onnx(W, R[:, :, :2])
     with pytest.raises(ValueError, match="W must have 3 dimensions"):
         interop.from_onnx(W[0], R)
-    gru = [rng.standard_normal((D, 3 * H)), rng.standard_normal((H, 3 * H)),
-           rng.standard_normal((2, 3 * H))]
-    with pytest.raises(ValueError, match="recurrent_kernel"):
-        interop.from_keras(gru)
+    five_blocks = [rng.standard_normal((D, 5 * H)), rng.standard_normal((H, 5 * H))]
+    with pytest.raises(ValueError, match="recurrent_kernel"):      # neither 4H, 3H nor H wide
+        interop.from_keras(five_blocks)
     with pytest.raises(ValueError, match="Bidirectional"):
         interop.from_keras([rng.standard_normal((D, 4 * H))] * 6)
     with pytest.raises(ValueError, match="with input_size D=2"):
