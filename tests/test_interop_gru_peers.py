@@ -11,10 +11,7 @@ bias (2, 3H)) and reset_after=False (reset "before", bias (3H)), gate blocks z, 
 A peer that is not installed is skipped with its install line, and fails in CI (CI=true).
 """
 import importlib.util
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +23,7 @@ from refnorm.gradcheck import randomize
 from refnorm.interop import keras_gru
 from refnorm.validation import INSTALL, KERAS_BACKENDS, KERAS_FLOAT32_BY
 from helpers import TOL
+from test_interop_rnn import keras_driver_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 D, H = 3, 4
@@ -136,30 +134,8 @@ def need_spec(module):
 
 @pytest.fixture(scope="module")
 def keras_runs(tmp_path_factory):
-    home, results, procs = tmp_path_factory.mktemp("keras_home"), {}, {}
-    arg = json.dumps({"lengths": LENGTHS, "tol": TOL["float32"]})
-    for backend, (package, _) in KERAS_BACKENDS.items():
-        if all(importlib.util.find_spec(m) is not None for m in ("keras", package)):
-            env = {k: v for k, v in os.environ.items() if not k.startswith(("KERAS_", "JAX_"))}
-            env.update(KERAS_BACKEND=backend, KERAS_HOME=str(home), TF_CPP_MIN_LOG_LEVEL="3",
-                       PYTHONWARNINGS="ignore")
-            procs[backend] = subprocess.Popen([sys.executable, "-c", DRIVER, arg], cwd=ROOT,
-                                              env=env, stdout=subprocess.PIPE,
-                                              stderr=subprocess.PIPE, text=True)
-
-    def result(backend):
-        for module in ("keras", KERAS_BACKENDS[backend][0]):
-            need_spec(module)
-        if backend not in results:
-            stdout, stderr = procs[backend].communicate(timeout=300)
-            assert stdout.strip(), f"the {backend} driver printed nothing:\n{stderr[-3000:]}"
-            results[backend] = json.loads(stdout.strip().splitlines()[-1])
-        return results[backend]
-    yield result
-    for proc in procs.values():
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    """result(backend): the GRU DRIVER's output, one process per installed backend."""
+    yield from keras_driver_runs(tmp_path_factory, DRIVER, LENGTHS)
 
 
 @pytest.mark.parametrize("reset", RESETS)

@@ -509,15 +509,23 @@ print(json.dumps(out))
 def keras_runs(tmp_path_factory):
     """result(backend): the DRIVER's output; every installed backend's process starts here, so
     they overlap."""
+    yield from keras_driver_runs(tmp_path_factory, DRIVER, LENGTHS)
+
+
+def keras_driver_runs(tmp_path_factory, driver, lengths):
+    """Start `driver` (a Python source taking one JSON argument) in one process per installed
+    Keras backend (KERAS_BACKEND set, an empty KERAS_HOME); yields result(backend), the JSON its
+    last line printed (a missing backend package skips, or fails under CI), and kills what is
+    left at the end. tests/test_interop_gru_peers.py runs its GRU driver through it too."""
     home, results = tmp_path_factory.mktemp("keras_home"), {}
-    arg = json.dumps({"lengths": LENGTHS, "tol": TOL["float32"]})
+    arg = json.dumps({"lengths": lengths, "tol": TOL["float32"]})
     procs = {}
     for backend, (package, _) in KERAS_BACKENDS.items():
         if all(importlib.util.find_spec(m) is not None for m in ("keras", package)):
             env = {k: v for k, v in os.environ.items() if not k.startswith(("KERAS_", "JAX_"))}
             env.update(KERAS_BACKEND=backend, KERAS_HOME=str(home), TF_CPP_MIN_LOG_LEVEL="3",
                        PYTHONWARNINGS="ignore")
-            procs[backend] = subprocess.Popen([sys.executable, "-c", DRIVER, arg], cwd=ROOT,
+            procs[backend] = subprocess.Popen([sys.executable, "-c", driver, arg], cwd=ROOT,
                                               env=env, stdout=subprocess.PIPE,
                                               stderr=subprocess.PIPE, text=True)
 

@@ -16,7 +16,7 @@ from numba import cuda, float64
 from ..numpy_ref.bn_gru import STAT_NAMES, BNGRUCache
 from . import common
 from .common import MAX_THREADS
-from .gru import carry, carry_grad, gru_gates_backward, gru_gates_forward
+from .gru import carry_grad, gru_gates_backward, normalized_gates_step
 from .norms import column_backward, column_count, column_normalize, column_stats
 from .rnn import copy_params, states_h, with_dh
 
@@ -53,19 +53,9 @@ def bn_gru_step_forward_kernel(t, U, A, mask, stat_mask, b, b_hn, gamma_x, gamma
         column_normalize(U[t], s, k, mu_x, v_x, eps, u_hat[t])    # (BN 4), (BN 5)
         column_normalize(A, s, k, mu_h, v_h, eps, a_hat[t])
     for row in range(tid, B, nt):                          # this thread's rows of û, â
-        # v = gamma_x * u_hat + p["b"]; w = gamma_h * a_hat                        (BN-GRU 2)
-        # gates, q, h_new = gru_gates_forward(v, w, h_prev, p["b_hn"])              (BN-GRU 3)
-        r, z, n, q, h_new = gru_gates_forward(
-            gamma_x[j] * u_hat[t, row, j] + b[j],
-            gamma_x[H + j] * u_hat[t, row, H + j] + b[H + j],
-            gamma_x[2 * H + j] * u_hat[t, row, 2 * H + j] + b[2 * H + j],
-            gamma_h[j] * a_hat[t, row, j], gamma_h[H + j] * a_hat[t, row, H + j],
-            gamma_h[2 * H + j] * a_hat[t, row, 2 * H + j], b_hn[j], h[t, row, j])
-        gates[t, row, j] = r
-        gates[t, row, H + j] = z
-        gates[t, row, 2 * H + j] = n
-        hn[t, row, j] = q
-        carry(t, row, j, mask[t, row] > 0, h_new, h, hs)  # (BPTT 2), (BPTT 3)
+        # gains, biases, gates and carry from û, â (BN-GRU 2), (BN-GRU 3), (BPTT 2)
+        normalized_gates_step(t, row, j, H, u_hat, a_hat, gamma_x, gamma_h, b, b_hn, mask, h, hs,
+                              gates, hn)
 
 
 @cuda.jit

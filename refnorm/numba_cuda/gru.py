@@ -75,6 +75,27 @@ def carry(t, row, j, valid, h_new, h, hs):
         h[t + 1, row, j] = h[t, row, j]
 
 
+@cuda.jit(device=True)
+def normalized_gates_step(t, row, j, H, u_hat, a_hat, gamma_x, gamma_h, b, b_hn, mask, h, hs,
+                          gates, hn):
+    """One (row, hidden unit) of a BN- or LN-GRU step from its normalised terms û, â: the
+    gains, the biases, the gate algebra and the carry (BN-GRU 2), (BN-GRU 3), (LN-GRU 2),
+    (LN-GRU 3) -- the two cells differ only in the statistics that made û, â."""
+    # v = gamma_x * u_hat + p["b"]; w = gamma_h * a_hat
+    # gates, q, h_new = gru_gates_forward(v, w, h_prev, p["b_hn"])
+    r, z, n, q, h_new = gru_gates_forward(
+        gamma_x[j] * u_hat[t, row, j] + b[j],
+        gamma_x[H + j] * u_hat[t, row, H + j] + b[H + j],
+        gamma_x[2 * H + j] * u_hat[t, row, 2 * H + j] + b[2 * H + j],
+        gamma_h[j] * a_hat[t, row, j], gamma_h[H + j] * a_hat[t, row, H + j],
+        gamma_h[2 * H + j] * a_hat[t, row, 2 * H + j], b_hn[j], h[t, row, j])
+    gates[t, row, j] = r
+    gates[t, row, H + j] = z
+    gates[t, row, 2 * H + j] = n
+    hn[t, row, j] = q
+    carry(t, row, j, mask[t, row] > 0, h_new, h, hs)      # (BPTT 2), (BPTT 3)
+
+
 # -- reset="after" ----------------------------------------------------------------------------
 @cuda.jit
 def gru_step_forward_kernel(t, V, A, b_hn, mask, h, hs, gates, hn):

@@ -14,7 +14,7 @@ from numba import cuda, float64
 from ..numpy_ref.ln_gru import LNGRUCache
 from . import common
 from .common import MAX_THREADS
-from .gru import carry, carry_grad, gru_gates_backward, gru_gates_forward
+from .gru import carry_grad, gru_gates_backward, normalized_gates_step
 from .norms import row_backward, row_normalize, row_stats
 from .rnn import copy_params, states_h, with_dh
 
@@ -39,19 +39,9 @@ def ln_gru_step_forward_kernel(t, U, A, mask, b, b_hn, gamma_x, gamma_h, eps, h,
         var_h[t, row, 0] = v_h
     cuda.syncthreads()                                     # the whole row of û, â is written
     for j in range(tid, H, nt):                            # this thread's hidden units
-        # v = gamma_x * u_hat + p["b"]; w = gamma_h * a_hat                        (LN-GRU 2)
-        # gates, q, h_new = gru_gates_forward(v, w, h_prev, p["b_hn"])              (LN-GRU 3)
-        r, z, n, q, h_new = gru_gates_forward(
-            gamma_x[j] * u_hat[t, row, j] + b[j],
-            gamma_x[H + j] * u_hat[t, row, H + j] + b[H + j],
-            gamma_x[2 * H + j] * u_hat[t, row, 2 * H + j] + b[2 * H + j],
-            gamma_h[j] * a_hat[t, row, j], gamma_h[H + j] * a_hat[t, row, H + j],
-            gamma_h[2 * H + j] * a_hat[t, row, 2 * H + j], b_hn[j], h[t, row, j])
-        gates[t, row, j] = r
-        gates[t, row, H + j] = z
-        gates[t, row, 2 * H + j] = n
-        hn[t, row, j] = q
-        carry(t, row, j, mask[t, row] > 0, h_new, h, hs)  # (BPTT 2), (BPTT 3)
+        # gains, biases, gates and carry from û, â (LN-GRU 2), (LN-GRU 3), (BPTT 2)
+        normalized_gates_step(t, row, j, H, u_hat, a_hat, gamma_x, gamma_h, b, b_hn, mask, h, hs,
+                              gates, hn)
 
 
 @cuda.jit
