@@ -10,8 +10,13 @@
 Families (FAMILIES): the LSTM (LSTM, BNLSTM (Cooijmans et al. 2016), SeqBNLSTM (Laurent et al.
 2016), LNLSTM (Ba et al. 2016)), the vanilla RNN (RNN, BNRNN, SeqBNRNN, LNRNN) and the GRU (GRU,
 BNGRU, SeqBNGRU, LNGRU (haste's LayerNormGRU)), each cell plain, with per-step batch norm,
-sequence-wise batch norm and layer norm. Equations and their
-derivations: derivations/ in the source tree.
+sequence-wise batch norm and layer norm. Stack composes any of them into stacked and
+bidirectional networks with normalisation between the layers:
+
+    net = refnorm.Stack("lstm", D, H, num_layers=2, bidirectional=True, between="ln")
+    ys, (hT, cT), cache = net.forward(x, lengths=lengths)
+
+Equations and their derivations: derivations/ in the source tree.
 
 For checking another framework: refnorm.presets (the cell each peer computes), refnorm.interop
 (weight converters), refnorm.validate(module) (a per-tensor comparison report; the module
@@ -22,6 +27,7 @@ from .cells import (BNGRU, BNLSTM, BNRNN, GRU, LNGRU, LNLSTM, LNRNN, LSTM, RNN, 
                     SeqBNLSTM, SeqBNRNN)
 from .gradcheck import gradcheck, numerical_gradient, randomize, relative_error
 from . import presets  # noqa: E402  (after the cells it builds)
+from .stack import Stack
 from .validation import validate
 
 __version__ = "0.1.0"
@@ -35,7 +41,7 @@ CELLS = {"lstm": LSTM, "bn_lstm": BNLSTM, "seq_bn_lstm": SeqBNLSTM, "ln_lstm": L
          "gru": GRU, "bn_gru": BNGRU, "seq_bn_gru": SeqBNGRU, "ln_gru": LNGRU}
 
 
-__all__ = ["validate", "presets", "LSTM", "BNLSTM", "SeqBNLSTM", "LNLSTM", "RNN", "BNRNN",
+__all__ = ["validate", "presets", "Stack", "LSTM", "BNLSTM", "SeqBNLSTM", "LNLSTM", "RNN", "BNRNN",
            "SeqBNRNN", "LNRNN", "GRU", "BNGRU", "SeqBNGRU", "LNGRU", "CELLS", "FAMILIES", "gradcheck",
            "numerical_gradient", "relative_error", "randomize", "available_backends",
            "__version__"]

@@ -18,6 +18,8 @@ DEFAULT_EPS = 1e-5
 BN_LSTM_MOMENTUM = 0.05
 # Sequence-wise BN keeps PyTorch's BatchNorm momentum.
 SEQ_BN_LSTM_MOMENTUM = 0.1
+# refnorm.Stack's batch norms between layers keep it too (derivations/stack.md).
+STACK_NORM_MOMENTUM = 0.1
 
 # Initial gains (Cooijmans et al. 2016 sec. 4: "gamma ... 0.1"; Ba et al. 2016 sec. 6: gains 1).
 BN_GAMMA_INIT = 0.1

@@ -4,11 +4,11 @@ import re
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TAG = re.compile(r"\((BPTT|BN|LN|LSTM|BN-LSTM|SEQBN-LSTM|LN-LSTM|RNN|BN-RNN|SEQBN-RNN|LN-RNN|"
-                 r"GRU|BN-GRU|SEQBN-GRU|LN-GRU|VAR) (\d+[a-z]?)\)")
+                 r"GRU|BN-GRU|SEQBN-GRU|LN-GRU|VAR|STACK) (\d+[a-z]?)\)")
 REQUIRED = ["README.md", "notation.md", "bptt.md", "batch_norm.md", "layer_norm.md", "lstm.md",
             "bn_lstm.md", "seq_bn_lstm.md", "ln_lstm.md", "variants.md",
             "rnn.md", "bn_rnn.md", "seq_bn_rnn.md", "ln_rnn.md",
-            "gru.md", "bn_gru.md", "seq_bn_gru.md", "ln_gru.md"]
+            "gru.md", "bn_gru.md", "seq_bn_gru.md", "ln_gru.md", "stack.md"]
 
 
 def defined_tags():
@@ -54,6 +54,6 @@ def test_the_code_cites_every_backward_of_every_cell():
     for prefix, last in [("LSTM", 10), ("BN-LSTM", 11), ("SEQBN-LSTM", 6), ("LN-LSTM", 10),
                          ("RNN", 6), ("BN-RNN", 9), ("SEQBN-RNN", 5), ("LN-RNN", 8),
                          ("GRU", 13), ("BN-GRU", 8), ("SEQBN-GRU", 5), ("LN-GRU", 7),
-                         ("BN", 11), ("LN", 8), ("BPTT", 9)]:
+                         ("BN", 11), ("LN", 8), ("BPTT", 9), ("STACK", 16)]:
         for k in range(1, last + 1):
             assert f"({prefix} {k})" in cited, f"({prefix} {k}) is not cited in refnorm/"
