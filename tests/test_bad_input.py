@@ -740,19 +740,26 @@ def _normalised_fields(cache):
             if f.name.endswith("_hat") and getattr(cache, f.name) is not None]
 
 
-# per-step BN cells and their options: BNLSTM, BNRNN of both term forms and nonlinearities
+# per-step BN cells and their options: BNLSTM, BNRNN of both term forms and nonlinearities, BNGRU
 BN_STEP_CASES = [("bn_lstm", {}), ("bn_rnn", {"terms": "separate"}),
-                 ("bn_rnn", {"terms": "summed", "nonlinearity": "relu"})]
-BN_STEP_IDS = ["bn_lstm", "bn_rnn-separate", "bn_rnn-summed-relu"]
+                 ("bn_rnn", {"terms": "summed", "nonlinearity": "relu"}), ("bn_gru", {})]
+BN_STEP_IDS = ["bn_lstm", "bn_rnn-separate", "bn_rnn-summed-relu", "bn_gru"]
 
 
-def one_row_output(cell):
+def one_row_output(cell, h_prev):
     """What a row alone in its step's batch statistics outputs in training: every normalised
     value is 0, so BNLSTM's gates are act(b) and h = σ(b_o) tanh(β_c); BNRNN's is φ(b)
-    (BN-RNN 9)."""
+    (BN-RNN 9); BNGRU's gates are r = σ(b_r), z = σ(b_z), n = tanh(b_n + r ⊙ b_hn) and its
+    state still mixes in the row's previous one, h = (1 − z) ⊙ n + z ⊙ h_prev (it leaks rather
+    than resets: derivations/bn_gru.md)."""
     p = cell.params
+    sigmoid = lambda v: 1.0 / (1.0 + np.exp(-v))  # noqa: E731
     if cell.stem == "bn_lstm":
-        return 1.0 / (1.0 + np.exp(-p["b"][3 * H:])) * np.tanh(p["beta_c"])
+        return sigmoid(p["b"][3 * H:]) * np.tanh(p["beta_c"])
+    if cell.stem == "bn_gru":
+        r, z = sigmoid(p["b"][:H]), sigmoid(p["b"][H:2 * H])
+        n = np.tanh(p["b"][2 * H:] + r * p["b_hn"])
+        return (1 - z) * n + z * h_prev
     return np.tanh(p["b"]) if cell.nonlinearity == "tanh" else np.maximum(p["b"], 0.0)
 
 
@@ -773,7 +780,7 @@ def test_bn_step_training_step_with_one_valid_row(name, options):
         assert np.array_equal(getattr(cache, key)[3], np.zeros_like(getattr(cache, key)[3])), key
     for key in (k for k in cell.stats if k.startswith("var")):
         assert np.array_equal(getattr(cache, key)[3], np.zeros_like(getattr(cache, key)[3])), key
-    assert relative_error(hs[3, 0], one_row_output(cell)) < TOL["float64_reorder"]
+    assert relative_error(hs[3, 0], one_row_output(cell, cache.h[3, 0])) < TOL["float64_reorder"]
     assert np.array_equal(hs[3, 1:], np.zeros((3, H)))
     for key in cell.stats:
         assert np.array_equal(cell.stats[key][3], stats[key][3]), key      # skipped slot
@@ -849,6 +856,24 @@ def test_eps_zero_zero_variance_gives_zero_and_no_gradient(backend, name, option
     assert np.max(np.abs(runs[1e-300][3]["h0"])) > 1e100
 
 
+@pytest.mark.parametrize("backend, name", cell_backends(["bn_gru", "ln_gru"]))
+def test_eps_zero_zero_variance_of_the_gru_recurrent_term(backend, name):
+    """The same for BNGRU and LNGRU, whose h0 also reaches h̃_0 directly through z ⊙ h0 (GRU 5):
+    with eps = 0 the normalised recurrent term of step 0 is 0 and passes no gradient, so dh0 is
+    that carry path alone, z_0 ⊙ dL/dh̃_0, where eps = 1e-300 adds one of order 1e150."""
+    data = random_data(make_cell(name), T=T, B=B, seed=7)
+    runs = _eps_runs(name, backend, data, np.zeros((B, H)))
+    hs, finals, cache, grads = runs[0.0]
+    assert_all_finite(hs, finals, grads)
+    assert np.array_equal(cache.a_hat[0], np.zeros_like(cache.a_hat[0]))
+    assert np.array_equal(hs, runs[1e-300][0])
+    cell = make_cell(name, eps=0.0, backend=backend)
+    dh = backward(cell, data, cache, state_grads=True)["dh"]
+    carry = cache.gates[0][:, H:2 * H] * dh[0]                      # z_0 ⊙ dL/dh̃_0
+    assert relative_error(grads["h0"], carry) < TOL["float64_reorder"]
+    assert np.max(np.abs(runs[1e-300][3]["h0"])) > 1e100
+
+
 @pytest.mark.parametrize("backend, name, options",
                          [pytest.param(b, n, o, id="-".join([b, n, *o.values()]))
                           for b, n in cell_backends(BN_STEP_CELLS)
@@ -856,14 +881,21 @@ def test_eps_zero_zero_variance_gives_zero_and_no_gradient(backend, name, option
 def test_eps_zero_zero_population_variance(backend, name, options):
     """Inference with eps = 0 and slot 0's population variances 0 (means not: z - μ ≠ 0, s = 0):
     the same rule, s read as ∞, so every normalised value of step 0 is 0 (a convention here:
-    the limit eps -> 0 would be ±∞), all finite, and dh0 = 0."""
+    the limit eps -> 0 would be ±∞), all finite, and dh0 = 0 -- BNGRU's dh0 is its carry path
+    z_0 ⊙ dL/dh̃_0 alone (GRU 5)."""
     data = random_data(make_cell(name, **options), T=T, B=B, seed=7)
     hs, finals, cache, grads = _eps_runs(name, backend, data, data["h0"], training=False,
                                          epsilons=(0.0,), **options)[0.0]
     assert_all_finite(hs, finals, grads)
     for key in _normalised_fields(cache):
         assert np.array_equal(getattr(cache, key)[0], np.zeros_like(getattr(cache, key)[0]))
-    assert np.array_equal(grads["h0"], np.zeros((B, H)))
+    if name != "bn_gru":
+        assert np.array_equal(grads["h0"], np.zeros((B, H)))
+        return
+    cell = make_cell(name, eps=0.0, backend=backend, **options)
+    dh = backward(cell, data, cache, state_grads=True)["dh"]
+    assert relative_error(grads["h0"], cache.gates[0][:, H:2 * H] * dh[0]) \
+        < TOL["float64_reorder"]
 
 
 @pytest.mark.parametrize("backend, name", cell_backends(BN_SEQ_CELLS))
