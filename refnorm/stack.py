@@ -36,6 +36,7 @@ import numbers
 import numpy as np
 
 from . import _checks, backends
+from .cells.base import _PerStepBatchNormCell
 from .config import DEFAULT_EPS, STACK_NORM_MOMENTUM
 from .numpy_ref.norms import (batchnorm_backward, batchnorm_forward, layernorm_backward,
                               layernorm_forward)
@@ -74,6 +75,8 @@ class StackCache:
     dropout: list           # [layer < L-1]: (T, B, F) the factor ξ / (1 - p), or None
     params: dict            # copies of the norm parameters the forward used
     training: bool
+    between: object         # the between kind (a cache of another kind is refused)
+    eps: float              # the norms' eps the forward used
 
 
 class Stack:
@@ -101,11 +104,12 @@ class Stack:
         self.hidden_size = _checks.positive_int(hidden_size, "hidden_size")
         self.num_layers = _checks.positive_int(num_layers, "num_layers")
         self.bidirectional = _checks.flag(bidirectional, "bidirectional")
-        self.between = None if between is None else _checks.choice(between, "between",
-                                                                   BETWEEN[1:] + ("None",))
-        if self.between == "None":
+        if between == "None":
             raise ValueError("between must be None (the object), 'bn', 'seq_bn' or 'ln', got "
                              "the string 'None'")
+        if between not in BETWEEN:
+            raise ValueError(f"between must be None, 'bn', 'seq_bn' or 'ln', got {between!r}")
+        self.between = between
         if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) \
                 or not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
@@ -119,6 +123,11 @@ class Stack:
                                  or seed < 0):
             raise ValueError(f"seed must be None or a non-negative integer, got {seed!r}")
         self.directions = DIRECTIONS[:2 if self.bidirectional else 1]
+        if self.between == "ln" and self.num_layers > 1 \
+                and self.hidden_size * len(self.directions) == 1:
+            raise ValueError("between='ln' needs a layer output of at least 2 features (hidden_"
+                             "size >= 2, or bidirectional): a layer norm over one feature is 0 "
+                             "whatever its input")
         streams = np.random.SeedSequence(seed).spawn(self.num_layers * len(self.directions) + 1)
         self._dropout_rng = np.random.default_rng(streams[-1])
         H, F = self.hidden_size, self.hidden_size * len(self.directions)
@@ -197,7 +206,9 @@ class Stack:
         """Run the stack over a sequence: x (T, B, D); h0 (and c0 for LSTM cells) (L·dirs, B, H)
         or None for zeros, row l·dirs + d for layer l, direction d; mask (T, B) or lengths (B,)
         as for a cell. training and update_stats as for the cells, for the BN cells and the
-        between-layer batch norms alike; dropout acts in training only.
+        between-layer batch norms alike; dropout acts in training only. A batch of one row is
+        refused in training where a per-step batch norm would take its statistics from it
+        (between="bn" with two layers or more, or a per-step BN cell).
 
         Returns ys (T, B, dirs·H), states: (hT,) or (hT, cT) each (L·dirs, B, H), cache. Nothing
         passed in is modified; an error leaves the stack's statistics as they were."""
@@ -221,10 +232,14 @@ class Stack:
         if update_stats and not training:
             raise ValueError("update_stats=True needs training=True: population statistics "
                              "are only estimated from training passes")
-        if self.between == "bn" and training and B == 1:
+        if training and B == 1 and self.between == "bn" and L > 1:
             raise ValueError("between='bn' in training needs a batch of at least 2 rows: batch "
                              "statistics of batch size 1 are meaningless (use training=False, "
                              "or between='seq_bn' or 'ln')")
+        if training and B == 1 and issubclass(self.cell_class, _PerStepBatchNormCell):
+            raise ValueError(f"{self.cell_class.__name__} in training needs a batch of at least "
+                             "2 rows: batch statistics of batch size 1 are meaningless (use "
+                             "training=False, or a sequence-wise or layer-normalised cell)")
         if self.between == "bn" and not training and self._norm_stats \
                 and self._norm_stats[0]["mean"].shape[0] == 0:
             raise ValueError("training=False needs population statistics of the between-layer "
@@ -268,7 +283,8 @@ class Stack:
             for layer, ncache in enumerate(norm_caches):
                 self._record(layer, ncache)
         cache = StackCache(x=x.copy(), mask=m, lengths=n, cells=cell_caches, norms=norm_caches,
-                           dropout=drops, params=norm_params, training=training)
+                           dropout=drops, params=norm_params, training=training,
+                           between=self.between, eps=self.norm_eps)
         return o, tuple(finals), cache
 
     def _norm_forward(self, layer, o, m, params, training):
@@ -334,8 +350,13 @@ class Stack:
                              f"{type(cache).__name__}")
         H, L, dirs = self.hidden_size, self.num_layers, len(self.directions)
         if len(cache.cells) != L or len(cache.cells[0]) != dirs or cache.x.dtype != self.dtype \
-                or cache.x.shape[2] != self.input_size:
-            raise ValueError("cache was made by a Stack of another shape or dtype")
+                or cache.x.shape[2] != self.input_size or cache.cells[0][0].h.shape[2] != H \
+                or not isinstance(cache.cells[0][0], self.cell_class.cache_class):
+            raise ValueError(f"cache was made by a Stack of another shape, cell or dtype, not by "
+                             f"this {self!r}")
+        if cache.between != self.between:
+            raise ValueError(f"cache was made by a Stack with between={cache.between!r}, not by "
+                             f"this one (between={self.between!r})")
         T, B, _ = cache.x.shape
         dys = _checks.float_array(dys, "dys", (T, B, dirs * H), self.dtype)
         if dcT is not None and "c" not in self.STATES:
@@ -381,18 +402,18 @@ class Stack:
         dy = m[..., None] * dv
         if self.between == "ln":
             dz, dgamma, dbeta = layernorm_backward(dy.reshape(T * B, F), nc["zhat"], nc["var"],
-                                                   gamma, self.norm_eps)
+                                                   gamma, cache.eps)
             dz = dz.reshape(T, B, F)
         elif self.between == "seq_bn":
             dz, dgamma, dbeta = batchnorm_backward(dy.reshape(T * B, F), nc["zhat"], nc["var"],
-                                                   m.reshape(-1), gamma, self.norm_eps,
+                                                   m.reshape(-1), gamma, cache.eps,
                                                    cache.training)
             dz = dz.reshape(T, B, F)
         else:
             dz, dgamma, dbeta = np.empty_like(dv), 0, 0
             for t in range(T):
                 dz[t], dg, db = batchnorm_backward(dy[t], nc["zhat"][t], nc["var"][t], m[t],
-                                                   gamma, self.norm_eps, cache.training)
+                                                   gamma, cache.eps, cache.training)
                 dgamma, dbeta = dgamma + dg, dbeta + db
         grads[f"l{layer}.norm.gamma"] = dgamma
         grads[f"l{layer}.norm.beta"] = dbeta

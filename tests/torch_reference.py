@@ -1,5 +1,6 @@
 """The twelve cells written again from the equations in PyTorch float64, so that autograd gives a
-backward pass independent of refnorm's hand-written BPTT. Nothing here calls or copies refnorm.
+backward pass independent of refnorm's hand-written BPTT, and `stack`, refnorm.Stack's composition
+of them (at the end of the file). Nothing here calls or copies refnorm.
 
 Shapes are time-major: x (T, B, D), mask (T, B) of 0/1, h0, c0 (B, H); params is a dict of
 tensors with the names of refnorm's cell.params. Each LSTM function returns hs (T, B, H), hT,
@@ -352,3 +353,88 @@ def ln_gru(x, h0, mask, params, *, eps, keep=None):
         w = layer_norm(h @ p["Wh"], p["gamma_h"], 0.0, eps)
         h = carry_h(m_t, gru_step(v, w, h, H, b_hn=p["b_hn"]), h, out, keep)
     return torch.stack(out), h
+
+
+# -- stacks of cells (derivations/stack.md) ------------------------------------------------------
+#     (STACK 1)      (R u)_{t,b} = u_{ℓ_b − 1 − t, b} for t < ℓ_b, u_{t,b} for t ≥ ℓ_b
+#     (STACK 2-4)    o = [ cell_fwd(u) | R cell_bwd(R u) ], the final states of both
+#     (STACK 5-8)    v = m ⊙ N(o): "bn" per step over its valid rows, "seq_bn" over every valid
+#                    (t, b) frame, "ln" per frame over its F features; None: v = o
+#     (STACK 9)      the next layer's input: v ⊙ ξ / (1 − p), the dropout factor given
+#     (STACK 10)     ys = o of the last layer
+def reverse_within(a, lengths):
+    """(STACK 1) on a (T, B, ...) tensor: each sequence's first lengths[b] steps reversed, its
+    padded tail in place."""
+    T, B = a.shape[:2]
+    t = torch.arange(T)[:, None]
+    n = lengths[None, :]
+    return a[torch.where(t < n, n - 1 - t, t), torch.arange(B)[None, :]]
+
+
+def between_norm(o, mask, gamma, beta, eps, kind, stats=None, record=None):
+    """(STACK 5)-(STACK 8): m ⊙ N(o) for o (T, B, F). stats None: batch statistics (training);
+    else the population (mean, var), (T, F) each for "bn" (the slot already chosen per step),
+    (F,) for "seq_bn". A list `record` receives the (mean, var) used: (T, F) each for "bn" (0
+    at a step without a valid row, which takes no statistics), (F,) for "seq_bn"."""
+    if kind is None:
+        return o                                                              # (STACK 8)
+    T, B, F = o.shape
+    if kind == "ln":                                                          # (STACK 7)
+        y = layer_norm(o.reshape(T * B, F), gamma, beta, eps).reshape(T, B, F)
+    elif kind == "seq_bn":                                                    # (STACK 6)
+        y, used = batch_norm(o.reshape(T * B, F), mask.reshape(T * B), gamma, beta, eps, stats)
+        y = y.reshape(T, B, F)
+    else:                                                                     # (STACK 5)
+        assert kind == "bn"
+        steps, means, variances = [], [], []
+        for t in range(T):
+            if stats is None and not mask[t].any():
+                y_t, used = torch.zeros_like(o[t]), (torch.zeros(F, dtype=o.dtype),) * 2
+            else:
+                y_t, used = batch_norm(o[t], mask[t], gamma, beta, eps,
+                                       None if stats is None else (stats[0][t], stats[1][t]))
+            steps.append(y_t)
+            means.append(used[0])
+            variances.append(used[1])
+        y, used = torch.stack(steps), (torch.stack(means), torch.stack(variances))
+    if record is not None and kind != "ln":
+        record.append(used)
+    return mask[..., None] * y
+
+
+def stack(x, initial, mask, params, cell, *, num_layers, directions, between, eps, pop=None,
+          dropout=None, record=None):
+    """(STACK 1)-(STACK 10): the stack's forward, composed from the cell functions above.
+
+    initial: the initial states (h0,) or (h0, c0), each (L·dirs, B, H), row l·dirs + d.
+    params: the flat dict of refnorm.Stack's names ("l0.fwd.Wx", "l0.norm.gamma", ...).
+    cell(layer, direction, x, states, mask, p): one of the cell functions of this module with its
+    options and statistics mode bound, p its own parameters by the cell's names; returns hs and
+    the final states. directions: ("fwd",) or ("fwd", "bwd"). pop[l]: the population statistics
+    of the norm after layer l (see between_norm), None for batch statistics. dropout[l]: the
+    factor ξ / (1 − p) (T, B, F) after layer l, or None. record: a list that receives the
+    between norms' statistics, layer by layer. Returns ys (T, B, dirs·H) and the final states,
+    each (L·dirs, B, H)."""
+    n = mask.sum(0).long()
+    u, finals = x, [[] for _ in initial]
+    for layer in range(num_layers):
+        outs = []
+        for k, d in enumerate(directions):
+            prefix = f"l{layer}.{d}."
+            p = {name[len(prefix):]: value for name, value in params.items()
+                 if name.startswith(prefix)}
+            start = [s[layer * len(directions) + k] for s in initial]
+            inp = u if d == "fwd" else reverse_within(u, n)                   # (STACK 3)
+            hs, *fin = cell(layer, d, inp, start, mask, p)                     # (STACK 2)
+            outs.append(hs if d == "fwd" else reverse_within(hs, n))
+            for s, value in enumerate(fin):
+                finals[s].append(value)
+        o = torch.cat(outs, dim=-1)                                            # (STACK 4)
+        if layer == num_layers - 1:
+            break                                                              # (STACK 10)
+        u = between_norm(o, mask, params.get(f"l{layer}.norm.gamma"),
+                         params.get(f"l{layer}.norm.beta"), eps, between,
+                         None if pop is None else pop[layer], record)
+        if dropout is not None and dropout[layer] is not None:
+            u = u * dropout[layer]                                             # (STACK 9)
+    return o, tuple(torch.stack(f) for f in finals)
