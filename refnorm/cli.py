@@ -7,7 +7,7 @@
                      the four cells over an init sweep on the adding problem and the digits,
                      measures gradient flow and tests the common claims about BN in RNNs;
                      writes a report folder (Markdown, JSON, CSV, PNG). --quick: seconds.
-    refnorm validate run another framework's LSTM or RNN (torch, haste, Keras, Flax, your
+    refnorm validate run another framework's LSTM, RNN or GRU (torch, haste, Keras, Flax, your
                      own module) and refnorm on the same random data; one row per output and
                      gradient, exit status 1 on a mismatch. --all: every installed
                      framework, one matrix; --json: the report as JSON.
@@ -138,12 +138,14 @@ BUILTIN_TARGETS = ("torch.nn.LSTM", "torch.nn.LSTMCell", "haste.LSTM", "haste.La
                    "flax.nnx.LSTMCell", "flax.nnx.OptimizedLSTMCell",
                    "torch.nn.RNN", "torch.nn.RNNCell", "keras.SimpleRNN",
                    "flax.linen.SimpleCell", "flax.nnx.SimpleCell",
+                   "flax.linen.GRUCell", "flax.nnx.GRUCell",
                    "torch.nn.GRU", "torch.nn.GRUCell", "haste.GRU", "haste.LayerNormGRU",
                    "keras.GRU")
 # the built-in targets of the GRU family (refnorm.GRU, LNGRU) and the cell each compares with
 GRU_TARGETS = {"torch.nn.GRU": "torch_gru", "torch.nn.GRUCell": "torch_gru",
                "haste.GRU": "haste_gru", "haste.LayerNormGRU": "haste_layer_norm_gru",
-               "keras.GRU": "torch_gru"}     # the same GRU (reset "after", or "before")
+               "keras.GRU": "torch_gru",     # the same GRU (reset "after", or "before")
+               "flax.linen.GRUCell": "torch_gru", "flax.nnx.GRUCell": "torch_gru"}
 # the targets that take --reset-after (refnorm.GRU reset="after" / "before")
 RESET_TARGETS = ("keras.GRU",)
 # the built-in targets that are vanilla RNNs (refnorm.RNN; --nonlinearity)
@@ -152,7 +154,7 @@ RNN_TARGETS = ("torch.nn.RNN", "torch.nn.RNNCell", "keras.SimpleRNN", "flax.line
 
 
 def add_validate_parser(sub):
-    p = sub.add_parser("validate", help="compare another framework's LSTM or RNN with refnorm, "
+    p = sub.add_parser("validate", help="compare another framework's LSTM, RNN or GRU with refnorm, "
                                         "tensor by tensor", description=(
         "Copy the target's weights into the matching refnorm cell, run both on the same random "
         "inputs, lengths and upstream gradients, and print the relative error of every output "
@@ -251,6 +253,8 @@ def _build_target(args):
             # a SimpleCell's activation; nnx's computes in its dtype, float32 unless given
             simple = {"activation_fn": getattr(jax.nn, nonlinearity)} if rnn else {}
             if family == "flax.nnx":
+                if name == "GRUCell":    # nnx's has no b_hn (interop.flax_gru.NNX_NO_B_HN)
+                    cell.params["b_hn"][...] = 0.0
                 simple.update({"dtype": dtype} if rnn else {})
                 module = getattr(api, name)(D, H, param_dtype=dtype, rngs=api.Rngs(args.seed),
                                             **simple)
@@ -310,7 +314,11 @@ def _build_target(args):
         if kind == "torch":
             return _randomize_torch(obj, args.seed), None
         if kind == "flax":                  # nnx: written in place; linen: bound to new params
-            new = interop.to_flax(randomize(_adapter(obj, None).cell, seed=args.seed + 1), obj)
+            adapter = _adapter(obj, None)
+            cell = randomize(adapter.cell, seed=args.seed + 1)
+            for grad in adapter.absent:     # a param the module has not (nnx GRUCell's b_hn)
+                cell.params[grad[1:]][...] = 0.0
+            new = interop.to_flax(cell, obj)
             return (obj if new is obj else obj.unbind()[0].bind({"params": new})), None
         convert = {"haste": interop.to_haste, "keras": interop.to_keras}[kind]
         convert(randomize(_adapter(obj, None).cell, seed=args.seed + 1), obj)

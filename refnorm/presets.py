@@ -225,4 +225,20 @@ LN over 3H without shift of x kernel (gamma[0] -> gamma_x) and of h recurrent_ke
 (gamma[1] -> gamma_h), then bias and recurrent_bias as haste_gru; eps 1e-5 (F.layer_norm),
 biased two-pass variance; derivations/ln_gru.md. refnorm.LNGRU is this cell.""", eps=1e-5)
 
+_register("onnx_gru", GRU, """ONNX GRU operator with linear_before_reset=1, what torch.onnx
+exports (torch/onnx/_internal/torchscript_exporter/symbolic_opset9.py; onnx/defs/rnn/defs.cc,
+opset 22; onnx/reference/ops/op_gru.py).
+
+Gate blocks z, r, h; W [dirs, 3H, D], R [dirs, 3H, H], B [dirs, 6H] = [Wb, Rb]; h = tanh(
+X Whᵀ + r ⊙ (H Rhᵀ + Rbh) + Wbh): reset after. Wb + Rb's z, r parts fold into b, Wbh is b's n
+block, Rbh is b_hn. Default activations (Sigmoid, Tanh), no clip. With sequence_lens
+(onnxruntime) Y is 0 at padded steps, as in refnorm; onnx's reference evaluator ignores
+sequence_lens.""", reset="after")
+
+_register("onnx_gru_reset_before", GRU, """ONNX GRU operator with linear_before_reset=0, the
+attribute's default (onnx/defs/rnn/defs.cc, opset 22; onnx/reference/ops/op_gru.py).
+
+As onnx_gru but h = tanh(X Whᵀ + (r ⊙ H) Rhᵀ + Rbh + Wbh): reset before, b = Wb + Rb
+(reordered z, r, h -> r, z, n), no b_hn.""", reset="before")
+
 __all__ = sorted(PRESETS) + ["PRESETS"]

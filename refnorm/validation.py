@@ -18,9 +18,9 @@ data has no c0, dcT.
 
 Targets:
 * torch.nn.LSTM and torch.nn.RNN (tanh or relu) (variable lengths through a PackedSequence;
-  several layers and two directions are one refnorm cell per layer and direction, composed as
-  torch composes them), torch.nn.LSTMCell and RNNCell (stepped here, with refnorm's masked
-  carry);
+  several layers and two directions are the refnorm.Stack interop.from_torch reads out of the
+  module, one cell per layer and direction composed as torch composes them),
+  torch.nn.LSTMCell and RNNCell (stepped here, with refnorm's masked carry);
 * torch.nn.GRU (as torch.nn.RNN, layers and directions included) and torch.nn.GRUCell (stepped),
   against refnorm.GRU (reset="after"; the gradient of bias_hh's n block is db_hn);
 * haste_pytorch.GRU and LayerNormGRU (refnorm.GRU, LNGRU: presets.haste_gru,
@@ -41,6 +41,21 @@ Targets:
   and on JAX with tanh where a mask is used (KERAS_FLOAT32_SIMPLE_RNN), and a float64 tanh
   layer without a mask does not run on JAX at all (a ValueError says why: KERAS_JAX_CARRY);
   TensorFlow, and JAX with relu, agree to ~1e-16 (tests/test_interop_rnn.py);
+* a Keras stack (interop.keras_stack): keras.layers.Bidirectional(LSTM | GRU | SimpleRNN,
+  merge_mode="concat"), or a keras.Sequential or list of recurrent layers (or Bidirectionals)
+  with a BatchNormalization between each two, against the refnorm.Stack from_keras_stack makes
+  of it (between="seq_bn"). Keras runs it layer by layer with every layer's initial states,
+  returning every layer's final states, in training (BN with batch statistics) unless
+  training=False; rows hs, hT (, cT) (L·dirs, B, H), the gradient of every weight by its Stack
+  name (dl0.fwd.Wx, dl0.bwd.b, dl0.norm.gamma, ...), dx, dh0 (, dc0), and in training the norms'
+  moving statistics after the step (l0.norm.mean, .var); the model is left as it was. Besides
+  its recurrent layers' KERAS_FLOAT32_BY, Keras 3.15 computes a float64 BatchNormalization in
+  float32 on torch and JAX (KERAS_FLOAT32_BATCH_NORM) and divides masked moments by n +
+  keras.config.epsilon() (KERAS_MASKED_MOMENTS, ~1e-8); the note names what applies. On
+  TensorFlow the Bidirectional, and the batch-norm stacks without a mask (or with the fuzz
+  factor set to 0), agree to ~1e-15 (tests/test_keras_stack.py). `refnorm validate
+  refnorm.interop.keras_stack:bidirectional_lstm` (or batch_norm_lstm_stack,
+  bidirectional_gru_batch_norm_stack) builds one with random non-zero weights;
 * flax.linen.LSTMCell and OptimizedLSTMCell, bound to their params (cell.bind({'params': p})),
   and flax.nnx.LSTMCell and OptimizedLSTMCell: run by Flax's own RNN (flax.linen.RNN /
   flax.nnx.RNN, batch-major, with seq_lengths: it returns each sequence's last valid carry and
@@ -50,6 +65,10 @@ Targets:
   mode, which validate never switches on (it is process-wide): a ValueError names the fix;
   flax.linen.SimpleCell (bound) and flax.nnx.SimpleCell (tanh or relu; carry h) the same way
   (nnx's computes in its dtype, float32 unless built with dtype=jnp.float64);
+  flax.linen.GRUCell (bound) and flax.nnx.GRUCell (carry h) the same way, against refnorm.GRU
+  (reset="after"). nnx's GRUCell has no b_hn (its recurrent layer has no bias): the refnorm
+  cell holds b_hn = 0 and db_hn, a gradient the module has no tensor for, is left out, named in
+  the report's header with the reason (interop.flax_gru.NNX_NO_B_HN);
 * any callable f(inputs) -> outputs, given `cell=` (a refnorm cell, e.g. from refnorm.presets,
   with the weights to use). Use it for a framework refnorm has no converter for: convert the
   params yourself inside f. inputs is a dict:
@@ -67,7 +86,8 @@ Targets:
 A PASS means every tensor was compared. Every tensor refnorm computes (hs, hT, cT, the
 gradient of every parameter, dx, dh0, dc0) gets a row; one the target did not return is a
 failing row "not returned", unless the caller leaves it out (outputs_only=True: the outputs
-alone; skip=names or {name: reason}), and the report's header names what was left out. The
+alone; skip=names or {name: reason}) or the target has no such tensor (the adapter's
+`absent`: flax.nnx.GRUCell's db_hn), and the report's header names what was left out. The
 verdict says which precision was proven: "PASS" only for a float64 target at the float64
 tolerance; a float32 one (the least precise array the target returned decides) passes as "PASS
 at float32 tolerance: not a float64 check", and require_float64=True makes that a FAIL.
@@ -167,6 +187,22 @@ KERAS_JAX_CARRY = (
     "casts to Keras's result type, BIT64_TO_BIT32_DTYPE), so the step's new state is float32 "
     "against a float64 carry and jax.lax.scan raises a TypeError. A float32 layer (--dtype "
     "float32), activation relu, or KERAS_BACKEND=tensorflow runs")
+
+
+# Where a float64 keras.layers.BatchNormalization computes in float32 (measured with Keras
+# 3.15.1, tests/test_keras_stack.py): its call casts its input to backend.result_type(dtype,
+# "float32"), float32 wherever BIT64_TO_BIT32_DTYPE applies. TensorFlow is float64.
+KERAS_FLOAT32_BATCH_NORM = {
+    backend: ("always", "masked or not (BatchNormalization.call casts its input to "
+                        "backend.result_type(dtype, 'float32'), float32 on this backend, and its "
+                        "output back: keras/src/layers/normalization/batch_normalization.py)")
+    for backend in ("torch", "jax")}
+# What Keras's masked batch moments compute where refnorm's "seq_bn" divides by the n valid frames
+KERAS_MASKED_MOMENTS = (
+    "divides a BatchNormalization's masked mean and variance by n + keras.config.epsilon() "
+    "({epsilon:g}, the fuzz factor) where refnorm divides by the n valid frames (BatchNormalization"
+    "._moments): a relative {epsilon:g}/n on the statistics; keras.config.set_epsilon(0.0) "
+    "removes it")
 
 
 def _keras_version():
@@ -362,7 +398,7 @@ def validate(target, *, cell=None, T=DEFAULT_T, B=DEFAULT_B, lengths=None, seed=
     if "c" not in adapter.cell.STATES:      # one state (the RNN family): no c0, dcT. Drawn all
         del data["c0"], data["dcT"]         # the same, so the other draws do not depend on it
     truth = adapter.truth(data, training)
-    skipped = _left_out(truth, outputs_only, skip)
+    skipped = {**adapter.absent, **_left_out(truth, outputs_only, skip)}
     theirs = adapter.run({k: (v.copy() if isinstance(v, np.ndarray) else v)
                           for k, v in data.items()}, training)
     unknown = sorted(set(theirs) - set(truth))
@@ -428,6 +464,7 @@ class _Adapter:
     outputs and gradients by name; sizes() and truth() describe and compute refnorm's side."""
 
     name = cell = dtype = framework = None
+    absent = {}       # {tensor: why}: what refnorm computes and the target has no tensor for
 
     def sizes(self):
         """(input size D, hidden size H, number of stacked states or None for one cell, output
@@ -466,6 +503,10 @@ def _adapter(target, cell):
         return _TorchAdapter(target)
     if kind == "haste":
         return _HasteAdapter(target)
+    if kind == "keras" or isinstance(target, (list, tuple)):
+        from .interop.keras_stack import is_keras_stack
+        if is_keras_stack(target):              # Bidirectional, Sequential, a list of layers
+            return _KerasStackAdapter(target)
     if kind == "keras":
         return _KerasAdapter(target)
     if kind == "flax":
@@ -475,8 +516,8 @@ def _adapter(target, cell):
     raise ValueError(f"cannot validate a {type(target).__name__}: pass a torch.nn.LSTM, "
                      "torch.nn.LSTMCell, torch.nn.RNN, torch.nn.RNNCell, torch.nn.GRU, "
                      "torch.nn.GRUCell, haste LSTM / LayerNormLSTM / GRU / LayerNormGRU, keras.layers.LSTM or SimpleRNN, a Flax LSTMCell / "
-                     "OptimizedLSTMCell / SimpleCell (linen bound, or nnx), or a callable with "
-                     "cell=")
+                     "OptimizedLSTMCell / SimpleCell / GRUCell (linen bound, or nnx), or a "
+                     "callable with cell=")
 
 
 def _framework_kind(target):
@@ -569,7 +610,8 @@ class _ModuleAdapter(_Adapter):
         out = {k: numpy(v) for k, v in outs.items()}
         out.update({"d" + k: numpy(g) for k, g in zip(inputs, grads)})
         params = dict(zip(names, grads[len(inputs):]))
-        kept = "b_hn" in self.cell.params              # the GRU's candidate recurrent bias
+        # the GRU's candidate recurrent bias (a Stack's are "l0.fwd.b_hn", ...)
+        kept = any(name.split(".")[-1] == "b_hn" for name in self.cell.params)
         out.update(self.param_grads(_torch_grads_as_module(m, params, kept)))
         return out
 
@@ -622,86 +664,48 @@ class _TorchAdapter(_ModuleAdapter):
 
 
 class _TorchStackAdapter(_TorchAdapter):
-    """A torch.nn.LSTM or torch.nn.RNN with several layers or two directions: one refnorm cell
-    per layer and direction (refnorm.interop.from_torch), composed the way torch composes them.
-    Layer l reads [forward | reverse] outputs of layer l-1; a reverse direction reads each
-    sequence reversed within its length. h0, hT (and c0, cT) are (layers * directions, B, H),
-    torch's order. Gradients are named with torch's suffixes, e.g. dWx_l1_reverse."""
+    """A torch.nn.LSTM, GRU or RNN with several layers or two directions, against the
+    refnorm.Stack that refnorm.interop.from_torch reads out of it (between=None,
+    derivations/stack.md): its forward and backward give hs, hT (and cT) (layers * directions,
+    B, H) in torch's order, dx, dh0 (, dc0) and every parameter gradient. A gradient's row is
+    named by the cell's parameter and torch's suffix: the stack's "l1.bwd.Wx" is dWx_l1_reverse."""
 
     def __init__(self, module):
-        from .interop import from_torch
-
-        super().__init__(module)
-        self.dirs = 2 if module.bidirectional else 1
-        self.cells = [[from_torch(module, layer, bool(d)) for d in range(self.dirs)]
-                      for layer in range(module.num_layers)]
+        super().__init__(module)                      # self.cell: the refnorm.Stack
+        net, dirs = self.cell, len(self.cell.directions)
         self.name = (f"torch.nn.{type(module).__name__}(num_layers={module.num_layers}, "
                      f"bidirectional={module.bidirectional})")
-        self.reference = (f"{module.num_layers * self.dirs} refnorm.{type(self.cell).__name__} "
-                          f"cells ({module.num_layers} layers x {self.dirs} directions)")
+        self.reference = (f"{net.num_layers * dirs} refnorm.{net.cell_class.__name__} "
+                          f"cells ({net.num_layers} layers x {dirs} directions)")
 
     def sizes(self):
-        H = self.module.hidden_size
-        return self.module.input_size, H, len(self.cells) * self.dirs, self.dirs * H
+        net = self.cell
+        return (net.input_size, net.hidden_size, net.num_layers * len(net.directions),
+                net.output_size)
 
-    def suffix(self, k):
-        return f"_l{k // self.dirs}" + ("_reverse" if k % self.dirs else "")
+    @staticmethod
+    def torch_names(params):
+        """{"dWx_l1_reverse": value, ...} from a Stack's {"l1.bwd.Wx": value, ...}, in order."""
+        out = {}
+        for key, value in params.items():
+            layer, d, name = key.split(".")
+            out[f"d{name}_{layer}" + ("_reverse" if d == "bwd" else "")] = value
+        return out
 
     def truth(self, data, training):
-        lengths, H, states = data["lengths"], self.module.hidden_size, self.states
-        flip = lambda a: _reverse_within(a, lengths)  # noqa: E731
-        inputs, caches, finals = [data["x"]], {}, {s: [] for s in states}
-        for layer, pair in enumerate(self.cells):
-            outs = []
-            for d, cell in enumerate(pair):
-                k = self.dirs * layer + d
-                xin = flip(inputs[-1]) if d else inputs[-1]
-                result = cell.forward(xin, *(data[s + "0"][k] for s in states), lengths=lengths)
-                caches[k] = result[-1]
-                for s, value in zip(states, final_states(cell, result)):
-                    finals[s].append(value)
-                outs.append(flip(result[0]) if d else result[0])
-            inputs.append(np.concatenate(outs, -1))
-        out = {"hs": inputs[-1], **{s + "T": np.stack(finals[s]) for s in states}}
-        grads, d_above = {}, data["dhs"]
-        for layer in reversed(range(len(self.cells))):
-            dx = 0
-            for d, cell in enumerate(self.cells[layer]):
-                k = self.dirs * layer + d
-                dhs = np.ascontiguousarray(d_above[..., d * H:(d + 1) * H])
-                grads[k] = cell.backward(flip(dhs) if d else dhs, caches[k],
-                                         *(data[f"d{s}T"][k] for s in states))
-                dx = dx + (flip(grads[k]["x"]) if d else grads[k]["x"])
-            d_above = dx
-        n = len(grads)
-        out["dx"] = d_above
-        for s in states:
-            out[f"d{s}0"] = np.stack([grads[k][s + "0"] for k in range(n)])
-        for k in range(n):
-            for name in self.cells[0][0].params:            # Wx, Wh, b (, b_hn for a GRU)
-                out["d" + name + self.suffix(k)] = grads[k][name]
-        return out
+        net, states = self.cell, self.states
+        ys, finals, cache = net.forward(data["x"], *(data[s + "0"] for s in states),
+                                        lengths=data["lengths"], training=False)  # as m.eval()
+        grads = net.backward(data["dhs"], cache, *(data[f"d{s}T"] for s in states))
+        return {"hs": ys, **{s + "T": v for s, v in zip(states, finals)}, "dx": grads["x"],
+                **{f"d{s}0": grads[s + "0"] for s in states},
+                **self.torch_names({k: grads[k] for k in net.params})}
 
     def forward(self, t, data):
         return self.packed(t["x"], [t[s + "0"] for s in self.states], data)
 
     def param_grads(self, twin):
-        from .interop import from_torch
-
-        out = {}
-        for k in range(len(self.cells) * self.dirs):
-            cell = from_torch(twin, k // self.dirs, bool(k % self.dirs))
-            out.update({"d" + name + self.suffix(k): v for name, v in cell.params.items()})
-        return out
-
-
-def _reverse_within(a, lengths):
-    """a (T, B, ...) with each sequence's first lengths[b] steps reversed, padding left in
-    place: what a reverse direction reads."""
-    out = np.array(a)
-    for b, n in enumerate(lengths):
-        out[:n, b] = a[:n, b][::-1]
-    return out
+        return self.torch_names(type(self).convert(twin).params)       # a Stack, as self.cell
 
 
 class _HasteAdapter(_ModuleAdapter):
@@ -724,6 +728,52 @@ class _HasteAdapter(_ModuleAdapter):
                 *(f[0] for f in finals))
 
 
+def _keras_backend():
+    """The backend of the keras imported; ValueError where it has no autodiff."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend not in KERAS_BACKENDS:
+        raise ValueError(f"Keras's {backend} backend has no autodiff to give the gradients: "
+                         f"set KERAS_BACKEND to one of {', '.join(KERAS_BACKENDS)} before "
+                         "importing keras")
+    return backend
+
+
+def _keras_kind(cell):
+    """(kind, KERAS_FLOAT32_BY key) of the refnorm cell from_keras made of a Keras layer."""
+    from .cells import GRU
+    kind = ("LSTM" if "c" in cell.STATES else "GRU" if isinstance(cell, GRU) else "SimpleRNN")
+    return kind, kind + (" reset before" if getattr(cell, "reset", None) == "before" else "")
+
+
+def _keras_numpy(v):
+    """A float64 NumPy copy of a tensor of any Keras backend."""
+    return np.asarray(v.detach().cpu() if hasattr(v, "detach") else v, dtype=np.float64)
+
+
+def _keras_weight_grads(cell, by_name):
+    """The gradients {kernel, recurrent_kernel(, bias)} of one Keras recurrent layer's weights
+    in refnorm's layout, through from_keras as its weights (cell: the refnorm cell from_keras
+    made of the layer)."""
+    from .cells import GRU
+    from .interop import from_keras
+
+    order = ["kernel", "recurrent_kernel"] + (["bias"] if "bias" in by_name else [])
+    grads = [by_name[n] for n in order]
+    options = {}
+    if isinstance(cell, GRU):
+        options["reset_after"] = cell.reset == "after"
+        if len(grads) == 3 and grads[2].ndim == 2:
+            # bias (2, 3H): the converter sums the recurrent bias's z, r blocks into b, whose
+            # gradient is each one's: zero them so the sum counts it once; its h block is
+            # b_hn, kept (as _torch_grads_as_module's kept_block)
+            H = grads[2].shape[1] // 3
+            grads[2] = grads[2].copy()
+            grads[2][1, :2 * H] = 0
+    return from_keras(grads, **options).params
+
+
 class _KerasAdapter(_Adapter):
     """A keras.layers.LSTM or SimpleRNN on the backend Keras was imported with
     (KERAS_BACKENDS): the layer called on that backend's tensors, batch-major, with the initial
@@ -732,42 +782,39 @@ class _KerasAdapter(_Adapter):
     the weights' gradients through from_keras, as the weights."""
 
     def __init__(self, layer):
-        import importlib
-
-        import keras
-
         from .interop import from_keras
 
-        backend = keras.backend.backend()
-        if backend not in KERAS_BACKENDS:
-            raise ValueError(f"Keras's {backend} backend has no autodiff to give the gradients: "
-                             f"set KERAS_BACKEND to one of {', '.join(KERAS_BACKENDS)} before "
-                             "importing keras")
+        self.backend = _keras_backend()
         if not layer.built:
             raise ValueError("build the Keras layer first (layer.build((None, T, D)))")
         config = layer.get_config()
         if not (config.get("return_sequences") and config.get("return_state")):
             raise ValueError(f"build the Keras {type(layer).__name__} with return_sequences=True "
                              "and return_state=True for validation")
-        self.layer, self.backend = layer, backend
+        self.layer = layer
         self.cell = from_keras(layer)
-        from .cells import GRU
-        self.kind = ("LSTM" if "c" in self.cell.STATES else            # KERAS_FLOAT32_BY
-                     "GRU" if isinstance(self.cell, GRU) else "SimpleRNN")
-        self.float32_key = self.kind + (" reset before" if getattr(self.cell, "reset", None)
-                                        == "before" else "")
+        self.kind, self.float32_key = _keras_kind(self.cell)
         self.dtype = layer.dtype_policy.compute_dtype
-        package, autodiff = KERAS_BACKENDS[backend]
-        if backend == "jax" and self.dtype == "float64":
+        self.describe(f"keras.layers.{type(layer).__name__}")
+
+    def describe(self, what):
+        """name and framework of the target `what` on self.backend; a float64 target on JAX
+        needs jax_enable_x64 (a ValueError says so)."""
+        import importlib
+
+        import keras
+
+        package, autodiff = KERAS_BACKENDS[self.backend]
+        if self.backend == "jax" and self.dtype == "float64":
             import jax
             if not jax.config.read("jax_enable_x64"):
                 raise ValueError("a float64 Keras layer on JAX needs jax_enable_x64 (else its "
                                  "arrays are float32): jax.config.update('jax_enable_x64', "
                                  "True), or JAX_ENABLE_X64=1, before building the layer")
         version = importlib.import_module(package).__version__
-        self.name = (f"keras.layers.{type(layer).__name__} (Keras {keras.__version__}, "
-                     f"{backend} {version} backend, gradients by {autodiff})")
-        self.framework = f"Keras {keras.__version__} ({backend} {version})"
+        self.name = (f"{what} (Keras {keras.__version__}, {self.backend} {version} backend, "
+                     f"gradients by {autodiff})")
+        self.framework = f"Keras {keras.__version__} ({self.backend} {version})"
 
     @staticmethod
     def call(layer, t, mask):
@@ -783,15 +830,8 @@ class _KerasAdapter(_Adapter):
         args.update({s + "0": data[s + "0"] for s in self.states})          # h0 (, c0)
         up = ((data["dhs"] * valid).transpose(1, 0, 2), *(data[f"d{s}T"] for s in self.states))
         mask = data["mask"].T > 0 if data["mask"].min() == 0 else None    # (B, T), or unmasked
-        try:
-            outs, grads = getattr(self, "_autodiff_" + self.backend)(args, mask, up)
-        except TypeError as err:            # Keras 3.15, JAX, float64 tanh SimpleRNN
-            if "carry input and carry output must have equal types" in str(err):
-                raise ValueError(KERAS_JAX_CARRY.format(keras=_keras_version(),
-                                                        layer=self.kind)) from err
-            raise
-        numpy = lambda v: np.asarray(v.detach().cpu() if hasattr(v, "detach") else v,  # noqa
-                                     dtype=np.float64)
+        outs, grads = self.differentiate(args, mask, up)
+        numpy = _keras_numpy
         seq, *finals = (numpy(v) for v in outs)
         n = 1 + len(self.states)                                 # x, then the initial states
         out = {"hs": seq.transpose(1, 0, 2) * valid,
@@ -800,22 +840,18 @@ class _KerasAdapter(_Adapter):
                **{f"d{s}0": numpy(g) for s, g in zip(self.states, grads[1:n])}}
         names = [w.path.rsplit("/", 1)[-1] for w in self.layer.trainable_weights]
         by_name = dict(zip(names, (numpy(g) for g in grads[n:])))
-        order = ["kernel", "recurrent_kernel"] + (["bias"] if "bias" in by_name else [])
-        from .interop import from_keras
-        grads = [by_name[n] for n in order]
-        options = {}
-        if self.kind == "GRU":
-            options["reset_after"] = self.cell.reset == "after"
-            if len(grads) == 3 and grads[2].ndim == 2:
-                # bias (2, 3H): the converter sums the recurrent bias's z, r blocks into b, whose
-                # gradient is each one's: zero them so the sum counts it once; its h block is
-                # b_hn, kept (as _torch_grads_as_module's kept_block)
-                H = grads[2].shape[1] // 3
-                grads[2] = grads[2].copy()
-                grads[2][1, :2 * H] = 0
-        out.update({"d" + k: v
-                    for k, v in from_keras(grads, **options).params.items()})
+        out.update({"d" + k: v for k, v in _keras_weight_grads(self.cell, by_name).items()})
         return out
+
+    def differentiate(self, args, mask, up):
+        """_autodiff_<backend>(args, mask, up), with KERAS_JAX_CARRY's error where it applies."""
+        try:
+            return getattr(self, "_autodiff_" + self.backend)(args, mask, up)
+        except TypeError as err:            # Keras 3.15, JAX, float64 tanh SimpleRNN
+            if "carry input and carry output must have equal types" in str(err):
+                raise ValueError(KERAS_JAX_CARRY.format(keras=_keras_version(),
+                                                        layer=self.kind)) from err
+            raise
 
     # Each _autodiff_<backend>(args, mask, up): the outputs (seq, hT (, cT)) and the gradients of
     # L = Σ up⊙outputs with respect to x, h0 (, c0) and layer.trainable_weights, in that order.
@@ -879,22 +915,237 @@ class _KerasAdapter(_Adapter):
                 "--tol 1e-4 (tol=1e-4) checks the layer at float32 level"]
 
 
+class _KerasStackAdapter(_KerasAdapter):
+    """A Keras stack (interop.keras_stack: a Bidirectional, or recurrent layers with a
+    BatchNormalization between each two, as a keras.Sequential or a list) against the
+    refnorm.Stack that from_keras_stack makes of it. Keras runs it one layer at a time
+    (keras_stack.call_keras_stack), batch-major, with the initial states of every layer and
+    direction, the mask and training; every layer returns its final states for the call
+    (keras_stack.returning_states). The gradients of (BPTT 1) with respect to x, h0 (, c0) and
+    every trainable weight (each direction's kernel, recurrent_kernel, bias; each norm's gamma,
+    beta) come from the backend's autodiff (_autodiff_<backend>), the recurrent ones through
+    from_keras as the weights. In training the norms' moving statistics after the step are
+    compared too (rows l{l}.norm.mean, .var), and the layers' statistics are restored after
+    the run: validation leaves the model as it was."""
+
+    def __init__(self, target):
+        from .interop import keras_stack
+
+        self.backend = _keras_backend()
+        self.units, self.norms = keras_stack.stack_layers(target)
+        recurrent = [(f"l{l}.{d}", layer) for l, unit in enumerate(self.units)
+                     for d, layer in keras_stack.directions(unit)]
+        every = self.units + [layer for _, layer in recurrent] + self.norms
+        if not all(layer.built for layer in every):
+            raise ValueError("build the Keras stack first (model.build((None, T, D)), or call "
+                             "it once)")
+        if not recurrent[-1][1].return_sequences:
+            raise ValueError("build the last recurrent layer with return_sequences=True for "
+                             "validation (every step's output is compared)")
+        self.cell = self.net = keras_stack.from_keras_stack(target)
+        self.kind, self.float32_key = _keras_kind(self.net.cells[0][0])
+        self.dtype = _least_precise([np.dtype(layer.dtype_policy.compute_dtype)
+                                     for layer in every])
+        self.weights, self.owners = [], []          # every trainable weight, its refnorm name
+        for prefix, layer in recurrent + [(f"l{l}.norm", bn) for l, bn in enumerate(self.norms)]:
+            for w in layer.trainable_weights:
+                self.weights.append(w)
+                self.owners.append((prefix, w.path.rsplit("/", 1)[-1]))
+        names = [type(u).__name__ + (f"({type(u.forward_layer).__name__})"
+                                     if hasattr(u, "forward_layer") else "")
+                 for u in self.units]
+        joint = ", BatchNormalization, " if self.norms else ", "
+        shown = (f"keras.layers.{names[0]}" if keras_stack.keras_class(target) == "Bidirectional"
+                 else "Keras [" + joint.join(names) + "]")
+        self.describe(shown)
+        self.reference = repr(self.net)
+
+    def sizes(self):
+        net = self.net
+        return (net.input_size, net.hidden_size, net.num_layers * len(net.directions),
+                net.output_size)
+
+    def truth(self, data, training):
+        """refnorm.Stack's outputs, final states and gradients; in training also the norms'
+        population statistics after the step (on a copy: the stack keeps its own)."""
+        import copy
+
+        net, states = self.net, self.net.STATES
+        inputs = dict(mask=data["mask"], training=training,
+                      **{s + "0": data[s + "0"] for s in states})
+        ys, finals, cache = net.forward(data["x"], update_stats=False, **inputs)
+        grads = net.backward(data["dhs"], cache, **{f"d{s}T": data[f"d{s}T"] for s in states})
+        out = {"hs": ys, **{s + "T": f for s, f in zip(states, finals)},
+               **{"d" + k: grads[k] for k in [*net.params, "x", *(s + "0" for s in states)]}}
+        if training and self.norms:
+            twin = copy.deepcopy(net)
+            twin.forward(data["x"], update_stats=True, **inputs)
+            out.update({k: v for k, v in twin.stats.items() if ".norm." in k})
+        return out
+
+    def run(self, data, training):
+        import keras
+
+        from .interop.keras_stack import returning_states
+
+        states, rows = self.states, self.sizes()[2]
+        valid = data["mask"][..., None]                                    # (T, B, 1)
+        args = {"x": data["x"].transpose(1, 0, 2), **{s + "0": data[s + "0"] for s in states}}
+        up = [(data["dhs"] * valid).transpose(1, 0, 2),
+              *(data[f"d{s}T"][r] for s in states for r in range(rows))]
+        mask = data["mask"].T > 0 if data["mask"].min() == 0 else None    # (B, T), or unmasked
+        statistics = [v for bn in self.norms for v in bn.non_trainable_variables]
+        saved = [keras.ops.convert_to_numpy(v.value) for v in statistics]
+        self.training, self.moved = training, {}
+        try:
+            with returning_states(self.units):
+                outs, grads = self.differentiate(args, mask, up)
+        finally:
+            for v, value in zip(statistics, saved):       # a training call moved them
+                v.assign(value)
+        seq, *finals = (_keras_numpy(v) for v in outs)
+        out = {"hs": seq.transpose(1, 0, 2) * valid,
+               **{s + "T": np.stack(finals[k * rows:(k + 1) * rows])
+                  for k, s in enumerate(states)},
+               "dx": _keras_numpy(grads[0]).transpose(1, 0, 2),
+               **{f"d{s}0": _keras_numpy(g) for s, g in zip(states, grads[1:])}}
+        by_owner = {}
+        for (prefix, leaf), g in zip(self.owners, grads[1 + len(states):]):
+            by_owner.setdefault(prefix, {})[leaf] = _keras_numpy(g)
+        for prefix, by_name in by_owner.items():
+            if prefix.endswith(".norm"):                     # gamma, beta: refnorm's names
+                out.update({f"d{prefix}.{leaf}": g for leaf, g in by_name.items()})
+                continue
+            l, d = prefix[1:].split(".")
+            cell = self.net.cells[int(l)][self.net.directions.index(d)]
+            out.update({f"d{prefix}.{k}": v
+                        for k, v in _keras_weight_grads(cell, by_name).items()})
+        if training:
+            for l in range(len(self.norms)):
+                out[f"l{l}.norm.mean"] = _keras_numpy(self.moved[l]["moving_mean"])
+                out[f"l{l}.norm.var"] = _keras_numpy(self.moved[l]["moving_variance"])
+        return out
+
+    def forward(self, t, mask, call=None):
+        """[seq, the final h of every row (, then every c)] from tensors t = x, h0 (, c0)."""
+        from .interop.keras_stack import call_keras_stack
+
+        seq, finals = call_keras_stack(self.units, self.norms, t["x"],
+                                       [t[s + "0"] for s in self.states], mask, self.training,
+                                       call)
+        return [seq] + [f for per_state in finals for f in per_state]
+
+    def read_moved(self):
+        """self.moved: copies of the norms' moving statistics after a (stateful) call."""
+        import keras
+
+        for l, bn in enumerate(self.norms):
+            self.moved[l] = {v.path.rsplit("/", 1)[-1]: keras.ops.convert_to_numpy(v.value)
+                             for v in bn.non_trainable_variables}
+
+    # _autodiff_<backend>(args, mask, up): the outputs (forward's) and the gradients of
+    # L = Σ up⊙outputs with respect to x, h0 (, c0) and self.weights, in that order.
+    def _autodiff_torch(self, args, mask, up):
+        import torch
+
+        dt = getattr(torch, self.dtype)
+        t = {k: torch.tensor(v, dtype=dt, requires_grad=True) for k, v in args.items()}
+        outs = self.forward(t, None if mask is None else torch.tensor(mask))
+        self.read_moved()
+        loss = sum((torch.tensor(u, dtype=dt) * o).sum() for u, o in zip(up, outs))
+        return outs, torch.autograd.grad(loss, list(t.values())
+                                         + [w.value for w in self.weights])
+
+    def _autodiff_tensorflow(self, args, mask, up):
+        import tensorflow as tf
+
+        t = {k: tf.constant(v, dtype=self.dtype) for k, v in args.items()}
+        with tf.GradientTape() as tape:
+            tape.watch(list(t.values()))
+            outs = self.forward(t, None if mask is None else tf.constant(mask))
+            loss = tf.add_n([tf.reduce_sum(tf.constant(u, dtype=self.dtype) * o)
+                             for u, o in zip(up, outs)])
+        self.read_moved()
+        return outs, tape.gradient(loss, list(t.values()) + [w.value for w in self.weights])
+
+    def _autodiff_jax(self, args, mask, up):
+        import jax
+        import jax.numpy as jnp
+
+        index = {id(w): k for k, w in enumerate(self.weights)}
+        m = None if mask is None else jnp.asarray(mask)
+        names, norms = list(args), self.norms
+
+        def outputs(*a):
+            *inputs, weights = a
+            moved = {}
+
+            def call(layer, u, **kwargs):
+                trainable = [weights[index[id(v)]] for v in layer.trainable_variables]
+                fixed = [v.value for v in layer.non_trainable_variables]
+                out, fixed = layer.stateless_call(trainable, fixed, u, **kwargs)
+                for l, bn in enumerate(norms):
+                    if layer is bn:
+                        moved[l] = {v.path.rsplit("/", 1)[-1]: new for v, new
+                                    in zip(layer.non_trainable_variables, fixed)}
+                return out
+            return tuple(self.forward(dict(zip(names, inputs)), m, call)), moved
+
+        primals = [jnp.asarray(args[k], dtype=self.dtype) for k in names]
+        outs, vjp, self.moved = jax.vjp(outputs, *primals, [w.value for w in self.weights],
+                                        has_aux=True)
+        *d_inputs, d_weights = vjp(tuple(jnp.asarray(u, dtype=self.dtype) for u in up))
+        return outs, [*d_inputs, *d_weights]
+
+    def remarks(self, data, rows):
+        """Where Keras computes part of a float64 stack in float32 (its recurrent layers,
+        KERAS_FLOAT32_BY; its BatchNormalization, KERAS_FLOAT32_BATCH_NORM) or divides masked
+        moments by n + keras.config.epsilon() (KERAS_MASKED_MOMENTS), and the mismatch is of
+        that size: say which of these apply."""
+        import keras
+
+        bad = [row[3] for row in rows if not row[-1]]
+        if not bad or max(bad) > TOLERANCE["float32"]:
+            return []
+        masked = data["mask"].min() == 0
+        causes = []
+        if self.dtype == "float64":
+            for what, known in ((self.kind, KERAS_FLOAT32_BY[self.float32_key]),
+                                ("BatchNormalization", KERAS_FLOAT32_BATCH_NORM if self.norms
+                                 else {})):
+                when = known.get(self.backend)
+                if when and (when[0] == "always" or masked):
+                    causes.append(f"computes its float64 {what} in float32 {when[1]}")
+        fuzz = keras.config.epsilon()
+        if self.norms and masked and self.training and fuzz > 0:
+            causes.append(KERAS_MASKED_MOMENTS.format(epsilon=fuzz))
+        if not causes:
+            return []
+        return [f"Keras {keras.__version__} on {self.backend} " + "; and ".join(causes)
+                + f". The worst relative error {max(bad):.1e} is that, not a wrong stack; "
+                "--tol 1e-4 (tol=1e-4) checks the stack at float32 level"]
+
+
 class _FlaxAdapter(_Adapter):
-    """A Flax LSTM cell or SimpleCell (linen bound to its params, or nnx) over the sequence by
-    Flax's own RNN with seq_lengths, batch-major; the outputs, the last valid carry and every
-    gradient (params, x, the initial carry) by jax.vjp of (BPTT 1). An LSTM cell's carry is
-    (c, h): flax_lstm.to_carry / from_carry translate, in one place; a SimpleCell's is h."""
+    """A Flax LSTM cell, SimpleCell or GRUCell (linen bound to its params, or nnx) over the
+    sequence by Flax's own RNN with seq_lengths, batch-major; the outputs, the last valid carry
+    and every gradient (params, x, the initial carry) by jax.vjp of (BPTT 1). An LSTM cell's
+    carry is (c, h): flax_lstm.to_carry / from_carry translate, in one place; a SimpleCell's and
+    a GRUCell's is h. nnx's GRUCell has no b_hn: db_hn is absent (flax_gru.absent_grads)."""
 
     def __init__(self, module):
-        from .interop import flax_lstm, flax_rnn
+        from .interop import flax_gru, flax_lstm, flax_rnn
 
         self.api = flax_lstm.module_api(module)
         if self.api is None:
-            raise ValueError(f"validate needs the Flax cell itself (a bound linen LSTMCell or "
-                             f"an nnx one), not its params ({type(module).__name__})")
+            raise ValueError(f"validate needs the Flax cell itself (a bound linen LSTMCell, "
+                             f"SimpleCell or GRUCell, or an nnx one), not its params "
+                             f"({type(module).__name__})")
         self.cell = flax_lstm.from_flax(module)      # refuses other activations, unbound linen
         params = (flax_rnn.cell_params if flax_rnn.is_simple_cell(module)
+                  else flax_gru.cell_params if flax_gru.is_gru(module)
                   else flax_lstm.module_params)(module, self.api)
+        self.absent = flax_gru.absent_grads(module)
         leaves = [np.asarray(v).dtype for sub in params.values() for v in sub.values()]
         self.dtype = np.dtype(module.dtype or np.result_type(*leaves)).name   # what it runs in
         flax_lstm.require_x64(self.dtype, f"the {type(module).__name__}'s compute dtype")
@@ -931,7 +1182,7 @@ class _FlaxAdapter(_Adapter):
 
         from .interop.flax_lstm import from_carry, to_carry
 
-        lstm = "c" in self.states                                 # else a SimpleCell: carry h
+        lstm = "c" in self.states                   # else a SimpleCell or GRUCell: carry h
         carry_of = (lambda h, c: to_carry(h, c)) if lstm else (lambda h: h)       # noqa: E731
         states_of = from_carry if lstm else (lambda carry: (carry,))              # noqa: E731
         dt = jnp.dtype(self.dtype)
@@ -953,9 +1204,11 @@ class _FlaxAdapter(_Adapter):
     def param_grads(self, d_params):
         """The parameter gradients in refnorm's layout. from_flax only concatenates the per-gate
         blocks (copies a SimpleCell's), a linear map, so it carries gradients as it carries
-        weights."""
+        weights. A parameter the module has not (nnx GRUCell's b_hn, which from_flax fills with
+        zeros) has no gradient here."""
         from .interop.flax_lstm import from_flax
-        return {"d" + k: v for k, v in from_flax(d_params).params.items()}
+        return {"d" + k: v for k, v in from_flax(d_params).params.items()
+                if "d" + k not in self.absent}
 
 
 class _CallableAdapter(_Adapter):

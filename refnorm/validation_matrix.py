@@ -28,6 +28,9 @@ Rows that are callables with a preset (run by `refnorm validate MODULE:ATTR --pr
   onnx's reference evaluator (float64) and by onnxruntime (float32 only). ONNX has no
   gradients: outputs only. onnx_rnn_reference and onnx_rnn_runtime: the same for the ONNX RNN
   node, tanh (the reference evaluator has no Relu; the callables build the default activation).
+  onnx_gru_reference and onnx_gru_runtime: the ONNX GRU node with linear_before_reset=1
+  (presets.onnx_gru, reset "after"); onnx_gru_reset_before_reference and _runtime: with
+  linear_before_reset=0 (presets.onnx_gru_reset_before).
 
 The RNN family's rows follow the LSTM's: torch.nn.RNN (tanh, relu, 2 layers x 2 directions),
 torch.nn.RNNCell, keras.SimpleRNN on each backend, flax SimpleCell (linen, nnx) and the ONNX RNN
@@ -36,7 +39,9 @@ node. No peer ships a normalised vanilla RNN, so there is none to validate.
 The GRU family's rows: torch.nn.GRU (one layer; 2 layers x 2 directions), torch.nn.GRUCell,
 haste GRU and LayerNormGRU (refnorm.LNGRU, presets.haste_layer_norm_gru), keras.GRU with
 reset_after True and False (refnorm.GRU reset "after" / "before") on each backend, in the
-keras.LSTM row's process. The ONNX GRU node and Flax's GRUCell have no converter yet.
+keras.LSTM row's process, and the ONNX GRU node with linear_before_reset 1 and 0 (reset "after" /
+"before"), by the reference evaluator and by onnxruntime, and flax GRUCell (linen; nnx, whose
+candidate has no recurrent bias b_hn).
 """
 import importlib.metadata
 import importlib.util
@@ -168,24 +173,75 @@ ROWS = (
       for backend, (package, autodiff) in KERAS_BACKENDS.items()
       for flag, form in (((), "reset_after=True: reset after"),
                          (("--reset-after", "false"), "reset_after=False: reset before"))),
+    *(Row("Flax", (f"flax.{api}.GRUCell",), cell, NO_STATISTICS, ("flax",), note=note)
+      for api, cell, note in (("linen", "GRU()", ""),
+                              ("nnx", "GRU() with b_hn = 0",
+                               "flax.nnx.GRUCell has no b_hn (no recurrent bias): db_hn is not "
+                               "compared"))),
+    *(row for preset, attribute in (("onnx_gru", "linear_before_reset=1"),
+                                    ("onnx_gru_reset_before", "linear_before_reset=0"))
+      for row in (
+          Row("ONNX", (f"refnorm.validation_matrix:{preset}_reference", "--preset", preset,
+                       "--outputs-only"), preset, NO_STATISTICS, ("onnx",), dists=("onnx",),
+              note=f"{ONNX_NOTE}; the GRU node has {attribute}; the reference evaluator "
+                   "ignores sequence_lens (each length's sequences run on their own)"),
+          Row("onnxruntime", (f"refnorm.validation_matrix:{preset}_runtime", "--preset",
+                              preset, "--outputs-only"), preset, NO_STATISTICS,
+              ("onnx", "onnxruntime"), dists=("onnxruntime",),
+              note=f"{ONNX_NOTE}; the GRU node has {attribute}; onnxruntime's GRU runs in "
+                   "float32 only"))),
+    # -- stacks (refnorm.Stack): Keras Bidirectional, and BatchNormalization between layers --
+    *(Row(f"Keras ({backend})", (f"refnorm.interop.keras_stack:{factory}",), cell, mode,
+          ("keras", package), env=(("KERAS_BACKEND", backend),),
+          note=f"in the keras.LSTM row's process, KERAS_BACKEND={backend}; gradients by "
+               f"{autodiff}; {what}")
+      for backend, (package, autodiff) in KERAS_BACKENDS.items()
+      for factory, cell, mode, what in (
+          ("bidirectional_lstm", "Stack(lstm, bidirectional)", NO_STATISTICS,
+           "Bidirectional(LSTM), merge_mode concat"),
+          ("batch_norm_lstm_stack", "Stack(lstm x 2, between seq_bn)", "training",
+           "Sequential [LSTM, BatchNormalization, LSTM]: the norm's batch statistics over the "
+           "valid frames, its moving statistics compared"),
+          ("bidirectional_gru_batch_norm_stack",
+           "Stack(gru x 2 x 2 directions, between seq_bn)", "training",
+           "Sequential [Bidirectional(GRU), BatchNormalization, Bidirectional(GRU)]"))),
 )
 
 
-# -- ONNX targets (callables for `refnorm validate MODULE:ATTR --preset onnx_lstm | onnx_rnn`) --
+# -- ONNX targets (callables for `refnorm validate MODULE:ATTR --preset onnx_lstm | onnx_rnn |
+# onnx_gru | onnx_gru_reset_before`) --
 def _onnx_cell(params, dtype):
-    """The onnx_lstm (4H-wide params) or onnx_rnn (tanh) cell holding `params`."""
+    """The cell of the ONNX preset whose params these are: onnx_rnn (tanh; Wh (H, H)), onnx_gru
+    (Wh (H, 3H) and b_hn), onnx_gru_reset_before (Wh (H, 3H), no b_hn) or onnx_lstm (4H)."""
     from . import presets
     from .interop._common import build_cell
     D, H = params["Wx"].shape[0], params["Wh"].shape[0]
-    preset = presets.onnx_rnn if params["Wh"].shape == (H, H) else presets.onnx_lstm
+    width = params["Wh"].shape[1]
+    if width == H:
+        preset = presets.onnx_rnn
+    elif width == 3 * H:
+        preset = presets.onnx_gru if "b_hn" in params else presets.onnx_gru_reset_before
+    else:
+        preset = presets.onnx_lstm
     return build_cell(preset, D, H, params, dtype=dtype, backend="numpy")
 
 
+def _gru_form(inputs, reset, who):
+    """inputs, after checking that their params are the GRU of that reset (b_hn: "after")."""
+    params = inputs["params"]
+    form = "after" if "b_hn" in params else "before"
+    H = params["Wh"].shape[0]
+    if params["Wh"].shape != (H, 3 * H) or form != reset:
+        preset = "onnx_gru" if reset == "after" else "onnx_gru_reset_before"
+        raise ValueError(f"{who} runs refnorm.GRU reset={reset!r}: give it --preset {preset}")
+    return inputs
+
+
 def _onnx_reference(inputs):
-    """The node of interop.to_onnx_model(cell) (LSTM or RNN, by the params' shapes) run by
+    """The node of interop.to_onnx_model(cell) (LSTM, RNN or GRU, by the params' shapes) run by
     onnx.reference.ReferenceEvaluator in float64. It ignores sequence_lens (onnx 1.23,
-    onnx/reference/ops/op_lstm.py, op_rnn.py), so the sequences of each length run on their
-    valid steps alone: its Y_h (Y_c) are then their last valid states."""
+    onnx/reference/ops/op_lstm.py, op_rnn.py, op_gru.py), so the sequences of each length run
+    on their valid steps alone: its Y_h (Y_c) are then their last valid states."""
     from onnx.reference import ReferenceEvaluator
 
     from .interop import to_onnx_model
@@ -208,8 +264,8 @@ def _onnx_reference(inputs):
 
 
 def _onnx_runtime(inputs):
-    """The node of interop.to_onnx_model(cell) (LSTM or RNN) in float32 (onnxruntime has no
-    double kernel for either) run by onnxruntime with sequence_lens. Float32 arrays."""
+    """The node of interop.to_onnx_model(cell) (LSTM, RNN or GRU) in float32 (onnxruntime has no
+    double kernel for any of them) run by onnxruntime with sequence_lens. Float32 arrays."""
     import onnxruntime
 
     from .interop import to_onnx_model
@@ -249,6 +305,32 @@ def onnx_rnn_runtime(inputs):
     """The RNN node (activations [Tanh]) of interop.to_onnx_model(cell) run by onnxruntime with
     sequence_lens, float32 (its RNN has no double kernel). Outputs only, float32 arrays."""
     return _onnx_runtime(inputs)
+
+
+def onnx_gru_reference(inputs):
+    """The GRU node (linear_before_reset=1: reset "after", presets.onnx_gru) of
+    interop.to_onnx_model(cell) run by onnx's reference evaluator in float64, each length's
+    sequences on their own (it ignores sequence_lens: onnx 1.23 onnx/reference/ops/op_gru.py).
+    Outputs only."""
+    return _onnx_reference(_gru_form(inputs, "after", "onnx_gru_reference"))
+
+
+def onnx_gru_runtime(inputs):
+    """The GRU node (linear_before_reset=1) of interop.to_onnx_model(cell) run by onnxruntime
+    with sequence_lens, float32 (its GRU has no double kernel). Outputs only, float32 arrays."""
+    return _onnx_runtime(_gru_form(inputs, "after", "onnx_gru_runtime"))
+
+
+def onnx_gru_reset_before_reference(inputs):
+    """onnx_gru_reference for linear_before_reset=0 (reset "before",
+    presets.onnx_gru_reset_before)."""
+    return _onnx_reference(_gru_form(inputs, "before", "onnx_gru_reset_before_reference"))
+
+
+def onnx_gru_reset_before_runtime(inputs):
+    """onnx_gru_runtime for linear_before_reset=0 (reset "before",
+    presets.onnx_gru_reset_before)."""
+    return _onnx_runtime(_gru_form(inputs, "before", "onnx_gru_reset_before_runtime"))
 
 
 # -- running the rows ---------------------------------------------------------------------------

@@ -1,10 +1,13 @@
-"""Flax (JAX) LSTM cells: the converters refnorm.interop.from_flax / to_flax and
-refnorm.validate on flax.linen.LSTMCell, flax.linen.OptimizedLSTMCell, flax.nnx.LSTMCell and
-flax.nnx.OptimizedLSTMCell, with Flax's own RNN (seq_lengths) and jax.vjp giving the gradients.
+"""Flax (JAX) LSTM cells and GRUCells: the converters refnorm.interop.from_flax / to_flax and
+refnorm.validate on flax.linen.LSTMCell, flax.linen.OptimizedLSTMCell, flax.nnx.LSTMCell,
+flax.nnx.OptimizedLSTMCell, flax.linen.GRUCell and flax.nnx.GRUCell (refnorm.GRU, reset after;
+nnx's has no b_hn), with Flax's own RNN (seq_lengths) and jax.vjp giving the gradients.
 
 Tolerances, each with its reason:
 * round trips are compared bit for bit (assert_array_equal): the converters only split,
   concatenate and copy gate blocks (Flax's gate order is refnorm's), no arithmetic.
+* a GRUCell stepped by hand against refnorm.GRU.forward: 1e-12 relative, the same equations in
+  another order (rounding only, measured ~1e-16); a misplaced b_hn differs by O(0.1).
 * validate uses its own table (refnorm.validation.TOLERANCE, by the module's dtype): 1e-10 for a
   float64 module (the same equations in another order, rounding only; measured ~1e-15), 1e-4
   for float32 (eps32 amplified through T steps).
@@ -33,7 +36,7 @@ import refnorm  # noqa: E402
 from refnorm import interop  # noqa: E402
 from refnorm.cli import main  # noqa: E402
 from refnorm.gradcheck import randomize  # noqa: E402
-from refnorm.interop import flax_lstm  # noqa: E402
+from refnorm.interop import flax_gru, flax_lstm, flax_rnn  # noqa: E402
 from refnorm.interop.layouts import GateLayout, canonical_names  # noqa: E402
 from refnorm.validation import _FlaxAdapter, validate  # noqa: E402
 
@@ -158,17 +161,23 @@ def test_to_flax_casts_to_the_target_s_dtype_and_folds_a_forget_bias():
     np.testing.assert_array_equal(b[:H], shifted.params["b"][:H])
 
 
-def test_refused_inputs_name_what_is_refused():
-    cell = random_lstm()
+def assert_activations_refused(name, cell, family):
+    """A linen (bound) and an nnx `name` cell with gate_fn relu, then activation_fn gelu: from_flax,
+    validate and to_flax of `cell` each refuse it, naming the attribute and refnorm's `family`."""
     for bad in (dict(gate_fn=jax.nn.relu), dict(activation_fn=jax.nn.gelu)):
         attr = next(iter(bad))
-        for module in (nn.LSTMCell(H, **bad).bind({"params": interop.to_flax(cell)}),
-                       nnx.LSTMCell(D, H, rngs=nnx.Rngs(0), **bad)):
+        for module in (getattr(nn, name)(H, **bad).bind({"params": interop.to_flax(cell)}),
+                       getattr(nnx, name)(D, H, rngs=nnx.Rngs(0), **bad)):
             for call in (interop.from_flax, validate, lambda m: interop.to_flax(cell, m)):
-                with pytest.raises(ValueError, match=f"{attr}=.*refuses"):
+                with pytest.raises(ValueError, match=f"{attr}=.*refuses: its {family}"):
                     call(module)
-    with pytest.raises(ValueError, match="GRUCell"):
-        interop.from_flax(nnx.GRUCell(D, H, rngs=nnx.Rngs(0)))
+
+
+def test_refused_inputs_name_what_is_refused():
+    cell = random_lstm()
+    assert_activations_refused("LSTMCell", cell, "LSTM")
+    with pytest.raises(ValueError, match="got MGUCell"):
+        interop.from_flax(nn.MGUCell(H))
     with pytest.raises(ValueError, match="bound"):
         validate(nn.LSTMCell(H))
     with pytest.raises(ValueError, match="not its params"):
@@ -268,3 +277,239 @@ def test_validate_command_builds_and_passes_the_flax_cells(capsys):
     assert "flax.linen.LSTMCell" in out and out.rstrip().endswith("PASS")
     assert main(["validate", "test_flax:make_nnx_cell", "--randomize", "--float64"]) == 0
     assert "flax.nnx.LSTMCell" in capsys.readouterr().out
+
+
+# -- the GRUCell (refnorm.GRU, reset after; nnx's has no b_hn) -------------------------------------
+GRU_TENSORS = {"hs", "hT", "dWx", "dWh", "db", "db_hn", "dx", "dh0"}
+LINEN_GRU_KEYS = {"ir", "iz", "in", "hr", "hz", "hn"}
+
+
+def random_gru(seed=0, b_hn=True):
+    """A refnorm.GRU with every parameter random and non-zero; b_hn=False: b_hn zero (the GRU
+    that nnx.GRUCell computes)."""
+    cell = randomize(refnorm.GRU(D, H, seed=seed), seed=seed + 1)
+    if not b_hn:
+        cell.params["b_hn"][...] = 0.0
+    return cell
+
+
+def gru_module(api, cell, param_dtype=jnp.float64, **options):
+    """A Flax GRUCell of `api` holding `cell`'s weights: a linen one bound to its params."""
+    if api == "linen":
+        module = nn.GRUCell(H, param_dtype=param_dtype, **options)
+        return module.bind({"params": interop.to_flax(cell, module)})
+    module = nnx.GRUCell(D, H, param_dtype=param_dtype, rngs=nnx.Rngs(0), **options)
+    return interop.to_flax(cell, module)
+
+
+def make_nnx_gru(input_size, hidden_size):
+    """A factory for `refnorm validate test_flax:make_nnx_gru`: random weights, b_hn zero."""
+    cell = randomize(refnorm.GRU(input_size, hidden_size, seed=7), seed=8)
+    cell.params["b_hn"][...] = 0.0
+    module = nnx.GRUCell(input_size, hidden_size, param_dtype=jnp.float64, rngs=nnx.Rngs(1))
+    return interop.to_flax(cell, module)
+
+
+def assert_same_gru(a, b):
+    """Bit for bit the same parameters and dtype; b's arrays are its own."""
+    assert type(a) is type(b) is refnorm.GRU and a.dtype == b.dtype and b.reset == "after"
+    assert (a.input_size, a.hidden_size) == (b.input_size, b.hidden_size)
+    for name in a.params:
+        np.testing.assert_array_equal(a.params[name], b.params[name], err_msg=name)
+        assert not np.shares_memory(a.params[name], b.params[name])
+
+
+def nnx_params(module):
+    return nnx.to_pure_dict(nnx.state(module, nnx.Param))
+
+
+def test_gru_gate_order_and_biases_are_flax_s():
+    """FLAX_ORDER and the bias placement state what the installed Flax computes: linen's
+    ir/hr, iz/hz, in/hn pairs with hn's bias inside r * (...), nnx's jnp.split into r, z, n with
+    no recurrent bias; sigmoid gates and tanh by default; the carry is h."""
+    assert flax_gru.FLAX_ORDER == "rzn"
+    linen = inspect.getsource(nn.GRUCell.__call__)
+    for gate in "rz":
+        assert f"{gate} = self.gate_fn(dense_i(name='i{gate}')(inputs) + " \
+               f"dense_h(name='h{gate}')(h))" in linen
+    assert "dense_i(name='in')(inputs) + r * dense_h(name='hn', use_bias=True)(h)" in linen
+    assert "new_h = (1.0 - z) * n + z * h" in linen and "return new_h, new_h" in linen
+    source = inspect.getsource(nnx.GRUCell)
+    assert "xi_r, xi_z, xi_n = jnp.split(x_transformed, 3, axis=-1)" in source
+    assert "hh_r, hh_z, hh_n = jnp.split(h_transformed, 3, axis=-1)" in source
+    assert "n = self.activation_fn(xi_n + r * hh_n)" in source
+    assert source.index("self.dense_h = Linear(") < source.index("use_bias=False")
+    for module in (nn.GRUCell(H), nnx.GRUCell(D, H, rngs=nnx.Rngs(0))):
+        assert module.gate_fn is jax.nn.sigmoid and module.activation_fn is jnp.tanh
+
+
+def test_gru_round_trips_are_exact():
+    """refnorm -> Flax -> refnorm for linen (b_hn non-zero) through every target kind, and for
+    nnx (b_hn zero); Flax's own params (every leaf redrawn non-zero) -> refnorm -> the same
+    structure."""
+    cell, zero = random_gru(), random_gru(b_hn=False)
+    plain = interop.to_flax(cell)                                 # None: linen's params dict
+    assert set(plain) == LINEN_GRU_KEYS and set(plain["hr"]) == {"kernel"}
+    assert set(plain["hn"]) == {"kernel", "bias"} and plain["ir"]["kernel"].dtype == jnp.float64
+    for source in (plain, {"params": plain}, gru_module("linen", cell)):
+        assert_same_gru(cell, interop.from_flax(source))
+    module = nnx.GRUCell(D, H, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+    assert interop.to_flax(zero, module) is module                # nnx: in place
+    for source in (module, nnx.state(module, nnx.Param), nnx_params(module)):
+        assert_same_gru(zero, interop.from_flax(source))
+    x = jnp.ones((2, D))
+    variables = random_leaves(nn.GRUCell(H, param_dtype=jnp.float64).init(
+        jax.random.key(1), jnp.zeros((2, H)), x))
+    assert_same_tree(interop.to_flax(interop.from_flax(variables), variables), variables)
+    tree = random_leaves(nnx_params(module), seed=3)
+    assert_same_tree(interop.to_flax(interop.from_flax(tree), tree), tree)
+    assert_same_tree(interop.to_flax(interop.from_flax(tree), nnx.state(module, nnx.Param)),
+                     tree)
+
+
+def test_to_flax_gru_casts_to_each_target_s_dtype():
+    cell = random_gru()
+    params = interop.to_flax(cell, nn.GRUCell(H, param_dtype=jnp.float32))   # unbound linen
+    assert set(params) == LINEN_GRU_KEYS
+    assert {a.dtype for a in jax.tree.leaves(params)} == {jnp.dtype("float32")}
+    again = interop.to_flax(cell, params)                         # a params dict: its dtypes
+    assert {a.dtype for a in jax.tree.leaves(again)} == {jnp.dtype("float32")}
+    module = interop.to_flax(random_gru(b_hn=False), nnx.GRUCell(D, H, rngs=nnx.Rngs(0)))
+    assert module.dense_h.kernel[...].dtype == jnp.float32 and "bias" not in nnx_params(
+        module)["dense_h"]
+
+
+@pytest.mark.parametrize("api", ["linen", "nnx"])
+def test_a_gru_cell_stepped_by_hand_equals_refnorm_forward(api):
+    """The Flax cell called step by step on random data equals refnorm.GRU.forward; for linen
+    b_hn is non-zero, and the same cell with b_hn moved into b's n block (outside r ⊙ (...))
+    differs: the test sees where b_hn sits."""
+    cell = random_gru(seed=10, b_hn=api == "linen")
+    module = gru_module(api, cell)
+    rng = np.random.default_rng(11)
+    x, h0 = rng.standard_normal((6, 4, D)), 0.5 * rng.standard_normal((4, H))
+    hs, hT, _ = cell.forward(x, h0)
+    carry, ys = jnp.asarray(h0), []
+    for x_t in x:
+        carry, y = module(carry, jnp.asarray(x_t))
+        ys.append(np.asarray(y))
+    np.testing.assert_allclose(np.stack(ys), hs, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(carry), hT, rtol=1e-12, atol=1e-12)
+    if api == "linen":
+        moved = random_gru(seed=10)
+        moved.params["b"][2 * H:] += moved.params["b_hn"]
+        moved.params["b_hn"][...] = 0.0
+        assert np.max(np.abs(moved.forward(x, h0)[0] - hs)) > 1e-3
+
+
+def test_from_flax_gru_sources_and_refusals():
+    cell = random_gru()
+    assert_activations_refused("GRUCell", cell, "GRU")
+    with pytest.raises(ValueError, match="bound"):
+        interop.from_flax(nn.GRUCell(H))
+    with pytest.raises(ValueError, match="nonlinearity is a SimpleCell's; these are a GRUCell"):
+        interop.from_flax(interop.to_flax(cell), nonlinearity="tanh")
+    bad = interop.to_flax(cell)
+    bad["iz"] = {**bad["iz"], "kernel": jnp.ones((D, H + 1))}
+    with pytest.raises(ValueError, match=r"iz/kernel \(D, H\) must have shape \(3, 4\)"):
+        interop.from_flax(bad)
+    nnx_bad = {"dense_i": {"kernel": np.ones((D, 2 * H)), "bias": np.ones(3 * H)},
+               "dense_h": {"kernel": np.ones((H, 3 * H))}}
+    with pytest.raises(ValueError, match=r"dense_i/kernel \(D, 3H\) must have shape"):
+        interop.from_flax(nnx_bad)
+
+
+def test_to_flax_gru_refusals():
+    cell = random_gru()
+    for target in (nnx.GRUCell(D, H, param_dtype=jnp.float64, rngs=nnx.Rngs(0)),
+                   nnx_params(nnx.GRUCell(D, H, param_dtype=jnp.float64, rngs=nnx.Rngs(0)))):
+        with pytest.raises(ValueError, match="b_hn is not zero.*has no b_hn.*cannot fold"):
+            interop.to_flax(cell, target)
+    before = refnorm.GRU(D, H, seed=0, reset="before")
+    with pytest.raises(ValueError, match='reset="after".*reset=.before.'):
+        interop.to_flax(before, nn.GRUCell(H))
+    with pytest.raises(ValueError, match="converts a refnorm.GRU, got LNGRU"):
+        interop.to_flax(refnorm.LNGRU(D, H, seed=0))
+    with pytest.raises(ValueError, match="features=5"):
+        interop.to_flax(cell, nn.GRUCell(5))
+    with pytest.raises(ValueError, match="hidden_features=5"):
+        interop.to_flax(random_gru(b_hn=False), nnx.GRUCell(D, 5, rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match=r"kernels are \(D, 3H\) \(2, 12\)"):
+        interop.to_flax(cell, {k: {f: v[:2] if k[0] == "i" and f == "kernel" else v
+                                   for f, v in sub.items()}
+                               for k, sub in interop.to_flax(cell).items()})
+    with pytest.raises(ValueError, match="a refnorm.GRU goes into a Flax GRUCell, got LSTMCell"):
+        interop.to_flax(cell, nnx.LSTMCell(D, H, rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match="a refnorm.LSTM goes into a Flax LSTMCell or "
+                                         "OptimizedLSTMCell, got GRUCell"):
+        interop.to_flax(random_lstm(), nn.GRUCell(H))
+    with pytest.raises(ValueError, match="a refnorm.RNN goes into a Flax SimpleCell, got GRUCell"):
+        interop.to_flax(refnorm.RNN(D, H, seed=0), nnx.GRUCell(D, H, rngs=nnx.Rngs(0)))
+    jax.config.update("jax_enable_x64", False)
+    with pytest.raises(ValueError, match="jax_enable_x64"):
+        interop.to_flax(cell)
+
+
+def test_nnx_keys_go_to_the_cell_whose_shapes_they_have():
+    """nnx's dense_i / dense_h: a SimpleCell's (dense_h (H, H)), a GRUCell's (H, 3H) and an
+    OptimizedLSTMCell's ((H, 4H), the bias on dense_h) each convert to their own cell."""
+    made = {cls: random_leaves(nnx_params(cls(D, H, param_dtype=jnp.float64, rngs=nnx.Rngs(0))))
+            for cls in (nnx.SimpleCell, nnx.GRUCell, nnx.OptimizedLSTMCell)}
+    assert flax_rnn.tree_api(made[nnx.SimpleCell]) == "nnx" and flax_rnn.tree_api(
+        made[nnx.GRUCell]) is None
+    assert flax_gru.tree_api(made[nnx.GRUCell]) == "nnx"
+    assert flax_gru.tree_api(made[nnx.SimpleCell]) is flax_gru.tree_api(
+        made[nnx.OptimizedLSTMCell]) is None
+    for cls, kind in ((nnx.SimpleCell, refnorm.RNN), (nnx.GRUCell, refnorm.GRU),
+                      (nnx.OptimizedLSTMCell, refnorm.LSTM)):
+        assert type(interop.from_flax(made[cls])) is kind, cls
+        assert type(interop.from_flax(cls(D, H, rngs=nnx.Rngs(0)))) is kind, cls
+        assert_same_tree(interop.to_flax(interop.from_flax(made[cls]), made[cls]), made[cls])
+
+
+@pytest.mark.parametrize("api, lengths", [
+    pytest.param(api, lengths, id=f"{api}-{'ragged' if lengths == RAGGED else 'full'}")
+    for api in ("linen", "nnx") for lengths in (RAGGED, FULL)])
+def test_every_gru_cell_passes_on_every_tensor(api, lengths):
+    """linen: every tensor compared, db_hn included; nnx: every tensor but db_hn, which the
+    header names as left out with the reason (the module has no b_hn)."""
+    module = gru_module(api, random_gru(seed=20, b_hn=api == "linen"))
+    before = interop.from_flax(module).params
+    report = validate(module, lengths=lengths)
+    assert report.ok and report.verdict() == "PASS", report
+    assert report.target == f"flax.{api}.GRUCell" and report.dtype == "float64"
+    if api == "linen":
+        assert set(report.errors) == GRU_TENSORS and not report.skipped
+    else:
+        assert set(report.errors) == GRU_TENSORS - {"db_hn"}
+        assert set(report.skipped) == {"db_hn"} and "no b_hn" in report.skipped["db_hn"]
+        assert "not compared (flax.nnx.GRUCell has no b_hn" in str(report)
+        assert report.to_dict()["skipped"] == report.skipped
+    for name, value in interop.from_flax(module).params.items():   # the module is not changed
+        np.testing.assert_array_equal(value, before[name])
+
+
+def test_nnx_gru_s_db_hn_compared_anyway_fails(monkeypatch):
+    """Were nnx's absent b_hn not left out, its row would compare refnorm's non-zero db_hn with
+    nothing (the zeros from_flax fills in) and fail: the left-out row is not a silent pass."""
+    monkeypatch.setattr(flax_gru, "absent_grads", lambda module: {})
+    report = validate(gru_module("nnx", random_gru(b_hn=False)), lengths=RAGGED)
+    assert failing(report) == {"db_hn"}, report
+
+
+def test_a_wrong_gru_gate_order_round_trips_exactly_but_fails_validation(monkeypatch):
+    """r and z swapped: the round trip cannot see it (both ways use FLAX_ORDER), the
+    comparison with refnorm does."""
+    monkeypatch.setattr(flax_gru, "FLAX_ORDER", "zrn")
+    cell = random_gru()
+    module = gru_module("linen", cell)
+    assert_same_gru(cell, interop.from_flax(module))
+    report = validate(module, lengths=RAGGED)
+    assert {"hs", "hT", "dWx", "dWh", "db"} <= failing(report), report
+
+
+def test_validate_command_passes_an_nnx_gru_cell(capsys):
+    assert main(["validate", "test_flax:make_nnx_gru", "--float64"]) == 0
+    out = capsys.readouterr().out
+    assert "flax.nnx.GRUCell" in out and "not compared (flax.nnx.GRUCell has no b_hn" in out
+    assert out.rstrip().endswith("PASS")

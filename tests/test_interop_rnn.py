@@ -298,8 +298,10 @@ def test_flax_refusals(x64):
         interop.to_flax(cell, nnx.LSTMCell(D, H, rngs=nnx.Rngs(0)))
     with pytest.raises(ValueError, match="a refnorm.LSTM goes into a Flax LSTMCell"):
         interop.to_flax(refnorm.LSTM(D, H, seed=0), relu)
-    with pytest.raises(ValueError, match="GRUCell"):
-        interop.from_flax(nnx.GRUCell(D, H, rngs=nnx.Rngs(0)))
+    mgu = nn.MGUCell(H)                                          # a cell refnorm has not
+    with pytest.raises(ValueError, match="MGUCell"):
+        interop.from_flax(mgu.bind(mgu.init(jax.random.PRNGKey(0), np.zeros((1, H)),
+                                            np.zeros((1, D)))))
 
 
 # -- live peers, float64: every tensor, ragged and full lengths ----------------------------------

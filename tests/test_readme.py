@@ -18,6 +18,16 @@ def test_quickstart_runs(capsys):
     assert "Wx" in capsys.readouterr().out
 
 
+def test_stack_example_runs():
+    code = re.search(r"### Stacked and bidirectional networks\n\n```python\n(.*?)```",
+                     README.read_text(), re.S).group(1)
+    scope = {}
+    exec(compile(code, "README stack example", "exec"), scope)
+    net, grads, ys = scope["net"], scope["grads"], scope["ys"]
+    assert set(grads) == set(net.params) | {"x", "h0", "c0"}
+    assert ys.shape == (6, 2, 8) and scope["hT"].shape == (4, 2, 4)
+
+
 def test_ci_runs_the_two_commands():
     """.ci/run runs the README's two commands literally and in order: the study, then the test
     suite. The parser it uses finds exactly those two lines."""

@@ -73,14 +73,27 @@ def test_the_matrix_has_every_row(matrix):
             "refnorm.validation_matrix:onnx_rnn_runtime",
             # the GRU family
             "torch.nn.GRU", "torch.nn.GRU --layers 2 --bidirectional", "torch.nn.GRUCell",
-            "haste.GRU", "haste.LayerNormGRU", "keras.GRU", "keras.GRU --reset-after false"
+            "haste.GRU", "haste.LayerNormGRU", "keras.GRU", "keras.GRU --reset-after false",
+            "flax.linen.GRUCell", "flax.nnx.GRUCell",
+            "refnorm.validation_matrix:onnx_gru_reference",
+            "refnorm.validation_matrix:onnx_gru_runtime",
+            "refnorm.validation_matrix:onnx_gru_reset_before_reference",
+            "refnorm.validation_matrix:onnx_gru_reset_before_runtime",
+            # stacks
+            "refnorm.interop.keras_stack:bidirectional_lstm",
+            "refnorm.interop.keras_stack:batch_norm_lstm_stack",
+            "refnorm.interop.keras_stack:bidirectional_gru_batch_norm_stack",
             } == targets
     # keras.LSTM, keras.SimpleRNN and keras.GRU (reset_after True, False) on each backend, in
     # one process per backend
     assert sorted((dict(r["env"]).get("KERAS_BACKEND"), r["target"]) for r in rows
                   if r["env"]) == [(b, t) for b in ("jax", "tensorflow", "torch")
                                    for t in ("keras.GRU", "keras.GRU --reset-after false",
-                                             "keras.LSTM", "keras.SimpleRNN")]
+                                             "keras.LSTM", "keras.SimpleRNN",
+                                             "refnorm.interop.keras_stack:batch_norm_lstm_stack",
+                                             "refnorm.interop.keras_stack:bidirectional_gru_"
+                                             "batch_norm_stack",
+                                             "refnorm.interop.keras_stack:bidirectional_lstm")]
     assert [r["mode"] for r in rows if r["target"] == vm.BN_LSTM] == ["training", "inference"]
 
 
@@ -119,6 +132,9 @@ def test_each_row_shows_its_reports_verdict(matrix):
         if "--outputs-only" in entry["argv"]:           # hs, hT, cT; the RNN's hs, hT
             assert f"{len(report['tensors'])}/" in line and "outputs only" in line
             assert {t["tensor"] for t in report["tensors"]} <= {"hs", "hT", "cT"}
+        elif entry["target"] == "flax.nnx.GRUCell":     # its candidate has no b_hn at all
+            assert set(report["skipped"]) == {"db_hn"}
+            assert "db_hn" in text
         else:
             assert not report["skipped"]
     float32 = {r["target"] for r in result["rows"]

@@ -1,8 +1,9 @@
-"""Converters between refnorm's cells and the LSTM and vanilla-RNN parameters of other
+"""Converters between refnorm's cells and the LSTM, vanilla-RNN and GRU parameters of other
 frameworks.
 
     import refnorm.interop as interop
     cell = interop.from_torch(net, layer=1, reverse=True)     # one layer and direction of nn.LSTM
+    stack = interop.from_torch(net)                            # all of a stacked net: refnorm.Stack
     net = interop.to_torch(cell)                               # a new one-layer nn.LSTM (float64)
 
 refnorm's layout: z = x Wx + h Wh + b, Wx (D, 4H), Wh (H, 4H), one bias b (4H), gate blocks
@@ -60,6 +61,42 @@ Refused: a Flax SimpleCell with residual=True (h' = φ(... + h)), other activati
 No framework here ships a normalised vanilla RNN (BN-RNN, LN-RNN), so there is no converter for
 refnorm's BNRNN, SeqBNRNN or LNRNN.
 
+The GRU (refnorm.GRU: gate blocks r, z, n; Wx (D, 3H), Wh (H, 3H), b (3H) and, reset "after",
+b_hn (H) inside r ⊙ (...); derivations/gru.md) goes through the same functions too: a
+torch.nn.GRU / GRUCell, a Keras GRU / GRUCell (reset_after True or False), ONNX GRU arrays
+(R [dirs, 3H, H]) or node, a haste GRU or LayerNormGRU (the latter a refnorm.LNGRU) and a Flax
+GRUCell give a refnorm.GRU; the modules torch_gru, keras_gru, onnx_gru, haste_gru and flax_gru
+hold them. A peer's two biases fold as (b, b_hn): the r and z blocks of both sum into b, the
+input n block is b's n block, the recurrent n block is b_hn (reset "after"); with the reset
+"before" the two n blocks sum into b. ONNX arrays do not carry linear_before_reset: from_onnx
+requires it (1: reset "after", torch.onnx's; 0: reset "before", the attribute's default).
+
+| framework | input weights | recurrent weights | biases | gates | source read |
+|---|---|---|---|---|---|
+| PyTorch nn.GRU, GRUCell | weight_ih_l{k}[_reverse] (3H, D) | weight_hh_l{k}... (3H, H) | bias_ih (3H), bias_hh (3H): its n block is b_hn | r,z,n | torch/nn/modules/rnn.py |
+| Keras 3 GRU, GRUCell | kernel (D, 3H) | recurrent_kernel (H, 3H) | bias (2, 3H) (reset_after=True) or (3H,) | z,r,h | keras/src/layers/rnn/gru.py |
+| ONNX GRU (opset 22) | W [dirs, 3H, D] | R [dirs, 3H, H] | B [dirs, 6H] = [Wb, Rb]: linear_before_reset=1: b = Wb + [Rb_z, Rb_r, 0], b_hn = Rb_h; =0: b = Wb + Rb | z,r,h | onnx/defs/rnn/defs.cc, onnx/reference/ops/op_gru.py |
+| haste GRU, LayerNormGRU | kernel (D, 3H) | recurrent_kernel (H, 3H) | bias, recurrent_bias (3H) | z,r,h | haste_pytorch/gru.py, layer_norm_gru.py |
+| Flax linen GRUCell | ir, iz, in: kernel (D, H) | hr, hz, hn: kernel (H, H) | ir, iz, in biases = b; hn bias = b_hn | r,z,n | flax/linen/recurrent.py |
+| Flax nnx GRUCell | dense_i: kernel (D, 3H) | dense_h: kernel (H, 3H) | dense_i bias (3H) = b; no b_hn (0 on import; a non-zero one refused on export) | r,z,n | flax/nnx/nn/recurrent.py |
+
+Refused: ONNX clip and activations other than (Sigmoid, Tanh), Flax gate_fn / activation_fn
+other than sigmoid / tanh, haste zoneout; a reset-"before" GRU goes only where the peer computes
+it (Keras reset_after=False, ONNX linear_before_reset=0). Of the normalised GRUs only LNGRU has
+a peer (haste's LayerNormGRU).
+
+Stacks: from_torch(module) on a torch.nn.LSTM, GRU or RNN with num_layers > 1 or
+bidirectional=True, called without layer= and reverse=, returns a refnorm.Stack (between=None;
+the module's dropout, and nonlinearity for an RNN) holding every layer and direction, each read
+by the one-cell converter above: weight_*_l{k} into net.params["l{k}.fwd.<name>"],
+weight_*_l{k}_reverse into "l{k}.bwd.<name>". With layer= or reverse= it returns that one cell,
+and a one-layer unidirectional module gives its cell. to_torch(stack) builds the torch module
+back; a Stack with normalisation between its layers, or of a cell torch has not, is refused.
+interop.torch_stack holds them. from_keras likewise reads a Keras Bidirectional (merge_mode
+"concat"), or a Sequential / list [recurrent, BatchNormalization, recurrent] whose norm becomes
+between="seq_bn" (its statistics over the valid frames; norm_eps = epsilon, norm_momentum =
+1 - momentum), into a Stack, and to_keras(stack, obj) writes one back (interop.keras_stack).
+
 Layer-normalised cells (each built with its refnorm.presets function):
 
 * haste LayerNormLSTM -> presets.haste_layer_norm_lstm, LNLSTM(per_gate=False, eps=1e-5): raw c
@@ -81,8 +118,8 @@ Conventions shared by every converter:
   time-reversed sequence, each sequence reversed within its own length (Keras go_backwards also
   returns its outputs in reversed time order).
 * unsupported forms raise ValueError: projections (proj_size), peepholes, other activations,
-  clip, coupled gates, zoneout, layers or directions the module does not have, modules that
-  are neither an LSTM nor a vanilla RNN (GRU, ...).
+  clip, coupled gates, zoneout, layers or directions the module does not have, modules of a
+  cell refnorm has not (a Flax MGUCell, ...).
 """
 from .flax_lstm import FLAX_CARRY, FLAX_LAYOUT, from_flax, to_flax
 from .haste_lstm import from_haste, to_haste

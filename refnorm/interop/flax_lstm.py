@@ -1,6 +1,7 @@
 """Flax (JAX) LSTM cells <-> refnorm.LSTM: flax.linen.LSTMCell, flax.linen.OptimizedLSTMCell,
 flax.nnx.LSTMCell and flax.nnx.OptimizedLSTMCell (from_flax and to_flax also take a SimpleCell
-and a refnorm.RNN: they hand those to interop.flax_rnn).
+and a refnorm.RNN, handed to interop.flax_rnn, and a GRUCell and a refnorm.GRU, handed to
+interop.flax_gru).
 
 Flax computes, per gate k in i, f, g, o (flax/linen/recurrent.py LSTMCell.__call__):
 
@@ -84,9 +85,9 @@ def require_x64(dtype, what):
 
 # -- modules --------------------------------------------------------------------------------------
 def module_api(obj):
-    """"linen" or "nnx" for a Flax LSTMCell / OptimizedLSTMCell or SimpleCell (flax_rnn), or a
-    subclass; None for an object that is not a Flax module (params, an nnx.State); ValueError
-    for any other Flax module (GRUCell, ...)."""
+    """"linen" or "nnx" for a Flax LSTMCell / OptimizedLSTMCell, SimpleCell (flax_rnn) or
+    GRUCell (flax_gru), or a subclass; None for an object that is not a Flax module (params, an
+    nnx.State); ValueError for any other Flax module (MGUCell, ConvLSTMCell, ...)."""
     mods = [cls.__module__ or "" for cls in type(obj).__mro__]
     api = next((a for a in ("linen", "nnx") for m in mods if m.startswith(f"flax.{a}")), None)
     if api is None:
@@ -96,17 +97,37 @@ def module_api(obj):
     flax_api = importlib.import_module(f"flax.{api}")
     if not isinstance(obj, flax_api.Module):
         return None
-    cells = CELL_NAMES + ("SimpleCell",)                  # SimpleCell: flax_rnn
+    cells = CELL_NAMES + ("SimpleCell", "GRUCell")        # SimpleCell: flax_rnn; GRUCell: flax_gru
     if not isinstance(obj, tuple(getattr(flax_api, name) for name in cells)):
         raise ValueError(f"expected a flax.{api}.LSTMCell or OptimizedLSTMCell (refnorm.LSTM), "
-                         f"or a SimpleCell (refnorm.RNN), got {type(obj).__name__} (other Flax "
-                         "cells are not refnorm's)")
+                         f"a SimpleCell (refnorm.RNN) or a GRUCell (refnorm.GRU), got "
+                         f"{type(obj).__name__} (other Flax cells are not refnorm's)")
     return api
 
 
-def check_activations(module):
+def cell_api(obj, name):
+    """"linen" or "nnx" for a Flax module of class `name` (flax.linen.<name> or
+    flax.nnx.<name>, or a subclass), else None."""
+    api = module_api(obj)
+    if api is None:
+        return None
+    import importlib
+    return api if isinstance(obj, getattr(importlib.import_module(f"flax.{api}"), name)) else None
+
+
+def check_sizes(module, api, D, H):
+    """ValueError unless a module of `api` has a cell's sizes: linen's features is H, nnx's
+    in_features and hidden_features are D and H."""
+    if api == "linen" and module.features != H:
+        raise ValueError(f"the module has features={module.features}, the cell H={H}")
+    if api == "nnx" and (module.in_features, module.hidden_features) != (D, H):
+        raise ValueError(f"the module has in_features={module.in_features}, hidden_features="
+                         f"{module.hidden_features}; the cell D={D}, H={H}")
+
+
+def check_activations(module, family="LSTM"):
     """ValueError unless the module's gate_fn is sigmoid and activation_fn tanh (Flax's
-    defaults, the functions refnorm's LSTM computes)."""
+    defaults, the functions refnorm's LSTM and GRU (`family`) compute)."""
     import jax
     import jax.numpy as jnp
 
@@ -115,13 +136,14 @@ def check_activations(module):
         fn = getattr(module, attr)
         if not any(fn is ok for ok in allowed[attr]):
             shown = getattr(fn, "__name__", repr(fn))
-            raise ValueError(f"the Flax cell has {attr}={shown}, which refnorm refuses: its LSTM "
-                             f"computes {attr}={name} (Flax's default)")
+            raise ValueError(f"the Flax cell has {attr}={shown}, which refnorm refuses: its "
+                             f"{family} computes {attr}={name} (Flax's default)")
 
 
-def module_params(module, api):
-    """A Flax cell's params as a pure dict (copies nothing). A linen cell must be bound."""
-    check_activations(module)
+def module_params(module, api, family="LSTM"):
+    """A Flax cell's params as a pure dict (copies nothing), after check_activations(module,
+    family). A linen cell must be bound."""
+    check_activations(module, family)
     if api == "nnx":
         from flax import nnx
 
@@ -207,6 +229,39 @@ def _tree_of(wx, wh, b, layout, cast):
     return tree
 
 
+def _cast_to(dtype_of):
+    """cast(array, path): a new JAX array (a copy, always) in dtype_of(path); ValueError for a
+    64-bit dtype while JAX's x64 mode is off (require_x64)."""
+    import jax.numpy as jnp
+
+    def cast(a, path):
+        require_x64(dtype_of(path), f"to_flax: {path}")
+        return jnp.array(a, dtype=dtype_of(path))
+    return cast
+
+
+def _leaf_dtypes(tree):
+    """{"key/field": dtype} of a params tree's leaves (what each new leaf is cast to)."""
+    return {f"{k}/{f}": np.asarray(v).dtype for k, sub in tree.items() for f, v in sub.items()}
+
+
+def _deliver(tree, target, api):
+    """The new params `tree` in the form of `target`: for params (api None) the tree, wrapped as
+    {'params': tree} where the target was; for an nnx module, its Params overwritten in place
+    (nnx.update) and the module."""
+    if api is None:
+        return {"params": tree} if set(_maybe_pure(target)) == {"params"} else tree
+    from flax import nnx
+
+    state = nnx.state(target, nnx.Param)
+    if hasattr(nnx, "replace_by_pure_dict"):
+        nnx.replace_by_pure_dict(state, tree)
+    else:
+        state.replace_by_pure_dict(tree)
+    nnx.update(target, state)
+    return target
+
+
 # -- the converters -------------------------------------------------------------------------------
 def from_flax(source, dtype="float64", backend="numpy", *, nonlinearity=None):
     """refnorm.LSTM holding a copy of a Flax LSTM cell's params. source: a bound linen LSTMCell or
@@ -216,15 +271,21 @@ def from_flax(source, dtype="float64", backend="numpy", *, nonlinearity=None):
     biases (nnx OptimizedLSTMCell: dense_i/kernel, dense_h/kernel, dense_h/bias as they are).
 
     ValueError for an unbound linen module, gate_fn or activation_fn other than sigmoid and
-    tanh, other Flax cells (GRUCell, ...), other keys or shapes.
+    tanh, other Flax cells (MGUCell, ...), other keys or shapes.
 
     A SimpleCell, or its params, gives a refnorm.RNN instead (interop.flax_rnn; nonlinearity,
-    "tanh" or "relu", states the activation of params given alone)."""
+    "tanh" or "relu", states the activation of params given alone); a GRUCell, or its params, a
+    refnorm.GRU (interop.flax_gru)."""
+    from .flax_gru import from_flax_gru, is_gru
     from .flax_rnn import from_flax_simple_cell, is_simple_cell
     if is_simple_cell(source):
         return from_flax_simple_cell(source, dtype, backend, nonlinearity=nonlinearity)
+    gru = is_gru(source)
     if nonlinearity is not None:
-        raise ValueError("nonlinearity is a SimpleCell's; these are an LSTM cell's params")
+        raise ValueError("nonlinearity is a SimpleCell's; these are "
+                         f"{'a GRUCell' if gru else 'an LSTM cell'}'s params")
+    if gru:
+        return from_flax_gru(source, dtype, backend)
     api = module_api(source)
     tree = _pure(module_params(source, api) if api else source)
     wx, wh, b, _ = _source_arrays(tree)
@@ -249,53 +310,34 @@ def to_flax(cell, target=None):
 
     A run-time forget_bias is folded into the forget block of the bias (Flax has none). A 64-bit
     result needs JAX's x64 mode: ValueError naming the fix otherwise (require_x64). A
-    refnorm.RNN goes to a SimpleCell instead (interop.flax_rnn.to_flax_simple_cell)."""
-    import jax.numpy as jnp
-
-    from ..cells import RNN
+    refnorm.RNN goes to a SimpleCell instead (interop.flax_rnn.to_flax_simple_cell), a
+    refnorm.GRU to a GRUCell (interop.flax_gru.to_flax_gru)."""
+    from ..cells import BNGRU, GRU, LNGRU, RNN, SeqBNGRU
+    from .flax_gru import is_gru, to_flax_gru
     from .flax_rnn import is_simple_cell, to_flax_simple_cell
     if isinstance(cell, RNN):
         return to_flax_simple_cell(cell, target)
+    if isinstance(cell, (GRU, BNGRU, SeqBNGRU, LNGRU)):     # the normalised ones refused there
+        return to_flax_gru(cell, target)
     p = lstm_arrays(cell, "to_flax", rnn_too=True)
     b = fold_forget_bias(p["b"], cell.forget_bias)
     wx, wh, b = (from_canonical(a, FLAX_LAYOUT) for a in (p["Wx"], p["Wh"], b))
     D, H = cell.input_size, cell.hidden_size
-
-    def cast_to(dtype_of):
-        def cast(a, path):
-            require_x64(dtype_of(path), f"to_flax: {path}")
-            return jnp.array(a, dtype=dtype_of(path))                  # a copy, always
-        return cast
-
     api = module_api(target) if target is not None else None
-    if api and is_simple_cell(target):
+    if api and (is_simple_cell(target) or is_gru(target)):
         raise ValueError("a refnorm.LSTM goes into a Flax LSTMCell or OptimizedLSTMCell, got "
                          f"{type(target).__name__}")
+    if api:
+        check_sizes(target, api, D, H)
     if target is None or api == "linen":
         if api:
             check_activations(target)
-            if target.features != H:
-                raise ValueError(f"the module has features={target.features}, the cell H={H}")
         dtype = cell.dtype if target is None else target.param_dtype
-        return _tree_of(wx, wh, b, "linen", cast_to(lambda path: dtype))
+        return _tree_of(wx, wh, b, "linen", _cast_to(lambda path: dtype))
     old = _pure(module_params(target, api) if api else target)
-    if api == "nnx" and (target.in_features, target.hidden_features) != (D, H):
-        raise ValueError(f"the module has in_features={target.in_features}, hidden_features="
-                         f"{target.hidden_features}; the cell D={D}, H={H}")
     old_wx, old_wh, _, layout = _source_arrays(old)
     if (old_wx.shape, old_wh.shape) != (wx.shape, wh.shape):
         raise ValueError(f"the target's kernels are (D, 4H) {old_wx.shape} and (H, 4H) "
                          f"{old_wh.shape}; the cell's {wx.shape} and {wh.shape}")
-    dtypes = {f"{k}/{f}": np.asarray(v).dtype for k, sub in old.items() for f, v in sub.items()}
-    tree = _tree_of(wx, wh, b, layout, cast_to(dtypes.__getitem__))
-    if api is None:
-        return {"params": tree} if set(_maybe_pure(target)) == {"params"} else tree
-    from flax import nnx
-
-    state = nnx.state(target, nnx.Param)
-    if hasattr(nnx, "replace_by_pure_dict"):
-        nnx.replace_by_pure_dict(state, tree)
-    else:
-        state.replace_by_pure_dict(tree)
-    nnx.update(target, state)
-    return target
+    return _deliver(_tree_of(wx, wh, b, layout, _cast_to(_leaf_dtypes(old).__getitem__)),
+                    target, api)

@@ -11,8 +11,9 @@ which is (RNN 2) with Wx = W_i (D, H), Wh = W_h (H, H), b = b_i (H). The params,
     linen SimpleCell   {i: {kernel (D, H), bias (H)}, h: {kernel (H, H)}}
     nnx SimpleCell     {dense_i: {kernel (D, H), bias (H)}, dense_h: {kernel (H, H)}}
 
-(nnx's keys are those of nnx.OptimizedLSTMCell, with the bias on the other side: from_flax tells
-them apart by where the bias is). activation_fn tanh (default) or jax.nn.relu is refnorm's
+(nnx's keys are those of nnx.OptimizedLSTMCell, with the bias on the other side, and of
+nnx.GRUCell, whose recurrent kernel is (H, 3H): from_flax tells them apart by where the bias is
+and by the recurrent kernel's width). activation_fn tanh (default) or jax.nn.relu is refnorm's
 nonlinearity; any other, and residual=True (h' = φ(... + h): Wh + I, which a round trip could
 not give back exactly), are refused. The carry is h itself. nnx.SimpleCell computes in its
 `dtype`, float32 by default whatever its param_dtype: build it with dtype=jnp.float64 for a
@@ -20,11 +21,11 @@ float64 check. Precision and x64 mode as for the LSTM cells (flax_lstm.require_x
 """
 from collections.abc import Mapping
 
-import numpy as np
-
 from ..cells import RNN
 from ._common import build_cell, expect_shape, nonlinearity_of, rnn_arrays
-from .flax_lstm import _leaf, _maybe_pure, _pure, _pure_dict, module_api, require_x64
+from .flax_gru import tree_api as gru_tree_api
+from .flax_lstm import (_cast_to, _deliver, _leaf, _leaf_dtypes, _pure, _pure_dict, cell_api,
+                        check_sizes, module_api)
 
 # The param keys of a SimpleCell, by API: (input side, recurrent side); the bias is the input's.
 SIMPLE_KEYS = {"linen": ("i", "h"), "nnx": ("dense_i", "dense_h")}
@@ -32,19 +33,18 @@ SIMPLE_KEYS = {"linen": ("i", "h"), "nnx": ("dense_i", "dense_h")}
 
 def simple_cell_api(obj):
     """"linen" or "nnx" for a Flax SimpleCell module (or a subclass), else None."""
-    api = module_api(obj)
-    if api is None:
-        return None
-    import importlib
-    return api if isinstance(obj, importlib.import_module(f"flax.{api}").SimpleCell) else None
+    return cell_api(obj, "SimpleCell")
 
 
 def tree_api(tree):
     """"linen" or "nnx" when `tree` (a params dict, {'params': ...} or an nnx.State) is a
-    SimpleCell's: its keys, with the bias on the input side only; else None."""
+    SimpleCell's: its keys, with the bias on the input side only, and not an nnx GRUCell's
+    (the same keys, a recurrent kernel (H, 3H)); else None."""
     try:
         tree = _pure(tree)
     except ValueError:
+        return None
+    if gru_tree_api(tree) is not None:
         return None
     for api, (inp, rec) in SIMPLE_KEYS.items():
         if set(tree) == {inp, rec} and all(isinstance(tree[k], Mapping) for k in (inp, rec)) \
@@ -147,17 +147,8 @@ def to_flax_simple_cell(cell, target=None):
 
     A module's activation_fn must be the cell's nonlinearity. A 64-bit result needs JAX's x64
     mode (flax_lstm.require_x64)."""
-    import jax.numpy as jnp
-
     p = rnn_arrays(cell, "to_flax")
     D, H = cell.input_size, cell.hidden_size
-
-    def cast_to(dtype_of):
-        def cast(a, path):
-            require_x64(dtype_of(path), f"to_flax: {path}")
-            return jnp.array(a, dtype=dtype_of(path))                  # a copy, always
-        return cast
-
     api = simple_cell_api(target) if target is not None else None
     if target is not None and module_api(target) is not None and api is None:
         raise ValueError(f"a refnorm.RNN goes into a Flax SimpleCell, got "
@@ -165,29 +156,15 @@ def to_flax_simple_cell(cell, target=None):
     if api and cell_nonlinearity(target) != cell.nonlinearity:
         raise ValueError(f"the module's activation_fn is {cell_nonlinearity(target)!r}, the "
                          f"cell's nonlinearity {cell.nonlinearity!r}")
+    if api:
+        check_sizes(target, api, D, H)
     if target is None or api == "linen":
-        if api and target.features != H:
-            raise ValueError(f"the module has features={target.features}, the cell H={H}")
         dtype = cell.dtype if target is None else target.param_dtype
-        return _tree_of(p["Wx"], p["Wh"], p["b"], "linen", cast_to(lambda path: dtype))
+        return _tree_of(p["Wx"], p["Wh"], p["b"], "linen", _cast_to(lambda path: dtype))
     old = _pure(cell_params(target, api) if api else target)
-    if api == "nnx" and (target.in_features, target.hidden_features) != (D, H):
-        raise ValueError(f"the module has in_features={target.in_features}, hidden_features="
-                         f"{target.hidden_features}; the cell D={D}, H={H}")
     old_wx, old_wh, _, layout = _source_arrays(old)
     if (old_wx.shape, old_wh.shape) != (p["Wx"].shape, p["Wh"].shape):
         raise ValueError(f"the target's kernels are (D, H) {old_wx.shape} and (H, H) "
                          f"{old_wh.shape}; the cell's {p['Wx'].shape} and {p['Wh'].shape}")
-    dtypes = {f"{k}/{f}": np.asarray(v).dtype for k, sub in old.items() for f, v in sub.items()}
-    tree = _tree_of(p["Wx"], p["Wh"], p["b"], layout, cast_to(dtypes.__getitem__))
-    if api is None:
-        return {"params": tree} if set(_maybe_pure(target)) == {"params"} else tree
-    from flax import nnx
-
-    state = nnx.state(target, nnx.Param)
-    if hasattr(nnx, "replace_by_pure_dict"):
-        nnx.replace_by_pure_dict(state, tree)
-    else:
-        state.replace_by_pure_dict(tree)
-    nnx.update(target, state)
-    return target
+    tree = _tree_of(p["Wx"], p["Wh"], p["b"], layout, _cast_to(_leaf_dtypes(old).__getitem__))
+    return _deliver(tree, target, api)

@@ -68,9 +68,17 @@ def from_keras(layer_or_weights, dtype="float64", backend="numpy", *, nonlineari
     refnorm.RNN instead (interop.keras_rnn.from_keras_simple_rnn; nonlinearity, "tanh" or
     "relu", states a list's activation). A Keras GRU or GRUCell, or a list whose recurrent
     kernel is (H, 3H), gives a refnorm.GRU (interop.keras_gru.from_keras_gru; reset_after states
-    a bias-less list's form)."""
+    a bias-less list's form). A Keras Bidirectional, a Sequential or a list of Keras layers (a
+    stack with an optional BatchNormalization between the layers) gives a refnorm.Stack
+    (interop.keras_stack.from_keras_stack)."""
     from .keras_gru import from_keras_gru, is_gru
     from .keras_rnn import from_keras_simple_rnn, is_simple_rnn
+    from .keras_stack import from_keras_stack, is_keras_stack
+    if is_keras_stack(layer_or_weights):
+        if nonlinearity is not None or reset_after is not None:
+            raise ValueError("nonlinearity= and reset_after= state a weights list's form; a "
+                             "Keras stack's layers carry their own")
+        return from_keras_stack(layer_or_weights, dtype, backend)
     if is_gru(layer_or_weights):
         if nonlinearity is not None:
             raise ValueError("nonlinearity is a SimpleRNN's option; these are a GRU's weights")
@@ -101,8 +109,17 @@ def to_keras(cell, layer=None):
     bias] (copies, the cell's dtype); with a built Keras LSTM/LSTMCell, layer.set_weights(...)
     (cast to the layer's dtype) and the layer is returned. A run-time forget_bias is folded into
     bias[H:2H]. A layer with use_bias=False accepts only a cell whose bias is zero. A refnorm.RNN
-    goes to a SimpleRNN instead (interop.keras_rnn.to_keras_simple_rnn)."""
+    goes to a SimpleRNN instead (interop.keras_rnn.to_keras_simple_rnn), a refnorm.GRU to a GRU,
+    and a refnorm.Stack into a built Keras stack of its shape (interop.keras_stack.
+    to_keras_stack; layer is that stack, required)."""
     from ..cells import GRU, RNN
+    from ..stack import Stack
+    if isinstance(cell, Stack):
+        if layer is None:
+            raise ValueError("to_keras(stack, obj) writes into a built Keras stack of the "
+                             "stack's shape: pass it as obj")
+        from .keras_stack import to_keras_stack
+        return to_keras_stack(cell, layer)
     if isinstance(cell, GRU):
         from .keras_gru import to_keras_gru
         return to_keras_gru(cell, layer)

@@ -55,12 +55,13 @@ def to_onnx_rnn(cell):
             "B": np.concatenate([p["b"], np.zeros_like(p["b"])])[None]}
 
 
-def to_onnx_rnn_model(cell, seq_len, batch, with_sequence_lens=True, opset=None):
-    """An onnx ModelProto with one RNN node (activations [Tanh] or [Relu]) holding the cell's
-    weights as initializers. Inputs X (T, B, D), sequence_lens (B,) int32
-    (with_sequence_lens=True), initial_h (1, B, H); outputs Y (T, 1, B, H), Y_h (1, B, H);
-    double for a float64 cell, float for float32; seq_len or batch None: symbolic ("T", "B").
-    opset None: onnx_lstm.ONNX_OPSET. The model passes onnx.checker.check_model."""
+def one_state_model(op_type, arrays, cell, seq_len, batch, with_sequence_lens, opset,
+                    **attributes):
+    """An onnx ModelProto with one `op_type` node (RNN or GRU: one state) holding `arrays`
+    (W, R, B) as initializers, forward, hidden_size H, plus `attributes`. Inputs X (T, B, D),
+    sequence_lens (B,) int32 (with_sequence_lens=True), initial_h (1, B, H); outputs
+    Y (T, 1, B, H), Y_h (1, B, H); double for a float64 cell, float for float32; seq_len or
+    batch None: symbolic ("T", "B"). The model passes onnx.checker.check_model."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -69,7 +70,6 @@ def to_onnx_rnn_model(cell, seq_len, batch, with_sequence_lens=True, opset=None)
     opset = ONNX_OPSET if opset is None else opset
     T, B = _dim(seq_len, "T"), _dim(batch, "B")
     D, H = cell.input_size, cell.hidden_size
-    arrays = to_onnx_rnn(cell)
     elem = TensorProto.DOUBLE if cell.dtype == np.float64 else TensorProto.FLOAT
     value = helper.make_tensor_value_info
     inputs = [value("X", elem, [T, B, D])]
@@ -78,15 +78,24 @@ def to_onnx_rnn_model(cell, seq_len, batch, with_sequence_lens=True, opset=None)
     inputs.append(value("initial_h", elem, [1, B, H]))
     outputs = [value("Y", elem, [T, 1, B, H]), value("Y_h", elem, [1, B, H])]
     node = helper.make_node(
-        "RNN", ["X", "W", "R", "B", "sequence_lens" if with_sequence_lens else "", "initial_h"],
-        ["Y", "Y_h"], name="rnn", hidden_size=H, direction="forward",
-        activations=[ONNX_RNN_ACTIVATIONS[cell.nonlinearity]])
+        op_type, ["X", "W", "R", "B", "sequence_lens" if with_sequence_lens else "",
+                  "initial_h"], ["Y", "Y_h"], name=op_type.lower(), hidden_size=H,
+        direction="forward", **attributes)
     initializers = [numpy_helper.from_array(a, name) for name, a in arrays.items()]
-    graph = helper.make_graph([node], "refnorm_rnn", inputs, outputs, initializer=initializers)
+    graph = helper.make_graph([node], f"refnorm_{op_type.lower()}", inputs, outputs,
+                              initializer=initializers)
     model = helper.make_model_gen_version(graph, producer_name="refnorm",
                                           opset_imports=[helper.make_opsetid("", opset)])
     onnx.checker.check_model(model)
     return model
+
+
+def to_onnx_rnn_model(cell, seq_len, batch, with_sequence_lens=True, opset=None):
+    """An onnx ModelProto with one RNN node (activations [Tanh] or [Relu]) holding the cell's
+    weights as initializers; inputs and outputs as one_state_model's. opset None:
+    onnx_lstm.ONNX_OPSET."""
+    return one_state_model("RNN", to_onnx_rnn(cell), cell, seq_len, batch, with_sequence_lens,
+                           opset, activations=[ONNX_RNN_ACTIVATIONS[cell.nonlinearity]])
 
 
 def node_nonlinearity(attrs, direction):

@@ -1,5 +1,7 @@
 """PyTorch torch.nn.LSTM and torch.nn.LSTMCell <-> refnorm.LSTM (from_torch and to_torch also
-take torch.nn.RNN / RNNCell and refnorm.RNN: they hand those to interop.torch_rnn).
+take torch.nn.RNN / RNNCell and refnorm.RNN: they hand those to interop.torch_rnn; GRU / GRUCell
+and refnorm.GRU to interop.torch_gru; a module with several layers or two directions, read
+whole, and refnorm.Stack to interop.torch_stack).
 
 torch computes z = x W_ihᵀ + b_ih + h W_hhᵀ + b_hh with gate blocks i, f, g, o (refnorm's order),
 so Wx = weight_ihᵀ, Wh = weight_hhᵀ, b = bias_ih + bias_hh. Layer k of a stacked nn.LSTM reads
@@ -70,7 +72,7 @@ def _to_numpy(tensor, name, shape):
     return expect_shape(np.array(a), shape, name)
 
 
-def from_torch(module, layer=0, reverse=False, dtype="float64", backend="numpy"):
+def from_torch(module, layer=None, reverse=None, dtype="float64", backend="numpy"):
     """refnorm.LSTM holding a copy of one layer and direction of a torch.nn.LSTM, or of a
     torch.nn.LSTMCell (layer 0, reverse False): Wx = weight_ihᵀ, Wh = weight_hhᵀ,
     b = bias_ih + bias_hh (zeros for bias=False). The reverse direction runs over the time-reversed
@@ -78,8 +80,17 @@ def from_torch(module, layer=0, reverse=False, dtype="float64", backend="numpy")
 
     A torch.nn.RNN or RNNCell gives a refnorm.RNN instead (refnorm.interop.torch_rnn), a
     torch.nn.GRU or GRUCell a refnorm.GRU (refnorm.interop.torch_gru).
+    Without layer= and reverse=, a torch.nn.LSTM, GRU or RNN with num_layers > 1 or
+    bidirectional=True gives the whole module as a refnorm.Stack (interop.torch_stack); with
+    either given, the one cell of that layer and direction (layer 0, reverse False where left
+    out). A one-layer unidirectional module gives its cell.
     ValueError for proj_size > 0, a layer or direction the module does not have, and any other
-    module (GRU, ...)."""
+    module."""
+    from .torch_stack import from_torch_stack, is_stacked
+    if layer is None and reverse is None and is_stacked(module):
+        return from_torch_stack(module, dtype=dtype, backend=backend)
+    layer = 0 if layer is None else layer
+    reverse = False if reverse is None else reverse
     if _is_rnn(module):
         from .torch_rnn import from_torch_rnn
         return from_torch_rnn(module, layer, reverse, dtype=dtype, backend=backend)
@@ -109,10 +120,18 @@ def to_torch(cell, module=None, layer=0, reverse=False):
     built with bias=False accepts only a cell whose bias is zero. The values are cast to the
     module's dtype. A refnorm.RNN goes into a torch.nn.RNN or RNNCell instead
     (refnorm.interop.torch_rnn), a refnorm.GRU into a torch.nn.GRU or GRUCell
-    (refnorm.interop.torch_gru)."""
+    (refnorm.interop.torch_gru), a refnorm.Stack into a torch.nn.LSTM, GRU or RNN with its
+    layers and directions (refnorm.interop.torch_stack; layer and reverse must be left out)."""
     import torch
 
     from ..cells import GRU, RNN
+    from ..stack import Stack
+    if isinstance(cell, Stack):
+        if layer != 0 or reverse:
+            raise ValueError("a refnorm.Stack holds every layer and direction: to_torch(stack) "
+                             "takes no layer= or reverse=")
+        from .torch_stack import to_torch_stack
+        return to_torch_stack(cell, module)
     if isinstance(cell, RNN):
         from .torch_rnn import to_torch_rnn
         return to_torch_rnn(cell, module, layer, reverse)
