@@ -393,6 +393,8 @@ def _options_given(args, allowed):
 
 
 STUDY_OUT, QUICK_OUT = "refnorm-study", "refnorm-study-quick"
+FIGURE_OUT = "refnorm-figure"
+FIGURES = ("cooijmans-1",)      # refnorm.study.figures.FIGURES, without importing the study
 SMOKE_TEST = ("SMOKE TEST (--quick): the whole pipeline on tiny sizes, in seconds. Its numbers "
               "and verdicts mean nothing; run `refnorm study` without --quick for the answer.")
 
@@ -437,6 +439,11 @@ def add_study_parser(sub):
     p.add_argument("--no-pad-claim", dest="pad_claim", action="store_false", default=None,
                    help="skip the variable-length runs of claim (c)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--figure", choices=FIGURES, help="instead of the study, reproduce a paper's "
+                   "figure in under a minute: cooijmans-1 is Cooijmans et al. 2016 Figure 1 "
+                   "(gradient norm against t for gamma 0.1..1, E[tanh'] with its IQR) plus the "
+                   "same with the terms normalised apart and an orthogonal Wh; writes PNG, JSON "
+                   f"and CSV to --out (default {FIGURE_OUT}-NAME); takes --backend, --no-plots")
     return p
 
 
@@ -446,6 +453,8 @@ STUDY_OPTIONS = ("cells", "inits", "tasks", "adding_length", "long_factors", "di
 
 
 def study(args):
+    if args.figure:
+        return study_figure(args)
     from dataclasses import replace
 
     from .study import StudyConfig, quick_config, run_study
@@ -490,6 +499,33 @@ def study(args):
         print(f"  claim ({claim['id']}) {claim['title']}: {claim['verdict']}{tag}")
     if cfg.quick:
         print(SMOKE_TEST)
+    return 0
+
+
+def study_figure(args):
+    """`refnorm study --figure NAME`: the figure's PNGs and numbers, its table and finding."""
+    from .study import figures
+    needed = ["sklearn"] + ([] if args.no_plots else ["matplotlib"])
+    for module in needed:
+        try:
+            __import__(module)
+        except ImportError:
+            print(f"refnorm study --figure needs {module}: pip install 'refnorm[study]'",
+                  file=sys.stderr)
+            return 2
+    out = args.out or f"{FIGURE_OUT}-{args.figure}"
+    backend = args.backend or ("numba" if "numba" in available_backends() else "numpy")
+    start = time.perf_counter()
+    results = figures.cooijmans_figure_1(out, backend=backend, plots=not args.no_plots)
+    s = results["setup"]
+    print(f"refnorm study --figure {args.figure}: H = {s['H']}, T = {s['T']}, "
+          f"batch {s['batch']}, {backend} backend, {time.perf_counter() - start:.1f} s")
+    print("||dL/dh_0|| / ||dL/dh_T-1|| (mean over examples) per variant (terms/Wh) and gamma:")
+    print(figures.survival_table(results))
+    for line in results["finding"]:
+        print(f"  {line}")
+    for path in results["files"]:
+        print(f"  wrote {path}")
     return 0
 
 
