@@ -4,11 +4,15 @@
     python benchmarks/bench_cpu.py --quick        # smallest shapes only, fewer repeats
     python benchmarks/bench_cpu.py --family rnn   # the RNN family's tables alone
     python benchmarks/bench_cpu.py --family gru   # the GRU family's tables alone
+    python benchmarks/bench_cpu.py --family stack # the 2-layer bidirectional LSTM stack alone
 
 Three families of cells, each timed against its own anchors: the LSTM family (LSTM, BN-, SeqBN-,
 LN-LSTM), the vanilla RNN family (RNN, BN-, SeqBN-, LN-RNN; tanh) and the GRU family (GRU, BN-,
 SeqBN-, LN-GRU; reset after, the torch.nn.GRU form). G below is the width of the
-pre-activation, 4H for the LSTM, H for the RNN and 3H for the GRU (GATES).
+pre-activation, 4H for the LSTM, H for the RNN and 3H for the GRU (GATES). One stack:
+refnorm.Stack("lstm", H, H, num_layers=2, bidirectional=True) against torch.nn.LSTM(H, H,
+num_layers=2, bidirectional=True) with the same weights, and against its own four cells run alone
+(table_stack).
 
 Anchors, all in this process, on the same threads:
   * torch.nn.LSTM / torch.nn.RNN (tanh) / torch.nn.GRU forward+backward and forward alone (the
@@ -462,6 +466,149 @@ def table_norm_cells(shapes, T, repeats, out, family="lstm"):
                 out.flush()
 
 
+# -- the stack ---------------------------------------------------------------------------------
+STACK_LAYERS = 2
+
+
+def stack_lengths(T, B, seed=0):
+    """The lengths of the stack table's rows with lengths: B lengths drawn uniformly from
+    [T/2, T], the first T, so that torch's padded output is T steps long as refnorm's is."""
+    n = np.random.default_rng(seed).integers(T // 2, T + 1, B)
+    n[0] = T
+    return n
+
+
+def stack_params_from_torch(module, dtype):
+    """refnorm.Stack's params of a torch.nn.LSTM(num_layers=L, bidirectional=True), copied by
+    hand: weight_ih_l{k}[_reverse] (4H, D_k) -> "l{k}.{fwd|bwd}.Wx" = its transpose, weight_hh ->
+    Wh = its transpose, b = bias_ih + bias_hh; the gate order i, f, g, o is both's."""
+    params = {}
+    for layer in range(module.num_layers):
+        for d, suffix in (("fwd", ""), ("bwd", "_reverse")):
+            def get(name):
+                return getattr(module, f"{name}_l{layer}{suffix}").detach().numpy()
+            params[f"l{layer}.{d}.Wx"] = np.array(get("weight_ih").T, dtype=dtype, order="C")
+            params[f"l{layer}.{d}.Wh"] = np.array(get("weight_hh").T, dtype=dtype, order="C")
+            params[f"l{layer}.{d}.b"] = np.array(get("bias_ih") + get("bias_hh"), dtype=dtype)
+    return params
+
+
+def stack_case(T, B, H, dtype, lengths=None, D=None):
+    """refnorm.Stack("lstm", D, H, num_layers=2, bidirectional=True) on numba and
+    torch.nn.LSTM(D, H, num_layers=2, bidirectional=True) with the same weights (torch's,
+    stack_params_from_torch), the same time-major input x (T, B, D) (D = H unless given) and
+    the same upstream gradient of the outputs dys (T, B, 2H); zero initial states. lengths=None:
+    every sequence of length T, torch given the padded tensor as is; else refnorm is given
+    `lengths` and torch the same sequences packed (pack_padded_sequence with
+    enforce_sorted=False, the module, pad_packed_sequence to T steps, all inside the timed
+    call). The anchor `cells_fwd_bwd` runs the four cells of such a stack alone, one after
+    another, each refnorm.LSTM on numba at its own input size (D in layer 0, 2H in layer 1)
+    with the stack's weights and the same lengths: forward+backward on inputs and upstream
+    gradients of the shapes the stack gives them. Returns a namespace of the functions (their
+    results: refnorm's forward and torch's (out, (h_n, c_n)); refnorm's fwd_bwd its grads) and
+    of what they run on."""
+    from types import SimpleNamespace
+
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+    D = H if D is None else D
+    tdt = getattr(torch, dtype)
+    torch.manual_seed(0)
+    module = torch.nn.LSTM(D, H, num_layers=STACK_LAYERS, bidirectional=True).to(tdt)
+    net = refnorm.Stack("lstm", D, H, num_layers=STACK_LAYERS, bidirectional=True, dtype=dtype,
+                        backend="numba")
+    net.params = stack_params_from_torch(module, dtype)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, B, D)).astype(dtype)
+    dys = rng.standard_normal((T, B, 2 * H)).astype(dtype)
+    xt = torch.tensor(x, requires_grad=True)
+    dyst = torch.tensor(dys)
+    kwargs = {} if lengths is None else {"lengths": np.asarray(lengths)}
+    nt = None if lengths is None else torch.as_tensor(np.asarray(lengths), dtype=torch.int64)
+
+    def torch_run():
+        if nt is None:
+            return module(xt)
+        out, states = module(pack_padded_sequence(xt, nt, enforce_sorted=False))
+        return pad_packed_sequence(out, total_length=T)[0], states
+
+    def torch_fwd():
+        with torch.no_grad():
+            return torch_run()
+
+    def torch_fwd_bwd():
+        out, states = torch_run()
+        out.backward(dyst)
+        return out, states
+
+    def fwd():
+        return net.forward(x, **kwargs)
+
+    def fwd_bwd():
+        _, _, cache = net.forward(x, **kwargs)
+        return net.backward(dys, cache)
+
+    cells = []                                    # (cell, its input, its upstream gradient)
+    for layer in range(STACK_LAYERS):
+        D_k = D if layer == 0 else 2 * H
+        for d in ("fwd", "bwd"):
+            cell = refnorm.LSTM(D_k, H, seed=0, dtype=dtype, backend="numba")
+            cell.params = {name: net.params[f"l{layer}.{d}.{name}"].copy() for name in cell.params}
+            cells.append((cell, x if layer == 0 else rng.standard_normal((T, B, D_k)).astype(dtype),
+                          rng.standard_normal((T, B, H)).astype(dtype)))
+
+    def cells_fwd_bwd():
+        for cell, inp, dhs in cells:
+            _, _, cache = cell.forward(inp, **kwargs)
+            cell.backward(dhs, cache)
+
+    return SimpleNamespace(fwd=fwd, fwd_bwd=fwd_bwd, torch_fwd=torch_fwd,
+                           torch_fwd_bwd=torch_fwd_bwd, cells_fwd_bwd=cells_fwd_bwd, net=net,
+                           module=module, cells=cells, x=x, dys=dys, xt=xt, lengths=lengths)
+
+
+STACK_TITLE = ("Stack: refnorm numba 2-layer bidirectional LSTM vs "
+               "torch.nn.LSTM(num_layers=2, bidirectional=True)")
+STACK_SEQUENCES = {None: "all T", "lengths": "lengths T/2 to T, packed in torch"}
+
+
+def table_stack(shapes, length_shapes, T, repeats, out):
+    """refnorm.Stack("lstm", H, H, num_layers=2, bidirectional=True) on numba against
+    torch.nn.LSTM(H, H, num_layers=2, bidirectional=True) (stack_case): forward+backward and the
+    forward alone (torch's under no_grad), and the four cells of the stack run alone (the
+    anchor of what the stack adds to them), all five interleaved. Rows for full-length
+    sequences at `shapes`, then rows with lengths (packed in torch) at `length_shapes`."""
+    print(f"\n## {STACK_TITLE} (T={T}, D=H, ms, median of {repeats}; ratios: median "
+          "(quartiles) of the per-repeat ratios)\n", file=out)
+    print(row(["sequences", "dtype", "B", "H", "refnorm fwd+bwd", "torch fwd+bwd", "ratio",
+               "its 4 cells alone fwd+bwd", "stack / cells", "refnorm fwd", "torch fwd",
+               "ratio", "page faults per fwd+bwd (refnorm / cells / torch)"]), file=out)
+    print(row(["---"] * 13), file=out)
+    for kind, kind_shapes in ((None, shapes), ("lengths", length_shapes)):
+        for dtype in ("float64", "float32"):
+            for B, H in kind_shapes:
+                case = stack_case(T, B, H, dtype, None if kind is None else stack_lengths(T, B))
+                r_fb, t_fb, c_fb, r_f, t_f = interleaved_runs(
+                    [case.fwd_bwd, case.torch_fwd_bwd, case.cells_fwd_bwd, case.fwd,
+                     case.torch_fwd], repeats)
+                print(row([STACK_SEQUENCES[kind], dtype, B, H, f"{r_fb.time * 1e3:.2f}",
+                           f"{t_fb.time * 1e3:.2f}", spread(r_fb.ratio(t_fb)),
+                           f"{c_fb.time * 1e3:.2f}", spread(r_fb.ratio(c_fb)),
+                           f"{r_f.time * 1e3:.2f}", f"{t_f.time * 1e3:.2f}",
+                           spread(r_f.ratio(t_f)), f"{r_fb.fault_count:.0f} / "
+                           f"{c_fb.fault_count:.0f} / {t_fb.fault_count:.0f}"]), file=out)
+                out.flush()
+    print("\n\"all T\": every sequence T steps long and no lengths given to either side, torch "
+          "running the padded tensor as it is: packing it would add pack_padded_sequence, a sort "
+          "and pad_packed_sequence to torch's time, work refnorm does not do. \"lengths\": B "
+          "lengths drawn from [T/2, T] (the first T), refnorm given them as lengths=, torch the "
+          "same sequences packed (enforce_sorted=False; packing and unpacking timed with the "
+          "call). \"its 4 cells alone\": the stack's four refnorm LSTM cells on numba (input size "
+          "D in layer 0, 2H in layer 1, the same lengths), each called alone, forward then "
+          "backward, one after another; stack / cells is what the stack adds to its cells: the "
+          "reversals within the lengths, the concatenation of the two directions, the split and "
+          "sum of the gradients, NumPy glue.", file=out)
+
+
 def table_vs_book(shapes, T, repeats, out):
     """The Numba backend against the NumPy reference (the book) it is checked against, each
     cell's forward+backward in the same process, interleaved (this timing was once a guard in
@@ -870,11 +1017,13 @@ def main(argv=None):
                              "the system (see keep_freed_memory), for torch and refnorm alike")
     parser.add_argument("--repeats", type=int, default=None,
                         help="repeats per measurement (default 7, --quick 3)")
-    parser.add_argument("--family", choices=tuple(FAMILIES), default=None,
+    parser.add_argument("--family", choices=tuple(FAMILIES) + ("stack",), default=None,
                         help="one family's tables alone: lstm, every table but the RNN and "
-                             "GRU families' three; rnn, the RNN vs torch.nn.RNN and the floor, "
-                             "its products, and the normalised RNNs; gru, the same three for "
-                             "the GRU vs torch.nn.GRU (default: every family)")
+                             "GRU families' three and the stack's; rnn, the RNN vs "
+                             "torch.nn.RNN and the floor, its products, and the normalised "
+                             "RNNs; gru, the same three for the GRU vs torch.nn.GRU; stack, "
+                             "the 2-layer bidirectional LSTM stack vs torch.nn.LSTM("
+                             "num_layers=2, bidirectional=True) (default: every table)")
     args = parser.parse_args(argv)
     kept = args.keep_freed_memory and keep_freed_memory()
     if args.keep_freed_memory and not kept:
@@ -895,10 +1044,13 @@ def main(argv=None):
           f"{'keeps freed memory (--keep-freed-memory)' if kept else 'as configured (default)'}"
           f".\n\n{kernels_description()}. {load_average()} at the start.", file=out)
     small = shapes[:2] if not args.quick else shapes[:1]
-    for family in ([args.family] if args.family else FAMILIES):
-        measured = table_vs_torch(shapes, T_DEFAULT, repeats, out, family)
-        table_product_bound(measured, T_DEFAULT, out, family)
-        table_norm_cells(small, T_DEFAULT, repeats, out, family)
+    for family in FAMILIES:
+        if args.family in (None, family):
+            measured = table_vs_torch(shapes, T_DEFAULT, repeats, out, family)
+            table_product_bound(measured, T_DEFAULT, out, family)
+            table_norm_cells(small, T_DEFAULT, repeats, out, family)
+    if args.family in (None, "stack"):
+        table_stack(shapes, small, T_DEFAULT, repeats, out)
     if args.family in (None, "lstm"):
         table_vs_book(small, T_DEFAULT, repeats, out)
         table_phases(small, T_DEFAULT, max(repeats, 11), out)

@@ -236,20 +236,21 @@ def test_family_tables_print_one_row_per_case(fake_clock, monkeypatch, family, n
     assert f"{flops / 1e9:.2f}" == tables[1][2].split(" | ")[3]
 
 
-@pytest.mark.parametrize("argv, families, rest", [([], ["lstm", "rnn", "gru"], True),
-                                                  (["--family", "rnn"], ["rnn"], False),
-                                                  (["--family", "gru"], ["gru"], False),
-                                                  (["--family", "lstm"], ["lstm"], True)])
-def test_family_option_picks_the_tables(monkeypatch, capsys, argv, families, rest):
-    """--family rnn (gru) runs the RNN (GRU) family's three tables alone; --family lstm every
-    table but those; no option, every family and then the LSTM-only tables. The tables are
-    replaced by recorders (nothing runs), and so are the thread settings main makes."""
+@pytest.mark.parametrize("argv, families, stack, rest", [
+    ([], ["lstm", "rnn", "gru"], True, True), (["--family", "rnn"], ["rnn"], False, False),
+    (["--family", "gru"], ["gru"], False, False), (["--family", "lstm"], ["lstm"], False, True),
+    (["--family", "stack"], [], True, False)])
+def test_family_option_picks_the_tables(monkeypatch, capsys, argv, families, stack, rest):
+    """--family rnn (gru) runs the RNN (GRU) family's three tables alone; --family stack the
+    stack's table alone; --family lstm every table but those; no option, every family, the
+    stack and then the LSTM-only tables. The tables are replaced by recorders (nothing runs),
+    and so are the thread settings main makes."""
     import threadpoolctl
     import torch
     calls = []
-    for name in ("table_vs_torch", "table_product_bound", "table_norm_cells", "table_vs_book",
-                 "table_phases", "table_normalisation", "table_linear_in_T", "table_memory",
-                 "table_backward_memory", "table_first_call"):
+    for name in ("table_vs_torch", "table_product_bound", "table_norm_cells", "table_stack",
+                 "table_vs_book", "table_phases", "table_normalisation", "table_linear_in_T",
+                 "table_memory", "table_backward_memory", "table_first_call"):
         monkeypatch.setattr(bench_cpu, name, lambda *a, _name=name, **k: calls.append(
             (_name, next((v for v in a + tuple(k.values())
                           if isinstance(v, str) and v in bench_cpu.FAMILIES), None))))
@@ -258,9 +259,11 @@ def test_family_option_picks_the_tables(monkeypatch, capsys, argv, families, res
     bench_cpu.main(argv + ["--quick"])
     family_tables = [(name, family) for family in families for name in
                      ("table_vs_torch", "table_product_bound", "table_norm_cells")]
+    family_tables += [("table_stack", None)] if stack else []
     assert calls[:len(family_tables)] == family_tables
     assert (len(calls) > len(family_tables)) == rest
-    assert all(family is None for _, family in calls[len(family_tables):])
+    assert all(family is None and name != "table_stack"
+               for name, family in calls[len(family_tables):])
     header = capsys.readouterr().out.splitlines()[2]
     assert " cores, 1 threads; " in header
 
@@ -275,3 +278,82 @@ def test_cpu_description_names_model_family_and_vector_isa():
     zen3 = zen4.replace("model\t\t: 17", "model\t\t: 1").replace(" avx512f avx512bw", "")
     assert bench_cpu.cpu_description(zen3) == "AMD EPYC (family 25 model 1), AVX2 + FMA"
     assert bench_cpu.cpu_description("model name\t: old\nflags\t: sse2\n").endswith("no AVX2")
+
+
+@pytest.mark.parametrize("dtype, tol", [("float64", 1e-12), ("float32", 1e-5)])
+@pytest.mark.parametrize("with_lengths", [False, True], ids=["all_T", "lengths_packed"])
+def test_stack_benchmark_is_torch_math(dtype, tol, with_lengths):
+    """The stack table compares like with like only if the benchmark's refnorm.Stack and
+    torch.nn.LSTM(num_layers=2, bidirectional=True) compute the same thing: on a tiny shape
+    (D != H, so Wx and Wh cannot be swapped unnoticed), with the weights stack_case copies,
+    refnorm's ys, hT, cT equal torch's output, h_n, c_n (from both the no_grad forward and the
+    forward+backward), and refnorm's gradients of x and of every parameter equal torch's after
+    its backward of the same upstream gradient (b: each of bias_ih, bias_hh). With lengths,
+    torch runs the sequences packed and padded back to T steps. The anchor's four cells are
+    refnorm LSTMs on numba at input sizes D, D, 2H, 2H holding the stack's weights."""
+    T, B, D, H = 6, 4, 3, 5
+    lengths = bench_cpu.stack_lengths(T, B) if with_lengths else None
+    if with_lengths:
+        assert lengths.max() == T and lengths.min() < T and lengths.min() >= T // 2
+    case = bench_cpu.stack_case(T, B, H, dtype, lengths, D=D)
+    ys, (hT, cT), _ = case.fwd()
+    grads = case.fwd_bwd()
+    out_ng, (hn_ng, cn_ng) = case.torch_fwd()
+    out, (hn, cn) = case.torch_fwd_bwd()
+
+    def close(got, want):
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+
+    assert ys.shape == (T, B, 2 * H) and ys.dtype == np.dtype(dtype)
+    for mine, theirs in ((ys, out), (hT, hn), (cT, cn), (ys, out_ng), (hT, hn_ng),
+                         (cT, cn_ng)):
+        close(mine, theirs.detach().numpy())
+    close(grads["x"], case.xt.grad.numpy())
+    names = {"weight_ih": "Wx", "weight_hh": "Wh", "bias_ih": "b", "bias_hh": "b"}
+    seen = set()
+    for name, p in case.module.named_parameters():
+        kind, layer = name.rsplit("_l", 1)
+        layer, reverse = layer.partition("_")[::2]
+        key = f"l{layer}.{'bwd' if reverse else 'fwd'}.{names[kind]}"
+        close(grads[key].T if kind.startswith("weight") else grads[key], p.grad.numpy())
+        seen.add(key)
+    assert seen == set(case.net.params) and len(seen) == 2 * 2 * 3
+    assert [(c.input_size, c.hidden_size, c.backend, c.dtype) for c, _, _ in case.cells] == [
+        (D, H, "numba", np.dtype(dtype))] * 2 + [(2 * H, H, "numba", np.dtype(dtype))] * 2
+    for (cell, inp, dhs), (layer, d) in zip(case.cells, itertools.product((0, 1),
+                                                                          ("fwd", "bwd"))):
+        assert inp.shape == (T, B, cell.input_size) and dhs.shape == (T, B, H)
+        for k, v in cell.params.items():
+            np.testing.assert_array_equal(v, case.net.params[f"l{layer}.{d}.{k}"])
+    case.cells_fwd_bwd()
+
+
+def test_stack_table_prints_one_row_per_case(fake_clock):
+    """The stack's table, run for real on a tiny shape with the fake clock (each timed call 1
+    tick: every paired ratio 1.00 (1.00-1.00)): its title, a header, a rule, one row per
+    (sequences, dtype, shape), full-length rows at `shapes` and rows with lengths at
+    `length_shapes`, every row as wide as the header, and the note under it."""
+    import io
+    out = io.StringIO()
+    T = 4
+    bench_cpu.table_stack([(3, 2), (4, 3)], [(4, 3)], T, 3, out)
+    text = out.getvalue()
+    titles = [line for line in text.splitlines() if line.startswith("## ")]
+    assert [t.split(" (T=")[0] for t in titles] == [f"## {bench_cpu.STACK_TITLE}"]
+    assert "2-layer bidirectional LSTM" in titles[0] and "bidirectional=True)" in titles[0]
+    header, rule, *body = [line for line in text.splitlines() if line.startswith("|")]
+    assert rule == bench_cpu.row(["---"] * (header.count(" | ") + 1))
+    assert all(line.count(" | ") == header.count(" | ") for line in body)
+    cells = [line[2:-2].split(" | ") for line in body]
+    assert [(c[0], c[1], c[2], c[3]) for c in cells] == [
+        ("all T", "float64", "3", "2"), ("all T", "float64", "4", "3"),
+        ("all T", "float32", "3", "2"), ("all T", "float32", "4", "3"),
+        (bench_cpu.STACK_SEQUENCES["lengths"], "float64", "4", "3"),
+        (bench_cpu.STACK_SEQUENCES["lengths"], "float32", "4", "3")]
+    columns = header[2:-2].split(" | ")
+    ratios = [i for i, name in enumerate(columns) if name in ("ratio", "stack / cells")]
+    assert len(ratios) == 3
+    for c in cells:
+        assert [c[i] for i in ratios] == ["1.00 (1.00-1.00)"] * 3
+        assert len(c[-1].split(" / ")) == 3
+    assert "packing it would add" in text
