@@ -173,8 +173,9 @@ class Stack:
                     shapes[f"l{layer}.norm.{name}"] = (self.output_size,)
         return shapes
 
-    def _load_params(self):
-        """Check net.params (names, shapes, dtype, finite) and hand each cell its own."""
+    def load_params(self):
+        """Check net.params (names, shapes, dtype, finite) and hand each cell its own arrays
+        (net.cells[l][d].params); forward does this first, so edits of net.params take effect."""
         shapes = self._param_shapes()
         if not isinstance(self.params, dict):
             raise ValueError(f"params must be a dict of arrays, got {type(self.params).__name__}")
@@ -212,7 +213,7 @@ class Stack:
 
         Returns ys (T, B, dirs·H), states: (hT,) or (hT, cT) each (L·dirs, B, H), cache. Nothing
         passed in is modified; an error leaves the stack's statistics as they were."""
-        self._load_params()
+        self.load_params()
         D, H, L, dirs = self.input_size, self.hidden_size, self.num_layers, len(self.directions)
         x = _checks.float_array(x, "x", (None, None, D), self.dtype)
         T, B, _ = x.shape

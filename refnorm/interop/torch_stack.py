@@ -67,7 +67,7 @@ def from_torch_stack(module, dtype="float64", backend="numpy"):
         for d, cell in zip(dirs, row):
             net.params.update({f"l{layer}.{d}.{name}": value
                                for name, value in cell.params.items()})
-    net._load_params()                 # checked, and each of net.cells holds its own arrays
+    net.load_params()                  # checked, and each of net.cells holds its own arrays
     return net
 
 
@@ -92,7 +92,7 @@ def to_torch_stack(net, module=None):
         raise ValueError(f"torch has no {net.cell_class.__name__} cell: a Stack converts to "
                          "torch.nn.LSTM, GRU or RNN only if its cell is refnorm.LSTM, GRU "
                          "(reset=\"after\") or RNN")
-    net._load_params()                 # checked, and each of net.cells holds its own arrays
+    net.load_params()                  # checked, and each of net.cells holds its own arrays
     first = net.cells[0][0]
     if module is None:
         options = {"nonlinearity": first.nonlinearity} if family == "RNN" else {}
