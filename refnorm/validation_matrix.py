@@ -515,8 +515,8 @@ def format_matrix(result):
     widths = [max(len(c[k]) for c in cells + [COLUMNS]) for k in range(len(COLUMNS) - 1)]
     line = lambda c: "  ".join(v.ljust(w) for v, w in zip(c, widths)) + "  " + c[-1]  # noqa
     lengths = {tuple(e["report"]["lengths"]) for e in result["rows"] if e["report"]}
-    lines = [f"refnorm validate --all: each framework's LSTM or RNN vs refnorm's float64 truth, "
-             f"seed {result['seed']}, random non-zero weights, inputs, states and upstream "
+    lines = [f"refnorm validate --all: each framework's recurrent layer vs refnorm's float64 "
+             f"truth, seed {result['seed']}, random non-zero weights, inputs, states and upstream "
              f"gradients, lengths "
              + (str(list(lengths.pop())) if len(lengths) == 1 else "ragged (see --json)"),
              line(COLUMNS).rstrip(), "-" * len(line(COLUMNS).rstrip())]
