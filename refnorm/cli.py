@@ -439,6 +439,13 @@ def add_study_parser(sub):
     p.add_argument("--no-pad-claim", dest="pad_claim", action="store_false", default=None,
                    help="skip the variable-length runs of claim (c)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="run the trainings on the Dask "
+                   "cluster whose scheduler is at ADDRESS (e.g. tcp://10.0.0.5:8786) instead of "
+                   "local processes; same results; needs pip install 'refnorm[cluster]' here "
+                   "and refnorm on every worker")
+    p.add_argument("--resume", action="store_true", help="continue the study recorded in --out "
+                   "(runs.jsonl: one line per finished run), running only the runs it lacks; "
+                   "refused if it was written with other settings")
     p.add_argument("--figure", choices=FIGURES, help="instead of the study, reproduce a paper's "
                    "figure in under a minute: cooijmans-1 is Cooijmans et al. 2016 Figure 1 "
                    "(gradient norm against t for gamma 0.1..1, E[tanh'] with its IQR) plus the "
@@ -457,7 +464,7 @@ def study(args):
         return study_figure(args)
     from dataclasses import replace
 
-    from .study import StudyConfig, quick_config, run_study
+    from .study import StudyConfig, StudyFolderError, StudyRunsFailed, quick_config, run_study
     from .study.experiment import default_jobs
     given = {k: getattr(args, k) for k in STUDY_OPTIONS if getattr(args, k) is not None}
     given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}
@@ -480,6 +487,13 @@ def study(args):
             print(f"refnorm study needs {module}: pip install 'refnorm[study]' (or "
                   f"pip install -e '.[study]' in the source tree)", file=sys.stderr)
             return 2
+    if args.scheduler:
+        try:
+            __import__("distributed")
+        except ImportError:
+            print("refnorm study --scheduler needs Dask's distributed: pip install "
+                  "'refnorm[cluster]'", file=sys.stderr)
+            return 2
     out = args.out or (QUICK_OUT if cfg.quick else STUDY_OUT)
     if cfg.quick:
         full = _full_report_in(out)
@@ -488,8 +502,23 @@ def study(args):
                   f"never overwrites one: give --out another folder", file=sys.stderr)
             return 2
     print(_study_banner(cfg), flush=True)
+    where = f"the Dask scheduler at {args.scheduler}" if args.scheduler else \
+        f"{cfg.jobs} local process(es)"
+    print(f"refnorm study: runs on {where}; each result goes to "
+          f"{os.path.join(out, 'runs.jsonl')} as it finishes "
+          f"({'resuming' if args.resume else 'continue an interrupted study with --resume'})",
+          flush=True)
+    # only the options given (the tests' stand-ins for run_study take cfg, out and plots)
+    options = {k: v for k, v in (("resume", args.resume), ("scheduler", args.scheduler)) if v}
     start = time.perf_counter()
-    analysis = run_study(cfg, out, plots=not args.no_plots)
+    try:
+        analysis = run_study(cfg, out, plots=not args.no_plots, **options)
+    except (StudyFolderError, ConnectionError) as err:
+        print(f"refnorm study: {err}", file=sys.stderr)
+        return 2
+    except StudyRunsFailed as err:
+        print(f"refnorm study: {err}", file=sys.stderr)
+        return 1
     tag = "  [smoke test: meaningless]" if cfg.quick else ""
     print(f"refnorm study: report in {os.path.join(out, 'report.md')} "
           f"({time.perf_counter() - start:.0f} s)")

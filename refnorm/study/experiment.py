@@ -344,8 +344,8 @@ def _flow_record(epoch, flow):
 
 # -- all runs ------------------------------------------------------------------------------------
 def _worker(args):
-    spec, cfg = args
-    return run_one(spec, cfg)
+    run, spec, cfg = args
+    return run(spec, cfg)
 
 
 def _limit_threads():
@@ -359,29 +359,45 @@ def _limit_threads():
     threadpool_limits(1)
 
 
-def run_all(cfg, progress=None):
-    """Every run of run_specs(cfg), in order; on `jobs` processes when jobs > 1."""
+def run_all(cfg, progress=None, *, log=None, scheduler=None, run=run_one):
+    """Every run of run_specs(cfg), in order: on `jobs` local processes when jobs > 1, or on
+    the Dask scheduler at `scheduler` (cluster.py). With `log` (an opened runlog.RunLog) the
+    runs it holds are not run again and each new one is recorded as it finishes; a run that
+    failed on the cluster comes back as {spec fields, "failed": message}. `run` is what runs
+    one spec (run_one; tests give another)."""
     specs = run_specs(cfg)
-    costs = [run_cost(s, cfg) for s in specs]
+    done = dict(log.finished()) if log else {}
+    todo = [s for s in specs if s.label not in done]
+    costs = {s.label: run_cost(s, cfg) for s in todo}
     if progress:
-        progress.start(sum(costs), runs=len(specs))
-    results = [None] * len(specs)
-    if cfg.jobs <= 1:
-        for k, spec in enumerate(specs):
-            results[k] = run_one(spec, cfg)
-            if progress:
-                progress.update(costs[k], spec.label)
+        progress.start(sum(costs.values()), runs=len(todo))
+
+    def record(spec, result=None, failed=None):
+        if failed is not None:
+            result = {**asdict(spec), "failed": failed}
+            if log:
+                log.append(spec.label, failed=failed)
+        elif log:
+            result = log.append(spec.label, result)
+        done[spec.label] = result
+        if progress:
+            progress.update(costs[spec.label], spec.label)
+
+    if scheduler:
+        from .cluster import run_on_cluster
+        run_on_cluster(scheduler, todo, cfg, run, record)
+    elif cfg.jobs <= 1:
+        for spec in todo:
+            record(spec, run(spec, cfg))
     else:
         import multiprocessing as mp
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         with ctx.Pool(cfg.jobs) as pool:
-            for k, result in enumerate(pool.imap(_worker, [(s, cfg) for s in specs])):
-                results[k] = result
-                if progress:
-                    progress.update(costs[k], specs[k].label)
+            for spec, result in zip(todo, pool.imap(_worker, [(run, s, cfg) for s in todo])):
+                record(spec, result)
     if progress:
         progress.close()
-    return results
+    return [done[s.label] for s in specs]
 
 
 def default_jobs():

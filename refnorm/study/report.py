@@ -152,7 +152,7 @@ def claim_section(claim, cfg):
     return "\n".join(lines)
 
 
-def markdown(results, analysis, cfg, elapsed, plots):
+def markdown(results, analysis, cfg, elapsed, plots, where=None, resumed=0):
     q = analysis["question"]
     n_runs = len(results)
     lines = ["# refnorm study: does batch norm help an LSTM?", ""]
@@ -160,8 +160,11 @@ def markdown(results, analysis, cfg, elapsed, plots):
         lines += ["> **Smoke test (`--quick`).** Tiny sizes, to show that the pipeline runs: "
                   "the numbers and verdicts below mean nothing. Run `refnorm study` without "
                   "--quick for the answer.", ""]
-    lines += [f"{n_runs} training runs in {elapsed / 60:.1f} min (backend `{cfg.backend}`, "
-             f"{cfg.jobs} process(es){', --quick' if cfg.quick else ''}). Cells "
+    done = (f"{n_runs} training runs ({resumed} read back from an interrupted study's "
+            f"runs.jsonl by --resume; the rest in {elapsed / 60:.1f} min)" if resumed
+            else f"{n_runs} training runs in {elapsed / 60:.1f} min")
+    lines += [f"{done} (backend `{cfg.backend}`, {where or f'{cfg.jobs} process(es)'}"
+             f"{', --quick' if cfg.quick else ''}). Cells "
              f"{', '.join(CELL_LABELS[c] for c in cfg.cells)}; hidden size {cfg.hidden_size}; "
              f"inits {', '.join(cfg.inits)}; seeds {', '.join(map(str, cfg.seeds))}; "
              f"{cfg.epochs} epochs of Adam (lr {cfg.lr:g}, batch {cfg.batch_size}, gradient "
@@ -455,8 +458,10 @@ def write_plots(results, analysis, cfg, out):
 
 
 # -- everything -----------------------------------------------------------------------------------
-def write_report(results, cfg, out, elapsed, *, plots=True, versions=None):
-    """Write the report folder; returns the analysis (tables and verdicts)."""
+def write_report(results, cfg, out, elapsed, *, plots=True, versions=None, where=None,
+                 resumed=0):
+    """Write the report folder; returns the analysis (tables and verdicts). where: how the
+    runs ran (default: cfg.jobs local processes); resumed: how many came from runs.jsonl."""
     os.makedirs(out, exist_ok=True)
     analysis = analyse(results, cfg)
     payload = _clean({"config": cfg.to_dict(), "elapsed_seconds": elapsed,
@@ -466,5 +471,5 @@ def write_report(results, cfg, out, elapsed, *, plots=True, versions=None):
     write_csvs(results, analysis, cfg, out)
     drawn = write_plots(results, analysis, cfg, out) if plots else []
     with open(os.path.join(out, "report.md"), "w") as f:
-        f.write(markdown(results, analysis, cfg, elapsed, drawn))
+        f.write(markdown(results, analysis, cfg, elapsed, drawn, where, resumed))
     return analysis
