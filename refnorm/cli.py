@@ -393,6 +393,7 @@ def _options_given(args, allowed):
 
 
 STUDY_OUT, QUICK_OUT = "refnorm-study", "refnorm-study-quick"
+PRESET_OUT = "refnorm-study-{}"          # a preset's default report folder (not the default's)
 FIGURE_OUT = "refnorm-figure"
 FIGURES = ("cooijmans-1",)      # refnorm.study.figures.FIGURES, without importing the study
 SMOKE_TEST = ("SMOKE TEST (--quick): the whole pipeline on tiny sizes, in seconds. Its numbers "
@@ -400,7 +401,8 @@ SMOKE_TEST = ("SMOKE TEST (--quick): the whole pipeline on tiny sizes, in second
 
 
 def add_study_parser(sub):
-    from .study.experiment import CELL_STEMS, TASKS, StudyConfig, run_specs, time_statement
+    from .study.experiment import (CELL_STEMS, PRESETS, TASKS, StudyConfig, preset_config,
+                                   run_specs, time_statement)
     d = StudyConfig()
     p = sub.add_parser("study", help="the normalisation / initialisation / gradient-flow "
                                      "experiment, with a report", description=(
@@ -410,16 +412,25 @@ def add_study_parser(sub):
         f"and PNG plots. The defaults ({len(run_specs(d))} runs) take {time_statement()}; the "
         "command prints its estimate before it starts. --quick is a smoke test of the pipeline "
         "in seconds, whose numbers mean nothing; it writes to its own folder and never "
-        "overwrites a full report. Options given with --quick override its sizes."))
+        "overwrites a full report. Options given with --quick or --preset override its "
+        "sizes."))
     p.add_argument("--out", help=f"report folder (default {STUDY_OUT}, with --quick "
-                                 f"{QUICK_OUT})")
+                                 f"{QUICK_OUT}, with --preset NAME {PRESET_OUT.format('NAME')})")
     p.add_argument("--quick", action="store_true", help="smoke test: tiny sizes, the whole "
                                                         "pipeline in seconds, meaningless numbers")
+    paper = preset_config("paper")
+    p.add_argument("--preset", choices=PRESETS, help="default: the settings listed here; paper: "
+                   f"a study for a cluster (--scheduler), {len(run_specs(paper))} runs: "
+                   f"{len(paper.seeds)} seeds, hidden size {paper.hidden_size}, adding problem "
+                   f"T = {paper.adding_length}, {paper.epochs} epochs of {paper.n_train} "
+                   "sequences, digits row by row and pixel by pixel (T = 64); prints its "
+                   "CPU-hours before it starts; not with --quick")
     p.add_argument("--cells", nargs="+", choices=CELL_STEMS, help="default: all")
     p.add_argument("--inits", nargs="+", metavar="SCHEME[:SCALE]",
                    help="gauss:S, uniform:S, orthogonal[:S], identity[:S], default "
                         f"(default: {' '.join(d.inits)})")
-    p.add_argument("--tasks", nargs="+", choices=TASKS, help="default: both")
+    p.add_argument("--tasks", nargs="+", choices=TASKS, help="digits_pixels: the digits pixel "
+                   f"by pixel, T = 64 (default: {' '.join(d.tasks)})")
     p.add_argument("--length", type=int, dest="adding_length",
                    help=f"adding problem training length T (default {d.adding_length})")
     p.add_argument("--long-factors", type=int, nargs="*", help="evaluate on lengths factor*T "
@@ -462,24 +473,27 @@ STUDY_OPTIONS = ("cells", "inits", "tasks", "adding_length", "long_factors", "di
 def study(args):
     if args.figure:
         return study_figure(args)
-    from dataclasses import replace
-
-    from .study import StudyConfig, StudyFolderError, StudyRunsFailed, quick_config, run_study
-    from .study.experiment import default_jobs
+    from .study import StudyFolderError, StudyRunsFailed, quick_config, run_study
+    from .study.experiment import DIGITS_TASKS, default_jobs, preset_config
+    preset = args.preset if args.preset != "default" else None
+    if preset and args.quick:
+        print(f"refnorm study: --quick and --preset {preset} do not combine: --quick is a smoke "
+              "test on its own tiny sizes", file=sys.stderr)
+        return 2
     given = {k: getattr(args, k) for k in STUDY_OPTIONS if getattr(args, k) is not None}
     given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}
     if "backend" not in given:
         given["backend"] = "numba" if "numba" in available_backends() else "numpy"
     if "jobs" not in given:
         given["jobs"] = default_jobs()
-    cfg = quick_config(**given) if args.quick else replace(StudyConfig(), **given)
+    cfg = quick_config(**given) if args.quick else preset_config(preset or "default", **given)
     try:
         cfg.validate()
     except ValueError as err:
         print(f"refnorm study: {err}", file=sys.stderr)
         return 2
-    needed = (["sklearn"] if "digits" in cfg.tasks else []) + ([] if args.no_plots
-                                                               else ["matplotlib"])
+    needed = (["sklearn"] if set(DIGITS_TASKS) & set(cfg.tasks) else []) + (
+        [] if args.no_plots else ["matplotlib"])
     for module in needed:
         try:
             __import__(module)
@@ -494,13 +508,16 @@ def study(args):
             print("refnorm study --scheduler needs Dask's distributed: pip install "
                   "'refnorm[cluster]'", file=sys.stderr)
             return 2
-    out = args.out or (QUICK_OUT if cfg.quick else STUDY_OUT)
+    out = args.out or (QUICK_OUT if cfg.quick else PRESET_OUT.format(preset) if preset
+                       else STUDY_OUT)
     if cfg.quick:
         full = _full_report_in(out)
         if full:
             print(f"refnorm study --quick: {out} holds a full report ({full}); a smoke test "
                   f"never overwrites one: give --out another folder", file=sys.stderr)
             return 2
+    if preset:
+        print(_preset_banner(cfg, preset), flush=True)
     print(_study_banner(cfg), flush=True)
     where = f"the Dask scheduler at {args.scheduler}" if args.scheduler else \
         f"{cfg.jobs} local process(es)"
@@ -569,6 +586,16 @@ def _study_banner(cfg):
     return (f"refnorm study: {runs} runs on {cfg.jobs} process(es), {cfg.backend} backend; "
             f"estimated {idle:.1f} min on idle cores, {busy:.1f} on busy ones{caveat} "
             f"(scaled from the defaults' measured time: {time_statement()})")
+
+
+def _preset_banner(cfg, preset):
+    """A preset's runs and expected CPU-hours, and the cost model they come from."""
+    from .study.experiment import COST_MODEL, estimated_cpu_hours, run_specs, time_statement
+    idle, busy = estimated_cpu_hours(cfg)
+    return (f"refnorm study --preset {preset}: {len(run_specs(cfg))} runs, expected "
+            f"{idle:.0f} CPU-hours on idle cores, {busy:.0f} on busy ones ({cfg.backend} "
+            f"backend; one run holds one core), meant for --scheduler; scaled from the "
+            f"defaults' measured time ({time_statement()}) by {COST_MODEL}")
 
 
 def _full_report_in(folder):

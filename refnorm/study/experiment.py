@@ -31,18 +31,21 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from .. import BNLSTM
-from .tasks import ADDING_BASELINE_MSE, Dataset, adding_problem, adding_task, digits_task
+from .tasks import (ADDING_BASELINE_MSE, Dataset, adding_problem, adding_task,
+                    digits_pixels_task, digits_task)
 from .train import BN_STEMS, build_model, evaluate, probe_batch, train
 
 CELL_STEMS = ("lstm", "bn_lstm", "seq_bn_lstm", "ln_lstm")
-TASKS = ("adding", "digits")
+TASKS = ("adding", "digits", "digits_pixels")     # every task a study may run
+DEFAULT_TASKS = ("adding", "digits")               # the default study's
+DIGITS_TASKS = ("digits", "digits_pixels")         # classification of the 8x8 digits
 
 
 @dataclass
 class StudyConfig:
     cells: tuple = CELL_STEMS
     inits: tuple = ("gauss:0.2", "gauss:1", "gauss:5", "uniform:1", "orthogonal", "identity")
-    tasks: tuple = TASKS
+    tasks: tuple = DEFAULT_TASKS
     seeds: tuple = (0, 1, 2)
     adding_length: int = 50           # T of the adding problem's training sequences
     long_factors: tuple = (2, 4)      # evaluated past T_max on lengths factor * T
@@ -100,6 +103,32 @@ def quick_config(**overrides):
     return replace(StudyConfig(quick=True), **{**QUICK, **overrides})
 
 
+# `refnorm study --preset paper`: the study at a size for a cluster (--scheduler). Every other
+# setting (cells, inits, lr, batch size, long factors, claim runs) is the default's.
+PAPER = {
+    # 10 seeds: a median and a min-max over seeds that one outlying seed does not move
+    "seeds": tuple(range(10)),
+    # T = 200: 4x the default's 50, among the lengths of Le et al. 2015's adding problem (150-400)
+    "adding_length": 200,
+    # H = 100: Le et al. 2015's width for the adding problem; 6x the default's 16
+    "hidden_size": 100,
+    # pixel-by-pixel digits (T = 64) next to the row-by-row ones (T = 8, cheap): a second long task
+    "tasks": ("adding", "digits", "digits_pixels"),
+    # 20 epochs of 4096 sequences: 2560 updates on the adding problem, 5x the default's 512,
+    # since longer sequences take more updates to learn
+    "epochs": 20,
+    "n_train": 4096,
+}
+PRESETS = ("default", "paper")
+
+
+def preset_config(name, **overrides):
+    """The StudyConfig of preset `name` (PRESETS), with `overrides` on top."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown study preset {name!r}: choose from {', '.join(PRESETS)}")
+    return replace(StudyConfig(), **{**(PAPER if name == "paper" else {}), **overrides})
+
+
 @dataclass(frozen=True)
 class RunSpec:
     task: str
@@ -126,11 +155,32 @@ def run_specs(cfg):
     return specs
 
 
+def task_length(task, cfg):
+    """T of the task's training sequences."""
+    if task == "adding":
+        return cfg.adding_length
+    return 64 if task == "digits_pixels" or cfg.digits_mode == "pixel" else 8
+
+
+# A step's time grows as H² + STEP_OVERHEAD_H²: the matrix work, plus a fixed per-step overhead
+# (calls, element-wise loops) as large as the work at H = 30. Fitted to one epoch of LSTM,
+# BNLSTM and LNLSTM training on the adding problem, numba backend, H = 16, 32, 64, 100 (measured
+# times within 25 % of the model's, within 17 % at H = 100); time per step did not depend on T.
+STEP_OVERHEAD_H = 30
+
+
+def step_cost(cfg):
+    """Relative cost of one time step of one batch at cfg's hidden size (1 at H = 16)."""
+    return (cfg.hidden_size ** 2 + STEP_OVERHEAD_H ** 2) / (16 ** 2 + STEP_OVERHEAD_H ** 2)
+
+
+COST_MODEL = f"cost ∝ epochs × batches × T × (H² + {STEP_OVERHEAD_H}²)"
+
+
 def run_cost(spec, cfg):
-    """Relative cost of a run (steps x length), for the progress bar."""
+    """Relative cost of a run (COST_MODEL), for the progress bar and the time estimates."""
     n = cfg.n_train if spec.task == "adding" else (cfg.digits_train or 1437)
-    T = cfg.adding_length if spec.task == "adding" else (8 if cfg.digits_mode == "row" else 64)
-    return cfg.epochs * max(n // cfg.batch_size, 1) * T
+    return cfg.epochs * max(n // cfg.batch_size, 1) * task_length(spec.task, cfg) * step_cost(cfg)
 
 
 # The default study, timed: `refnorm study` with no options, numba backend, 2 worker processes,
@@ -153,11 +203,19 @@ def total_cost(cfg):
 
 def estimated_minutes(cfg):
     """(idle, busy) minutes for `cfg`: the default study's measured times scaled by the work
-    (run_cost: epochs x batches x steps, summed over runs) and by the worker processes (two on
-    the machine measured). Hidden sizes other than the default, other cells' mixes and the
-    NumPy backend (slower) move the real time; the estimate says so."""
+    (run_cost: epochs x batches x steps x step_cost(H), summed over runs) and by the worker
+    processes (two on the machine measured). Other cells' mixes and the NumPy backend (slower)
+    move the real time; the estimate says so."""
     scale = total_cost(cfg) / total_cost(StudyConfig()) * 2 / min(cfg.jobs, 2)
     return tuple(DEFAULT_STUDY_MINUTES[k] * scale for k in ("idle", "busy"))
+
+
+def estimated_cpu_hours(cfg):
+    """(idle, busy) CPU-hours for `cfg`, whatever runs it: the default study's measured minutes
+    times the two processes that ran it, scaled by the work as estimated_minutes does. One
+    run holds one core (one BLAS thread per process)."""
+    scale = total_cost(cfg) / total_cost(StudyConfig())
+    return tuple(DEFAULT_STUDY_MINUTES[k] * 2 * scale / 60 for k in ("idle", "busy"))
 
 
 def rng_for(seed, *purpose):
@@ -180,6 +238,9 @@ def make_task(cfg, name, seed, variable_length=False):
                                min_length=min_length)
         elif name == "digits":
             task = digits_task(rng, mode=cfg.digits_mode, n_train=cfg.digits_train)
+        elif name == "digits_pixels":      # the digits' generator: the same split, per seed
+            task = digits_pixels_task(rng_for(seed, "data", "digits", variable_length),
+                                      n_train=cfg.digits_train)
         else:
             raise ValueError(f"unknown task {name!r}: choose from {TASKS}")
         _TASK_CACHE[key] = task
@@ -189,7 +250,7 @@ def make_task(cfg, name, seed, variable_length=False):
 def normalized_error(task_name, metric):
     """0 = perfect, 1 = has learnt nothing: 1 − accuracy for digits, MSE / Var(y) = 6·MSE for
     the adding problem (Var(y) = 1/6 is the MSE of the best constant guess)."""
-    return 1.0 - metric if task_name == "digits" else metric / ADDING_BASELINE_MSE
+    return 1.0 - metric if task_name in DIGITS_TASKS else metric / ADDING_BASELINE_MSE
 
 
 # -- measurements on a trained model ---------------------------------------------------------
@@ -404,5 +465,6 @@ def default_jobs():
     return max(1, min(2, os.cpu_count() or 1))
 
 
-__all__ = ["StudyConfig", "quick_config", "RunSpec", "run_specs", "run_one", "run_all",
-           "normalized_error", "rng_for", "default_jobs", "time_statement", "estimated_minutes"]
+__all__ = ["StudyConfig", "quick_config", "preset_config", "PRESETS", "RunSpec", "run_specs",
+           "run_one", "run_all", "normalized_error", "rng_for", "default_jobs", "time_statement",
+           "estimated_minutes", "estimated_cpu_hours"]

@@ -78,6 +78,8 @@ def analyse(results, cfg):
 def task_title(task, cfg):
     if task == "adding":
         return f"adding problem, T = {cfg.adding_length}"
+    if task == "digits_pixels":
+        return "digits (pixel by pixel, T = 64)"
     T = 8 if cfg.digits_mode == "row" else 64
     return f"digits ({cfg.digits_mode} by {cfg.digits_mode}, T = {T})"
 
