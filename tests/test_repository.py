@@ -99,3 +99,17 @@ def test_the_rule_catches_narration_and_spares_api_words():
     assert not narration("x.md", "the latest runs recorded, two runs of 2026-11-26")
     assert narration("x.md", "faster since 2026-11-25")
     assert narration("x.md", "a run of 2026-11-26 and the fix of 2026-11-27")
+
+
+CLOCKS = re.compile(r"\b(perf_counter|monotonic|process_time|timeit)\b|\btime\.time\(")
+
+
+def test_no_test_reads_a_clock():
+    """A test that passes alone and fails on a busy machine is a broken test: timings live in
+    benchmarks/. (Sleeping while waiting for another process is not reading a clock.)"""
+    found = [f"{path.name}:{n}" for path in sorted((ROOT / "tests").glob("*.py"))
+             if path.name != "test_repository.py"
+             for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+             if CLOCKS.search(line)]
+    assert not found, found
+    assert CLOCKS.search("t = time.perf_counter()") and CLOCKS.search("time.time()")
