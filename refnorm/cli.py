@@ -401,8 +401,9 @@ SMOKE_TEST = ("SMOKE TEST (--quick): the whole pipeline on tiny sizes, in second
 
 
 def add_study_parser(sub):
-    from .study.experiment import (CELL_STEMS, PRESETS, TASKS, StudyConfig, preset_config,
-                                   run_specs, time_statement)
+    from .study.experiment import (PRESETS, TASKS, StudyConfig, preset_config, run_specs,
+                                   time_statement)
+    from .study.train import MODEL_STEMS
     d = StudyConfig()
     p = sub.add_parser("study", help="the normalisation / initialisation / gradient-flow "
                                      "experiment, with a report", description=(
@@ -419,13 +420,18 @@ def add_study_parser(sub):
     p.add_argument("--quick", action="store_true", help="smoke test: tiny sizes, the whole "
                                                         "pipeline in seconds, meaningless numbers")
     paper = preset_config("paper")
+    thread = preset_config("thread")
     p.add_argument("--preset", choices=PRESETS, help="default: the settings listed here; paper: "
                    f"a study for a cluster (--scheduler), {len(run_specs(paper))} runs: "
                    f"{len(paper.seeds)} seeds, hidden size {paper.hidden_size}, adding problem "
                    f"T = {paper.adding_length}, {paper.epochs} epochs of {paper.n_train} "
-                   "sequences, digits row by row and pixel by pixel (T = 64); prints its "
-                   "CPU-hours before it starts; not with --quick")
-    p.add_argument("--cells", nargs="+", choices=CELL_STEMS, help="default: all")
+                   "sequences; thread: the rest of the forum thread at the default's sizes, "
+                   f"{len(run_specs(thread))} runs: the vanilla RNN and GRU families and 2-layer "
+                   "LSTM stacks without / with a norm between the layers (claims g, h); each "
+                   "prints its CPU-hours before it starts; not with --quick")
+    p.add_argument("--cells", nargs="+", choices=MODEL_STEMS, metavar="CELL",
+                   help="any of " + ", ".join(MODEL_STEMS) + " (lstm2*: a 2-layer LSTM "
+                   f"Stack, between-layer norm none / seq_bn / ln; default: {' '.join(d.cells)})")
     p.add_argument("--inits", nargs="+", metavar="SCHEME[:SCALE]",
                    help="gauss:S, uniform:S, orthogonal[:S], identity[:S], default "
                         f"(default: {' '.join(d.inits)})")
@@ -449,6 +455,9 @@ def add_study_parser(sub):
                                             "core); results do not depend on it")
     p.add_argument("--no-pad-claim", dest="pad_claim", action="store_false", default=None,
                    help="skip the variable-length runs of claim (c)")
+    p.add_argument("--no-twins", dest="twins", action="store_false", default=None,
+                   help="skip the twin runs (the first seed again with its weights moved by "
+                        "rounding) that mark the chaotic numbers")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--scheduler", metavar="ADDRESS", help="run the trainings on the Dask "
                    "cluster whose scheduler is at ADDRESS (e.g. tcp://10.0.0.5:8786) instead of "
@@ -457,6 +466,11 @@ def add_study_parser(sub):
     p.add_argument("--resume", action="store_true", help="continue the study recorded in --out "
                    "(runs.jsonl: one line per finished run), running only the runs it lacks; "
                    "refused if it was written with other settings")
+    p.add_argument("--compare", nargs="+", metavar="DIR", help="instead of a study, compare "
+                   "the verdicts of the reports in these folders (e.g. a rerun with other "
+                   "--seeds or --backend): one row per verdict, agree / weaker (definite in "
+                   "some, inconclusive in others) / CONTRADICTS; exit status 1 on a "
+                   "contradiction")
     p.add_argument("--figure", choices=FIGURES, help="instead of the study, reproduce a paper's "
                    "figure in under a minute: cooijmans-1 is Cooijmans et al. 2016 Figure 1 "
                    "(gradient norm against t for gamma 0.1..1, E[tanh'] with its IQR) plus the "
@@ -467,12 +481,14 @@ def add_study_parser(sub):
 
 STUDY_OPTIONS = ("cells", "inits", "tasks", "adding_length", "long_factors", "digits_mode",
                  "seeds", "epochs", "hidden_size", "batch_size", "lr", "backend", "jobs",
-                 "pad_claim")
+                 "pad_claim", "twins")
 
 
 def study(args):
     if args.figure:
         return study_figure(args)
+    if args.compare:
+        return study_compare(args.compare)
     from .study import StudyFolderError, StudyRunsFailed, quick_config, run_study
     from .study.experiment import DIGITS_TASKS, default_jobs, preset_config
     preset = args.preset if args.preset != "default" else None
@@ -548,6 +564,22 @@ def study(args):
     return 0
 
 
+def study_compare(folders):
+    """`refnorm study --compare DIR ...`: the verdict table; 1 on a contradiction."""
+    from .study.compare import compare
+    missing = [f for f in folders if not os.path.exists(os.path.join(f, "results.json"))]
+    if missing:
+        print(f"refnorm study --compare: no results.json in {', '.join(missing)}",
+              file=sys.stderr)
+        return 2
+    table, contradictions = compare(folders)
+    print(table)
+    print(f"refnorm study --compare: {contradictions} verdict(s) contradicted across "
+          f"{len(folders)} reports" if contradictions else
+          f"refnorm study --compare: no verdict contradicted across {len(folders)} reports")
+    return 1 if contradictions else 0
+
+
 def study_figure(args):
     """`refnorm study --figure NAME`: the figure's PNGs and numbers, its table and finding."""
     from .study import figures
@@ -592,9 +624,11 @@ def _preset_banner(cfg, preset):
     """A preset's runs and expected CPU-hours, and the cost model they come from."""
     from .study.experiment import COST_MODEL, estimated_cpu_hours, run_specs, time_statement
     idle, busy = estimated_cpu_hours(cfg)
+    where = "meant for --scheduler" if idle >= 1 else "fits one machine"
     return (f"refnorm study --preset {preset}: {len(run_specs(cfg))} runs, expected "
-            f"{idle:.0f} CPU-hours on idle cores, {busy:.0f} on busy ones ({cfg.backend} "
-            f"backend; one run holds one core), meant for --scheduler; scaled from the "
+            f"{idle:.{0 if idle >= 1 else 1}f} CPU-hours on idle cores, "
+            f"{busy:.{0 if busy >= 1 else 1}f} on busy ones ({cfg.backend} "
+            f"backend; one run holds one core), {where}; scaled from the "
             f"defaults' measured time ({time_statement()}) by {COST_MODEL}")
 
 

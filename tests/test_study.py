@@ -152,8 +152,8 @@ def test_init_schemes():
 
 
 # -- end to end ----------------------------------------------------------------------------------
-CLAIM_VERDICTS = {"supported", "not supported", "mixed", "partly", "undetermined"}
-QUESTION_VERDICTS = {"yes", "partly", "no", "nothing to reduce"}
+CLAIM_VERDICTS = {"supported", "not supported", "inconclusive", "mixed", "undetermined"}
+QUESTION_VERDICTS = {"yes", "no", "inconclusive", "nothing to reduce"}
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +206,7 @@ def test_quick_report_files_are_well_formed(quick_report):
 
 def test_quick_report_has_every_claim_with_a_verdict(quick_report):
     text = (quick_report / "report.md").read_text()
-    for claim in "abcde":
+    for claim in "abcdefgh":
         m = re.search(rf"^## Claim \({claim}\).*?\n\n\*\*Verdict: ([a-z ]+)\.\*\* Rule: ",
                       text, re.MULTILINE)
         assert m and m.group(1) in CLAIM_VERDICTS, claim
@@ -215,7 +215,7 @@ def test_quick_report_has_every_claim_with_a_verdict(quick_report):
     assert {a[0] for a in answers} == {"adding problem", "digits"}
     assert all(a[1] in QUESTION_VERDICTS for a in answers)
     data = json.loads((quick_report / "results.json").read_text())
-    assert [c["id"] for c in data["claims"]] == list("abcde")
+    assert [c["id"] for c in data["claims"]] == list("abcdefgh")
     assert all(c["verdict"] in CLAIM_VERDICTS and c["rule"] for c in data["claims"])
 
 

@@ -23,12 +23,14 @@ from refnorm.study.runlog import RunLog, StudyFolderError
 
 # a tiny study: 4 runs of an LSTM and a BNLSTM on the adding problem, NumPy backend
 TINY = ["--quick", "--backend", "numpy", "--cells", "lstm", "bn_lstm", "--tasks", "adding",
-        "--inits", "gauss:1", "--epochs", "1", "--jobs", "1", "--no-plots"]
+        "--inits", "gauss:1", "--epochs", "1", "--jobs", "1", "--no-plots", "--no-twins"]
 
 
 def tiny_config(**overrides):
+    """Two cells, one task, one init, one seed; no twins (the runs are counted by cell below)."""
     return quick_config(**{"backend": "numpy", "cells": ("lstm", "bn_lstm"), "tasks": ("adding",),
-                           "inits": ("gauss:1",), "epochs": 1, "jobs": 1, **overrides})
+                           "inits": ("gauss:1",), "epochs": 1, "jobs": 1, "twins": False,
+                           **overrides})
 
 
 def need(module, install):
@@ -122,7 +124,7 @@ from refnorm.study import run_study
 from refnorm.study.experiment import quick_config, run_one
 out, marker = sys.argv[1], pathlib.Path(sys.argv[2])
 cfg = quick_config(backend="numpy", cells=("lstm", "bn_lstm"), tasks=("adding",),
-                   inits=("gauss:1",), epochs=4, jobs=1)
+                   inits=("gauss:1",), epochs=4, jobs=1, twins=False)
 def run(spec, cfg, calls=[]):
     calls.append(spec.label)
     if len(calls) == 2:

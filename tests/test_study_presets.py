@@ -7,9 +7,10 @@ import pytest
 
 import refnorm
 from refnorm.cli import main
-from refnorm.study.experiment import (COST_MODEL, DEFAULT_STUDY_MINUTES, STEP_OVERHEAD_H, TASKS,
-                                      RunSpec, StudyConfig, estimated_cpu_hours, make_task,
-                                      preset_config, quick_config, run_one, run_specs)
+from refnorm.study.experiment import (COST_MODEL, DEFAULT_STUDY_MINUTES, MODEL_COST,
+                                      STEP_OVERHEAD_H, TASKS, RunSpec, StudyConfig,
+                                      estimated_cpu_hours, make_task, preset_config, quick_config,
+                                      run_one, run_specs)
 
 
 # -- the task -----------------------------------------------------------------------------------
@@ -35,10 +36,24 @@ def test_digits_pixels_are_the_row_by_row_digits_in_scanline_order():
     assert pixels.train.x.min() == 0 and pixels.train.x.max() == 1
 
 
-def test_the_default_study_is_unchanged():
+def test_the_default_study():
+    """Ten seeds on the adding problem and the digits read row by row and pixel by pixel: the
+    sweep (4 cells × 6 inits × 3 tasks × 10 seeds), a twin of every (task, cell, init) and the
+    claim (c) runs (2 cells × 2 pad modes × 10 seeds)."""
     d = StudyConfig()
-    assert d.tasks == ("adding", "digits") and len(run_specs(d)) == 156
+    assert d.tasks == ("adding", "digits", "digits_pixels") and d.seeds == tuple(range(10))
+    assert len(run_specs(d)) == 720 + 72 + 40 == 832
+    assert sum(s.twin for s in run_specs(d)) == 72
     assert preset_config("default") == d
+
+
+def test_preset_thread_trains_the_rest_of_the_thread():
+    t = preset_config("thread")
+    assert set(t.cells) == {"rnn", "bn_rnn", "seq_bn_rnn", "ln_rnn", "gru", "bn_gru",
+                            "seq_bn_gru", "ln_gru", "lstm2", "lstm2_seq_bn", "lstm2_ln"}
+    assert (t.seeds, t.tasks, t.inits) == (StudyConfig().seeds, StudyConfig().tasks,
+                                           StudyConfig().inits)
+    assert not any(s.variable_length for s in run_specs(t))   # claim (c) is the LSTM's
 
 
 def test_a_digits_pixels_run_end_to_end():
@@ -58,8 +73,12 @@ def test_cpu_hours_grow_with_seeds_and_scale_as_the_cost_model_says():
     default_hours = estimated_cpu_hours(d)
     assert default_hours == pytest.approx(tuple(DEFAULT_STUDY_MINUTES[k] * 2 / 60
                                                 for k in ("idle", "busy")))
-    assert estimated_cpu_hours(StudyConfig(seeds=tuple(range(6))))[0] == pytest.approx(
-        2 * default_hours[0])
+    twice = StudyConfig(seeds=tuple(range(20)), twins=False)
+    assert estimated_cpu_hours(twice)[0] == pytest.approx(
+        2 * estimated_cpu_hours(StudyConfig(twins=False))[0])
+    # the model's measured cost: a GRU-only study against an LSTM-only one
+    assert estimated_cpu_hours(StudyConfig(cells=("gru",)))[0] == pytest.approx(
+        MODEL_COST["gru"] * estimated_cpu_hours(StudyConfig(cells=("lstm",)))[0])
     # cost ∝ epochs × batches × T × (H² + 30²): one task at a time
     adding = StudyConfig(tasks=("adding",), pad_claim=False)
     assert estimated_cpu_hours(StudyConfig(tasks=("adding",), pad_claim=False,
@@ -72,7 +91,7 @@ def test_cpu_hours_grow_with_seeds_and_scale_as_the_cost_model_says():
     pixels = StudyConfig(tasks=("digits_pixels",))
     assert estimated_cpu_hours(pixels)[0] == pytest.approx(8 * estimated_cpu_hours(digits)[0])
     paper = preset_config("paper")
-    assert estimated_cpu_hours(paper)[0] > 100 * default_hours[0]
+    assert estimated_cpu_hours(paper)[0] > 10 * default_hours[0]
 
 
 # -- the command --------------------------------------------------------------------------------
@@ -91,7 +110,7 @@ def test_preset_paper_builds_its_config_and_prints_runs_and_cpu_hours_first(monk
     assert main(["study", "--preset", "paper", "--backend", "numpy", "--jobs", "2"]) == 0
     (cfg, out, options, printed), = calls
     assert cfg == preset_config("paper", backend="numpy", jobs=2) and not cfg.quick
-    assert cfg.seeds == tuple(range(10)) and cfg.adding_length == 200
+    assert cfg.seeds == tuple(range(20)) and cfg.adding_length == 200
     assert cfg.hidden_size == 100 and cfg.epochs == 20 and cfg.n_train == 4096
     assert cfg.tasks == ("adding", "digits", "digits_pixels")
     assert out == "refnorm-study-paper" and options == {}
@@ -99,7 +118,7 @@ def test_preset_paper_builds_its_config_and_prints_runs_and_cpu_hours_first(monk
     first = printed.splitlines()[0]
     assert f"--preset paper: {len(run_specs(cfg))} runs, expected {idle:.0f} CPU-hours on idle " \
            f"cores, {busy:.0f} on busy ones" in first
-    assert len(run_specs(cfg)) == 760 and COST_MODEL in first and "--scheduler" in first
+    assert len(run_specs(cfg)) == 1592 and COST_MODEL in first and "--scheduler" in first
 
 
 def test_preset_paper_combines_with_scheduler_resume_out_and_options(monkeypatch, capsys,

@@ -1,5 +1,6 @@
 """`refnorm study`: does batch norm reduce an LSTM's reliance on good initialisation, as it does
-in feed-forward nets? The experiment, end to end with refnorm's own forward and backward passes.
+in feed-forward nets, and what of the rest of the thread (vanilla RNNs, GRUs, norms between
+stacked layers)? The experiment, end to end with refnorm's own forward and backward passes.
 
     tasks.py       the adding problem (length configurable) and scikit-learn's 8x8 digits
     readout.py     linear readout on h_T, softmax cross-entropy / MSE, hand-written gradients
@@ -7,6 +8,8 @@ in feed-forward nets? The experiment, end to end with refnorm's own forward and 
     train.py       the training loop (refnorm.optim.Adam), evaluation, gradient flow per step
     experiment.py  which runs, and what is measured on each trained model
     claims.py      tables and verdicts, each computed by a stated rule from the runs' numbers
+    uncertainty.py bootstrap intervals over seeds; supported / not supported / inconclusive
+    compare.py     --compare: do the verdicts of several reports (reruns) agree?
     report.py      report.md, results.json, CSV files, PNG plots
     runlog.py      runs.jsonl: each run's result as it finishes, for --resume
     cluster.py     the runs on a Dask cluster (--scheduler)

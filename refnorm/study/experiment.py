@@ -6,11 +6,11 @@ on the trained model, what the claims need:
     every run          final test loss and metric (population statistics), the same in
                        training mode (batch statistics), gradient flow and per-step statistics
                        at init and after every epoch
-    bn_lstm            (a) the test loss with the per-step population statistics replaced by
+    per-step BN cells  (a) the test loss with the per-step population statistics replaced by
                        statistics shared by all steps (pooled over steps: one slot)
-    adding, fixed T    (d) the test loss on sequences 2T, 4T, ... long; BNLSTM both with its
-                       slots clamped to T_max (the Cooijmans rule) and with statistics
-                       re-estimated on long sequences (what it would need to know)
+    adding, fixed T    (d) the test loss on sequences 2T, 4T, ... long; the per-step BN cells
+                       both with their slots clamped to T_max (the Cooijmans rule) and with
+                       statistics re-estimated on long sequences (what they would need to know)
     every cell         (e) training with batch size 1 (runs or raises), batch independence
                        (one sequence alone vs inside its batch), train = eval (max difference)
     "pad" runs         (c) BNLSTM and SeqBNLSTM on variable-length adding sequences, trained
@@ -18,9 +18,10 @@ on the trained model, what the claims need:
                        how far including them moves the statistics of a batch
 
 Randomness: each (seed, purpose) pair has its own generator (rng_for), so a run does not depend
-on which runs came before it or on how many processes share the work; every cell of a given
-seed and init scheme starts from the same weights, and every scale of one scheme from the same
-draws, scaled.
+on which runs came before it or on how many processes share the work; every cell of one family
+(LSTM, RNN, GRU) with a given seed and init scheme starts from the same weights, and every scale
+of one scheme from the same draws, scaled. A twin run (RunSpec.twin) starts from its original's
+weights moved by TWIN_PERTURBATION: the study's measure of which numbers are chaotic.
 """
 import copy
 import os
@@ -30,14 +31,19 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from .. import BNLSTM
+from .. import CELLS
 from .tasks import (ADDING_BASELINE_MSE, Dataset, adding_problem, adding_task,
                     digits_pixels_task, digits_task)
-from .train import BN_STEMS, build_model, evaluate, probe_batch, train
+from .train import (BN_CELL_STEMS, BN_STEMS, MODEL_STEMS, PER_STEP_BN_STEMS, build_model,
+                    evaluate, probe_batch, train)
 
-CELL_STEMS = ("lstm", "bn_lstm", "seq_bn_lstm", "ln_lstm")
+CELL_STEMS = ("lstm", "bn_lstm", "seq_bn_lstm", "ln_lstm")   # the default study's: the LSTMs
+# MODEL_STEMS (train.py): every stem a study may train, each cell of refnorm.CELLS and the
+# 2-layer LSTM stacks "lstm2", "lstm2_seq_bn", "lstm2_ln"
 TASKS = ("adding", "digits", "digits_pixels")     # every task a study may run
-DEFAULT_TASKS = ("adding", "digits")               # the default study's
+# the default study's: the digits row by row (T = 8) are easy for every cell; pixel by pixel
+# (T = 64) they are a second long task next to the adding problem, one that can tell cells apart
+DEFAULT_TASKS = ("adding", "digits", "digits_pixels")
 DIGITS_TASKS = ("digits", "digits_pixels")         # classification of the 8x8 digits
 
 
@@ -46,7 +52,7 @@ class StudyConfig:
     cells: tuple = CELL_STEMS
     inits: tuple = ("gauss:0.2", "gauss:1", "gauss:5", "uniform:1", "orthogonal", "identity")
     tasks: tuple = DEFAULT_TASKS
-    seeds: tuple = (0, 1, 2)
+    seeds: tuple = tuple(range(10))   # enough for intervals that hold across seed sets
     adding_length: int = 50           # T of the adding problem's training sequences
     long_factors: tuple = (2, 4)      # evaluated past T_max on lengths factor * T
     digits_mode: str = "row"          # "row": T = 8, D = 8; "pixel": T = 64, D = 1
@@ -62,6 +68,7 @@ class StudyConfig:
     probe_size: int = 64              # sequences of the gradient-flow probe batch
     claim_init: str = "orthogonal"    # init of the runs that only the claims need (pad runs)
     pad_claim: bool = True            # run claim (c): variable-length runs, include vs exclude
+    twins: bool = True                # a twin of every (task, cell, init): which numbers are chaotic
     backend: str = "numba"
     jobs: int = 1                     # worker processes (the command uses min(2, cores))
     quick: bool = False
@@ -69,7 +76,7 @@ class StudyConfig:
     def validate(self):
         """ValueError naming the first option out of range (before any run starts)."""
         from .inits import parse_init
-        checks = [("cells", self.cells, self.cells and set(self.cells) <= set(CELL_STEMS)),
+        checks = [("cells", self.cells, self.cells and set(self.cells) <= set(MODEL_STEMS)),
                   ("tasks", self.tasks, self.tasks and set(self.tasks) <= set(TASKS)),
                   ("seeds", self.seeds, self.seeds and all(s >= 0 for s in self.seeds)),
                   ("length", self.adding_length, self.adding_length >= 4),
@@ -94,6 +101,7 @@ class StudyConfig:
 
 
 QUICK = {"inits": ("gauss:0.2", "gauss:1", "orthogonal"), "seeds": (0,), "adding_length": 10,
+         "tasks": ("adding", "digits"),
          "long_factors": (2,), "hidden_size": 8, "batch_size": 16, "epochs": 4, "n_train": 256,
          "n_test": 128, "digits_train": 256, "stat_batches": 4, "probe_size": 32}
 
@@ -106,8 +114,8 @@ def quick_config(**overrides):
 # `refnorm study --preset paper`: the study at a size for a cluster (--scheduler). Every other
 # setting (cells, inits, lr, batch size, long factors, claim runs) is the default's.
 PAPER = {
-    # 10 seeds: a median and a min-max over seeds that one outlying seed does not move
-    "seeds": tuple(range(10)),
+    # 20 seeds: twice the default's, narrower intervals (about 1/sqrt(2) as wide)
+    "seeds": tuple(range(20)),
     # T = 200: 4x the default's 50, among the lengths of Le et al. 2015's adding problem (150-400)
     "adding_length": 200,
     # H = 100: Le et al. 2015's width for the adding problem; 6x the default's 16
@@ -119,14 +127,21 @@ PAPER = {
     "epochs": 20,
     "n_train": 4096,
 }
-PRESETS = ("default", "paper")
+# `refnorm study --preset thread`: the rest of the forum thread at the default's sizes, seeds and
+# tasks: the vanilla RNN and GRU families (claim (g), the question per family) and 2-layer LSTM
+# stacks without and with a norm between the layers (claim (h)). The LSTM family is the
+# default's; its claims are undetermined here.
+THREAD = {"cells": ("rnn", "bn_rnn", "seq_bn_rnn", "ln_rnn", "gru", "bn_gru", "seq_bn_gru",
+                    "ln_gru", "lstm2", "lstm2_seq_bn", "lstm2_ln")}
+PRESETS = ("default", "paper", "thread")
 
 
 def preset_config(name, **overrides):
     """The StudyConfig of preset `name` (PRESETS), with `overrides` on top."""
     if name not in PRESETS:
         raise ValueError(f"unknown study preset {name!r}: choose from {', '.join(PRESETS)}")
-    return replace(StudyConfig(), **{**(PAPER if name == "paper" else {}), **overrides})
+    preset = {"paper": PAPER, "thread": THREAD}.get(name, {})
+    return replace(StudyConfig(), **{**preset, **overrides})
 
 
 @dataclass(frozen=True)
@@ -137,17 +152,23 @@ class RunSpec:
     seed: int
     pad_stats: str = "exclude"
     variable_length: bool = False     # the adding problem with lengths U{T/2..T} (claim (c))
+    twin: bool = False                # initial weights moved by TWIN_PERTURBATION (chaos check)
 
     @property
     def label(self):
         extra = f" pad_stats={self.pad_stats} variable-length" if self.variable_length else ""
-        return f"{self.task} {self.cell} {self.init} seed {self.seed}{extra}"
+        return f"{self.task} {self.cell} {self.init} seed {self.seed}{extra}" + \
+            " twin" * self.twin
 
 
 def run_specs(cfg):
-    """Every run of the study, in a fixed order: the sweep, then the claim (c) runs."""
+    """Every run of the study, in a fixed order: the sweep, its twins (the first seed again,
+    weights perturbed by rounding: claims.chaos), then the claim (c) runs."""
     specs = [RunSpec(task, cell, init, seed) for task in cfg.tasks for cell in cfg.cells
              for init in cfg.inits for seed in cfg.seeds]
+    if cfg.twins:
+        specs += [RunSpec(task, cell, init, cfg.seeds[0], twin=True) for task in cfg.tasks
+                  for cell in cfg.cells for init in cfg.inits]
     if cfg.pad_claim and "adding" in cfg.tasks:
         specs += [RunSpec("adding", cell, cfg.claim_init, seed, pad_stats, True)
                   for cell in ("bn_lstm", "seq_bn_lstm") if cell in cfg.cells
@@ -174,20 +195,31 @@ def step_cost(cfg):
     return (cfg.hidden_size ** 2 + STEP_OVERHEAD_H ** 2) / (16 ** 2 + STEP_OVERHEAD_H ** 2)
 
 
-COST_MODEL = f"cost ∝ epochs × batches × T × (H² + {STEP_OVERHEAD_H}²)"
+# A model's time relative to the LSTM's: one whole run (training, evaluations, the claims'
+# measurements) of each on the adding problem at the default sizes, numba backend, one process,
+# median of 3 on a 2-core Zen 4 machine (LSTM: 0.74 s).
+MODEL_COST = {"lstm": 1.0, "bn_lstm": 3.2, "seq_bn_lstm": 1.6, "ln_lstm": 2.1,
+              "rnn": 0.5, "bn_rnn": 1.0, "seq_bn_rnn": 0.6, "ln_rnn": 0.6,
+              "gru": 1.2, "bn_gru": 2.2, "seq_bn_gru": 1.5, "ln_gru": 1.8,
+              "lstm2": 2.9, "lstm2_seq_bn": 4.0, "lstm2_ln": 4.1}
+
+COST_MODEL = (f"cost ∝ model × epochs × batches × T × (H² + {STEP_OVERHEAD_H}²), model: each "
+              f"cell's measured time relative to the LSTM's")
 
 
 def run_cost(spec, cfg):
     """Relative cost of a run (COST_MODEL), for the progress bar and the time estimates."""
     n = cfg.n_train if spec.task == "adding" else (cfg.digits_train or 1437)
-    return cfg.epochs * max(n // cfg.batch_size, 1) * task_length(spec.task, cfg) * step_cost(cfg)
+    return (MODEL_COST[spec.cell] * cfg.epochs * max(n // cfg.batch_size, 1)
+            * task_length(spec.task, cfg) * step_cost(cfg))
 
 
 # The default study, timed: `refnorm study` with no options, numba backend, 2 worker processes,
-# on this project's 2-core machine kind, idle and busy. The one statement of how long it takes:
-# the README, `refnorm study --help` and the estimate the command prints before it starts all
-# come from these numbers (tests/test_study.py holds the README to time_statement()).
-DEFAULT_STUDY_MINUTES = {"idle": 1.0, "busy": 3.7}
+# on this project's 2-core machine kind (AMD EPYC Zen 4): idle, and busy (the 2 cores shared with
+# another study's two processes; with seeds 10-19, the same work). The one statement of how long
+# it takes: the README, `refnorm study --help` and the estimate the command prints before it
+# starts all come from these numbers (tests/test_study.py holds the README to time_statement()).
+DEFAULT_STUDY_MINUTES = {"idle": 7.7, "busy": 17}
 DEFAULT_STUDY_MACHINE = None
 
 
@@ -254,67 +286,74 @@ def normalized_error(task_name, metric):
 
 
 # -- measurements on a trained model ---------------------------------------------------------
+def normalised_terms(cell):
+    """The terms k a BN cell normalises, those with population statistics mean_k, var_k in
+    cell.stats: x, h, c for BNLSTM; x, h for BNRNN (terms="separate") and BNGRU; x for the
+    sequence-wise cells."""
+    return [k for k in ("x", "h", "c", "z") if "mean_" + k in cell.stats]
+
+
 def shared_statistics_eval(model, data):
-    """Claim (a): the test loss of a trained BNLSTM whose per-step population statistics are
-    replaced by one set shared by all steps, pooled as a batch-norm over batch x time would see
-    them: mean = avg_t mean_t, var = avg_t (var_t + mean_t²) − mean² (total variance)."""
+    """Claim (a): the test loss of a trained per-step BN cell (BNLSTM, BNRNN, BNGRU) whose
+    per-step population statistics are replaced by one set shared by all steps, pooled as a
+    batch-norm over batch x time would see them: mean = avg_t mean_t, var = avg_t (var_t +
+    mean_t²) − mean² (total variance)."""
     shared = copy.deepcopy(model)
-    stats = shared.cell.stats
+    stats = shared.net.stats
     pooled = {}
-    for kind in ("x", "h", "c"):
+    for kind in normalised_terms(shared.net):
         mean_t, var_t = stats["mean_" + kind], stats["var_" + kind]            # (slots, F)
         mean = mean_t.mean(axis=0, keepdims=True)                              # (1, F)
         pooled["mean_" + kind] = mean
         pooled["var_" + kind] = (var_t + mean_t ** 2).mean(axis=0, keepdims=True) - mean ** 2
-    shared.cell.stats = pooled                     # one slot: every step uses it (BN-LSTM 5)
+    shared.net.stats = pooled                      # one slot: every step uses it (BN-LSTM 5)
     return evaluate(shared, data)
 
 
 def long_sequence_evals(model, cfg, seed):
-    """Claim (d): {factor: {"loss", "metric", and for BNLSTM "reestimated_loss"}} on adding
-    sequences factor·T long. "loss" uses the model as it is (BNLSTM: slot min(t, T−1));
-    "reestimated_loss" copies the weights into a BNLSTM with factor·T slots whose statistics
-    are estimated on long training sequences: what the model would need past T_max."""
+    """Claim (d): {factor: {"loss", "metric", and for the per-step BN cells (BNLSTM, BNRNN,
+    BNGRU) "reestimated_loss"}} on adding sequences factor·T long. "loss" uses the model as it
+    is (a per-step BN cell: slot min(t, T−1)); "reestimated_loss" copies the weights into a cell
+    of the same kind and options (build_model's) with factor·T slots whose statistics are
+    estimated on long training sequences: what the model would need past T_max."""
     T, out = cfg.adding_length, {}
     for factor in cfg.long_factors:
         long_T = factor * T
         test = adding_problem(cfg.n_test, long_T, rng_for(seed, "long test", long_T))
         result = evaluate(model, test)
         entry = {"length": long_T, "loss": result["loss"], "metric": result["metric"]}
-        if model.stem == "bn_lstm":
-            cell = model.cell
+        if model.stem in PER_STEP_BN_STEMS:
+            net = model.net
             oracle = copy.deepcopy(model)
-            oracle.cell = BNLSTM(cell.input_size, cell.hidden_size, max_steps=long_T,
-                                 backend=cell.backend, pad_stats=cell.pad_stats,
-                                 gamma_init=cell.gamma_init)
-            oracle.cell.params = {k: v.copy() for k, v in cell.params.items()}
+            oracle.net = CELLS[model.stem](net.input_size, net.hidden_size, max_steps=long_T,
+                                           backend=net.backend, pad_stats=net.pad_stats,
+                                           gamma_init=net.gamma_init)
+            oracle.net.params = {k: v.copy() for k, v in net.params.items()}
             train_long = adding_problem(cfg.stat_batches * cfg.batch_size, long_T,
                                         rng_for(seed, "long train", long_T))
-            oracle.cell.estimate_stats([train_long.x[:, k:k + cfg.batch_size]
-                                        for k in range(0, len(train_long), cfg.batch_size)])
+            oracle.net.estimate_stats([train_long.x[:, k:k + cfg.batch_size]
+                                       for k in range(0, len(train_long), cfg.batch_size)])
             entry["reestimated_loss"] = evaluate(oracle, test)["loss"]
         out[str(factor)] = entry
     return out
 
 
 def batch_checks(model, data):
-    """Claims (e) and (b), for every cell, on a batch of 8 test sequences:
+    """Claims (e) and (b), for every model, on a batch of 8 test sequences (h_T: the one the
+    readout reads, a stack's top layer's):
     batch1_training        "ok" if a training forward + backward with batch size 1 runs, else
                            "raises ValueError" (the message in batch1_error)
     batch_dependence       max |h_T(sequence alone) − h_T(in its batch)|, training mode
-    train_eval_difference  max |h_T(training) − h_T(inference)| over the batch (0: the cell
+    train_eval_difference  max |h_T(training) − h_T(inference)| over the batch (0: the model
                            needs no statistics at inference)"""
-    cell = model.cell
     batch = Dataset(data.x[:, :8], data.lengths[:8], data.y[:8])
-    _, (hT_batch, _), _ = cell.forward(batch.x, lengths=batch.lengths, training=True,
-                                       update_stats=False)
-    _, (hT_eval, _), _ = cell.forward(batch.x, lengths=batch.lengths, training=False)
+    hT_batch, _ = model.forward(batch.x, batch.lengths, training=True)
+    hT_eval, _ = model.forward(batch.x, batch.lengths, training=False)
     out = {"train_eval_difference": float(np.max(np.abs(hT_batch - hT_eval)))}
     try:
-        _, (hT_one, _), cache = cell.forward(batch.x[:, :1], lengths=batch.lengths[:1],
-                                             training=True, update_stats=False)
+        hT_one, cache = model.forward(batch.x[:, :1], batch.lengths[:1], training=True)
         dhT = np.random.default_rng(0).standard_normal(hT_one.shape)
-        grads = cell.backward(None, cache, dhT)
+        grads = model.backward(cache, dhT)
         finite = all(np.all(np.isfinite(g)) for g in grads.values())
         out["batch1_training"] = "ok" if finite else "non-finite gradients"
         out["batch_dependence"] = float(np.max(np.abs(hT_one[0] - hT_batch[0])))
@@ -327,11 +366,13 @@ def batch_checks(model, data):
 
 def padding_distortion(model, data):
     """Claim (c): on a variable-length batch, how far the batch statistics move when padded
-    rows are included. Per normalised term k (BNLSTM: x, h, c per step; SeqBNLSTM: x over all
-    frames) and step t: shift_t = mean over features of |mean_incl − mean_excl| / sqrt(var_excl
-    + eps), and var_ratio_t = mean over features of var_incl / (var_excl + eps). Returned as
-    per-step lists (one entry for SeqBNLSTM) with the padded fraction of each step."""
-    cell = model.cell
+    rows are included; for the BN cells (BN_CELL_STEMS), the ones with a pad_stats option. Per
+    normalised term k (normalised_terms: BNLSTM x, h, c per step; BNRNN, BNGRU x, h per step;
+    the sequence-wise cells x over all frames) and step t: shift_t = mean over features of
+    |mean_incl − mean_excl| / sqrt(var_excl + eps), and var_ratio_t = mean over features of
+    var_incl / (var_excl + eps). Returned as per-step lists (one entry for a sequence-wise
+    cell) with the padded fraction of each step."""
+    cell = model.net
     index = np.argsort(data.lengths)[:: max(len(data) // 64, 1)][:64]     # every length range
     batch = data.take(index)
     caches = {}
@@ -341,9 +382,8 @@ def padding_distortion(model, data):
         *_, caches[mode] = probe.forward(batch.x, lengths=batch.lengths, training=True,
                                          update_stats=False)
     exc, inc = caches["exclude"], caches["include"]
-    kinds = ("x", "h", "c") if model.stem == "bn_lstm" else ("x",)
     out = {"padded_fraction": (1.0 - exc.mask.mean(axis=1)).tolist()}
-    for k in kinds:
+    for k in normalised_terms(cell):
         m_e, v_e = getattr(exc, "mean_" + k), getattr(exc, "var_" + k)
         m_i, v_i = getattr(inc, "mean_" + k), getattr(inc, "var_" + k)
         shift = np.abs(m_i - m_e) / np.sqrt(v_e + cell.eps)
@@ -354,6 +394,21 @@ def padding_distortion(model, data):
 
 
 # -- one run ------------------------------------------------------------------------------------
+# A twin run's initial weights are w·(1 + δ·N(0, 1)) with δ = TWIN_PERTURBATION: a hundred float64
+# units of roundoff, the size of the differences that another backend's or machine's rounding
+# (fused multiply-adds, BLAS summation order) leaves after the first steps. Where training is
+# chaotic such a difference grows to a different result; where it is not, the twin ends equal
+# to many digits (claims.chaos).
+TWIN_PERTURBATION = 1e-14
+
+
+def perturb(model, rng):
+    """Move every weight of `model` in place by a relative TWIN_PERTURBATION."""
+    for name in sorted(model.params):
+        w = model.params[name]
+        w *= 1.0 + TWIN_PERTURBATION * rng.standard_normal(w.shape)
+
+
 def run_one(spec, cfg):
     """Train the run `spec` and measure it; returns a dict of plain numbers and lists."""
     start = time.perf_counter()
@@ -365,6 +420,8 @@ def run_one(spec, cfg):
                         rng_for(spec.seed, "weights", spec.task, scheme),
                         rng_for(spec.seed, "readout", spec.task), backend=cfg.backend,
                         pad_stats=spec.pad_stats)
+    if spec.twin:
+        perturb(model, rng_for(spec.seed, "twin", spec.task, spec.cell, spec.init))
     probe = probe_batch(task.test, cfg.probe_size)
     history = train(model, task, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                     clip=cfg.clip, rng=rng_for(spec.seed, "batches", spec.task),
@@ -381,16 +438,17 @@ def run_one(spec, cfg):
     result["final_loss"] = history["test_loss"][-1]
     result["final_metric"] = history["test_metric"][-1]
     result["norm_error"] = normalized_error(spec.task, result["final_metric"])
-    if spec.cell in BN_STEMS:
+    if spec.cell in BN_STEMS:                # the models with batch statistics
         result["trainmode_loss"] = evaluate(model, task.test, training=True)["loss"]
-    if spec.cell == "bn_lstm" and not spec.variable_length:
+    if spec.cell in PER_STEP_BN_STEMS and not spec.variable_length:
         result["shared_stats_loss"] = shared_statistics_eval(model, task.test)["loss"]
     if spec.task == "adding" and not spec.variable_length:
         result["long"] = long_sequence_evals(model, cfg, spec.seed)
     if not spec.variable_length:
         result["checks"] = batch_checks(model, task.test)
     else:
-        result["distortion"] = padding_distortion(model, task.test)
+        if spec.cell in BN_CELL_STEMS:       # only a BN cell has pad_stats to compare
+            result["distortion"] = padding_distortion(model, task.test)
         fixed = make_task(cfg, "adding", spec.seed)
         result["full_length_loss"] = evaluate(model, fixed.test)["loss"]
     result["seconds"] = time.perf_counter() - start
@@ -398,8 +456,11 @@ def run_one(spec, cfg):
 
 
 def _flow_record(epoch, flow):
-    return {"epoch": epoch, "loss": flow["loss"], "g_h": flow["g_h"].tolist(),
-            "g_c": flow["g_c"].tolist(),
+    """One gradient-flow checkpoint as plain lists; g_h, g_c None where train.py says."""
+    def listed(v):
+        return None if v is None else v.tolist()
+    return {"epoch": epoch, "loss": flow["loss"], "g_h": listed(flow["g_h"]),
+            "g_c": listed(flow["g_c"]), "g_x": listed(flow["g_x"]),
             "stats": {k: v.tolist() for k, v in flow["stats"].items()}}
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from . import claims as C
 from .claims import CELL_LABELS
+from .uncertainty import Bootstrap, interval_text
 
 PLOTS = ("heatmap.png", "loss_curves.png", "gradient_norms.png", "statistics.png",
          "long_sequences.png")
@@ -30,6 +31,8 @@ def fmt(value, digits=3):
     """A number for a table: 3 significant digits, scientific when small or large."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
+    if isinstance(value, dict):                   # an estimate: value [interval]
+        return interval_text(value, lambda v: fmt(v, digits))
     if isinstance(value, (bool, np.bool_)):
         return "yes" if value else "no"
     if isinstance(value, str):
@@ -70,9 +73,11 @@ def _clean(value):
 
 # -- tables and text ---------------------------------------------------------------------------
 def analyse(results, cfg):
-    return {"question": C.question(results, cfg), "gradient_flow": C.gradient_flow(results, cfg),
-            "statistics": C.statistics_growth(results, cfg),
-            "claims": C.all_claims(results, cfg)}
+    boot = Bootstrap(cfg.seeds)          # one set of resamples of the seeds for every number
+    return {"question": C.question(results, cfg, boot),
+            "gradient_flow": C.gradient_flow(results, cfg, boot),
+            "statistics": C.statistics_growth(results, cfg, boot),
+            "claims": C.all_claims(results, cfg, boot), "chaos": C.chaos(results, cfg)}
 
 
 def task_title(task, cfg):
@@ -85,34 +90,46 @@ def task_title(task, cfg):
 
 
 def headline_rows(analysis, cfg, task):
-    """Rows of the question's table: per cell, "median [min–max]" of e over seeds per init."""
+    """Rows of the question's table: per cell, the median e over seeds per init with its
+    interval, marked ~ where the twin run found it chaotic; S and the fraction that learned."""
     cells = analysis["question"]["tasks"][task]["cells"]
+    chaotic = {tuple(k) for k in analysis["chaos"]["chaotic"]}
     rows = []
     for cell in cfg.cells:
         c = cells[cell]
-        entries = []
-        for init in cfg.inits:
-            v = c["per_init"][init]
-            spread = f" [{fmt(v['min'], 2)}–{fmt(v['max'], 2)}]" if v["n"] > 1 else ""
-            entries.append(f"{fmt(v['median'], 2)}{spread}")
-        rows.append([CELL_LABELS[cell]] + entries
-                    + [c["sensitivity"], f"{c['success_rate']:.0%}"])
+        entries = [("~" if (task, cell, init) in chaotic else "")
+                   + fmt(c["per_init"][init], 2) for init in cfg.inits]
+        rows.append([CELL_LABELS[cell]] + entries + [fmt(c["S"], 2), _percent(c["success_rate"])])
     return ["cell"] + list(cfg.inits) + ["S (max − min)", "learned"], rows
+
+
+def _percent(est):
+    return interval_text(est, lambda v: f"{v:.0%}")
+
+
+def reduction_rows(analysis, cfg, task):
+    """Per normalised cell: S, S − S(plain cell) and the verdict."""
+    cells = analysis["question"]["tasks"][task]["cells"]
+    return (["cell", "compared with", "S", "S − S(plain)", "reduces the reliance on init?"],
+            [[CELL_LABELS[c], CELL_LABELS[C.plain_of(c)], cells[c]["S"], cells[c]["vs_plain"],
+              cells[c]["reduces"]] for c in cfg.cells if "vs_plain" in cells[c]])
 
 
 def answer_sentences(analysis, cfg):
     out = []
     for task, entry in analysis["question"]["tasks"].items():
-        cells = entry["cells"]
-        if "lstm" not in cells or "bn_lstm" not in cells:
+        bn = entry["answered_by"]
+        if bn is None:
             continue
-        parts = ", ".join(f"{CELL_LABELS[c]} {fmt(cells[c]['sensitivity'])}" for c in cfg.cells)
+        cells, plain = entry["cells"], C.plain_of(bn)
+        parts = ", ".join(f"{CELL_LABELS[c]} {fmt(cells[c]['S'])}" for c in cfg.cells)
         out.append(f"- **{task_title(task, cfg)}: {entry['verdict']}.** Across the "
-                   f"{len(cfg.inits)} inits the median normalised error of BNLSTM spans "
-                   f"{fmt(cells['bn_lstm']['best'])}–{fmt(cells['bn_lstm']['worst'])}, the "
-                   f"LSTM's {fmt(cells['lstm']['best'])}–{fmt(cells['lstm']['worst'])} "
-                   f"(init sensitivity S: {parts}); runs that learned: "
-                   + ", ".join(f"{CELL_LABELS[c]} {cells[c]['success_rate']:.0%}"
+                   f"{len(cfg.inits)} inits the median normalised error of {CELL_LABELS[bn]} "
+                   f"spans {fmt(cells[bn]['best'])}–{fmt(cells[bn]['worst'])}, the "
+                   f"{CELL_LABELS[plain]}'s {fmt(cells[plain]['best'])}–"
+                   f"{fmt(cells[plain]['worst'])} (init sensitivity S with its 90 % interval: "
+                   f"{parts}); runs that learned: "
+                   + ", ".join(f"{CELL_LABELS[c]} {_percent(cells[c]['success_rate'])}"
                                for c in cfg.cells) + ".")
     return out
 
@@ -125,16 +142,18 @@ def claim_section(claim, cfg):
         lines.append("No run measured this claim in this configuration.")
         return "\n".join(lines)
     header = list(rows[0])
-    if claim["id"] == "d":
+    if claim["id"] in ("b", "d"):
         header = list(dict.fromkeys(k for r in rows for k in r))
-    table = [[CELL_LABELS.get(r.get(k), r.get(k)) if k == "cell" else r.get(k) for k in header]
-             for r in rows]
+    table = [[CELL_LABELS.get(r.get(k), r.get(k)) if k in ("cell", "compared_with")
+              else r.get(k) for k in header] for r in rows]
     lines.append(md_table(header, table))
     if claim["id"] == "b" and claim.get("tests"):
-        names = ("learns at least as often", "train/eval gap no larger", "loses no more past "
-                 "T_max")
-        lines += ["", "SeqBNLSTM vs BNLSTM: " + "; ".join(
-            f"{n}: {fmt(t) if t is not None else 'n/a'}" for n, t in zip(names, claim["tests"]))]
+        names = {"success_rate": "learns at least as often (rate difference BN − SeqBN)",
+                 "train_eval_gap": "train/eval gap no larger (SeqBN − BN)",
+                 "long_ratio": "loses no more past T_max (SeqBN − BN)"}
+        lines += ["", "SeqBNLSTM against BNLSTM: " + "; ".join(
+            f"{names[t['test']]}: {fmt(t['difference'])}, {t['verdict']}"
+            for t in claim["tests"]) + "."]
     if claim["id"] == "d" and claim.get("clamp_cost") is not None:
         lines += ["", f"Clamped / re-estimated loss of BNLSTM at the longest length: "
                       f"{fmt(claim['clamp_cost'])}."]
@@ -154,10 +173,42 @@ def claim_section(claim, cfg):
     return "\n".join(lines)
 
 
+def chaos_section(analysis, cfg):
+    ch = analysis["chaos"]
+    lines = ["## What a rerun changes", "",
+             f"Every number above that comes from training carries a 90 % interval over "
+             f"resamples of the {len(cfg.seeds)} seeds, and every verdict is stated on "
+             f"intervals, so that a rerun with other seeds should not reverse it. Another "
+             f"machine or backend (the Numba loops' fused multiply-adds against the NumPy book, "
+             f"another CPU's BLAS) changes only rounding, but where training is chaotic a "
+             f"change of rounding grows into a different result: those runs differ across "
+             f"machines and backends about as much as across seeds. Which ones: {ch['rule']}.",
+             ""]
+    if not ch["rows"]:
+        return "\n".join(lines + ["No twin runs in this study (twins off)."])
+    rows = [[task_title(r["task"], cfg), CELL_LABELS[r["cell"]],
+             f"{r['chaotic_inits']} of {r['inits']}", r["max_e_change"], r["r_init_change"],
+             r["r_final_change"]] for r in ch["rows"]]
+    worst = {k: max((r[k] for r in ch["rows"] if r[k] is not None), default=None)
+             for k in ("r_init_change", "r_final_change")}
+    chaotic = sum(r["chaotic_inits"] for r in ch["rows"])
+    lines += [md_table(["task", "cell", "chaotic inits", "largest |Δe|",
+                        "r at init: largest relative change", "r trained"], rows), "",
+              f"Not chaotic: the gradient ratios at initialisation (the twins move them by "
+              f"{fmt(worst['r_init_change'])} at most, relative: no training yet), claim (e)'s "
+              f"exact checks, every forward and backward pass (they agree with the float64 book "
+              f"to rounding). Chaotic: the errors of the {chaotic} (task, cell, init) marked ~ "
+              f"in the tables above, and the trained gradient ratios everywhere (the twins move "
+              f"them by up to {fmt(worst['r_final_change'])}×, relative). A rerun elsewhere "
+              f"moves these numbers about as another seed would: within about their intervals, "
+              f"which is why the verdicts are stated on intervals."]
+    return "\n".join(lines)
+
+
 def markdown(results, analysis, cfg, elapsed, plots, where=None, resumed=0):
     q = analysis["question"]
     n_runs = len(results)
-    lines = ["# refnorm study: does batch norm help an LSTM?", ""]
+    lines = ["# refnorm study: does batch norm help a recurrent network?", ""]
     if cfg.quick:
         lines += ["> **Smoke test (`--quick`).** Tiny sizes, to show that the pipeline runs: "
                   "the numbers and verdicts below mean nothing. Run `refnorm study` without "
@@ -177,9 +228,12 @@ def markdown(results, analysis, cfg, elapsed, plots, where=None, resumed=0):
     lines += ["", f"Rule: {q['rule']}", ""]
     for task in cfg.tasks:
         header, rows = headline_rows(analysis, cfg, task)
-        lines += [f"Normalised test error e, median [min–max] over seeds, "
-                  f"{task_title(task, cfg)}:", "",
+        lines += [f"Normalised test error e, median over seeds [90 % interval], "
+                  f"{task_title(task, cfg)} (~: chaotic, see 'What a rerun changes'):", "",
                   md_table(header, rows), ""]
+        header, rows = reduction_rows(analysis, cfg, task)
+        if rows:
+            lines += [md_table(header, rows), ""]
     if plots:
         lines += ["![cell × init heatmap](heatmap.png)", ""]
     lines += ["## Training", "", "Loss curves (training loss per step, smoothed, median over "
@@ -199,14 +253,17 @@ def markdown(results, analysis, cfg, elapsed, plots, where=None, resumed=0):
     st = analysis["statistics"]
     lines += ["## Statistics per step", "",
               "How the statistics a normaliser would need change with t: the batch variance of "
-              "the raw cell c̃_t and, for BNLSTM, of the recurrent term h_{t−1}Wh (from step 2: "
+              "the hidden state h_t, of the raw cell c̃_t (LSTM cells) and, for BNLSTM, of the "
+              "recurrent term h_{t−1}Wh (from step 2: "
               f"h_0 = 0). {st['rule']}.", ""]
     for task in cfg.tasks:
-        rows = [[CELL_LABELS[r["cell"]], r["c_var_growth_init"], r["c_var_growth_final"],
+        rows = [[CELL_LABELS[r["cell"]], r["h_var_growth_init"], r["h_var_growth_final"],
+                 r["c_var_growth_init"], r["c_var_growth_final"],
                  r.get("var_h_growth_init"), r.get("var_h_growth_final")]
                 for r in st["tasks"][task]]
         lines += [f"{task_title(task, cfg)}:", "",
-                  md_table(["cell", "var c̃: last/first, init", "trained",
+                  md_table(["cell", "var h: last/first, init", "trained",
+                            "var c̃: last/first, init", "trained",
                             "BN var(hWh): last/second, init", "trained"], rows), ""]
     if plots:
         lines += ["![statistics per step](statistics.png)", ""]
@@ -214,6 +271,7 @@ def markdown(results, analysis, cfg, elapsed, plots, where=None, resumed=0):
         lines += [claim_section(claim, cfg), ""]
         if claim["id"] == "d" and "long_sequences.png" in plots:
             lines += ["![loss past T_max](long_sequences.png)", ""]
+    lines += [chaos_section(analysis, cfg), ""]
     lines += ["## Files", "", "`results.json` (everything), `runs.csv`, `curves.csv`, "
               "`epochs.csv`, `gradient_flow.csv`, `headline.csv`, `claims.csv`"
               + "".join(f", `{p}`" for p in plots) + "."]
@@ -221,7 +279,11 @@ def markdown(results, analysis, cfg, elapsed, plots, where=None, resumed=0):
 
 
 # -- CSV ------------------------------------------------------------------------------------------
-RUN_KEYS = ("task", "cell", "init", "seed", "pad_stats", "variable_length")
+def _at(values, t):
+    return None if values is None else values[t]
+
+
+RUN_KEYS = ("task", "cell", "init", "seed", "pad_stats", "variable_length", "twin")
 
 
 def _write_csv(out, name, header, rows):
@@ -236,7 +298,7 @@ def write_csvs(results, analysis, cfg, out):
 
     def run_row(r):
         checks, long = r.get("checks") or {}, r.get("long") or {}
-        return ([r[k] for k in RUN_KEYS] + [
+        return ([r.get(k) for k in RUN_KEYS] + [
             r["diverged"], r["final_loss"], r["final_metric"], r["norm_error"],
             r.get("trainmode_loss"), r.get("shared_stats_loss"), r.get("full_length_loss"),
             C.gradient_ratio(r["grad_flow"][0]), C.gradient_ratio(r["grad_flow"][-1]),
@@ -252,32 +314,39 @@ def write_csvs(results, analysis, cfg, out):
         + [f"loss_{k}T" for k in factors] + [f"reestimated_{k}T" for k in factors],
         (run_row(r) for r in results))
     _write_csv(out, "curves.csv", list(RUN_KEYS) + ["step", "loss", "grad_norm"],
-               ([r[k] for k in RUN_KEYS] + [step, loss, norm] for r in results
+               ([r.get(k) for k in RUN_KEYS] + [step, loss, norm] for r in results
                 for step, (loss, norm) in enumerate(zip(r["step_loss"], r["grad_norm"]))))
     _write_csv(out, "epochs.csv", list(RUN_KEYS) + ["epoch", "test_loss", "test_metric"],
-               ([r[k] for k in RUN_KEYS] + [epoch, loss, metric] for r in results
+               ([r.get(k) for k in RUN_KEYS] + [epoch, loss, metric] for r in results
                 for epoch, (loss, metric) in enumerate(zip(r["test_loss"], r["test_metric"]),
                                                        1)))
 
     def flow_rows(r):
         for flow in r["grad_flow"]:
             s = flow["stats"]
-            for t in range(len(flow["g_h"])):
-                yield [r[k] for k in RUN_KEYS] + [
-                    flow["epoch"], t + 1, flow["g_h"][t], flow["g_c"][t], s["c_var"][t],
+            for t in range(len(flow["g_x"] if flow.get("g_x") is not None else flow["g_h"])):
+                yield [r.get(k) for k in RUN_KEYS] + [
+                    flow["epoch"], t + 1, _at(flow["g_h"], t), _at(flow["g_c"], t),
+                    _at(flow.get("g_x"), t), _at(s.get("h_var"), t), _at(s.get("c_var"), t),
                     s["norm_var_c"][t] if "norm_var_c" in s else None,
                     s["norm_var_h"][t] if "norm_var_h" in s else None]
 
     _write_csv(out, "gradient_flow.csv", list(RUN_KEYS) + [
-        "epoch", "t", "g_h", "g_c", "c_var", "norm_var_c", "norm_var_h"],
+        "epoch", "t", "g_h", "g_c", "g_x", "h_var", "c_var", "norm_var_c", "norm_var_h"],
         (row for r in results for row in flow_rows(r)))
-    _write_csv(out, "headline.csv", ["task", "cell", "init", "median_e", "min_e", "max_e",
-                                     "seeds"],
-               ([task, cell, init, v["median"], v["min"], v["max"], v["n"]]
+    _write_csv(out, "headline.csv", ["task", "cell", "init", "median_e", "lo_90", "hi_90",
+                                     "min_e", "max_e", "seeds"],
+               ([task, cell, init, v["value"], v["lo"], v["hi"], v["min"], v["max"], v["n"]]
                 for task, entry in analysis["question"]["tasks"].items()
                 for cell, c in entry["cells"].items() for init, v in c["per_init"].items()))
-    _write_csv(out, "claims.csv", ["claim", "verdict", "row", "field", "value"],
-               ([claim["id"], claim["verdict"], k, field, value]
+
+    def value_lo_hi(value):
+        if isinstance(value, dict):
+            return [value["value"], value["lo"], value["hi"]]
+        return [value, None, None]
+
+    _write_csv(out, "claims.csv", ["claim", "verdict", "row", "field", "value", "lo_90", "hi_90"],
+               ([claim["id"], claim["verdict"], k, field] + value_lo_hi(value)
                 for claim in analysis["claims"] for k, row in enumerate(claim["rows"])
                 for field, value in row.items()))
 
@@ -319,8 +388,8 @@ def plot_heatmap(analysis, cfg, path):
                              squeeze=False)
     for ax, task in zip(axes[0], tasks):
         cells = analysis["question"]["tasks"][task]["cells"]
-        data = np.array([[np.nan if cells[c]["per_init"][i]["median"] is None
-                          else cells[c]["per_init"][i]["median"] for i in cfg.inits]
+        data = np.array([[np.nan if cells[c]["per_init"][i]["value"] is None
+                          else cells[c]["per_init"][i]["value"] for i in cfg.inits]
                          for c in cfg.cells])
         im = ax.imshow(data, cmap="viridis_r", vmin=0, vmax=1, aspect="auto")
         ax.set_xticks(range(len(cfg.inits)), cfg.inits, rotation=30, ha="right")
@@ -385,7 +454,7 @@ def plot_gradient_norms(results, cfg, path):
         for init in cfg.inits:
             runs = [r for r in C.sweep(results)
                     if (r["task"], r["cell"], r["init"]) == (task, cell, init)]
-            if not runs:
+            if not runs or runs[0]["grad_flow"][0]["g_h"] is None:
                 continue
             for k, style, lw in ((0, "-", 1.4), (-1, "--", 0.9)):
                 g = np.median([r["grad_flow"][k]["g_h"] for r in runs], axis=0)
@@ -404,7 +473,7 @@ def plot_statistics(results, cfg, path):
     for ax, task in zip(axes[0], cfg.tasks):
         for k, cell in enumerate(cfg.cells):
             runs = [r for r in C.sweep(results) if (r["task"], r["cell"]) == (task, cell)]
-            if not runs:
+            if not runs or "c_var" not in runs[0]["grad_flow"][0]["stats"]:
                 continue
             color = f"C{k}"
             for idx, style in ((0, "-"), (-1, "--")):
@@ -427,9 +496,10 @@ def plot_long_sequences(analysis, cfg, path):
     fig, ax = plt.subplots(figsize=(5, 3.4))
     lengths = [cfg.adding_length] + [f * cfg.adding_length for f in cfg.long_factors]
     for k, row in enumerate(claim["rows"]):
-        ys = [row["loss_T"]] + [row[f"loss_{f}T"] for f in cfg.long_factors]
         if row["runs"] == 0:
             continue
+        row = {key: v["value"] if isinstance(v, dict) else v for key, v in row.items()}
+        ys = [row["loss_T"]] + [row[f"loss_{f}T"] for f in cfg.long_factors]
         ax.plot(lengths, ys, "o-", color=f"C{k}",
                 label=f"{CELL_LABELS[row['cell']]}" + (" (slots clamped)"
                                                        if row["cell"] == "bn_lstm" else ""))
