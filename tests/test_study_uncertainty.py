@@ -276,3 +276,42 @@ def test_claim_h_norm_between_layers():
     # the question pairs each normalised model with its plain one across families
     assert C.plain_of("lstm2_ln") == "lstm2" and C.plain_of("bn_gru") == "gru"
     assert C.plain_of("seq_bn_rnn") == "rnn" and C.plain_of("gru") is None
+
+
+# -- claim (f), Laurent et al. 2016, on synthetic runs ----------------------------------------------
+def _laurent_runs(seq_early, seq_final, bn_e, seeds=range(10), rng=7):
+    """LSTM, SeqBNLSTM and BNLSTM runs: 4 epochs of 8 steps; SeqBNLSTM's first-epoch training
+    loss is seq_early × the LSTM's, its final test loss seq_final × the LSTM's (both learned);
+    BNLSTM's error is bn_e against SeqBNLSTM's 0.05."""
+    g = np.random.default_rng(rng)
+    out = []
+    for init in INITS:
+        for seed in seeds:
+            noise = lambda: 1 + 0.02 * g.standard_normal()              # noqa: E731
+            lstm_loss = 1.0 * noise()
+            for cell, early, final, e in (("lstm", 1.0, 0.010, 0.05),
+                                          ("seq_bn_lstm", seq_early, 0.010 * seq_final, 0.05),
+                                          ("bn_lstm", 1.0, 0.010, bn_e)):
+                out.append(run("adding", cell, init, seed, e * noise(),
+                               step_loss=[early * lstm_loss] * 8 + [0.1] * 24,
+                               test_loss=[0.5, 0.2, 0.1, final], final_loss=final * noise()))
+    return out
+
+
+def test_claim_f_laurent():
+    """Faster first epoch, no better test loss, no gain from the hidden term: supported. Each
+    part reversed makes it not supported: no speed-up, a clearly better test loss, or a
+    BNLSTM clearly better than SeqBNLSTM."""
+    cfg = quick_config(seeds=tuple(range(10)), inits=INITS, tasks=("adding",),
+                       cells=("lstm", "bn_lstm", "seq_bn_lstm"))
+    holds = C.claim_f(_laurent_runs(seq_early=0.5, seq_final=1.0, bn_e=0.05), cfg)
+    assert holds["verdict"] == "supported"
+    row = holds["rows"][0]
+    assert row["early_loss_ratio"]["value"] == pytest.approx(0.5, rel=0.05)
+    for kwargs, part in (({"seq_early": 1.0}, "speeds_up"),
+                         ({"seq_final": 0.5}, "no_better_generalisation"),
+                         ({"bn_e": 0.01}, "hidden_does_not_help")):
+        args = {"seq_early": 0.5, "seq_final": 1.0, "bn_e": 0.05, **kwargs}
+        broken = C.claim_f(_laurent_runs(**args), cfg)
+        assert broken["rows"][0][part] == "not supported", part
+        assert broken["verdict"] == "not supported", part

@@ -82,9 +82,9 @@ def flow_verdict(est):
     """vanishing / exploding / ok when the interval of r lies wholly in that range."""
     if est is None or est["value"] is None:
         return "n/a"
-    lo, hi = (est["lo"], est["hi"]) if est["lo"] is not None else (est["value"],) * 2
     if est["lo"] is None or est["seeds"] < MIN_SEEDS:
         return "inconclusive"
+    lo, hi = est["lo"], est["hi"]
     return ("vanishing" if hi < VANISHING else "exploding" if lo > EXPLODING
             else "ok" if VANISHING <= lo and hi <= EXPLODING else "inconclusive")
 
