@@ -466,6 +466,122 @@ def table_norm_cells(shapes, T, repeats, out, family="lstm"):
                 out.flush()
 
 
+# -- threads ----------------------------------------------------------------------------------
+THREAD_COUNTS = (1, 2)
+TARGETS = {"float32": 1.0, "float64": 0.8}   # refnorm / torch.nn.LSTM, fwd+bwd, every shape
+SPEEDUP_TARGET = 1.6                         # 2 threads vs 1, at (64, 256) and above
+NORM_TARGET = 1.3                            # normalised cell / refnorm's LSTM, (32, 128) up
+
+
+class Threads:
+    """Sets the threads of torch and of every BLAS the process has loaded (NumPy's, which
+    refnorm follows, included), cheaply enough to do before each timed call: the library
+    controllers are found once."""
+
+    def __init__(self):
+        from threadpoolctl import ThreadpoolController
+        self.blas = [c for c in ThreadpoolController().lib_controllers
+                     if c.user_api in ("blas", "openmp")]
+
+    def set(self, n):
+        for c in self.blas:
+            c.set_num_threads(n)
+        torch.set_num_threads(n)
+
+    def on(self, n, fn):
+        """fn run on n threads (the setting is made before the clock starts only in the
+        sense that it costs microseconds; it is inside the timed call)."""
+        def run():
+            self.set(n)
+            return fn()
+        return run
+
+
+def per_core_rate(dtype, threads):
+    """The best product rate per core this run can claim: the large square product on one
+    thread (gemm_ceiling), measured with the BLAS on one thread."""
+    threads.set(1)
+    return gemm_ceiling(dtype)
+
+
+def table_threads(shapes, T, repeats, out, counts=THREAD_COUNTS):
+    """The LSTM on 1 and 2 threads against torch.nn.LSTM on as many, all four interleaved in one
+    run per shape: each function sets the thread count of torch and the BLAS (refnorm follows
+    the BLAS's, refnorm/numba_cpu/threads.py) before it runs. Columns: the ratio to torch at
+    each count against its target (float32 <= 1.0, float64 <= 0.8), refnorm's and torch's
+    speed-up from one thread to two (paired per repeat; target >= 1.6 for refnorm at (64, 256)
+    and above), and the physical limit: the FLOPs of the products (product_flops) at the best
+    per-core product rate of this run times the thread count, against torch's time at that
+    count -- no implementation doing these products can be faster than that ratio."""
+    threads = Threads()
+    rate = {dt: per_core_rate(dt, threads) for dt in ("float64", "float32")}
+    print(f"\n## LSTM on {' and '.join(map(str, counts))} threads: refnorm numba vs "
+          f"torch.nn.LSTM on as many (T={T}, D=H, fwd+bwd, ms, median of {repeats}; ratios: "
+          "median (quartiles) of the per-repeat ratios; best product rate per core: "
+          + ", ".join(f"{dt} {rate[dt] / 1e9:.0f} GFLOP/s" for dt in rate) + ")\n", file=out)
+    head = ["dtype", "B", "H"]
+    for n in counts:
+        head += [f"refnorm {n}t", f"torch {n}t", f"ratio {n}t", f"least possible / torch {n}t"]
+    head += [f"refnorm {counts[0]}t / {counts[-1]}t", f"torch {counts[0]}t / {counts[-1]}t",
+             "targets met"]
+    print(row(head), file=out)
+    print(row(["---"] * len(head)), file=out)
+    results = []
+    for dtype in ("float64", "float32"):
+        for B, H in shapes:
+            fb = refnorm_case("lstm", T, B, H, dtype)[1]
+            tfb = torch_case("lstm", T, B, H, dtype)[1]
+            fns = [f for n in counts for f in (threads.on(n, fb), threads.on(n, tfb))]
+            runs = interleaved_runs(fns, repeats)
+            cells, met = [dtype, B, H], []
+            flops = product_flops(T, B, H)
+            for k, n in enumerate(counts):
+                mine, theirs = runs[2 * k], runs[2 * k + 1]
+                ratio = mine.ratio(theirs)
+                least = flops / (n * rate[dtype]) / theirs.time
+                cells += [f"{mine.time * 1e3:.2f}", f"{theirs.time * 1e3:.2f}", spread(ratio),
+                          f"{least:.2f}"]
+                met.append(f"{n}t {'yes' if ratio[0] <= TARGETS[dtype] else 'NO'}")
+            speed_mine = runs[0].ratio(runs[-2])
+            speed_torch = runs[1].ratio(runs[-1])
+            cells += [spread(speed_mine, "{:.2f}x"), spread(speed_torch, "{:.2f}x")]
+            if B * H >= 64 * 256:
+                met.append(f"speed-up {'yes' if speed_mine[0] >= SPEEDUP_TARGET else 'NO'}")
+            print(row(cells + [", ".join(met)]), file=out)
+            out.flush()
+            results.append((dtype, B, H, runs))
+    threads.set(counts[0])
+    return results
+
+
+def table_norm_threads(shapes, T, repeats, out, counts=THREAD_COUNTS):
+    """The LSTM family's normalised cells against refnorm's LSTM at each thread count (the
+    target: <= 1.3x at (32, 128) and above), the two interleaved per count."""
+    threads = Threads()
+    print(f"\n## Normalised LSTMs vs refnorm's LSTM on {' and '.join(map(str, counts))} threads "
+          f"(T={T}, fwd+bwd, ms, median of {repeats}; target <= {NORM_TARGET}x)\n", file=out)
+    head = ["dtype", "B", "H", "cell"]
+    for n in counts:
+        head += [f"cell {n}t", f"vs LSTM {n}t"]
+    print(row(head), file=out)
+    print(row(["---"] * len(head)), file=out)
+    for dtype in ("float64", "float32"):
+        for B, H in shapes:
+            base = refnorm_case("lstm", T, B, H, dtype)[1]
+            for stem in FAMILIES["lstm"]:
+                mine = refnorm_case(stem, T, B, H, dtype)[1]
+                runs = interleaved_runs([f for n in counts for f in (threads.on(n, base),
+                                                                     threads.on(n, mine))],
+                                        repeats)
+                cells = [dtype, B, H, stem]
+                for k, n in enumerate(counts):
+                    cells += [f"{runs[2 * k + 1].time * 1e3:.2f}",
+                              spread(runs[2 * k + 1].ratio(runs[2 * k]))]
+                print(row(cells), file=out)
+                out.flush()
+    threads.set(counts[0])
+
+
 # -- the stack ---------------------------------------------------------------------------------
 STACK_LAYERS = 2
 
@@ -646,9 +762,10 @@ class PhaseTimer:
         self.targets += [(mod, f"{mod.__name__.split('.')[-1]}_{way}_loop", self.PHASES[phase])
                          for mod in cells for way, phase in (("forward", 1), ("backward", 2))]
         self.targets.append((common, "add_weight_grads", self.PHASES[3]))
-        # SeqBN-LSTM calls the LSTM's loops and the products by the names it imported
+        # SeqBN-LSTM runs the LSTM's loops through lstm.forward_rows / backward_rows (timed by
+        # the LSTM's entries above), and the products by the names it imported
         self.targets += [(seq_bn_lstm, name, self.PHASES[phase]) for name, phase in (
-            ("input_projection", 0), ("lstm_forward_loop", 1), ("lstm_backward_loop", 2),
+            ("input_projection", 0),
             ("add_recurrent_weight_grad", 3), ("add_input_grads", 3), ("batchnorm_stats", 4),
             ("batchnorm_normalize", 4), ("batchnorm_backward", 4))]
         self.cell, self.seconds, self.saved = None, {}, []
@@ -1017,6 +1134,10 @@ def main(argv=None):
                              "the system (see keep_freed_memory), for torch and refnorm alike")
     parser.add_argument("--repeats", type=int, default=None,
                         help="repeats per measurement (default 7, --quick 3)")
+    parser.add_argument("--threads-table", action="store_true",
+                        help="only the LSTM on 1 and 2 threads vs torch.nn.LSTM on as many, "
+                             "and the normalised LSTMs vs refnorm's LSTM on each (issue 25's "
+                             "targets); every other table runs on --threads")
     parser.add_argument("--family", choices=tuple(FAMILIES) + ("stack",), default=None,
                         help="one family's tables alone: lstm, every table but the RNN and "
                              "GRU families' three and the stack's; rnn, the RNN vs "
@@ -1044,6 +1165,11 @@ def main(argv=None):
           f"{'keeps freed memory (--keep-freed-memory)' if kept else 'as configured (default)'}"
           f".\n\n{kernels_description()}. {load_average()} at the start.", file=out)
     small = shapes[:2] if not args.quick else shapes[:1]
+    if args.threads_table:
+        table_threads(shapes, T_DEFAULT, repeats, out)
+        table_norm_threads(shapes[1:] if not args.quick else shapes, T_DEFAULT, repeats, out)
+        print(f"\n{load_average()} at the end.", file=out)
+        return
     for family in FAMILIES:
         if args.family in (None, family):
             measured = table_vs_torch(shapes, T_DEFAULT, repeats, out, family)

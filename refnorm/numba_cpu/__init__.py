@@ -72,9 +72,17 @@ with _cache_outside_the_package():
     from .seq_bn_gru import seq_bn_gru_backward, seq_bn_gru_forward
     from .ln_gru import ln_gru_backward, ln_gru_forward
 
+# Each public function runs inside threads.section(): its loops and products on the threads the
+# user lets NumPy's BLAS use (threads.py).
+from .threads import in_section
+
 __all__ = ["lstm_forward", "lstm_backward", "bn_lstm_forward", "bn_lstm_backward",
            "seq_bn_lstm_forward", "seq_bn_lstm_backward", "ln_lstm_forward", "ln_lstm_backward",
            "rnn_forward", "rnn_backward", "bn_rnn_forward", "bn_rnn_backward",
            "seq_bn_rnn_forward", "seq_bn_rnn_backward", "ln_rnn_forward", "ln_rnn_backward",
            "gru_forward", "gru_backward", "bn_gru_forward", "bn_gru_backward",
            "seq_bn_gru_forward", "seq_bn_gru_backward", "ln_gru_forward", "ln_gru_backward"]
+
+for _name in __all__:
+    globals()[_name] = in_section(globals()[_name])
+del _name

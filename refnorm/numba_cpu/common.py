@@ -30,6 +30,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from ..numpy_ref.common import with_state_grads
+from .threads import matmul
 
 JIT = {"cache": True, "error_model": "numpy", "fastmath": False, "nogil": True}
 # The gate functions may fuse a * b + c into one FMA (fastmath's `contract`, nothing else): their
@@ -333,7 +334,7 @@ def input_projection(x, Wx):
     """U = X Wx for all T·B frames as one GEMM on (T·B, D) (BPTT 8); NumPy's x @ Wx on the
     (T, B, D) stack runs T small GEMMs, 15-30 % slower at the benchmark's small shapes."""
     T, B, D = x.shape
-    return (x.reshape(T * B, D) @ Wx).reshape(T, B, Wx.shape[1])
+    return matmul(x.reshape(T * B, D), Wx).reshape(T, B, Wx.shape[1])
 
 
 # -- the step product: a micro-kernel over Wh packed once per sequence ----------------------------
@@ -627,7 +628,8 @@ def add_recurrent_weight_grad(h, t0, t1, dA, dWh):
     """dWh += Σ_t h_{t-1}ᵀ da_t over steps t0 .. t1-1 (BPTT 7), one GEMM over their rows: the
     reference's per-step dWh terms, summed by the product."""
     H, G = h.shape[-1], dA.shape[-1]
-    dWh += h[t0:t1].reshape(-1, H).T @ dA.reshape(-1, G)   # Σ_t h_prev.T @ dz (LSTM 9), (BPTT 7)
+    dWh += matmul(h[t0:t1].reshape(-1, H).T, dA.reshape(-1, G))  # Σ_t h_prev.T @ dz (LSTM 9),
+    #                                                                                  (BPTT 7)
 
 
 def add_input_grads(x, Wx, t0, t1, dU, dWx, dx):
@@ -635,8 +637,8 @@ def add_input_grads(x, Wx, t0, t1, dU, dWx, dx):
     4H): mirror of numpy_ref.common.input_projection_backward, one GEMM each."""
     D, G = Wx.shape
     dU = dU.reshape(-1, G)
-    dWx += x[t0:t1].reshape(-1, D).T @ dU         # x.reshape(-1, D).T @ dU.reshape(-1, G)
-    np.matmul(dU, Wx.T, out=dx[t0:t1].reshape(-1, D))   # dx = dU @ Wx.T        (BPTT 8)
+    dWx += matmul(x[t0:t1].reshape(-1, D).T, dU)  # x.reshape(-1, D).T @ dU.reshape(-1, G)
+    matmul(dU, Wx.T, out=dx[t0:t1].reshape(-1, D))    # dx = dU @ Wx.T        (BPTT 8)
 
 
 def normalized_gain_grads(cache):

@@ -29,6 +29,7 @@ from .common import (JIT, add_input_grads, backward_buffers_h, backward_in_chunk
                      chunk_bounds, input_projection, pack_panels, packed_matmul,
                      product_workspace, sigmoid, tanh)
 from .rnn import state, state_output_forward
+from .threads import add_block_sums, block_sums, loop_blocks, matmul, run_rows
 
 R, Z, N = 0, 1, 2   # the gate blocks of the 3H axis and of the gates, in the book's order r, z, n
 
@@ -224,82 +225,92 @@ def reset_before_state_backward(dH, m, dh, gates, dh_a, drh):
 
 # -- the step loops -------------------------------------------------------------------------------
 @njit(**JIT)
-def gru_forward_loop(mask, Whp, b_hn, h, hs, gates, hn):
+def gru_forward_loop(mask, Whp, b_hn, h, hs, gates, hn, r0, r1):
     """Reset after. gates (T, B, 3H) arrives holding the input side v_t (x_t Wx + b, or
     SeqBN-GRU's γ_x ⊙ û_t + b) and leaves holding the gates [r | z | n]; fills h (T+1, B, H)
-    (h[0] given), hs and hn = q_t (T, B, H). Whp is common.pack_panels(Wh)."""
+    (h[0] given), hs and hn = q_t (T, B, H). Whp is common.pack_panels(Wh). Rows r0 .. r1-1
+    only (threads.run_rows)."""
     T, B, G = gates.shape
     H = G // 3
-    a = np.empty((B, G), gates.dtype)
-    h_new = np.empty((B, H), gates.dtype)
-    work = product_workspace(B, H, Whp)
+    a = np.empty((r1 - r0, G), gates.dtype)
+    h_new = np.empty((r1 - r0, H), gates.dtype)
+    work = product_workspace(r1 - r0, H, Whp)
     for t in range(T):
-        packed_matmul(h[t], Whp, a, work)                  # a = h_prev @ Wh  (GRU 1)
-        gru_gates_forward(gates[t], a, h[t], b_hn, hn[t], h_new)   # (GRU 2), (GRU 3), (GRU 5)
-        state_output_forward(h_new, mask[t], h[t], h[t + 1], hs[t])   # (BPTT 2), (BPTT 3)
+        packed_matmul(h[t, r0:r1], Whp, a, work)           # a = h_prev @ Wh  (GRU 1)
+        gru_gates_forward(gates[t, r0:r1], a, h[t, r0:r1], b_hn, hn[t, r0:r1],
+                          h_new)                           # (GRU 2), (GRU 3), (GRU 5)
+        state_output_forward(h_new, mask[t, r0:r1], h[t, r0:r1], h[t + 1, r0:r1],
+                             hs[t, r0:r1])                 # (BPTT 2), (BPTT 3)
 
 
 @njit(**JIT)
-def gru_backward_loop(t0, t1, dhs, mask, h, gates, hn, WhTp, dV, dA, db, db_hn, dH, dh):
+def gru_backward_loop(t0, t1, dhs, mask, h, gates, hn, WhTp, dV, dA, db, db_hn, dH, dh, r0,
+                      r1):
     """Reset after, BPTT over t = t1-1 .. t0 (common.backward_in_chunks_h): dH (B, H) arrives
     holding dL/dh_{t1} and leaves holding dL/dh_{t0}; fills dV[t - t0] = dv_t, the gradient of
     the input side (dU_t, or SeqBN-GRU's dV_t), and dA[t - t0] = da_t (both (t1 - t0, B, 3H)),
     adds to db (3H) and db_hn (H), fills dh = dL/dh̃_t (common.backward_buffers_h). WhTp is
-    common.pack_panels(Wh.T)."""
+    common.pack_panels(Wh.T). Rows r0 .. r1-1 only (threads.run_rows; db, db_hn: the sums over
+    those rows)."""
     T, B, H = dhs.shape
-    dh_rec = np.empty((B, H), dhs.dtype)
-    work = product_workspace(B, 3 * H, WhTp)
+    dh_rec = np.empty((r1 - r0, H), dhs.dtype)
+    work = product_workspace(r1 - r0, 3 * H, WhTp)
     for t in range(t1 - 1, t0 - 1, -1):
         k = t if dh.shape[0] == T else 0   # step t's row of dh, or the one reused row
         q = t - t0                         # step t's row of dV, dA
-        gru_gates_backward(dhs[t], dH, mask[t], gates[t], hn[t], h[t], dh[k], dV[q], dA[q], db,
-                           db_hn)                          # (BPTT 4), (GRU 6)-(GRU 10)
-        packed_matmul(dA[q], WhTp, dh_rec, work)           # da @ Wh.T  (GRU 11)
-        interpolated_state_backward(dH, mask[t], dh[k], gates[t], dh_rec)   # (GRU 12), (BPTT 6)
+        gru_gates_backward(dhs[t, r0:r1], dH[r0:r1], mask[t, r0:r1], gates[t, r0:r1],
+                           hn[t, r0:r1], h[t, r0:r1], dh[k, r0:r1], dV[q, r0:r1], dA[q, r0:r1],
+                           db, db_hn)                      # (BPTT 4), (GRU 6)-(GRU 10)
+        packed_matmul(dA[q, r0:r1], WhTp, dh_rec, work)    # da @ Wh.T  (GRU 11)
+        interpolated_state_backward(dH[r0:r1], mask[t, r0:r1], dh[k, r0:r1], gates[t, r0:r1],
+                                    dh_rec)                # (GRU 12), (BPTT 6)
 
 
 @njit(**JIT)
-def gru_reset_before_forward_loop(mask, Whp_rz, Whp_n, h, hs, gates, rh):
+def gru_reset_before_forward_loop(mask, Whp_rz, Whp_n, h, hs, gates, rh, r0, r1):
     """Reset before. gates (T, B, 3H) arrives holding x_t Wx + b and leaves holding the gates;
     fills h (T+1, B, H) (h[0] given), hs and rh = ρ_t (T, B, H). Whp_rz, Whp_n are
-    common.pack_panels of Wh[:, :2H] and Wh[:, 2H:]."""
+    common.pack_panels of Wh[:, :2H] and Wh[:, 2H:]. Rows r0 .. r1-1 only (threads.run_rows)."""
     T, B, G = gates.shape
     H = G // 3
-    a_rz = np.empty((B, 2 * H), gates.dtype)
-    an = np.empty((B, H), gates.dtype)
-    h_new = np.empty((B, H), gates.dtype)
-    work = product_workspace(B, H, Whp_rz)                 # both products have depth H
+    a_rz = np.empty((r1 - r0, 2 * H), gates.dtype)
+    an = np.empty((r1 - r0, H), gates.dtype)
+    h_new = np.empty((r1 - r0, H), gates.dtype)
+    work = product_workspace(r1 - r0, H, Whp_rz)           # both products have depth H
     for t in range(T):
-        packed_matmul(h[t], Whp_rz, a_rz, work)            # a_rz = h_prev @ Wh[:, :2 * H]  (GRU 1)
-        reset_update_forward(gates[t], a_rz)               # r, z  (GRU 2)
-        reset_state_forward(gates[t], h[t], rh[t])         # rh = r * h_prev  (GRU 4)
-        packed_matmul(rh[t], Whp_n, an, work)              # rh @ Wh[:, 2 * H:]  (GRU 4)
-        candidate_before_forward(gates[t], an)             # n  (GRU 4)
-        interpolate_forward(gates[t], h[t], h_new)         # (GRU 5)
-        state_output_forward(h_new, mask[t], h[t], h[t + 1], hs[t])   # (BPTT 2), (BPTT 3)
+        packed_matmul(h[t, r0:r1], Whp_rz, a_rz, work)     # a_rz = h_prev @ Wh[:, :2 * H]  (GRU 1)
+        reset_update_forward(gates[t, r0:r1], a_rz)        # r, z  (GRU 2)
+        reset_state_forward(gates[t, r0:r1], h[t, r0:r1], rh[t, r0:r1])  # rh = r * h_prev  (GRU 4)
+        packed_matmul(rh[t, r0:r1], Whp_n, an, work)       # rh @ Wh[:, 2 * H:]  (GRU 4)
+        candidate_before_forward(gates[t, r0:r1], an)      # n  (GRU 4)
+        interpolate_forward(gates[t, r0:r1], h[t, r0:r1], h_new)         # (GRU 5)
+        state_output_forward(h_new, mask[t, r0:r1], h[t, r0:r1], h[t + 1, r0:r1],
+                             hs[t, r0:r1])                 # (BPTT 2), (BPTT 3)
 
 
 @njit(**JIT)
 def gru_reset_before_backward_loop(t0, t1, dhs, mask, h, gates, WhTp_rz, WhTp_n, dU, db, dH,
-                                   dh):
+                                   dh, r0, r1):
     """Reset before, BPTT over t = t1-1 .. t0 (backward_in_chunks_reset_before): dH (B, H)
     carried in place from dL/dh_{t1} to dL/dh_{t0}; fills dU[t - t0] = du_t (t1 - t0, B, 3H), adds
     to db (3H), fills dh = dL/dh̃_t. WhTp_rz, WhTp_n are common.pack_panels of Wh[:, :2H].T and
-    Wh[:, 2H:].T."""
+    Wh[:, 2H:].T. Rows r0 .. r1-1 only (threads.run_rows; db: the sum over those rows)."""
     T, B, H = dhs.shape
-    drh = np.empty((B, H), dhs.dtype)
-    dh_a = np.empty((B, H), dhs.dtype)
-    work_n = product_workspace(B, H, WhTp_n)
-    work_rz = product_workspace(B, 2 * H, WhTp_rz)
+    drh = np.empty((r1 - r0, H), dhs.dtype)
+    dh_a = np.empty((r1 - r0, H), dhs.dtype)
+    work_n = product_workspace(r1 - r0, H, WhTp_n)
+    work_rz = product_workspace(r1 - r0, 2 * H, WhTp_rz)
     for t in range(t1 - 1, t0 - 1, -1):
         k = t if dh.shape[0] == T else 0   # step t's row of dh, or the one reused row
-        du = dU[t - t0]
-        update_backward(dhs[t], dH, mask[t], gates[t], h[t], dh[k], du)   # (BPTT 4), (GRU 6)
+        du = dU[t - t0, r0:r1]
+        update_backward(dhs[t, r0:r1], dH[r0:r1], mask[t, r0:r1], gates[t, r0:r1], h[t, r0:r1],
+                        dh[k, r0:r1], du)                  # (BPTT 4), (GRU 6)
         packed_matmul(du[:, 2 * H:], WhTp_n, drh, work_n)  # drh = du_n @ Wh[:, 2H:].T  (GRU 9)
-        reset_before_backward(gates[t], h[t], drh, du)     # du_r  (GRU 9), (GRU 10)
+        reset_before_backward(gates[t, r0:r1], h[t, r0:r1], drh, du)   # du_r  (GRU 9), (GRU 10)
         add_bias_grad(du, db)                              # (GRU 13)
         packed_matmul(du[:, :2 * H], WhTp_rz, dh_a, work_rz)   # da_rz @ Wh[:, :2H].T  (GRU 11)
-        reset_before_state_backward(dH, mask[t], dh[k], gates[t], dh_a, drh)   # (GRU 12)
+        reset_before_state_backward(dH[r0:r1], mask[t, r0:r1], dh[k, r0:r1], gates[t, r0:r1],
+                                    dh_a, drh)             # (GRU 12)
 
 
 # -- the Python side ------------------------------------------------------------------------------
@@ -319,12 +330,14 @@ def gru_forward(x, h0, mask, params, *, reset="after"):
     hs = np.empty((T, B, H), x.dtype)
     if reset == "after":
         hn = np.empty((T, B, H), x.dtype)
-        gru_forward_loop(mask, pack_panels(p["Wh"]), p["b_hn"], h, hs, gates, hn)
+        forward_rows("gru", mask, pack_panels(p["Wh"]), p["b_hn"], h, hs, gates, hn)
         cache = GRUCache(x=x, mask=mask, params=p, reset=reset, h=h, gates=gates, hn=hn)
     else:
         rh = np.empty((T, B, H), x.dtype)
-        gru_reset_before_forward_loop(mask, pack_panels(p["Wh"][:, :2 * H]),
-                                      pack_panels(p["Wh"][:, 2 * H:]), h, hs, gates, rh)
+        Whp_rz, Whp_n = pack_panels(p["Wh"][:, :2 * H]), pack_panels(p["Wh"][:, 2 * H:])
+        run_rows(lambda r0, r1: gru_reset_before_forward_loop(mask, Whp_rz, Whp_n, h, hs, gates,
+                                                              rh, r0, r1),
+                 loop_blocks("gru", x.dtype, B, H))
         cache = GRUCache(x=x, mask=mask, params=p, reset=reset, h=h, gates=gates, rh=rh)
     return hs, h[-1], cache
 
@@ -338,10 +351,11 @@ def gru_backward(dhs, dhT, cache, state_grads=False):
     db, db_hn = np.zeros(3 * H, dhs.dtype), np.zeros(H, dhs.dtype)
     WhTp = pack_panels(p["Wh"].T)
 
+    blocks = loop_blocks("gru", dhs.dtype, *dhs.shape[1:])     # before any scratch() (planner)
+
     def loop(t0, t1, gate_grads, dH, dh):
         dA, dU = gate_grads
-        gru_backward_loop(t0, t1, dhs, cache.mask, cache.h, cache.gates, cache.hn, WhTp, dU, dA,
-                          db, db_hn, dH, dh)
+        backward_rows(blocks, t0, t1, dhs, cache, WhTp, dU, dA, db, db_hn, dH, dh)
 
     # dWx, dx (GRU 13), (BPTT 8) and dWh = Σ_t h_{t-1}ᵀ da_t (GRU 11), chunk by chunk
     return backward_in_chunks_h(dhs, dhT, cache, 2, state_grads, loop, {"b": db, "b_hn": db_hn})
@@ -357,6 +371,7 @@ def backward_in_chunks_reset_before(dhs, dhT, cache, state_grads):
     T, B, H = dhs.shape
     D, G = Wx.shape
     dt = dhs.dtype
+    blocks = loop_blocks("gru", dt, B, H)                  # before scratch() (the planner)
     bounds = chunk_bounds(T, B * G * dt.itemsize)
     steps = max(t1 - t0 for t0, t1 in zip(bounds, bounds[1:]))
     (buffer,), dh = backward_buffers_h(dhs, G, 1, state_grads, steps)
@@ -366,13 +381,44 @@ def backward_in_chunks_reset_before(dhs, dhT, cache, state_grads):
     WhTp_rz, WhTp_n = pack_panels(Wh[:, :2 * H].T), pack_panels(Wh[:, 2 * H:].T)
     for t0, t1 in reversed(list(zip(bounds, bounds[1:]))):      # the last chunk first
         dU = buffer[:t1 - t0]
-        gru_reset_before_backward_loop(t0, t1, dhs, cache.mask, h, cache.gates, WhTp_rz, WhTp_n,
-                                       dU, db, dH, dh)
+        reset_before_backward_rows(blocks, t0, t1, dhs, cache, WhTp_rz, WhTp_n, dU, db, dH, dh)
         dU_rows = dU.reshape(-1, G)
-        dWh[:, :2 * H] += h[t0:t1].reshape(-1, H).T @ dU_rows[:, :2 * H]   # h_prev.T @ da_rz
-        dWh[:, 2 * H:] += rh[t0:t1].reshape(-1, H).T @ dU_rows[:, 2 * H:]  # rh.T @ du_n (GRU 9)
+        dWh[:, :2 * H] += matmul(h[t0:t1].reshape(-1, H).T, dU_rows[:, :2 * H])  # h_prev.T @ da_rz
+        dWh[:, 2 * H:] += matmul(rh[t0:t1].reshape(-1, H).T, dU_rows[:, 2 * H:])  # rh.T @ du_n
+        #                                                                          (GRU 9)
         add_input_grads(x, Wx, t0, t1, dU, dWx, dx)                        # (GRU 13), (BPTT 8)
     grads = {"Wx": dWx, "Wh": dWh, "b": db, "x": dx, "h0": dH}
     if state_grads:
         grads["dh"] = dh
     return grads
+
+
+def forward_rows(cell, mask, Whp, b_hn, h, hs, gates, hn):
+    """gru_forward_loop (reset after) over all rows, in the row blocks the planner chose for
+    `cell` (the GRU, or SeqBN-GRU, whose recurrence is the GRU's), each block on a thread
+    (threads.py)."""
+    T, B, H = hs.shape
+    run_rows(lambda r0, r1: gru_forward_loop(mask, Whp, b_hn, h, hs, gates, hn, r0, r1),
+             loop_blocks(cell, hs.dtype, B, H))
+
+
+def backward_rows(blocks, t0, t1, dhs, cache, WhTp, dV, dA, db, db_hn, dH, dh):
+    """gru_backward_loop (reset after) over steps t1-1 .. t0 in the row blocks given
+    (loop_blocks), each block adding Σ_b dv_t and Σ_b dq_t over its rows to a db and a db_hn of
+    its own, added to db and db_hn at the end."""
+    dbs, dbs_hn = block_sums(db, blocks), block_sums(db_hn, blocks)   # db, db_hn for one block
+    run_rows(lambda r0, r1: gru_backward_loop(
+        t0, t1, dhs, cache.mask, cache.h, cache.gates, cache.hn, WhTp, dV, dA, dbs[r0],
+        dbs_hn[r0], dH, dh, r0, r1), blocks)
+    add_block_sums(db, dbs)
+    add_block_sums(db_hn, dbs_hn)
+
+
+def reset_before_backward_rows(blocks, t0, t1, dhs, cache, WhTp_rz, WhTp_n, dU, db, dH, dh):
+    """gru_reset_before_backward_loop over steps t1-1 .. t0 in the row blocks given, each block
+    adding Σ_b du_t over its rows to a db of its own, added to db at the end."""
+    dbs = block_sums(db, blocks)            # db itself for one block
+    run_rows(lambda r0, r1: gru_reset_before_backward_loop(
+        t0, t1, dhs, cache.mask, cache.h, cache.gates, WhTp_rz, WhTp_n, dU, dbs[r0], dH, dh, r0,
+        r1), blocks)
+    add_block_sums(db, dbs)

@@ -34,6 +34,7 @@ from .common import (
 )
 from .lstm import states
 from .norms import layernorm_backward, layernorm_forward
+from .threads import add_block_sums, block_sums, loop_blocks, run_rows
 
 
 @njit(**JIT)
@@ -50,80 +51,91 @@ def summed_gates_forward(s_hat, gamma_z, b, c_prev, gates, c_new):
 def ln_lstm_forward_loop(U, mask, Whp, b, gamma_x, gamma_h, gamma_z, gamma_c, beta_c, eps,
                          groups, summed, normalized_carry, h, c, hs, gates, c_hat, tanh_c,
                          mean_c, var_c, a_hat, u_hat, mean_h, var_h, mean_x, var_x,
-                         s_hat, mean_s, var_s):
+                         s_hat, mean_s, var_s, r0, r1):
     """The arrays of the terms mode not in use (a_hat .. var_x when summed, s_hat .. var_s
     when separate) and its gains are placeholders the loop never touches. gates may be U itself
     (ln_lstm_forward passes it so): step t reads U[t] only before it writes gates[t]; keep it
-    that way. Whp is common.pack_panels(Wh)."""
+    that way. Whp is common.pack_panels(Wh). Rows r0 .. r1-1 only (threads.run_rows)."""
     T, B, G = U.shape
     H = G // 4
-    a = np.empty((B, G), U.dtype)
-    c_new = np.empty((B, H), U.dtype)
-    c_norm = np.empty((B, H), U.dtype)
-    work = product_workspace(B, H, Whp)
+    a = np.empty((r1 - r0, G), U.dtype)
+    c_new = np.empty((r1 - r0, H), U.dtype)
+    c_norm = np.empty((r1 - r0, H), U.dtype)
+    work = product_workspace(r1 - r0, H, Whp)
     for t in range(T):
-        packed_matmul(h[t], Whp, a, work)                  # a = h_prev @ p["Wh"]  (LN-LSTM 1)
+        packed_matmul(h[t, r0:r1], Whp, a, work)           # a = h_prev @ p["Wh"]  (LN-LSTM 1)
         if summed:
-            a += U[t]                                      # s = a + u_t  (VAR 5)
-            layernorm_forward(a, eps, groups, s_hat[t], mean_s[t], var_s[t])    # (VAR 5)
-            summed_gates_forward(s_hat[t], gamma_z, b, c[t], gates[t], c_new)   # (LN-LSTM 3)
+            a += U[t, r0:r1]                               # s = a + u_t  (VAR 5)
+            layernorm_forward(a, eps, groups, s_hat[t, r0:r1], mean_s[t, r0:r1],
+                              var_s[t, r0:r1])                               # (VAR 5)
+            summed_gates_forward(s_hat[t, r0:r1], gamma_z, b, c[t, r0:r1], gates[t, r0:r1],
+                                 c_new)                                      # (LN-LSTM 3)
         else:
-            layernorm_forward(a, eps, groups, a_hat[t], mean_h[t], var_h[t])
-            layernorm_forward(U[t], eps, groups, u_hat[t], mean_x[t], var_x[t])
-            normalized_gates_forward(a_hat[t], u_hat[t], gamma_h, gamma_x, b, c[t], gates[t],
+            layernorm_forward(a, eps, groups, a_hat[t, r0:r1], mean_h[t, r0:r1], var_h[t, r0:r1])
+            layernorm_forward(U[t, r0:r1], eps, groups, u_hat[t, r0:r1], mean_x[t, r0:r1],
+                              var_x[t, r0:r1])
+            normalized_gates_forward(a_hat[t, r0:r1], u_hat[t, r0:r1], gamma_h, gamma_x, b,
+                                     c[t, r0:r1], gates[t, r0:r1],
                                      c_new)                        # (LN-LSTM 2), (LN-LSTM 3)
-        layernorm_forward(c_new, eps, 1, c_hat[t], mean_c[t], var_c[t])        # (LN-LSTM 4)
-        cell_output_forward(c_hat[t], gamma_c, beta_c, gates[t], c_new, c_norm, normalized_carry,
-                            mask[t], h[t], c[t], h[t + 1], c[t + 1], hs[t],
-                            tanh_c[t])                          # (LN-LSTM 4), (VAR 3)
+        layernorm_forward(c_new, eps, 1, c_hat[t, r0:r1], mean_c[t, r0:r1],
+                          var_c[t, r0:r1])                                   # (LN-LSTM 4)
+        cell_output_forward(c_hat[t, r0:r1], gamma_c, beta_c, gates[t, r0:r1], c_new, c_norm,
+                            normalized_carry, mask[t, r0:r1], h[t, r0:r1], c[t, r0:r1],
+                            h[t + 1, r0:r1], c[t + 1, r0:r1], hs[t, r0:r1],
+                            tanh_c[t, r0:r1])                   # (LN-LSTM 4), (VAR 3)
 
 
 @njit(**JIT)
 def ln_lstm_backward_loop(t0, t1, dhs, mask, c, gates, c_hat, tanh_c, var_c, gamma_c,
                           WhTp, eps, groups, summed, normalized_carry, a_hat, u_hat, var_h, var_x,
                           gamma_x, gamma_h, s_hat, var_s, gamma_z, dA, dU, db, dgamma_x,
-                          dgamma_h, dgamma_z, dgamma_c, dbeta_c, dH, dC, dh, dc):
+                          dgamma_h, dgamma_z, dgamma_c, dbeta_c, dH, dC, dh, dc, r0, r1):
     """BPTT over t = t1-1 .. t0 (common.backward_in_chunks), dH, dC (B, H) carried in place
     from dL/dh_{t1}, dL/dc_{t1} to dL/dh_{t0}, dL/dc_{t0}: fills dA[t - t0] = da_t and
     dU[t - t0] = du_t (summed: dU is dA, and only dA is written), adds to the gain and bias
     gradients; fills dh, dc (common.backward_buffers) with dL/dh̃_t and the gradient of the
     carried cell (dc̃_t, or dĉ_t with normalized_carry). The arrays of the terms mode not in
-    use are placeholders, as in the forward loop. WhTp is common.pack_panels(Wh.T)."""
+    use are placeholders, as in the forward loop. WhTp is common.pack_panels(Wh.T). Rows
+    r0 .. r1-1 only (threads.run_rows; the gain and bias gradients: the sums over those rows)."""
     T, B, H = dhs.shape
     G = 4 * H
-    dz = np.empty((B, G), dhs.dtype)
-    dc_ln = np.empty((B, H), dhs.dtype)
-    dc_norm = np.empty((B, H), dhs.dtype)
-    dc_new = np.empty((B, H), dhs.dtype)
-    dh_rec = np.empty((B, H), dhs.dtype)
+    dz = np.empty((r1 - r0, G), dhs.dtype)
+    dc_ln = np.empty((r1 - r0, H), dhs.dtype)
+    dc_norm = np.empty((r1 - r0, H), dhs.dtype)
+    dc_new = np.empty((r1 - r0, H), dhs.dtype)
+    dh_rec = np.empty((r1 - r0, H), dhs.dtype)
     no_beta = np.empty(0, dhs.dtype)
-    work = product_workspace(B, G, WhTp)
+    work = product_workspace(r1 - r0, G, WhTp)
     for t in range(t1 - 1, t0 - 1, -1):
         k = t if dh.shape[0] == T else 0   # step t's row of dh, dc, or the one reused row
         q = t - t0                         # step t's row of dA, dU
-        normalized_output_backward(dhs[t], dH, mask[t], gates[t], tanh_c[t], dh[k], dz,
+        normalized_output_backward(dhs[t, r0:r1], dH[r0:r1], mask[t, r0:r1], gates[t, r0:r1],
+                                   tanh_c[t, r0:r1], dh[k, r0:r1], dz,
                                    dc_ln)                          # (BPTT 4), (LN-LSTM 5)
         if normalized_carry:
-            normalized_carry_backward(dC, mask[t], dc_ln, dc[k])   # (BPTT 5), (VAR 4)
-            layernorm_backward(dc[k], c_hat[t], var_c[t], gamma_c, eps, 1, dc_norm,
-                               dgamma_c, dbeta_c)                    # (VAR 4)
-            normalized_gates_backward(dC, dc_norm, mask[t], gates[t], c[t], True, dc_new, dz,
+            normalized_carry_backward(dC[r0:r1], mask[t, r0:r1], dc_ln,
+                                      dc[k, r0:r1])                # (BPTT 5), (VAR 4)
+            layernorm_backward(dc[k, r0:r1], c_hat[t, r0:r1], var_c[t, r0:r1], gamma_c, eps, 1,
+                               dc_norm, dgamma_c, dbeta_c)           # (VAR 4)
+            normalized_gates_backward(dC[r0:r1], dc_norm, mask[t, r0:r1], gates[t, r0:r1],
+                                      c[t, r0:r1], True, dc_new, dz,
                                       db)                          # (VAR 4), (LN-LSTM 7)
         else:
-            layernorm_backward(dc_ln, c_hat[t], var_c[t], gamma_c, eps, 1, dc_norm,
+            layernorm_backward(dc_ln, c_hat[t, r0:r1], var_c[t, r0:r1], gamma_c, eps, 1, dc_norm,
                                dgamma_c, dbeta_c)                    # (LN-LSTM 6)
-            normalized_gates_backward(dC, dc_norm, mask[t], gates[t], c[t], False, dc[k], dz,
+            normalized_gates_backward(dC[r0:r1], dc_norm, mask[t, r0:r1], gates[t, r0:r1],
+                                      c[t, r0:r1], False, dc[k, r0:r1], dz,
                                       db)                          # (LN-LSTM 6), (LN-LSTM 7)
         if summed:   # ds = LNback(dz; γ_z); da, du = ds, ds: dU is dA
-            layernorm_backward(dz, s_hat[t], var_s[t], gamma_z, eps, groups, dA[q], dgamma_z,
-                               no_beta)                              # (VAR 6)
+            layernorm_backward(dz, s_hat[t, r0:r1], var_s[t, r0:r1], gamma_z, eps, groups,
+                               dA[q, r0:r1], dgamma_z, no_beta)      # (VAR 6)
         else:
-            layernorm_backward(dz, a_hat[t], var_h[t], gamma_h, eps, groups, dA[q], dgamma_h,
-                               no_beta)                              # (LN-LSTM 8)
-            layernorm_backward(dz, u_hat[t], var_x[t], gamma_x, eps, groups, dU[q], dgamma_x,
-                               no_beta)                              # (LN-LSTM 8)
-        packed_matmul(dA[q], WhTp, dh_rec, work)                     # da @ p["Wh"].T
-        recurrent_state_backward(dH, mask[t], dh_rec)               # (LN-LSTM 9)
+            layernorm_backward(dz, a_hat[t, r0:r1], var_h[t, r0:r1], gamma_h, eps, groups,
+                               dA[q, r0:r1], dgamma_h, no_beta)      # (LN-LSTM 8)
+            layernorm_backward(dz, u_hat[t, r0:r1], var_x[t, r0:r1], gamma_x, eps, groups,
+                               dU[q, r0:r1], dgamma_x, no_beta)      # (LN-LSTM 8)
+        packed_matmul(dA[q, r0:r1], WhTp, dh_rec, work)              # da @ p["Wh"].T
+        recurrent_state_backward(dH[r0:r1], mask[t, r0:r1], dh_rec)   # (LN-LSTM 9)
 
 
 # The cache fields of each terms mode (those of the other mode are None) and the gate-term gains
@@ -161,12 +173,13 @@ def ln_lstm_forward(x, h0, c0, mask, params, *, eps, per_gate=False, carry="raw"
     a = {name: terms_out.get(name, unused)
          for name in TERM_FIELDS["separate"] + TERM_FIELDS["summed"]}
     a.update({name: p.get(name, no_gain) for name in TERM_GAINS})
-    ln_lstm_forward_loop(U, mask, pack_panels(p["Wh"]), p["b"],
-                         a["gamma_x"], a["gamma_h"], a["gamma_z"], p["gamma_c"], p["beta_c"],
-                         dt.type(eps), groups, summed, carry == "normalized", h, c, out["hs"],
-                         out["gates"], out["c_hat"], out["tanh_c"], out["mean_c"], out["var_c"],
-                         a["a_hat"], a["u_hat"], a["mean_h"], a["var_h"], a["mean_x"],
-                         a["var_x"], a["s_hat"], a["mean_s"], a["var_s"])
+    Whp = pack_panels(p["Wh"])
+    run_rows(lambda r0, r1: ln_lstm_forward_loop(
+        U, mask, Whp, p["b"], a["gamma_x"], a["gamma_h"], a["gamma_z"], p["gamma_c"],
+        p["beta_c"], dt.type(eps), groups, summed, carry == "normalized", h, c, out["hs"],
+        out["gates"], out["c_hat"], out["tanh_c"], out["mean_c"], out["var_c"], a["a_hat"],
+        a["u_hat"], a["mean_h"], a["var_h"], a["mean_x"], a["var_x"], a["s_hat"], a["mean_s"],
+        a["var_s"], r0, r1), loop_blocks("ln_lstm", dt, B, H))
     hs = out.pop("hs")
     cache = LNLSTMCache(x=x, mask=mask, params=params, eps=eps, groups=groups, carry=carry,
                         terms=terms, h=h, c=c, **out, **terms_out)
@@ -183,17 +196,28 @@ def ln_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
     a = {name: unused if getattr(cache, name) is None else getattr(cache, name)
          for name in ("a_hat", "u_hat", "var_h", "var_x", "s_hat", "var_s")}
     a.update({name: p.get(name, no_gain) for name in TERM_GAINS})
-    d = {name: g.get(name, no_gain) for name in TERM_GAINS}
     WhTp = pack_panels(p["Wh"].T)
+
+    blocks = loop_blocks("ln_lstm", dt, *dhs.shape[1:])    # before any scratch() (the planner)
 
     def loop(t0, t1, gate_grads, dH, dC, dh, dc):
         dA, dU = gate_grads * 2 if summed else gate_grads            # summed: du_t = da_t (VAR 6)
-        ln_lstm_backward_loop(
-            t0, t1, dhs, cache.mask, cache.c, cache.gates, cache.c_hat, cache.tanh_c,
-            cache.var_c, p["gamma_c"], WhTp, dt.type(cache.eps), cache.groups, summed,
-            cache.carry == "normalized", a["a_hat"], a["u_hat"], a["var_h"], a["var_x"],
-            a["gamma_x"], a["gamma_h"], a["s_hat"], a["var_s"], a["gamma_z"], dA, dU, g["b"],
-            d["gamma_x"], d["gamma_h"], d["gamma_z"], g["gamma_c"], g["beta_c"], dH, dC, dh, dc)
+        sums = {name: block_sums(total, blocks) for name, total in g.items()}
+
+        def rows(r0, r1):           # this block's own sums: the gain and bias gradients
+            own = {name: sums[name][r0] for name in g}
+            d = {name: own.get(name, no_gain) for name in TERM_GAINS}
+            ln_lstm_backward_loop(
+                t0, t1, dhs, cache.mask, cache.c, cache.gates, cache.c_hat, cache.tanh_c,
+                cache.var_c, p["gamma_c"], WhTp, dt.type(cache.eps), cache.groups, summed,
+                cache.carry == "normalized", a["a_hat"], a["u_hat"], a["var_h"], a["var_x"],
+                a["gamma_x"], a["gamma_h"], a["s_hat"], a["var_s"], a["gamma_z"], dA, dU,
+                own["b"], d["gamma_x"], d["gamma_h"], d["gamma_z"], own["gamma_c"],
+                own["beta_c"], dH, dC, dh, dc, r0, r1)
+
+        run_rows(rows, blocks)
+        for name, total in g.items():
+            add_block_sums(total, sums[name])
 
     # dWx, dx (LN-LSTM 10) and dWh = Σ_t h_{t-1}ᵀ da_t (LN-LSTM 9), chunk by chunk
     return backward_in_chunks(dhs, dhT, dcT, cache, 1 if summed else 2, state_grads, loop, g)

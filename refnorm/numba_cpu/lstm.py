@@ -13,12 +13,14 @@ from numba import njit
 from ..numpy_ref.lstm import LSTMCache
 from .common import (JIT, input_projection, backward_in_chunks, pack_panels, packed_matmul,
                      product_workspace, sigmoid, tanh, I, F, G_, O)
+from .threads import add_block_sums, block_sums, loop_blocks, run_rows
 
 
 @njit(**JIT)
-def lstm_forward_loop(mask, Whp, b, h, c, hs, gates, tanh_c):
+def lstm_forward_loop(mask, Whp, b, h, c, hs, gates, tanh_c, r0, r1):
     """gates (T, B, 4H) arrives holding x Wx and leaves holding the gates, row by row; fills
-    h, c (T+1, B, H) (h[0], c[0] given), hs, tanh_c.
+    h, c (T+1, B, H) (h[0], c[0] given), hs, tanh_c. Rows r0 .. r1-1 only (threads.run_rows
+    runs blocks of rows side by side; no row reads another).
 
     The bias joins here, u_t = x_t Wx + b, added in the reference's order (x_t Wx + b) + h Wh:
     adding it to the whole (T, B, 4H) projection first would be one more pass over it. The gate
@@ -27,22 +29,23 @@ def lstm_forward_loop(mask, Whp, b, h, c, hs, gates, tanh_c):
     product is common.packed_matmul on it, as in every step loop of this backend."""
     T, B, G = gates.shape
     H = G // 4
-    z = np.empty((B, G), gates.dtype)
-    work = product_workspace(B, H, Whp)
-    z4, gates4, b4 = z.reshape((B, 4, H)), gates.reshape((T, B, 4, H)), b.reshape((4, H))
+    z = np.empty((r1 - r0, G), gates.dtype)
+    work = product_workspace(r1 - r0, H, Whp)
+    z4, gates4, b4 = z.reshape((r1 - r0, 4, H)), gates.reshape((T, B, 4, H)), b.reshape((4, H))
     for t in range(T):
-        packed_matmul(h[t], Whp, z, work)                  # h_prev @ Wh        (LSTM 1)
-        for r in range(B):
+        packed_matmul(h[t, r0:r1], Whp, z, work)           # h_prev @ Wh        (LSTM 1)
+        for r in range(r0, r1):
+            zr = r - r0                                    # row r's row of z
             # z = u_t + h_prev @ Wh (LSTM 1); gates = gates_forward(z) (LSTM 2), in place:
             # i = σ(z^i), f = σ(z^f), g = tanh(z^g), o = σ(z^o)
             for j in range(H):
-                gates4[t, r, I, j] = sigmoid(gates4[t, r, I, j] + b4[I, j] + z4[r, I, j])    # i
+                gates4[t, r, I, j] = sigmoid(gates4[t, r, I, j] + b4[I, j] + z4[zr, I, j])    # i
             for j in range(H):
-                gates4[t, r, F, j] = sigmoid(gates4[t, r, F, j] + b4[F, j] + z4[r, F, j])    # f
+                gates4[t, r, F, j] = sigmoid(gates4[t, r, F, j] + b4[F, j] + z4[zr, F, j])    # f
             for j in range(H):
-                gates4[t, r, G_, j] = tanh(gates4[t, r, G_, j] + b4[G_, j] + z4[r, G_, j])   # g
+                gates4[t, r, G_, j] = tanh(gates4[t, r, G_, j] + b4[G_, j] + z4[zr, G_, j])   # g
             for j in range(H):
-                gates4[t, r, O, j] = sigmoid(gates4[t, r, O, j] + b4[O, j] + z4[r, O, j])    # o
+                gates4[t, r, O, j] = sigmoid(gates4[t, r, O, j] + b4[O, j] + z4[zr, O, j])    # o
             for j in range(H):                             # c_new = f * c_prev + i * g (LSTM 3)
                 c[t + 1, r, j] = (gates4[t, r, F, j] * c[t, r, j]
                                   + gates4[t, r, I, j] * gates4[t, r, G_, j])
@@ -59,21 +62,23 @@ def lstm_forward_loop(mask, Whp, b, h, c, hs, gates, tanh_c):
 
 
 @njit(**JIT)
-def lstm_backward_loop(t0, t1, dhs, mask, c, gates, tanh_c, WhTp, dU, db, dH, dC, dh, dc):
+def lstm_backward_loop(t0, t1, dhs, mask, c, gates, tanh_c, WhTp, dU, db, dH, dC, dh, dc, r0,
+                       r1):
     """BPTT over t = t1-1 .. t0 (common.backward_in_chunks): dH, dC (B, H) arrive holding
     dL/dh_{t1}, dL/dc_{t1} and leave holding dL/dh_{t0}, dL/dc_{t0}; fills dU[t - t0] = dz_t
     (dU is (t1 - t0, B, 4H)), adds Σ_b dz_t to db (4H), fills dh, dc = dL/dh̃_t, dL/dc̃_t
-    (see common.backward_buffers). WhTp is common.pack_panels(Wh.T)."""
+    (see common.backward_buffers). WhTp is common.pack_panels(Wh.T). Rows r0 .. r1-1 only,
+    as the forward loop (db: the sum over those rows)."""
     one = dhs.dtype.type(1)  # a literal 1 would turn float32 into float64
     T, B, H = dhs.shape
     G = 4 * H
     gates4, dU4 = gates.reshape((T, B, 4, H)), dU.reshape((t1 - t0, B, 4, H))
-    dh_rec = np.empty((B, H), dhs.dtype)
-    work = product_workspace(B, G, WhTp)
+    dh_rec = np.empty((r1 - r0, H), dhs.dtype)
+    work = product_workspace(r1 - r0, G, WhTp)
     for t in range(t1 - 1, t0 - 1, -1):
         k = t if dh.shape[0] == T else 0                  # step t's row of dh, dc, or the one row
         s = t - t0                                        # step t's row of dU
-        for r in range(B):
+        for r in range(r0, r1):
             valid = mask[t, r]
             for j in range(H):
                 dh[k, r, j] = valid * (dhs[t, r, j] + dH[r, j])          # (BPTT 4)
@@ -97,11 +102,11 @@ def lstm_backward_loop(t0, t1, dhs, mask, c, gates, tanh_c, WhTp, dU, db, dH, dC
                 dC[r, j] = (one - valid) * dC[r, j] + dc[k, r, j] * gates4[t, r, F, j]  # (BPTT 6)
             for q in range(G):
                 db[q] += dU[s, r, q]                     # db = dU.sum(axis=(0, 1)) (LSTM 9)
-        packed_matmul(dU[s], WhTp, dh_rec, work)                       # dz @ Wh.T  (LSTM 9)
-        for r in range(B):
+        packed_matmul(dU[s, r0:r1], WhTp, dh_rec, work)                # dz @ Wh.T  (LSTM 9)
+        for r in range(r0, r1):
             valid = mask[t, r]
             for j in range(H):
-                dH[r, j] = (one - valid) * dH[r, j] + dh_rec[r, j]     # (BPTT 6)
+                dH[r, j] = (one - valid) * dH[r, j] + dh_rec[r - r0, j]  # (BPTT 6)
 
 
 def states(h0, c0, T):
@@ -120,7 +125,7 @@ def lstm_forward(x, h0, c0, mask, params):
     hs = np.empty((T, B, G // 4), x.dtype)
     gates = input_projection(x, params["Wx"])   # x Wx (LSTM 1), (BPTT 8): the loop adds b and
     tanh_c = np.empty((T, B, G // 4), x.dtype)  # turns each row into its gates, in place
-    lstm_forward_loop(mask, pack_panels(params["Wh"]), params["b"], h, c, hs, gates, tanh_c)
+    forward_rows("lstm", mask, pack_panels(params["Wh"]), params["b"], h, c, hs, gates, tanh_c)
     cache = LSTMCache(x=x, mask=mask, params=params, h=h, c=c, gates=gates, tanh_c=tanh_c)
     return hs, h[-1], c[-1], cache
 
@@ -131,9 +136,28 @@ def lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
     db = np.zeros(p["Wh"].shape[1], dhs.dtype)
     WhTp = pack_panels(p["Wh"].T)
 
+    blocks = loop_blocks("lstm", dhs.dtype, *dhs.shape[1:])    # before any scratch() (planner)
+
     def loop(t0, t1, gate_grads, dH, dC, dh, dc):
-        lstm_backward_loop(t0, t1, dhs, cache.mask, cache.c, cache.gates, cache.tanh_c, WhTp,
-                           gate_grads[0], db, dH, dC, dh, dc)
+        backward_rows(blocks, t0, t1, dhs, cache, WhTp, gate_grads[0], db, dH, dC, dh, dc)
 
     # dWx, dx (LSTM 10), (BPTT 8) and dWh (LSTM 9), chunk by chunk
     return backward_in_chunks(dhs, dhT, dcT, cache, 1, state_grads, loop, {"b": db})
+
+
+def forward_rows(cell, mask, Whp, b, h, c, hs, gates, tanh_c):
+    """lstm_forward_loop over all rows, in the row blocks the planner chose for `cell` (the
+    LSTM, or SeqBN-LSTM, whose recurrence is the LSTM's), each block on a thread (threads.py)."""
+    T, B, H = hs.shape
+    run_rows(lambda r0, r1: lstm_forward_loop(mask, Whp, b, h, c, hs, gates, tanh_c, r0, r1),
+             loop_blocks(cell, hs.dtype, B, H))
+
+
+def backward_rows(blocks, t0, t1, dhs, cache, WhTp, dU, db, dH, dC, dh, dc):
+    """lstm_backward_loop over steps t1-1 .. t0 in the row blocks given (loop_blocks), each
+    block adding Σ_b dz_t over its rows to a db of its own, added to db at the end."""
+    dbs = block_sums(db, blocks)            # db itself for one block
+    run_rows(lambda r0, r1: lstm_backward_loop(
+        t0, t1, dhs, cache.mask, cache.c, cache.gates, cache.tanh_c, WhTp, dU, dbs[r0], dH, dC,
+        dh, dc, r0, r1), blocks)
+    add_block_sums(db, dbs)

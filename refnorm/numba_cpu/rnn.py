@@ -22,6 +22,7 @@ from numba import njit
 from ..numpy_ref.rnn import NONLINEARITIES, RNNCache
 from .common import (JIT, backward_in_chunks_h, input_projection, pack_panels, packed_matmul,
                      product_workspace, recurrent_state_backward, tanh)
+from .threads import add_block_sums, block_sums, loop_blocks, run_rows
 
 
 @njit(**JIT)
@@ -105,39 +106,43 @@ def activation_backward(dy, dH, m, h_new, relu, dh, dz, db):
 
 
 @njit(**JIT)
-def rnn_forward_loop(mask, Whp, b, relu, h, hs, h_tilde):
+def rnn_forward_loop(mask, Whp, b, relu, h, hs, h_tilde, r0, r1):
     """h_tilde (T, B, H) arrives holding the input term (x Wx, or SeqBN-RNN's γ_x ⊙ û) and
     leaves holding h̃_t; fills h (T+1, B, H) (h[0] given) and hs. The bias joins here, u_t =
     x_t Wx + b, added in the reference's order (x_t Wx + b) + h_{t-1} Wh. Whp is
-    common.pack_panels(Wh)."""
+    common.pack_panels(Wh). Rows r0 .. r1-1 only (threads.run_rows)."""
     T, B, H = h_tilde.shape
-    a = np.empty((B, H), h_tilde.dtype)
-    work = product_workspace(B, H, Whp)
+    a = np.empty((r1 - r0, H), h_tilde.dtype)
+    work = product_workspace(r1 - r0, H, Whp)
     for t in range(T):
-        packed_matmul(h[t], Whp, a, work)                  # h_prev @ p["Wh"]   (RNN 1)
-        for r in range(B):
+        packed_matmul(h[t, r0:r1], Whp, a, work)           # h_prev @ p["Wh"]   (RNN 1)
+        for r in range(r0, r1):
+            ar = r - r0                                    # row r's row of a
             for j in range(H):                             # z = u_t + h_prev @ p["Wh"]  (RNN 1)
-                h_tilde[t, r, j] = h_tilde[t, r, j] + b[j] + a[r, j]
-        activation_forward(h_tilde[t], relu)               # (RNN 2)
-        state_output_forward(h_tilde[t], mask[t], h[t], h[t + 1], hs[t])   # (BPTT 2), (BPTT 3)
+                h_tilde[t, r, j] = h_tilde[t, r, j] + b[j] + a[ar, j]
+        activation_forward(h_tilde[t, r0:r1], relu)        # (RNN 2)
+        state_output_forward(h_tilde[t, r0:r1], mask[t, r0:r1], h[t, r0:r1], h[t + 1, r0:r1],
+                             hs[t, r0:r1])                 # (BPTT 2), (BPTT 3)
 
 
 @njit(**JIT)
-def rnn_backward_loop(t0, t1, dhs, mask, h_tilde, relu, WhTp, dZ, db, dH, dh):
+def rnn_backward_loop(t0, t1, dhs, mask, h_tilde, relu, WhTp, dZ, db, dH, dh, r0, r1):
     """BPTT over t = t1-1 .. t0 (common.backward_in_chunks_h): dH (B, H) arrives holding
     dL/dh_{t1} and leaves holding dL/dh_{t0}; fills dZ[t - t0] = dz_t (dZ is (t1 - t0, B, H),
     dU_t = dz_t (RNN 5)), adds Σ_b dz_t to db (H), fills dh = dL/dh̃_t (see
-    common.backward_buffers_h). WhTp is common.pack_panels(Wh.T)."""
+    common.backward_buffers_h). WhTp is common.pack_panels(Wh.T). Rows r0 .. r1-1 only
+    (threads.run_rows; db: the sum over those rows)."""
     T, B, H = dhs.shape
-    dh_rec = np.empty((B, H), dhs.dtype)
-    work = product_workspace(B, H, WhTp)
+    dh_rec = np.empty((r1 - r0, H), dhs.dtype)
+    work = product_workspace(r1 - r0, H, WhTp)
     for t in range(t1 - 1, t0 - 1, -1):
         k = t if dh.shape[0] == T else 0                  # step t's row of dh, or the one row
         s = t - t0                                        # step t's row of dZ
-        activation_backward(dhs[t], dH, mask[t], h_tilde[t], relu, dh[k], dZ[s],
+        activation_backward(dhs[t, r0:r1], dH[r0:r1], mask[t, r0:r1], h_tilde[t, r0:r1], relu,
+                            dh[k, r0:r1], dZ[s, r0:r1],
                             db)                           # (BPTT 4), (RNN 3), (RNN 4), (RNN 5)
-        packed_matmul(dZ[s], WhTp, dh_rec, work)          # dz @ cache.params["Wh"].T  (RNN 5)
-        recurrent_state_backward(dH, mask[t], dh_rec)     # (BPTT 6)
+        packed_matmul(dZ[s, r0:r1], WhTp, dh_rec, work)   # dz @ cache.params["Wh"].T  (RNN 5)
+        recurrent_state_backward(dH[r0:r1], mask[t, r0:r1], dh_rec)     # (BPTT 6)
 
 
 def check_nonlinearity(nonlinearity):
@@ -163,7 +168,7 @@ def rnn_forward(x, h0, mask, params, *, nonlinearity="tanh"):
     h = state(h0, T)
     hs = np.empty((T, B, H), x.dtype)
     h_tilde = input_projection(x, p["Wx"])   # x Wx (RNN 1), (BPTT 8): the loop adds b and
-    rnn_forward_loop(mask, pack_panels(p["Wh"]), p["b"], relu, h, hs, h_tilde)   # h Wh, φ
+    forward_rows("rnn", mask, pack_panels(p["Wh"]), p["b"], relu, h, hs, h_tilde)   # h Wh, φ
     cache = RNNCache(x=x, mask=mask, params=p, nonlinearity=nonlinearity, h=h, h_tilde=h_tilde)
     return hs, h[-1], cache
 
@@ -173,11 +178,29 @@ def rnn_backward(dhs, dhT, cache, state_grads=False):
     p = cache.params
     db = np.zeros(p["Wh"].shape[1], dhs.dtype)
     WhTp = pack_panels(p["Wh"].T)
-    relu = cache.nonlinearity == "relu"
+
+    blocks = loop_blocks("rnn", dhs.dtype, *dhs.shape[1:])     # before any scratch() (planner)
 
     def loop(t0, t1, gate_grads, dH, dh):
-        rnn_backward_loop(t0, t1, dhs, cache.mask, cache.h_tilde, relu, WhTp, gate_grads[0], db,
-                          dH, dh)
+        backward_rows(blocks, t0, t1, dhs, cache, WhTp, gate_grads[0], db, dH, dh)
 
     # dWx, dx (RNN 6), (BPTT 8) and dWh (RNN 5), chunk by chunk
     return backward_in_chunks_h(dhs, dhT, cache, 1, state_grads, loop, {"b": db})
+
+
+def forward_rows(cell, mask, Whp, b, relu, h, hs, h_tilde):
+    """rnn_forward_loop over all rows, in the row blocks the planner chose for `cell` (the RNN,
+    or SeqBN-RNN, whose recurrence is the RNN's), each block on a thread (threads.py)."""
+    T, B, H = hs.shape
+    run_rows(lambda r0, r1: rnn_forward_loop(mask, Whp, b, relu, h, hs, h_tilde, r0, r1),
+             loop_blocks(cell, hs.dtype, B, H))
+
+
+def backward_rows(blocks, t0, t1, dhs, cache, WhTp, dZ, db, dH, dh):
+    """rnn_backward_loop over steps t1-1 .. t0 in the row blocks given (loop_blocks), each
+    block adding Σ_b dz_t over its rows to a db of its own, added to db at the end."""
+    relu = cache.nonlinearity == "relu"
+    dbs = block_sums(db, blocks)            # db itself for one block
+    run_rows(lambda r0, r1: rnn_backward_loop(
+        t0, t1, dhs, cache.mask, cache.h_tilde, relu, WhTp, dZ, dbs[r0], dH, dh, r0, r1), blocks)
+    add_block_sums(db, dbs)

@@ -9,9 +9,10 @@ import numpy as np
 from ..numpy_ref.seq_bn_gru import SeqBNGRUCache
 from .common import (add_input_grads, add_recurrent_weight_grad, backward_buffers_h,
                      input_projection, pack_panels)
-from .gru import gru_backward_loop, gru_forward_loop
+from .gru import backward_rows, forward_rows
 from .norms import batchnorm_backward, batchnorm_normalize, batchnorm_stats
 from .rnn import state
+from .threads import loop_blocks
 
 
 def seq_bn_gru_forward(x, h0, mask, params, *, training, eps, pop=None, pad_stats="exclude"):
@@ -39,7 +40,7 @@ def seq_bn_gru_forward(x, h0, mask, params, *, training, eps, pop=None, pad_stat
     gates = gates.reshape(T, B, G)
     h = state(h0, T)
     hs, hn = np.empty((T, B, G // 3), dt), np.empty((T, B, G // 3), dt)
-    gru_forward_loop(mask, pack_panels(p["Wh"]), p["b_hn"], h, hs, gates, hn)
+    forward_rows("seq_bn_gru", mask, pack_panels(p["Wh"]), p["b_hn"], h, hs, gates, hn)
     cache = SeqBNGRUCache(x=x, mask=mask, stat_mask=stat_mask, params=p, training=training,
                           eps=eps, count=stat_mask.sum(), u_hat=u_hat.reshape(T, B, G),
                           mean_x=mean_x, var_x=var_x, h=h, gates=gates, hn=hn)
@@ -56,11 +57,12 @@ def seq_bn_gru_backward(dhs, dhT, cache, state_grads=False):
     x, h, Wx = cache.x, cache.h, p["Wx"]
     T, B, G = cache.gates.shape
     D, dt = Wx.shape[0], dhs.dtype
+    blocks = loop_blocks("seq_bn_gru", dt, B, G // 3)       # before scratch() (the planner)
     (dV, dA), dh = backward_buffers_h(dhs, G, 2, state_grads)
     db, db_hn = np.zeros(G, dt), np.zeros(G // 3, dt)
     dH = dhT.copy()
-    gru_backward_loop(0, T, dhs, cache.mask, h, cache.gates, cache.hn, pack_panels(p["Wh"].T),
-                      dV, dA, db, db_hn, dH, dh)                           # (SEQBN-GRU 3)
+    backward_rows(blocks, 0, T, dhs, cache, pack_panels(p["Wh"].T), dV, dA, db, db_hn, dH,
+                  dh)                                                       # (SEQBN-GRU 3)
     dWx, dWh, dx = np.zeros((D, G), dt), np.zeros((G // 3, G), dt), np.empty(x.shape, dt)
     add_recurrent_weight_grad(h, 0, T, dA, dWh)                             # (GRU 11), (BPTT 7)
     dgamma_x = np.zeros(G, dt)

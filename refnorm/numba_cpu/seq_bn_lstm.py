@@ -9,7 +9,8 @@ from ..numpy_ref.common import with_state_grads
 from ..numpy_ref.seq_bn_lstm import SeqBNLSTMCache
 from .common import (add_input_grads, add_recurrent_weight_grad, backward_buffers,
                      input_projection, pack_panels)
-from .lstm import lstm_backward_loop, lstm_forward_loop, states
+from .lstm import backward_rows, forward_rows, states
+from .threads import loop_blocks
 from .norms import batchnorm_backward, batchnorm_normalize, batchnorm_stats
 
 
@@ -39,7 +40,7 @@ def seq_bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None,
     h, c = states(h0, c0, T)
     hs = np.empty((T, B, G // 4), dt)
     tanh_c = np.empty((T, B, G // 4), dt)
-    lstm_forward_loop(mask, pack_panels(p["Wh"]), p["b"], h, c, hs, gates, tanh_c)
+    forward_rows("seq_bn_lstm", mask, pack_panels(p["Wh"]), p["b"], h, c, hs, gates, tanh_c)
     cache = SeqBNLSTMCache(x=x, mask=mask, stat_mask=stat_mask, params=params,
                            training=training, eps=eps, count=stat_mask.sum(),
                            u_hat=u_hat.reshape(T, B, G), mean_x=mean_x,
@@ -58,11 +59,12 @@ def seq_bn_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
     x, h, Wx = cache.x, cache.h, p["Wx"]
     T, B, G = cache.gates.shape
     (D, _), H, dt = Wx.shape, G // 4, dhs.dtype
+    blocks = loop_blocks("seq_bn_lstm", dt, B, H)           # before scratch() (the planner)
     (dV,), dh, dc = backward_buffers(dhs, G, 1, state_grads)
     db = np.zeros(G, dt)
     dH, dC = dhT.copy(), dcT.copy()
-    lstm_backward_loop(0, T, dhs, cache.mask, cache.c, cache.gates, cache.tanh_c,
-                       pack_panels(p["Wh"].T), dV, db, dH, dC, dh, dc)      # (SEQBN-LSTM 4)
+    backward_rows(blocks, 0, T, dhs, cache, pack_panels(p["Wh"].T), dV, db, dH, dC, dh,
+                  dc)                                                       # (SEQBN-LSTM 4)
     dWx, dWh, dx = np.zeros((D, G), dt), np.zeros((H, G), dt), np.empty(x.shape, dt)
     add_recurrent_weight_grad(h, 0, T, dV, dWh)                 # (LSTM 9), (BPTT 7)
     dgamma_x = np.zeros(G, dt)

@@ -10,7 +10,8 @@ from ..numpy_ref.seq_bn_rnn import SeqBNRNNCache
 from .common import (add_input_grads, add_recurrent_weight_grad, backward_buffers_h,
                      input_projection, pack_panels)
 from .norms import batchnorm_backward, batchnorm_normalize, batchnorm_stats
-from .rnn import check_nonlinearity, rnn_backward_loop, rnn_forward_loop, state
+from .rnn import backward_rows, check_nonlinearity, forward_rows, state
+from .threads import loop_blocks
 
 
 def seq_bn_rnn_forward(x, h0, mask, params, *, training, eps, pop=None, pad_stats="exclude",
@@ -38,7 +39,7 @@ def seq_bn_rnn_forward(x, h0, mask, params, *, training, eps, pop=None, pad_stat
     h_tilde = np.multiply(p["gamma_x"], u_hat, out=U).reshape(T, B, H)
     h = state(h0, T)
     hs = np.empty((T, B, H), dt)
-    rnn_forward_loop(mask, pack_panels(p["Wh"]), p["b"], relu, h, hs, h_tilde)
+    forward_rows("seq_bn_rnn", mask, pack_panels(p["Wh"]), p["b"], relu, h, hs, h_tilde)
     cache = SeqBNRNNCache(x=x, mask=mask, stat_mask=stat_mask, params=p, training=training,
                           eps=eps, nonlinearity=nonlinearity, count=stat_mask.sum(),
                           u_hat=u_hat.reshape(T, B, H), mean_x=mean_x, var_x=var_x,
@@ -56,11 +57,12 @@ def seq_bn_rnn_backward(dhs, dhT, cache, state_grads=False):
     x, h, Wx = cache.x, cache.h, p["Wx"]
     T, B, H = cache.h_tilde.shape
     D, dt = Wx.shape[0], dhs.dtype
+    blocks = loop_blocks("seq_bn_rnn", dt, B, H)            # before scratch() (the planner)
     (dV,), dh = backward_buffers_h(dhs, H, 1, state_grads)
     db = np.zeros(H, dt)
     dH = dhT.copy()
-    rnn_backward_loop(0, T, dhs, cache.mask, cache.h_tilde, cache.nonlinearity == "relu",
-                      pack_panels(p["Wh"].T), dV, db, dH, dh)             # (SEQBN-RNN 3)
+    backward_rows(blocks, 0, T, dhs, cache, pack_panels(p["Wh"].T), dV, db, dH,
+                  dh)                                                       # (SEQBN-RNN 3)
     dWx, dWh, dx = np.zeros((D, H), dt), np.zeros((H, H), dt), np.empty(x.shape, dt)
     add_recurrent_weight_grad(h, 0, T, dV, dWh)                 # (RNN 5), (BPTT 7)
     dgamma_x = np.zeros(H, dt)

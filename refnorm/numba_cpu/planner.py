@@ -1,0 +1,155 @@
+"""Whether a step loop runs faster on several threads, measured on this machine, once.
+
+The first time a cell meets a (dtype, B, H, threads) on a machine, the planner times a short
+forward+backward of that cell at that shape (probe_steps: 16 steps at (32, 128), fewer above;
+D = H, random weights) with the loop's rows on one thread and on `threads` threads (threads.py),
+alternating the two, and keeps the faster: splitting must win by MARGIN to be chosen, so a draw keeps the one-thread loop. At
+small shapes the hand-over to the second thread and the two threads sharing one core's cache can
+cost more than the second core saves; where that turns is a matter of the CPU, its caches and
+the dtype, which is why it is measured and not a constant (cuDNN's benchmark mode and FFTW's
+planner choose the same way).
+
+The choices are kept in memory and in a file per machine, plans/<machine>.json in refnorm's
+cache folder, <machine> a hash of the CPU model, its vector ISA, the core count and the versions
+of Python, NumPy, Numba and refnorm's source, so no machine runs another machine's choice. The
+choice changes nothing but speed: the forward pass is bitwise the same either way, gradients
+summed over rows differ by roundings (threads.py).
+
+REFNORM_PLAN=split or REFNORM_PLAN=one skips the measurement and forces the choice (tests use
+this to run both paths); REFNORM_PLAN unset, or "measure", measures. A choice measured while
+other programs shared the cores can be wrong for an idle machine: delete plan_file() to measure
+again. GRU's reset="before" form uses the choice measured on its default reset="after" form
+(same key "gru"; the two gained alike from the split, measured at (64, 256)).
+"""
+import hashlib
+import json
+import os
+import platform
+import threading
+import time
+
+import numpy as np
+
+PROBE_STEPS = 16       # at (B, H) = (32, 128); fewer at larger shapes (probe_steps)
+PROBE_REPEATS = 3
+MARGIN = 0.95           # split only if it takes less than 0.95x the one-thread time
+
+_lock = threading.RLock()
+_plans = {}             # key -> bool (split pays), this process
+_measuring = threading.local()
+
+
+def _cpu():
+    """The CPU's model name and its vector ISA, from /proc/cpuinfo (Linux) or platform."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if ":" in line:
+                    k, v = line.split(":", 1)
+                    fields.setdefault(k.strip(), v.strip())
+    except OSError:
+        pass
+    flags = set(fields.get("flags", "").split())
+    isa = "avx512f" if "avx512f" in flags else "avx2" if "avx2" in flags else "other"
+    return f"{fields.get('model name', platform.processor())}|{isa}"
+
+
+def machine_key():
+    import numba
+
+    from . import source_key
+    parts = [_cpu(), str(os.cpu_count()), platform.python_version(), np.__version__,
+             numba.__version__, source_key(os.path.dirname(__file__))]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def plan_file():
+    from . import refnorm_cache_dir
+    refnorm_folder = os.path.dirname(os.path.dirname(refnorm_cache_dir()))   # .../refnorm
+    return os.path.join(refnorm_folder, "plans", machine_key() + ".json")
+
+
+def _load():
+    try:
+        with open(plan_file()) as f:
+            saved = json.load(f)
+        return {k: bool(v) for k, v in saved.items()} if isinstance(saved, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _save():
+    """Write the plans (to a temporary file renamed into place: a reader never sees half)."""
+    path = plan_file()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}"
+        with open(tmp, "w") as f:
+            json.dump({**_load(), **_plans}, f, indent=0, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError:
+        pass                        # a read-only home: the plans stay in memory
+
+
+def forced():
+    """REFNORM_PLAN's forced choice: True (split), False (one thread) or None (measure)."""
+    value = os.environ.get("REFNORM_PLAN", "measure").strip().lower()
+    if value not in ("measure", "split", "one"):
+        raise ValueError(f"REFNORM_PLAN must be 'measure', 'split' or 'one', got {value!r}")
+    return None if value == "measure" else value == "split"
+
+
+def split_pays(cell, dtype, B, H, threads):
+    """True if the loops of `cell` at (B, H) in dtype ran faster on `threads` threads than on
+    one when measured on this machine (measured now if never before)."""
+    choice = forced()
+    if choice is not None:
+        return choice
+    if getattr(_measuring, "choice", None) is not None:     # inside a probe: its forced choice
+        return _measuring.choice
+    key = f"{cell}|{np.dtype(dtype).name}|{B}|{H}|{threads}"
+    with _lock:
+        if key not in _plans:
+            _plans.update({k: v for k, v in _load().items() if k not in _plans})
+        if key not in _plans:
+            try:
+                _plans[key] = measure(cell, np.dtype(dtype), B, H)[1] < MARGIN
+            except ValueError:        # a shape the cell's class refuses (LN over H = 1): the
+                _plans[key] = False   # backend function was called directly; one thread
+            _save()
+        return _plans[key]
+
+
+def probe_steps(B, H):
+    """PROBE_STEPS scaled down with the step's work B·H² (at least 2): a probe's calls at
+    (128, 512) take about what they take at (32, 128) with 16 steps."""
+    return int(max(2, min(PROBE_STEPS, PROBE_STEPS * 32 * 128 ** 2 // (B * H * H))))
+
+
+def measure(cell, dtype, B, H, steps=None, repeats=PROBE_REPEATS):
+    """(seconds on one thread, split / one): the best of `repeats` forward+backward calls of
+    `cell` on the Numba backend at (steps, B, H), D = H, each way, the two ways alternating."""
+    import refnorm
+    steps = steps or probe_steps(B, H)
+    rng = np.random.default_rng(0)
+    model = refnorm.CELLS[cell](H, H, seed=0, dtype=dtype.name, backend="numba")
+    x = rng.standard_normal((steps, B, H)).astype(dtype)
+    dhs = rng.standard_normal((steps, B, H)).astype(dtype)
+
+    def run(split):
+        _measuring.choice = split
+        try:
+            start = time.perf_counter()
+            hs, _, cache = model.forward(x)
+            model.backward(dhs, cache)
+            return time.perf_counter() - start
+        finally:
+            _measuring.choice = None
+
+    run(False), run(True)                          # compiles and warms both
+    best = {False: np.inf, True: np.inf}
+    for k in range(repeats):
+        for split in ((False, True) if k % 2 == 0 else (True, False)):
+            best[split] = min(best[split], run(split))
+    return best[False], best[True] / best[False]

@@ -1,0 +1,200 @@
+"""The Numba backend on several threads (refnorm/numba_cpu/threads.py, planner.py): the rows of a
+step loop cut into blocks, one thread each, and the whole-sequence products split by rows.
+
+Contracts: the forward is bitwise the same on one block or several; gradients agree to float64
+rounding (bias and gain gradients are summed block by block); a call holds NumPy's BLAS at one
+thread while it runs and gives it back, also when it fails; the planner's choice is made once
+per (cell, dtype, B, H, threads) on a machine, kept in a file keyed to the machine, and
+REFNORM_PLAN forces it. The thread count is taken as 2 here whatever the machine has (the
+BLAS's count is monkeypatched): the split path runs on a 1-core machine too.
+"""
+import json
+
+import numpy as np
+import pytest
+
+import refnorm
+from refnorm.gradcheck import randomize
+from refnorm.numba_cpu import common, planner, threads
+
+CELLS_SPLIT = ("lstm", "seq_bn_lstm", "gru", "seq_bn_gru", "rnn", "seq_bn_rnn", "ln_lstm",
+               "ln_gru", "ln_rnn")
+
+
+@pytest.fixture
+def two_threads(monkeypatch):
+    """loop_threads() reads 2; every split a step loop made is recorded as its blocks
+    (threads.loop_blocks asks the planner only when the rows make more than one block)."""
+    monkeypatch.setattr(threads, "blas_threads", lambda: 2)
+    seen = []
+    split_pays = planner.split_pays
+
+    def spy(cell, dtype, B, H, n):
+        split = split_pays(cell, dtype, B, H, n)
+        if split:
+            seen.append(threads.row_blocks(B, n))
+        return split
+    monkeypatch.setattr(planner, "split_pays", spy)
+    return seen
+
+
+def run(stem, plan, monkeypatch, B=10, T=7, H=5, D=3, dtype="float64"):
+    monkeypatch.setenv("REFNORM_PLAN", plan)
+    cell = randomize(
+        refnorm.CELLS[stem](D, H, seed=0, dtype=dtype, backend="numba"), seed=1)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((T, B, D)).astype(dtype)
+    lengths = rng.integers(1, T + 1, B)
+    lengths[0] = T
+    hs, final, cache = cell.forward(x, lengths=lengths)
+    dhs = rng.standard_normal(hs.shape).astype(dtype)
+    return hs, final, cell.backward(dhs, cache)
+
+
+@pytest.mark.parametrize("stem", CELLS_SPLIT)
+def test_split_rows_give_the_one_thread_results(stem, two_threads, monkeypatch):
+    """B = 10 (three 4-row tiles: blocks of 4 and 6 rows), padded steps: the forward outputs are
+    bitwise those of one block, every gradient within 1e-13 of its largest entry."""
+    hs1, final1, g1 = run(stem, "one", monkeypatch)
+    assert two_threads == []
+    hs2, final2, g2 = run(stem, "split", monkeypatch)
+    assert two_threads and all(b == [(0, 4), (4, 10)] for b in two_threads), two_threads
+    np.testing.assert_array_equal(hs1, hs2)
+    as_tuple = (lambda f: f if isinstance(f, tuple) else (f,))
+    for a, b in zip(as_tuple(final1), as_tuple(final2)):            # hT (and cT)
+        np.testing.assert_array_equal(a, b)
+    assert g1.keys() == g2.keys()
+    for k in g1:
+        scale = max(1.0, float(np.max(np.abs(g1[k]))))
+        np.testing.assert_allclose(g2[k], g1[k], rtol=0, atol=1e-13 * scale, err_msg=k)
+
+
+@pytest.mark.parametrize("stem", ("bn_lstm", "bn_gru", "bn_rnn"))
+def test_per_step_batch_norm_loops_keep_one_block(stem, two_threads, monkeypatch):
+    """Their step loops need the whole batch's statistics at every step: never split."""
+    run(stem, "split", monkeypatch)
+    assert two_threads == []            # no step loop through run_rows
+
+
+def test_row_blocks_cut_whole_tiles():
+    assert threads.TILE_ROWS == common.MR
+    assert threads.row_blocks(10, 2) == [(0, 4), (4, 10)]
+    assert threads.row_blocks(32, 2) == [(0, 16), (16, 32)]
+    assert threads.row_blocks(4, 2) == [(0, 4)]                  # one tile: one block
+    assert threads.row_blocks(7, 1) == [(0, 7)]
+    for B in range(1, 40):
+        for n in (1, 2, 3, 5):
+            blocks = threads.row_blocks(B, n)
+            assert blocks[0][0] == 0 and blocks[-1][1] == B
+            assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
+            assert all(r0 % common.MR == 0 for r0, _ in blocks)
+            assert len(blocks) <= min(n, -(-B // common.MR))
+
+
+def test_a_call_holds_the_blas_at_one_thread_and_gives_it_back(monkeypatch):
+    """Inside a call NumPy's BLAS runs one thread (the products run on refnorm's threads);
+    after it, and after a call that raised, the BLAS has its count again."""
+    from threadpoolctl import threadpool_limits
+    seen = []
+    real = threads.matmul
+
+    def spy(A, B, out=None):
+        seen.append(threads.blas_threads())
+        return real(A, B, out)
+    monkeypatch.setattr(common, "matmul", spy)
+    with threadpool_limits(2):
+        if threads.blas_threads() != 2:
+            pytest.skip("this BLAS does not run 2 threads here")
+        run("lstm", "split", monkeypatch)
+        assert seen and set(seen) == {1}
+        assert threads.blas_threads() == 2
+        cell = refnorm.LSTM(3, 4, backend="numba")
+        with pytest.raises(ValueError):
+            cell.forward(np.full((2, 2, 3), np.nan))
+        with pytest.raises(ValueError):
+            refnorm.numba_cpu.lstm_forward(np.zeros((2, 2, 3)), np.zeros((2, 5)), np.zeros((2, 4)),
+                                           np.ones((2, 2)), cell.params)
+        assert threads.blas_threads() == 2
+
+
+def test_matmul_split_by_rows_is_the_product():
+    rng = np.random.default_rng(0)
+    A, B = rng.standard_normal((70, 9)), rng.standard_normal((9, 6))
+    with threads.section():
+        threads._section.threads = 2
+        out = threads.matmul(A, B)
+        into = np.empty((70, 6))
+        threads.matmul(A.T.copy().T, B, out=into)
+    threads._section.threads = None
+    np.testing.assert_allclose(out, A @ B, rtol=1e-14, atol=1e-14)
+    np.testing.assert_allclose(into, A @ B, rtol=1e-14, atol=1e-14)
+    assert threads._even_blocks(70, 2, 16) == [(0, 35), (35, 70)]
+    assert threads._even_blocks(20, 2, 16) == [(0, 20)]
+
+
+def test_run_rows_waits_for_every_block_and_raises():
+    done = []
+
+    def loop(r0, r1):
+        if r0 == 0:
+            raise RuntimeError("block 0")
+        done.append((r0, r1))
+    with pytest.raises(RuntimeError, match="block 0"):
+        threads.run_rows(loop, [(0, 4), (4, 8), (8, 12)])
+    assert sorted(done) == [(4, 8), (8, 12)]
+
+
+def test_planner_measures_once_per_shape_and_keeps_it_per_machine(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("REFNORM_PLAN", raising=False)
+    monkeypatch.setattr(planner, "_plans", {})
+    calls = []
+
+    def fake(cell, dtype, B, H):
+        calls.append((cell, dtype.name, B, H))
+        return 0.01, (0.5 if B >= 32 else 0.99)      # split pays at B >= 32 only
+    monkeypatch.setattr(planner, "measure", fake)
+    assert planner.split_pays("lstm", np.float64, 32, 64, 2) is True
+    assert planner.split_pays("lstm", np.float64, 8, 64, 2) is False    # 0.99: not by MARGIN
+    assert planner.split_pays("lstm", np.float64, 32, 64, 2) is True
+    assert calls == [("lstm", "float64", 32, 64), ("lstm", "float64", 8, 64)]
+    saved = json.loads(open(planner.plan_file()).read())
+    assert saved == {"lstm|float64|32|64|2": True, "lstm|float64|8|64|2": False}
+    assert str(tmp_path) in planner.plan_file()
+    monkeypatch.setattr(planner, "_plans", {})               # a new process: read from the file
+    assert planner.split_pays("lstm", np.float64, 8, 64, 2) is False and len(calls) == 2
+    monkeypatch.setattr(planner, "_cpu", lambda: "another CPU|avx2")   # another machine
+    monkeypatch.setattr(planner, "_plans", {})
+    assert planner.split_pays("lstm", np.float64, 8, 64, 2) is False and len(calls) == 3
+
+
+def test_planner_keeps_one_thread_where_the_cell_refuses_the_probe(tmp_path, monkeypatch):
+    """LN over H = 1 is refused by the cell classes, not by the backend functions: the probe
+    cannot build the cell, and the loop runs on one thread."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("REFNORM_PLAN", raising=False)
+    monkeypatch.setattr(planner, "_plans", {})
+    assert planner.split_pays("ln_rnn", np.float64, 8, 1, 2) is False
+
+
+def test_planner_forced_and_refused_settings(monkeypatch):
+    monkeypatch.setenv("REFNORM_PLAN", "split")
+    assert planner.split_pays("gru", np.float32, 4, 4, 2) is True
+    monkeypatch.setenv("REFNORM_PLAN", "one")
+    assert planner.split_pays("gru", np.float32, 400, 400, 2) is False
+    monkeypatch.setenv("REFNORM_PLAN", "fast")
+    with pytest.raises(ValueError, match="REFNORM_PLAN"):
+        planner.split_pays("gru", np.float32, 4, 4, 2)
+
+
+def test_planner_measure_times_both_ways(monkeypatch):
+    """The real probe: a number for the one-thread time and a ratio, both ways run (the forced
+    choice inside the probe reaches the cell's loops)."""
+    monkeypatch.setattr(threads, "blas_threads", lambda: 2)
+    monkeypatch.delenv("REFNORM_PLAN", raising=False)
+    seen = []
+    split_pays = planner.split_pays
+    monkeypatch.setattr(planner, "split_pays", lambda *a: seen.append(split_pays(*a)) or seen[-1])
+    seconds, ratio = planner.measure("lstm", np.dtype("float64"), 8, 4, steps=2, repeats=1)
+    assert seconds > 0 and ratio > 0
+    assert seen.count(True) == seen.count(False) == 4   # forward and backward, warm-up and timed
