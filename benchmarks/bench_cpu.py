@@ -523,13 +523,15 @@ def table_threads(shapes, T, repeats, out, counts=THREAD_COUNTS):
     for n in counts:
         head += [f"refnorm {n}t", f"torch {n}t", f"ratio {n}t", f"least possible / torch {n}t"]
     head += [f"refnorm {counts[0]}t / {counts[-1]}t", f"torch {counts[0]}t / {counts[-1]}t",
-             "targets met"]
+             "plan", "targets met"]
     print(row(head), file=out)
     print(row(["---"] * len(head)), file=out)
     results = []
     for dtype in ("float64", "float32"):
         for B, H in shapes:
             fb = refnorm_case("lstm", T, B, H, dtype)[1]
+            for n in counts:                  # the planner measures now, before torch runs
+                threads.on(n, fb)()
             tfb = torch_case("lstm", T, B, H, dtype)[1]
             fns = [f for n in counts for f in (threads.on(n, fb), threads.on(n, tfb))]
             runs = interleaved_runs(fns, repeats)
@@ -544,7 +546,8 @@ def table_threads(shapes, T, repeats, out, counts=THREAD_COUNTS):
                 met.append(f"{n}t {'yes' if ratio[0] <= TARGETS[dtype] else 'NO'}")
             speed_mine = runs[0].ratio(runs[-2])
             speed_torch = runs[1].ratio(runs[-1])
-            cells += [spread(speed_mine, "{:.2f}x"), spread(speed_torch, "{:.2f}x")]
+            cells += [spread(speed_mine, "{:.2f}x"), spread(speed_torch, "{:.2f}x"),
+                      plan_text("lstm", dtype, B, H, counts[-1])]
             if B * H >= 64 * 256:
                 met.append(f"speed-up {'yes' if speed_mine[0] >= SPEEDUP_TARGET else 'NO'}")
             print(row(cells + [", ".join(met)]), file=out)
@@ -552,6 +555,19 @@ def table_threads(shapes, T, repeats, out, counts=THREAD_COUNTS):
             results.append((dtype, B, H, runs))
     threads.set(counts[0])
     return results
+
+
+def plan_text(stem, dtype, B, H, n):
+    """What refnorm's planner chose on this machine for `stem` at (B, H): the step loops on n
+    threads or one, and the step products' kernel width forward (Wh) and backward (Whᵀ)."""
+    from refnorm.numba_cpu import planner
+    G = GATES[FAMILIES_OF[stem]] * H
+    split = planner.split_pays(stem, dtype, B, H, n)
+    widths = [planner.vector_bytes(dtype, K, N) for K, N in ((H, G), (G, H))]
+    return f"{'split' if split else 'one'}, {widths[0]}/{widths[1]} B"
+
+
+FAMILIES_OF = {stem: family for family, stems in FAMILIES.items() for stem in (family,) + stems}
 
 
 def table_norm_threads(shapes, T, repeats, out, counts=THREAD_COUNTS):
@@ -563,6 +579,7 @@ def table_norm_threads(shapes, T, repeats, out, counts=THREAD_COUNTS):
     head = ["dtype", "B", "H", "cell"]
     for n in counts:
         head += [f"cell {n}t", f"vs LSTM {n}t"]
+    head.append("plan")
     print(row(head), file=out)
     print(row(["---"] * len(head)), file=out)
     for dtype in ("float64", "float32"):
@@ -570,6 +587,8 @@ def table_norm_threads(shapes, T, repeats, out, counts=THREAD_COUNTS):
             base = refnorm_case("lstm", T, B, H, dtype)[1]
             for stem in FAMILIES["lstm"]:
                 mine = refnorm_case(stem, T, B, H, dtype)[1]
+                for n in counts:              # the planner measures now
+                    threads.on(n, mine)()
                 runs = interleaved_runs([f for n in counts for f in (threads.on(n, base),
                                                                      threads.on(n, mine))],
                                         repeats)
@@ -577,6 +596,8 @@ def table_norm_threads(shapes, T, repeats, out, counts=THREAD_COUNTS):
                 for k, n in enumerate(counts):
                     cells += [f"{runs[2 * k + 1].time * 1e3:.2f}",
                               spread(runs[2 * k + 1].ratio(runs[2 * k]))]
+                cells.append("one (per-step batch statistics)" if stem == "bn_lstm" else
+                             plan_text(stem, dtype, B, H, counts[-1]))
                 print(row(cells), file=out)
                 out.flush()
     threads.set(counts[0])

@@ -713,49 +713,53 @@ def _product_bound(A, B, dtype):
     return K * np.finfo(dtype).eps * (np.abs(A).astype(np.float64) @ np.abs(B).astype(np.float64))
 
 
+@pytest.mark.parametrize("vector_bytes", [32, 64])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("M", [1, 7, 8])
-def test_packed_matmul_is_the_product_on_the_views_the_loops_pass(dtype, M):
+def test_packed_matmul_is_the_product_on_the_views_the_loops_pass(dtype, M, vector_bytes):
     """C = A·W on a step's rows (a row block of a (T, B, K) array) into a column window of a
     wider array, and A·Wᵀ with W packed from its transposed view: M below, at, and past a tile
     of MR rows, N not a multiple of the panel width NR, K past KC (two depth passes, the second
-    adding to C). Random values; nothing outside C is written."""
+    adding to C; three for the 64-byte kernel, whose passes are 128 deep), on either kernel
+    width. Random values; nothing outside C is written."""
     from refnorm.numba_cpu.common import KC, pack_panels, packed_matmul, panel_width, \
         product_workspace
     rng = np.random.default_rng(3 + M)
-    NR = panel_width(dtype)
+    NR = panel_width(dtype, vector_bytes)
     K, N = KC + 37, 2 * NR + 5
     A = rng.standard_normal((3, M, K)).astype(dtype)[1]     # (T, B, K)[t]
     W = rng.standard_normal((K, N)).astype(dtype)
     wide = np.full((M, N + 3), np.nan, dtype)
     C = wide[:, 1:N + 1]
-    Wp = pack_panels(W)
+    Wp = pack_panels(W, vector_bytes)
+    assert Wp.shape[2] == NR
     packed_matmul(A, Wp, C, product_workspace(M, K, Wp))
     assert np.all(np.abs(C - A.astype(np.float64) @ W.astype(np.float64))
                   <= _product_bound(A, W, dtype))
     assert np.isnan(wide[:, [0, N + 1, N + 2]]).all()
     V = rng.standard_normal((N, K)).astype(dtype)           # A·Vᵀ, as dz_t Whᵀ
     D = np.full((M, N), np.nan, dtype)
-    Vp = pack_panels(V.T)
+    Vp = pack_panels(V.T, vector_bytes)
     packed_matmul(A, Vp, D, product_workspace(M, K, Vp))
     assert np.all(np.abs(D - A.astype(np.float64) @ V.T.astype(np.float64))
                   <= _product_bound(A, V.T, dtype))
 
 
-def test_pack_panels_is_the_weight_in_column_panels():
+@pytest.mark.parametrize("vector_bytes", [32, 64])
+def test_pack_panels_is_the_weight_in_column_panels(vector_bytes):
     """Wp[q, p, j] = W[p, q·NR + j], zero past W's last column, whatever W's strides."""
     from refnorm.numba_cpu.common import pack_panels, panel_width
     W = np.random.default_rng(5).standard_normal((7, 13))
-    NR = panel_width(W.dtype)
-    Wp = pack_panels(W)
+    NR = panel_width(W.dtype, vector_bytes)
+    Wp = pack_panels(W, vector_bytes)
     assert Wp.shape == (-(-13 // NR), 7, NR)
     padded = np.zeros((7, Wp.shape[0] * NR))
     padded[:, :13] = W
     assert np.array_equal(Wp, padded.reshape(7, -1, NR).transpose(1, 0, 2))
-    assert np.array_equal(pack_panels(np.asfortranarray(W)), Wp)
+    assert np.array_equal(pack_panels(np.asfortranarray(W), vector_bytes), Wp)
     strided = np.zeros((7, 26))
     strided[:, ::2] = W
-    assert np.array_equal(pack_panels(strided[:, ::2]), Wp)      # columns 16 bytes apart
+    assert np.array_equal(pack_panels(strided[:, ::2], vector_bytes), Wp)   # 16 bytes apart
 
 
 def test_packed_matmul_refuses_what_it_cannot_take():
@@ -768,7 +772,7 @@ def test_packed_matmul_refuses_what_it_cannot_take():
     NR = panel_width(np.float64)
     N = 2 * NR + 3                                          # three panels, the last partial
     A, W = rng.standard_normal((4, 6)), rng.standard_normal((6, N))
-    Wp = pack_panels(W)
+    Wp = pack_panels(W, 32)
     work = product_workspace(4, 6, Wp)
     C = rng.standard_normal((4, 2 * N))
     before = C.copy()

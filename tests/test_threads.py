@@ -198,3 +198,49 @@ def test_planner_measure_times_both_ways(monkeypatch):
     seconds, ratio = planner.measure("lstm", np.dtype("float64"), 8, 4, steps=2, repeats=1)
     assert seconds > 0 and ratio > 0
     assert seen.count(True) == seen.count(False) == 4   # forward and backward, warm-up and timed
+
+
+# -- the step product's vector width (planner.vector_bytes) ---------------------------------------
+@pytest.mark.parametrize("stem", ("lstm", "gru", "bn_lstm", "ln_rnn"))
+def test_either_kernel_width_gives_the_same_cell(stem, monkeypatch):
+    """The 32- and 64-byte micro-kernels, forced by REFNORM_KERNEL, at H = 150 (the 64-byte
+    kernel's depth passes are 128 deep, so Whᵀ's 4H rows take several): outputs and
+    gradients within 1e-13 of their largest entry (the sums over a tile's depth are cut into
+    other passes, nothing else differs)."""
+    results = {}
+    for width in ("32", "64"):
+        monkeypatch.setenv("REFNORM_KERNEL", width)
+        results[width] = run(stem, "one", monkeypatch, B=6, T=4, H=150, D=7)
+    (hs1, _, g1), (hs2, _, g2) = results["32"], results["64"]
+    np.testing.assert_allclose(hs2, hs1, rtol=0, atol=1e-13)
+    for k in g1:
+        scale = max(1.0, float(np.max(np.abs(g1[k]))))
+        np.testing.assert_allclose(g2[k], g1[k], rtol=0, atol=1e-13 * scale, err_msg=k)
+
+
+def test_planner_picks_the_kernel_width_per_machine(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("REFNORM_KERNEL", raising=False)
+    monkeypatch.setattr(planner, "_plans", {})
+    monkeypatch.setattr(planner, "_cpu", lambda: "a CPU|avx512f")
+    calls = []
+
+    def fake(dtype, K, N):
+        calls.append((dtype.name, K, N))
+        return {32: 1.0, 64: 0.5 if dtype == np.float32 else 0.97}
+    monkeypatch.setattr(planner, "measure_kernel", fake)
+    assert planner.vector_bytes(np.float32, 64, 256) == 64
+    assert planner.vector_bytes(np.float64, 64, 256) == 32          # 0.97: not by MARGIN
+    assert planner.vector_bytes(np.float32, 64, 256) == 64 and len(calls) == 2
+    monkeypatch.setattr(planner, "_cpu", lambda: "a CPU|avx2")      # never tried without it
+    assert planner.vector_bytes(np.float32, 64, 512) == 32 and len(calls) == 2
+    monkeypatch.setenv("REFNORM_KERNEL", "64")
+    assert planner.vector_bytes(np.float64, 3, 3) == 64
+    monkeypatch.setenv("REFNORM_KERNEL", "128")
+    with pytest.raises(ValueError, match="REFNORM_KERNEL"):
+        planner.vector_bytes(np.float64, 3, 3)
+
+
+def test_measure_kernel_times_both_widths():
+    times = planner.measure_kernel(np.dtype("float32"), 16, 40, repeats=1)
+    assert set(times) == {32, 64} and all(t > 0 for t in times.values())

@@ -355,35 +355,53 @@ def input_projection(x, Wx):
 # float64 gate change above (an A/B of the two versions; benchmarks/RESULTS.md has the product
 # tables of the latest runs).
 # Why an intrinsic: written as Numba loops, the tile's sums were 32 scalar FMAs per p that LLVM
-# neither kept in registers nor vectorised (3.6 GFLOP/s). micro_tile spells out the LLVM vector
-# type, <4 x double> or <8 x float> (an AVX2 register), and the fused multiply-add llvm.fma on it;
-# LLVM lowers both for the machine it compiles for (without AVX2 or FMA, as narrower registers
-# and a slower fma; measured only on AVX2 here). Tiles of 4 × 3 registers ran as fast as 6 × 2
-# or up to 8 % faster in the loops, and split the benchmark's batch sizes (multiples of 4) into
-# whole tiles.
-# The kernel runs on one thread: the step products no longer follow a BLAS thread setting (the
-# whole-sequence products, NumPy's `@`, still do).
-NV = 3          # vector registers per tile row: NR = NV·(32 bytes / itemsize) columns
+# neither kept in registers nor vectorised (3.6 GFLOP/s). The micro-kernel spells out the LLVM
+# vector type, <4 x double> or <8 x float> (an AVX2 register; micro_tile_32) or twice as wide (an
+# AVX-512 register; micro_tile_64), and the fused multiply-add llvm.fma on it; LLVM lowers both
+# for the machine it compiles for (narrower registers where the CPU has no such width). Tiles of
+# 4 × 3 registers ran as fast as 6 × 2 or up to 8 % faster in the loops (AVX2), and split the
+# benchmark's batch sizes (multiples of 4) into whole tiles. Which width runs is measured per
+# machine, dtype and weight shape (planner.vector_bytes); on the Zen 4 machine (AVX-512 executed
+# as two 256-bit halves) the 64-byte kernel ran 0.84-1.06x the 32-byte one's time on the LSTM's
+# step products from (32, 64·4) to (32, 512·4), and 1.23x on a (256, 64) weight in float32,
+# whose 48-column panels are a third padding.
+# Each step product runs on the thread of its loop; threads.py runs the loops of several row
+# blocks side by side.
+NV = 3          # vector registers per tile row: NR = NV·(vector bytes / itemsize) columns
 MR = 4          # rows per tile: MR·NV = 12 sums + NV panel vectors + 1 broadcast = 16 registers
-KC = 256        # depth per pass: the kc × NR panel, 96·kc bytes, stays in L1 (32 KiB)
+KC = 256        # depth per pass at most: the kc × NR panel stays in L1 (PANEL_BYTES)
+PANEL_BYTES = 24 << 10      # 256 rows of 96 bytes (3 AVX2 registers), 128 of 192 (3 AVX-512)
+# The vector width of the kernel: 32 bytes (AVX2's registers) or 64 (AVX-512's). Which one runs
+# is the planner's choice per dtype and weight shape on each machine (planner.vector_bytes):
+# an AVX-512 register doubles the columns per tile and halves the instructions per multiply-
+# add, which pays where the CPU executes 512-bit FMAs at full width; elsewhere LLVM splits each
+# into two 256-bit halves and the tile's 24 sums no longer fit the 16 registers.
+VECTOR_BYTES = (32, 64)
 
 
-def panel_width(dtype):
-    """NR: NV 32-byte vector registers of the dtype (12 float64, 24 float32)."""
-    return NV * 32 // np.dtype(dtype).itemsize
+def panel_width(dtype, vector_bytes=32):
+    """NR: NV vector registers of the dtype (32 bytes: 12 float64, 24 float32; 64: twice)."""
+    return NV * vector_bytes // np.dtype(dtype).itemsize
 
 
-@intrinsic
-def micro_tile(typingctx, kc, Ap, a0, Wp, w0, C, row, col, first):
-    """C[row:row+MR, col:col+NR] = Σ_p A_p ⊗ W_p over p < kc, or += that sum when not first,
-    with A_p = Ap[a0 + p·MR : a0 + p·MR + MR] (MR rows of A, packed by packed_matmul) and
-    W_p = Wp[w0 + p·NR : w0 + p·NR + NR] (a row of a panel, pack_panels). C's rows have unit
-    stride. The sums live in MR·NV vector registers: each p is NV vector loads, MR broadcasts
-    and MR·NV vector FMAs."""
+def _micro_tile(vector_bytes):
+    """The micro-kernel on registers of vector_bytes bytes (micro_tile_32, micro_tile_64)."""
+    @intrinsic
+    def micro_tile(typingctx, kc, Ap, a0, Wp, w0, C, row, col, first):
+        """C[row:row+MR, col:col+NR] = Σ_p A_p ⊗ W_p over p < kc, or += that sum when not
+        first, with A_p = Ap[a0 + p·MR : a0 + p·MR + MR] (MR rows of A, packed by
+        packed_matmul) and W_p = Wp[w0 + p·NR : w0 + p·NR + NR] (a row of a panel,
+        pack_panels). C's rows have unit stride. The sums live in MR·NV vector registers: each
+        p is NV vector loads, MR broadcasts and MR·NV vector FMAs."""
+        return _micro_tile_code(vector_bytes, Ap, Wp, C)
+    return micro_tile
+
+
+def _micro_tile_code(vector_bytes, Ap, Wp, C):
     dtype = Ap.dtype
     if dtype not in (types.float64, types.float32) or Wp.dtype != dtype or C.dtype != dtype:
         return None
-    width = 32 // (8 if dtype == types.float64 else 4)        # lanes of a 32-byte register
+    width = vector_bytes // (8 if dtype == types.float64 else 4)   # lanes of a register
     sig = types.void(types.intp, Ap, types.intp, Wp, types.intp, C, types.intp, types.intp,
                      types.boolean)
 
@@ -435,6 +453,10 @@ def micro_tile(typingctx, kc, Ap, a0, Wp, w0, C, row, col, first):
     return sig, codegen
 
 
+micro_tile_32 = _micro_tile(32)
+micro_tile_64 = _micro_tile(64)
+
+
 @njit(**JIT)
 def pack_panels_into(W, Wp):
     """Wp[q, p, j] = W[p, q·NR + j], zero past W's last column: W (K, N) cut into column panels
@@ -448,11 +470,15 @@ def pack_panels_into(W, Wp):
                 Wp[q, p, j] = W[p, col] if col < N else 0.0
 
 
-def pack_panels(W):
-    """W (K, N) packed for packed_matmul: (ceil(N / NR), K, NR), NR = panel_width(W.dtype).
+def pack_panels(W, vector_bytes=None):
+    """W (K, N) packed for packed_matmul: (ceil(N / NR), K, NR), NR = panel_width(W.dtype,
+    vector_bytes), vector_bytes by default the planner's choice for this dtype and shape.
     Once per sequence: Wh forward, Whᵀ backward (a view; the packing reads any strides)."""
     K, N = W.shape
-    NR = panel_width(W.dtype)
+    if vector_bytes is None:
+        from .planner import vector_bytes as planned
+        vector_bytes = planned(W.dtype, K, N)
+    NR = panel_width(W.dtype, vector_bytes)
     Wp = np.empty((-(-N // NR), K, NR), W.dtype)
     pack_panels_into(W, Wp)
     return Wp
@@ -462,7 +488,13 @@ def pack_panels(W):
 def product_workspace(M, K, Wp):
     """packed_matmul's working memory for an (M, K) A: its packed row blocks and one tile."""
     NR = Wp.shape[2]                             # = np.empty(packed A blocks + one tile)
-    return np.empty(-(-M // MR) * MR * min(K, KC) + MR * NR, Wp.dtype)
+    return np.empty(-(-M // MR) * MR * min(K, depth_per_pass(Wp)) + MR * NR, Wp.dtype)
+
+
+@njit(**JIT)
+def depth_per_pass(Wp):
+    """kc at most: KC, or fewer where a kc × NR panel would pass PANEL_BYTES."""
+    return min(KC, PANEL_BYTES // (Wp.shape[2] * Wp.itemsize))   # = KC, or 128 for 64-byte
 
 
 @njit(**JIT)
@@ -471,10 +503,11 @@ def packed_matmul(A, Wp, C, work):
     C (M, N) rows of unit stride, work = product_workspace(M, K, Wp). The panels keep no record
     of W's exact width: C's width N is checked only to end within Wp's last panel.
 
-    For each depth block of KC: pack A's rows in blocks of MR (zero rows past M), then run
-    micro_tile over every (row block, column panel) tile; the first block writes C, the later
-    ones add to it. Tiles that run past C's last row or column are computed into a tile of
-    their own and copied."""
+    For each depth block of depth_per_pass(Wp): pack A's rows in blocks of MR (zero rows past
+    M), then run the micro-kernel over every (row block, column panel) tile; the first block
+    writes C, the later ones add to it. Tiles that run past C's last row or column are computed
+    into a tile of their own and copied. The panel width says which micro-kernel: NV registers
+    of 64 bytes (micro_tile_64) or of 32 (micro_tile_32)."""
     M, K = A.shape
     N = C.shape[1]
     P, K_w, NR = Wp.shape
@@ -484,11 +517,13 @@ def packed_matmul(A, Wp, C, work):
         raise ValueError("packed_matmul needs C's rows of unit stride")
     blocks = -(-M // MR)
     W_flat = Wp.reshape(-1)
-    depth = min(K, KC)
+    most = depth_per_pass(Wp)
+    wide = NR * Wp.itemsize == NV * 64
+    depth = min(K, most)
     Ap = work[:blocks * MR * depth]
     tile = work[blocks * MR * depth:blocks * MR * depth + MR * NR].reshape((MR, NR))
-    for pc in range(0, K, KC):
-        kc = min(KC, K - pc)
+    for pc in range(0, K, most):
+        kc = min(most, K - pc)
         for b in range(blocks):                  # Ap[(b·kc + p)·MR + i] = A[b·MR + i, pc + p]
             for p in range(kc):
                 for i in range(MR):
@@ -499,9 +534,15 @@ def packed_matmul(A, Wp, C, work):
                 r0, c0 = b * MR, q * NR
                 w0 = (q * K + pc) * NR           # row pc of panel q
                 if r0 + MR <= M and c0 + NR <= N:
-                    micro_tile(kc, Ap, b * kc * MR, W_flat, w0, C, r0, c0, pc == 0)
+                    if wide:
+                        micro_tile_64(kc, Ap, b * kc * MR, W_flat, w0, C, r0, c0, pc == 0)
+                    else:
+                        micro_tile_32(kc, Ap, b * kc * MR, W_flat, w0, C, r0, c0, pc == 0)
                 else:
-                    micro_tile(kc, Ap, b * kc * MR, W_flat, w0, tile, 0, 0, True)
+                    if wide:
+                        micro_tile_64(kc, Ap, b * kc * MR, W_flat, w0, tile, 0, 0, True)
+                    else:
+                        micro_tile_32(kc, Ap, b * kc * MR, W_flat, w0, tile, 0, 0, True)
                     for i in range(min(MR, M - r0)):
                         for j in range(min(NR, N - c0)):
                             if pc == 0:

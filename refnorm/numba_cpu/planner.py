@@ -1,7 +1,7 @@
 """Whether a step loop runs faster on several threads, measured on this machine, once.
 
 The first time a cell meets a (dtype, B, H, threads) on a machine, the planner times a short
-forward+backward of that cell at that shape (probe_steps: 16 steps at (32, 128), fewer above;
+forward+backward of that cell at that shape (probe_steps: 16 steps up to (32, 128), 8 from (64, 256);
 D = H, random weights) with the loop's rows on one thread and on `threads` threads (threads.py),
 alternating the two, and keeps the faster: splitting must win by MARGIN to be chosen, so a draw keeps the one-thread loop. At
 small shapes the hand-over to the second thread and the two threads sharing one core's cache can
@@ -21,6 +21,7 @@ other programs shared the cores can be wrong for an idle machine: delete plan_fi
 again. GRU's reset="before" form uses the choice measured on its default reset="after" form
 (same key "gru"; the two gained alike from the split, measured at (64, 256)).
 """
+import functools
 import hashlib
 import json
 import os
@@ -31,7 +32,9 @@ import time
 import numpy as np
 
 PROBE_STEPS = 16       # at (B, H) = (32, 128); fewer at larger shapes (probe_steps)
-PROBE_REPEATS = 3
+PROBE_REPEATS = 5      # the best of 5 each way: a probe run right after another library's
+                       # threads worked (torch's spin for a while) is slow, and 3 were not
+                       # enough to leave one clean run (LSTM (64, 256) float32 planned "one")
 MARGIN = 0.95           # split only if it takes less than 0.95x the one-thread time
 
 _lock = threading.RLock()
@@ -39,8 +42,10 @@ _plans = {}             # key -> bool (split pays), this process
 _measuring = threading.local()
 
 
+@functools.lru_cache(maxsize=None)
 def _cpu():
-    """The CPU's model name and its vector ISA, from /proc/cpuinfo (Linux) or platform."""
+    """The CPU's model name and its vector ISA ("...|avx512f", "|avx2" or "|other"), from
+    /proc/cpuinfo (Linux) or platform."""
     fields = {}
     try:
         with open("/proc/cpuinfo") as f:
@@ -121,10 +126,14 @@ def split_pays(cell, dtype, B, H, threads):
         return _plans[key]
 
 
+MIN_PROBE_STEPS = 8     # with 2 steps SeqBN-LSTM's batch norm over all frames and the products
+                        # outweighed the loop, and (64, 256) measured "no gain" (1.33x the LSTM)
+
+
 def probe_steps(B, H):
-    """PROBE_STEPS scaled down with the step's work B·H² (at least 2): a probe's calls at
-    (128, 512) take about what they take at (32, 128) with 16 steps."""
-    return int(max(2, min(PROBE_STEPS, PROBE_STEPS * 32 * 128 ** 2 // (B * H * H))))
+    """PROBE_STEPS scaled down with the step's work B·H², to no fewer than MIN_PROBE_STEPS:
+    the probe at (128, 512) runs 8 steps (~2.5 s in all, once per machine, in float64)."""
+    return int(max(MIN_PROBE_STEPS, min(PROBE_STEPS, PROBE_STEPS * 32 * 128 ** 2 // (B * H * H))))
 
 
 def measure(cell, dtype, B, H, steps=None, repeats=PROBE_REPEATS):
@@ -153,3 +162,56 @@ def measure(cell, dtype, B, H, steps=None, repeats=PROBE_REPEATS):
         for split in ((False, True) if k % 2 == 0 else (True, False)):
             best[split] = min(best[split], run(split))
     return best[False], best[True] / best[False]
+
+
+# -- the step product's vector width ---------------------------------------------------------------
+def vector_bytes(dtype, K, N):
+    """The micro-kernel's register width for a (K, N) weight in dtype on this machine: 32 or 64
+    bytes (common.VECTOR_BYTES), the faster on a step product of KERNEL_ROWS rows measured once
+    (64 must win by MARGIN). REFNORM_KERNEL=32 or 64 forces it; without AVX-512 in the CPU's
+    flags 64 is never tried."""
+    value = os.environ.get("REFNORM_KERNEL", "measure").strip().lower()
+    if value in ("32", "64"):
+        return int(value)
+    if value != "measure":
+        raise ValueError(f"REFNORM_KERNEL must be 'measure', '32' or '64', got {value!r}")
+    if not _cpu().endswith("avx512f"):
+        return 32
+    key = f"kernel|{np.dtype(dtype).name}|{K}|{N}"
+    with _lock:
+        if key not in _plans:
+            _plans.update({k: v for k, v in _load().items() if k not in _plans})
+        if key not in _plans:
+            times = measure_kernel(np.dtype(dtype), K, N)
+            _plans[key] = times[64] < MARGIN * times[32]
+            _save()
+        return 64 if _plans[key] else 32
+
+
+KERNEL_ROWS = 32        # rows of the probe's step product (a batch of 32)
+KERNEL_CALLS = 20       # products per timing
+
+
+def measure_kernel(dtype, K, N, repeats=PROBE_REPEATS):
+    """{32: seconds, 64: seconds}: the best of `repeats` timings of KERNEL_CALLS products
+    (KERNEL_ROWS, K)·(K, N) on W packed for each width, alternating the two."""
+    from .common import pack_panels, packed_matmul, product_workspace
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((KERNEL_ROWS, K)).astype(dtype)
+    W = rng.standard_normal((K, N)).astype(dtype)
+    C = np.empty((KERNEL_ROWS, N), dtype)
+    packed = {vb: pack_panels(W, vb) for vb in (32, 64)}
+    work = {vb: product_workspace(KERNEL_ROWS, K, packed[vb]) for vb in (32, 64)}
+
+    def run(vb):
+        start = time.perf_counter()
+        for _ in range(KERNEL_CALLS):
+            packed_matmul(A, packed[vb], C, work[vb])
+        return time.perf_counter() - start
+
+    run(32), run(64)                                  # compiles and warms both
+    best = {32: np.inf, 64: np.inf}
+    for k in range(repeats):
+        for vb in ((32, 64) if k % 2 == 0 else (64, 32)):
+            best[vb] = min(best[vb], run(vb))
+    return best
