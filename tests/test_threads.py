@@ -153,19 +153,21 @@ def test_planner_measures_once_per_shape_and_keeps_it_per_machine(tmp_path, monk
     def fake(cell, dtype, B, H):
         calls.append((cell, dtype.name, B, H))
         return 0.01, (0.5 if B >= 32 else 0.99)      # split pays at B >= 32 only
+
+    assert planner.PROBES == 2
     monkeypatch.setattr(planner, "measure", fake)
     assert planner.split_pays("lstm", np.float64, 32, 64, 2) is True
     assert planner.split_pays("lstm", np.float64, 8, 64, 2) is False    # 0.99: not by MARGIN
     assert planner.split_pays("lstm", np.float64, 32, 64, 2) is True
-    assert calls == [("lstm", "float64", 32, 64), ("lstm", "float64", 8, 64)]
+    assert calls == [("lstm", "float64", 32, 64)] + [("lstm", "float64", 8, 64)] * 2  # PROBES
     saved = json.loads(open(planner.plan_file()).read())
     assert saved == {"lstm|float64|32|64|2": True, "lstm|float64|8|64|2": False}
     assert str(tmp_path) in planner.plan_file()
     monkeypatch.setattr(planner, "_plans", {})               # a new process: read from the file
-    assert planner.split_pays("lstm", np.float64, 8, 64, 2) is False and len(calls) == 2
+    assert planner.split_pays("lstm", np.float64, 8, 64, 2) is False and len(calls) == 3
     monkeypatch.setattr(planner, "_cpu", lambda: "another CPU|avx2")   # another machine
     monkeypatch.setattr(planner, "_plans", {})
-    assert planner.split_pays("lstm", np.float64, 8, 64, 2) is False and len(calls) == 3
+    assert planner.split_pays("lstm", np.float64, 8, 64, 2) is False and len(calls) == 5
 
 
 def test_planner_keeps_one_thread_where_the_cell_refuses_the_probe(tmp_path, monkeypatch):
