@@ -1181,7 +1181,8 @@ def main(argv=None):
     out = sys.stdout
     print(f"# refnorm CPU benchmark, {time.strftime('%Y-%m-%d')}\n", file=out)
     print(f"{cpu_description()}, {os.cpu_count()} cores, "
-          f"{args.threads} threads; Python {platform.python_version()}, numpy {np.__version__}, "
+          f"{'1 and 2 (set per timed call)' if args.threads_table else args.threads} "
+          f"threads; Python {platform.python_version()}, numpy {np.__version__}, "
           f"numba {__import__('numba').__version__}, torch {torch.__version__}; malloc "
           f"{'keeps freed memory (--keep-freed-memory)' if kept else 'as configured (default)'}"
           f".\n\n{kernels_description()}. {load_average()} at the start.", file=out)
