@@ -224,6 +224,7 @@ def test_planner_picks_the_kernel_width_per_machine(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.delenv("REFNORM_KERNEL", raising=False)
     monkeypatch.setattr(planner, "_plans", {})
+    monkeypatch.setattr(planner, "_widths", {})
     monkeypatch.setattr(planner, "_cpu", lambda: "a CPU|avx512f")
     calls = []
 
@@ -246,3 +247,24 @@ def test_planner_picks_the_kernel_width_per_machine(tmp_path, monkeypatch):
 def test_measure_kernel_times_both_widths():
     times = planner.measure_kernel(np.dtype("float32"), 16, 40, repeats=1)
     assert set(times) == {32, 64} and all(t > 0 for t in times.values())
+
+
+def test_the_first_process_to_write_a_plan_wins(tmp_path, monkeypatch):
+    """Two processes measured the same key at once and disagree: the one that writes second
+    adopts the file's choice, so both run the same plan (the study's numbers must not depend on
+    which worker ran a run)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("REFNORM_KERNEL", raising=False)
+    monkeypatch.setattr(planner, "_cpu", lambda: "a CPU|avx512f")
+    monkeypatch.setattr(planner, "_plans", {})
+    monkeypatch.setattr(planner, "_widths", {})
+    path = planner.plan_file()
+    import os
+    os.makedirs(os.path.dirname(path))
+    with open(path, "w") as f:                                     # the other process's choice
+        json.dump({"kernel|float64|8|32": True}, f)
+    monkeypatch.setattr(planner, "_load", lambda: {} if not planner._plans else
+                        json.load(open(path)))                      # it wrote while we measured
+    monkeypatch.setattr(planner, "measure_kernel", lambda dtype, K, N: {32: 0.5, 64: 1.0})
+    assert planner.vector_bytes(np.float64, 8, 32) == 64
+    assert json.load(open(path)) == {"kernel|float64|8|32": True}

@@ -89,16 +89,32 @@ def _load():
 
 
 def _save():
-    """Write the plans (to a temporary file renamed into place: a reader never sees half)."""
+    """Add this process's plans to the file, the first writer of a key winning: under a lock,
+    a key the file already holds (another process measured it meanwhile, e.g. the study's
+    other worker) replaces this process's choice, so every process of the machine runs the
+    same plan from then on and a run's numbers do not depend on which process ran it. Written
+    to a temporary file renamed into place: a reader never sees half."""
     path = plan_file()
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}"
-        with open(tmp, "w") as f:
-            json.dump({**_load(), **_plans}, f, indent=0, sort_keys=True)
-        os.replace(tmp, path)
+        with open(path + ".lock", "w") as lock:
+            _flock(lock)
+            saved = _load()
+            _plans.update(saved)
+            tmp = f"{path}.{os.getpid()}.{threading.get_ident()}"
+            with open(tmp, "w") as f:
+                json.dump(_plans, f, indent=0, sort_keys=True)
+            os.replace(tmp, path)
     except OSError:
         pass                        # a read-only home: the plans stay in memory
+
+
+def _flock(f):
+    try:
+        import fcntl
+    except ImportError:             # not POSIX: no lock (two processes may both write a key)
+        return
+    fcntl.flock(f, fcntl.LOCK_EX)   # released when f is closed
 
 
 def forced():
@@ -175,12 +191,16 @@ def vector_bytes(dtype, K, N):
     bytes (common.VECTOR_BYTES), the faster on a step product of KERNEL_ROWS rows measured once
     (64 must win by MARGIN). REFNORM_KERNEL=32 or 64 forces it; without AVX-512 in the CPU's
     flags 64 is never tried."""
-    value = os.environ.get("REFNORM_KERNEL", "measure").strip().lower()
+    value = os.environ.get("REFNORM_KERNEL")
+    if value is None and (dtype, K, N) in _widths:          # the common case: ~1 µs, no lock
+        return _widths[dtype, K, N]
+    value = (value or "measure").strip().lower()
     if value in ("32", "64"):
         return int(value)
     if value != "measure":
         raise ValueError(f"REFNORM_KERNEL must be 'measure', '32' or '64', got {value!r}")
     if not _cpu().endswith("avx512f"):
+        _widths[dtype, K, N] = 32
         return 32
     key = f"kernel|{np.dtype(dtype).name}|{K}|{N}"
     with _lock:
@@ -190,8 +210,11 @@ def vector_bytes(dtype, K, N):
             times = measure_kernel(np.dtype(dtype), K, N)
             _plans[key] = times[64] < MARGIN * times[32]
             _save()
-        return 64 if _plans[key] else 32
+        _widths[dtype, K, N] = 64 if _plans[key] else 32
+        return _widths[dtype, K, N]
 
+
+_widths = {}            # (dtype, K, N) -> the planned width, this process
 
 KERNEL_ROWS = 32        # rows of the probe's step product (a batch of 32)
 KERNEL_CALLS = 20       # products per timing
