@@ -268,3 +268,24 @@ def test_the_first_process_to_write_a_plan_wins(tmp_path, monkeypatch):
     monkeypatch.setattr(planner, "measure_kernel", lambda dtype, K, N: {32: 0.5, 64: 1.0})
     assert planner.vector_bytes(np.float64, 8, 32) == 64
     assert json.load(open(path)) == {"kernel|float64|8|32": True}
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork()")
+def test_a_forked_child_runs_split_loops(two_threads, monkeypatch):
+    """The parent has used the thread pool; a child made by fork() (multiprocessing's default
+    on Linux) runs a split LSTM too instead of waiting for the parent's threads, which it does
+    not have. The child reports through its exit status; a hang would fail by the timeout."""
+    import multiprocessing as mp
+    run("lstm", "split", monkeypatch)
+    assert threads._pool is not None and two_threads
+
+    def child():
+        hs, _, _ = run("lstm", "split", monkeypatch)
+        raise SystemExit(0 if np.isfinite(hs).all() else 1)
+    process = mp.get_context("fork").Process(target=child)
+    process.start()
+    process.join(60)
+    alive = process.is_alive()
+    if alive:
+        process.kill()
+    assert not alive and process.exitcode == 0

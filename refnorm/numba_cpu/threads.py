@@ -22,6 +22,7 @@ for bit across thread counts; the bias and gain gradients, sums over rows, are a
 block and differ from the one-thread sums by roundings.
 """
 import functools
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -131,6 +132,20 @@ def row_blocks(B, n):
     n = max(1, min(n, tiles))
     cuts = [min(B, TILE_ROWS * (tiles * k // n)) for k in range(n + 1)]
     return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+
+
+def _forget_after_fork():
+    """In a child made by fork() the pool's threads do not exist (only the forking thread is
+    copied): a block submitted to the inherited pool would never run and its call would wait
+    for ever. The child starts without a pool and with no section held."""
+    global _pool, _pool_size
+    _pool, _pool_size = None, 0
+    _held[:] = [0, None]
+    _section.threads = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def _executor(workers):
