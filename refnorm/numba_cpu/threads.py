@@ -7,19 +7,21 @@ each block runs the whole loop, all T steps, on a thread of its own (the loops r
 no thread waits for another between steps, and each runs its step product on its own rows
 against the one packed weight, which both threads read. The per-step batch norm cells (BN-LSTM,
 BN-GRU, BN-RNN) need the whole batch's statistics at every step and keep one thread for their
-loops; their whole-sequence products, as everyone's, run on the BLAS's threads.
+loops; their whole-sequence products, as everyone's, are split by rows over the threads
+(matmul, under section()).
 
 How many: `loop_threads()` is the thread count of NumPy's BLAS at the moment of the call (what
 threadpoolctl's `threadpool_limits`, OPENBLAS_NUM_THREADS or OMP_NUM_THREADS set), so one setting
-governs the products and the loops, and the loops never run next to a BLAS call (they alternate
-with the whole-sequence products, one after the other). Whether a shape gains from it is the
+governs the products and the loops; a call holds the BLAS at one thread while it runs
+(section()), so no BLAS thread competes with a loop's. Whether a shape gains from it is the
 planner's call (refnorm/numba_cpu/planner.py): below some size the hand-over costs more than the
 second thread saves.
 
 Results: every element of h, c, the gates and dz_t is computed by the same operations in the same
 order whichever block holds its row, so the forward pass and the gate gradients are identical bit
 for bit across thread counts; the bias and gain gradients, sums over rows, are added block by
-block and differ from the one-thread sums by roundings.
+block, and the weight gradients' products are cut into other BLAS calls: they differ from the
+one-thread results by roundings.
 """
 import functools
 import os
