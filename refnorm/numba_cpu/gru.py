@@ -29,7 +29,7 @@ from .common import (JIT, add_input_grads, backward_buffers_h, backward_in_chunk
                      chunk_bounds, input_projection, pack_panels, packed_matmul,
                      product_workspace, sigmoid, tanh)
 from .rnn import state, state_output_forward
-from .threads import add_block_sums, block_sums, loop_blocks, matmul, run_rows
+from .threads import loop_blocks, matmul, run_rows, run_rows_summing
 
 R, Z, N = 0, 1, 2   # the gate blocks of the 3H axis and of the gates, in the book's order r, z, n
 
@@ -406,19 +406,14 @@ def backward_rows(blocks, t0, t1, dhs, cache, WhTp, dV, dA, db, db_hn, dH, dh):
     """gru_backward_loop (reset after) over steps t1-1 .. t0 in the row blocks given
     (loop_blocks), each block adding Σ_b dv_t and Σ_b dq_t over its rows to a db and a db_hn of
     its own, added to db and db_hn at the end."""
-    dbs, dbs_hn = block_sums(db, blocks), block_sums(db_hn, blocks)   # db, db_hn for one block
-    run_rows(lambda r0, r1: gru_backward_loop(
-        t0, t1, dhs, cache.mask, cache.h, cache.gates, cache.hn, WhTp, dV, dA, dbs[r0],
-        dbs_hn[r0], dH, dh, r0, r1), blocks)
-    add_block_sums(db, dbs)
-    add_block_sums(db_hn, dbs_hn)
+    run_rows_summing(lambda r0, r1, own: gru_backward_loop(
+        t0, t1, dhs, cache.mask, cache.h, cache.gates, cache.hn, WhTp, dV, dA, own["b"],
+        own["b_hn"], dH, dh, r0, r1), blocks, {"b": db, "b_hn": db_hn})
 
 
 def reset_before_backward_rows(blocks, t0, t1, dhs, cache, WhTp_rz, WhTp_n, dU, db, dH, dh):
     """gru_reset_before_backward_loop over steps t1-1 .. t0 in the row blocks given, each block
     adding Σ_b du_t over its rows to a db of its own, added to db at the end."""
-    dbs = block_sums(db, blocks)            # db itself for one block
-    run_rows(lambda r0, r1: gru_reset_before_backward_loop(
-        t0, t1, dhs, cache.mask, cache.h, cache.gates, WhTp_rz, WhTp_n, dU, dbs[r0], dH, dh, r0,
-        r1), blocks)
-    add_block_sums(db, dbs)
+    run_rows_summing(lambda r0, r1, own: gru_reset_before_backward_loop(
+        t0, t1, dhs, cache.mask, cache.h, cache.gates, WhTp_rz, WhTp_n, dU, own["b"], dH, dh, r0,
+        r1), blocks, {"b": db})

@@ -16,7 +16,7 @@ from .gru import (gru_gates_backward, gru_gates_forward, interpolated_state_back
                   normalized_sides_forward)
 from .norms import layernorm_backward, layernorm_forward
 from .rnn import state, state_output_forward
-from .threads import add_block_sums, block_sums, loop_blocks, run_rows
+from .threads import loop_blocks, run_rows, run_rows_summing
 
 
 @njit(**JIT)
@@ -110,19 +110,14 @@ def ln_gru_backward(dhs, dhT, cache, state_grads=False):
 
     def loop(t0, t1, gate_grads, dH, dh):
         dA, dU = gate_grads
-        sums = {name: block_sums(total, blocks) for name, total in added.items()}
-
-        def rows(r0, r1):           # this block's own sums: db, db_hn and the gains' gradients
-            own = {name: sums[name][r0] for name in added}
+        def rows(r0, r1, own):      # own: this block's db, db_hn and gains' gradients
             ln_gru_backward_loop(t0, t1, dhs, cache.mask, cache.h, cache.gates, cache.hn,
                                  cache.u_hat, cache.a_hat, cache.var_x, cache.var_h,
                                  p["gamma_x"], p["gamma_h"], WhTp, dt.type(cache.eps), dA, dU,
                                  own["b"], own["b_hn"], own["gamma_x"], own["gamma_h"], dH, dh,
                                  r0, r1)
 
-        run_rows(rows, blocks)
-        for name, total in added.items():
-            add_block_sums(total, sums[name])
+        run_rows_summing(rows, blocks, added)
 
     # dWx, dx (LN-GRU 7) and dWh = Σ_t h_{t-1}ᵀ da_t (LN-GRU 6), chunk by chunk
     return backward_in_chunks_h(dhs, dhT, cache, 2, state_grads, loop, added)

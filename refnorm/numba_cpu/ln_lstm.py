@@ -34,7 +34,7 @@ from .common import (
 )
 from .lstm import states
 from .norms import layernorm_backward, layernorm_forward
-from .threads import add_block_sums, block_sums, loop_blocks, run_rows
+from .threads import loop_blocks, run_rows, run_rows_summing
 
 
 @njit(**JIT)
@@ -202,10 +202,7 @@ def ln_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
 
     def loop(t0, t1, gate_grads, dH, dC, dh, dc):
         dA, dU = gate_grads * 2 if summed else gate_grads            # summed: du_t = da_t (VAR 6)
-        sums = {name: block_sums(total, blocks) for name, total in g.items()}
-
-        def rows(r0, r1):           # this block's own sums: the gain and bias gradients
-            own = {name: sums[name][r0] for name in g}
+        def rows(r0, r1, own):      # own: this block's gain and bias gradients
             d = {name: own.get(name, no_gain) for name in TERM_GAINS}
             ln_lstm_backward_loop(
                 t0, t1, dhs, cache.mask, cache.c, cache.gates, cache.c_hat, cache.tanh_c,
@@ -215,9 +212,7 @@ def ln_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
                 own["b"], d["gamma_x"], d["gamma_h"], d["gamma_z"], own["gamma_c"],
                 own["beta_c"], dH, dC, dh, dc, r0, r1)
 
-        run_rows(rows, blocks)
-        for name, total in g.items():
-            add_block_sums(total, sums[name])
+        run_rows_summing(rows, blocks, g)
 
     # dWx, dx (LN-LSTM 10) and dWh = Σ_t h_{t-1}ᵀ da_t (LN-LSTM 9), chunk by chunk
     return backward_in_chunks(dhs, dhT, dcT, cache, 1 if summed else 2, state_grads, loop, g)

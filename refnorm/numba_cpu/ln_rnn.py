@@ -19,7 +19,7 @@ from .common import (JIT, backward_in_chunks_h, input_projection, pack_panels, p
 from .norms import layernorm_backward, layernorm_forward
 from .rnn import (activation_backward, add_terms, check_nonlinearity, separate_terms_forward,
                   state, state_output_forward, summed_terms_forward)
-from .threads import add_block_sums, block_sums, loop_blocks, run_rows
+from .threads import loop_blocks, run_rows, run_rows_summing
 
 
 @njit(**JIT)
@@ -150,10 +150,7 @@ def ln_rnn_backward(dhs, dhT, cache, state_grads=False):
 
     def loop(t0, t1, gate_grads, dH, dh):
         dA, dU = gate_grads * 2 if summed else gate_grads            # summed: du_t = da_t
-        sums = {name: block_sums(total, blocks) for name, total in added.items()}
-
-        def rows(r0, r1):           # this block's own sums: db and the gains' gradients
-            own = {name: sums[name][r0] for name in added}
+        def rows(r0, r1, own):      # own: this block's db and gains' gradients
             d = {name: own.get(name, no_gain) for name in TERM_GAINS}
             ln_rnn_backward_loop(
                 t0, t1, dhs, cache.mask, cache.h_tilde, cache.nonlinearity == "relu", summed,
@@ -161,9 +158,7 @@ def ln_rnn_backward(dhs, dhT, cache, state_grads=False):
                 gain["gamma_x"], gain["gamma_h"], gain["gamma_z"], WhTp, dt.type(cache.eps),
                 dA, dU, own["b"], d["gamma_x"], d["gamma_h"], d["gamma_z"], dH, dh, r0, r1)
 
-        run_rows(rows, blocks)
-        for name, total in added.items():
-            add_block_sums(total, sums[name])
+        run_rows_summing(rows, blocks, added)
 
     # dWx, dx (LN-RNN 8) and dWh = Σ_t h_{t-1}ᵀ da_t (LN-RNN 7), chunk by chunk
     return backward_in_chunks_h(dhs, dhT, cache, 1 if summed else 2, state_grads, loop, added)

@@ -13,7 +13,7 @@ from numba import njit
 from ..numpy_ref.lstm import LSTMCache
 from .common import (JIT, input_projection, backward_in_chunks, pack_panels, packed_matmul,
                      product_workspace, sigmoid, tanh, I, F, G_, O)
-from .threads import add_block_sums, block_sums, loop_blocks, run_rows
+from .threads import loop_blocks, run_rows, run_rows_summing
 
 
 @njit(**JIT)
@@ -156,8 +156,6 @@ def forward_rows(cell, mask, Whp, b, h, c, hs, gates, tanh_c):
 def backward_rows(blocks, t0, t1, dhs, cache, WhTp, dU, db, dH, dC, dh, dc):
     """lstm_backward_loop over steps t1-1 .. t0 in the row blocks given (loop_blocks), each
     block adding Σ_b dz_t over its rows to a db of its own, added to db at the end."""
-    dbs = block_sums(db, blocks)            # db itself for one block
-    run_rows(lambda r0, r1: lstm_backward_loop(
-        t0, t1, dhs, cache.mask, cache.c, cache.gates, cache.tanh_c, WhTp, dU, dbs[r0], dH, dC,
-        dh, dc, r0, r1), blocks)
-    add_block_sums(db, dbs)
+    run_rows_summing(lambda r0, r1, own: lstm_backward_loop(
+        t0, t1, dhs, cache.mask, cache.c, cache.gates, cache.tanh_c, WhTp, dU, own["b"], dH, dC,
+        dh, dc, r0, r1), blocks, {"b": db})

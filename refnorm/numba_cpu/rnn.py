@@ -22,7 +22,7 @@ from numba import njit
 from ..numpy_ref.rnn import NONLINEARITIES, RNNCache
 from .common import (JIT, backward_in_chunks_h, input_projection, pack_panels, packed_matmul,
                      product_workspace, recurrent_state_backward, tanh)
-from .threads import add_block_sums, block_sums, loop_blocks, run_rows
+from .threads import loop_blocks, run_rows, run_rows_summing
 
 
 @njit(**JIT)
@@ -200,7 +200,6 @@ def backward_rows(blocks, t0, t1, dhs, cache, WhTp, dZ, db, dH, dh):
     """rnn_backward_loop over steps t1-1 .. t0 in the row blocks given (loop_blocks), each
     block adding Σ_b dz_t over its rows to a db of its own, added to db at the end."""
     relu = cache.nonlinearity == "relu"
-    dbs = block_sums(db, blocks)            # db itself for one block
-    run_rows(lambda r0, r1: rnn_backward_loop(
-        t0, t1, dhs, cache.mask, cache.h_tilde, relu, WhTp, dZ, dbs[r0], dH, dh, r0, r1), blocks)
-    add_block_sums(db, dbs)
+    run_rows_summing(lambda r0, r1, own: rnn_backward_loop(
+        t0, t1, dhs, cache.mask, cache.h_tilde, relu, WhTp, dZ, own["b"], dH, dh, r0, r1),
+        blocks, {"b": db})

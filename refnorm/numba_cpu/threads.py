@@ -194,16 +194,18 @@ def loop_blocks(cell, dtype, B, H):
     return blocks if split_pays(cell, dtype, B, H, len(blocks)) else [(0, B)]
 
 
-def block_sums(total, blocks):
-    """{r0: array} to sum a gradient over rows into, one per block: `total` itself when there is
-    one block (the one-thread sums stay exactly as they were), else a zeroed copy per block."""
+def run_rows_summing(loop, blocks, totals):
+    """loop(r0, r1, own) for every block (run_rows), where the loop adds its rows' share of
+    gradients summed over rows (db, the gains') into own = {name: array}: with one block `totals`
+    itself (the one-thread sums stay exactly as they were), with several a zeroed copy of each
+    per block -- two threads never add into one array -- added to `totals` afterwards, block
+    by block in row order."""
     if len(blocks) == 1:
-        return {blocks[0][0]: total}
-    return {r0: np.zeros_like(total) for r0, _ in blocks}
-
-
-def add_block_sums(total, sums):
-    """total += each block's sum, block by block in row order (nothing when `total` is the one)."""
-    for part in sums.values():
-        if part is not total:
-            total += part
+        r0, r1 = blocks[0]
+        loop(r0, r1, totals)
+        return
+    own = {r0: {name: np.zeros_like(total) for name, total in totals.items()} for r0, _ in blocks}
+    run_rows(lambda r0, r1: loop(r0, r1, own[r0]), blocks)
+    for r0, _ in blocks:
+        for name, total in totals.items():
+            total += own[r0][name]
