@@ -596,8 +596,7 @@ def table_norm_threads(shapes, T, repeats, out, counts=THREAD_COUNTS):
                 for k, n in enumerate(counts):
                     cells += [f"{runs[2 * k + 1].time * 1e3:.2f}",
                               spread(runs[2 * k + 1].ratio(runs[2 * k]))]
-                cells.append("one (per-step batch statistics)" if stem == "bn_lstm" else
-                             plan_text(stem, dtype, B, H, counts[-1]))
+                cells.append(plan_text(stem, dtype, B, H, counts[-1]))
                 print(row(cells), file=out)
                 out.flush()
     threads.set(counts[0])

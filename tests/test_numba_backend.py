@@ -250,8 +250,9 @@ def test_numba_float32_of_the_plain_lstm_is_float32_exact():
 
 
 # The numba backend's own machinery, which the book has no use for: the threads its loops and
-# products run on, and the planner that measures whether a shape gains from them.
-NUMBA_ONLY = ["planner.py", "threads.py"]
+# products run on, where the threads of one loop meet, and the planner that measures whether a
+# shape gains from them.
+NUMBA_ONLY = ["barrier.py", "planner.py", "threads.py"]
 
 
 def test_backends_mirror_each_other_file_for_file():
@@ -405,10 +406,16 @@ def _hot_loop_calls(dtype, B=4, H=16):
         "norms.layernorm_forward": ((a(B, G), eps, 4, a(B, G), a(B, 4), a(B, 4)), True),
         "norms.layernorm_backward": (
             (a(B, G), a(B, G), pos(B, 4), a(G), eps, 4, a(B, G), a(G), a(G)), True),
-        "norms.batchnorm_stats": ((a(B, G), m, a(G), a(G)), False),
+        # batchnorm_stats is these two on one block
+        "norms.batchnorm_block_stats": ((a(B, G), m, a(3, G)), False),
+        "norms.batchnorm_join_stats": ((np.array([3.0, 1.0]), a(2, 3, G), a(G), a(G)), False),
         "norms.batchnorm_normalize": ((a(B, G), m, a(G), pos(G), eps, a(B, G)), False),
         "norms.batchnorm_backward": (
             (a(B, G), a(B, G), pos(G), m, a(G), eps, True, a(B, G), a(G), a(G)), False),
+        "norms.batchnorm_block_grad_sums": ((a(B, G), a(B, G), m, a(3, G)), False),
+        "norms.batchnorm_join_grad_sums": (
+            (np.array([3.0, 1.0]), a(2, 3, G), pos(G), a(G), eps, True, a(5, G)), False),
+        "norms.batchnorm_backward_rows": ((a(B, G), a(B, G), m, a(G), a(5, G), a(B, G)), False),
         "common.gates_cell_forward": ((a(B, G), a(B, H), a(B, H)), False),
         "common.normalized_gates_forward": (
             (a(B, G), a(B, G), a(G), a(G), a(G), a(B, H), a(B, G), a(B, H)), False),

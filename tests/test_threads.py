@@ -69,11 +69,137 @@ def test_split_rows_give_the_one_thread_results(stem, two_threads, monkeypatch):
         np.testing.assert_allclose(g2[k], g1[k], rtol=0, atol=1e-13 * scale, err_msg=k)
 
 
-@pytest.mark.parametrize("stem", ("bn_lstm", "bn_gru", "bn_rnn"))
-def test_per_step_batch_norm_loops_keep_one_block(stem, two_threads, monkeypatch):
-    """Their step loops need the whole batch's statistics at every step: never split."""
+CELLS_MEETING = ("bn_lstm",)          # per-step batch norm: the blocks meet at every step
+
+
+def run_bn(stem, plan, monkeypatch, training=True, B=10, T=7, H=5, D=3, dtype="float64", **kw):
+    """run() for the per-step BN cells, with their options, in training or (after one training
+    pass that sets the population statistics) in inference."""
+    monkeypatch.setenv("REFNORM_PLAN", plan)
+    cell = randomize(refnorm.CELLS[stem](D, H, seed=0, dtype=dtype, backend="numba", **kw),
+                     seed=1)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((T, B, D)).astype(dtype)
+    lengths = rng.integers(1, T + 1, B)
+    lengths[0] = T
+    if not training:
+        cell.forward(x, lengths=lengths)
+    hs, final, cache = cell.forward(x, lengths=lengths, training=training)
+    dhs = rng.standard_normal(hs.shape).astype(dtype)
+    return hs, final, cell.backward(dhs, cache)
+
+
+@pytest.mark.parametrize("training", (True, False), ids=("training", "inference"))
+@pytest.mark.parametrize("stem, options", [(s, {}) for s in CELLS_MEETING]
+                         + [("bn_lstm", {"carry": "normalized"}),
+                            ("bn_lstm", {"pad_stats": "include"})])
+def test_batch_norm_blocks_meet_and_give_the_one_thread_results(stem, options, training,
+                                                                two_threads, monkeypatch):
+    """B = 10 in blocks of 4 and 6 rows, padded steps: each step's statistics are the blocks'
+    sums joined (norms.batchnorm_join_stats), so the forward and every gradient agree with one
+    block's to float64 rounding (1e-13 of the largest entry; a block's sums left out of the
+    join, or a meeting left out, moves them by 1e-2 or more)."""
+    hs1, final1, g1 = run_bn(stem, "one", monkeypatch, training, **options)
+    assert two_threads == []
+    hs2, final2, g2 = run_bn(stem, "split", monkeypatch, training, **options)
+    assert two_threads and all(b == [(0, 4), (4, 10)] for b in two_threads), two_threads
+    np.testing.assert_allclose(hs2, hs1, rtol=0, atol=1e-13)
+    as_tuple = (lambda f: f if isinstance(f, tuple) else (f,))
+    for a, b in zip(as_tuple(final1), as_tuple(final2)):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-13)
+    assert g1.keys() == g2.keys()
+    for k in g1:
+        scale = max(1.0, float(np.max(np.abs(g1[k]))))
+        np.testing.assert_allclose(g2[k], g1[k], rtol=0, atol=1e-13 * scale, err_msg=k)
+
+
+@pytest.mark.parametrize("stem", sorted({"bn_lstm", "bn_gru", "bn_rnn"} - set(CELLS_MEETING)))
+def test_per_step_batch_norm_loops_not_split_keep_one_block(stem, two_threads, monkeypatch):
     run(stem, "split", monkeypatch)
-    assert two_threads == []            # no step loop through run_rows
+    assert two_threads == []            # no step loop through run_rows or run_meeting
+
+
+def test_blocks_meet_at_every_meeting():
+    """Three threads on however many cores: at every meeting each reads what the others
+    wrote before it (barrier.meet; with 3 threads on 2 cores a waiting thread gives its core
+    away, so this also runs where the threads outnumber the cores)."""
+    import threading
+
+    from numba import njit
+
+    from refnorm.numba_cpu.barrier import meet
+
+    @njit(nogil=True)
+    def rounds(sync, n, k, board, steps):
+        wrong = 0
+        for t in range(steps):
+            board[t, k] = t + 1
+            meet(sync, n)
+            for j in range(n):
+                wrong += board[t, j] != t + 1
+            meet(sync, n)
+        return wrong
+
+    n, steps = 3, 300
+    sync, board = np.zeros(3, np.int64), np.zeros((steps, n), np.int64)
+    rounds(np.zeros(3, np.int64), 1, 0, np.zeros((1, 1), np.int64), 1)     # compile
+    wrong = [None] * n
+    workers = [threading.Thread(target=lambda k=k: wrong.__setitem__(
+        k, rounds(sync, n, k, board, steps))) for k in range(n)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert not any(w.is_alive() for w in workers)
+    assert wrong == [0] * n
+    assert sync[0] == 0 and sync[1] == 2 * steps       # arrivals reset, one generation a meeting
+
+
+def test_run_meeting_raises_the_first_failure_and_stops_the_waiting_blocks():
+    """A block that fails before a meeting would leave the others waiting for ever: they
+    raise instead, and the block's own error is the one raised."""
+    from numba import njit
+
+    from refnorm.numba_cpu.barrier import meet
+
+    @njit(nogil=True)
+    def wait_twice(sync, n):
+        meet(sync, n)
+        meet(sync, n)
+
+    def loop(sync, k, n, r0, r1):
+        if k == 1:
+            raise ValueError("block 1 failed")
+        wait_twice(sync, n)
+
+    with pytest.raises(ValueError, match="block 1 failed"):
+        threads.run_meeting(loop, [(0, 4), (4, 8), (8, 12)])
+    ran = []
+    threads.run_meeting(lambda sync, k, n, r0, r1: ran.append((k, n)), [(0, 4), (4, 8)])
+    assert sorted(ran) == [(0, 2), (1, 2)]        # the meeting lock was given back
+
+
+def test_a_second_meeting_at_once_runs_as_one_block():
+    """While one call's blocks meet, another thread's call runs its loop as one block on its
+    own thread instead of queueing behind them."""
+    import threading
+
+    held, seen = threading.Event(), []
+    release = threading.Event()
+
+    def first(sync, k, n, r0, r1):
+        if k == 0:
+            held.set()
+            release.wait(30)
+
+    worker = threading.Thread(target=threads.run_meeting, args=(first, [(0, 4), (4, 8)]))
+    worker.start()
+    assert held.wait(30)
+    threads.run_meeting(lambda sync, k, n, r0, r1: seen.append((k, n, r0, r1)),
+                        [(0, 4), (4, 8)])
+    release.set()
+    worker.join(30)
+    assert seen == [(0, 1, 0, 8)]
 
 
 def test_row_blocks_cut_whole_tiles():

@@ -30,85 +30,137 @@ from .common import (
     normalized_output_backward,
     recurrent_state_backward,
 )
+from .barrier import column_block, meet
 from .lstm import states
-from .norms import batchnorm_backward, batchnorm_normalize, batchnorm_stats
+from .norms import (batchnorm_backward_rows, batchnorm_block_grad_sums, batchnorm_block_stats,
+                    batchnorm_join_grad_sums, batchnorm_join_stats, batchnorm_normalize)
+from .threads import loop_blocks, run_meeting, touch_pages
 
 
 @njit(**JIT)
 def bn_lstm_forward_loop(U, mask, stat_mask, Whp, b, gamma_x, gamma_h, gamma_c, beta_c, eps,
                          training, normalized_carry, h, c, hs, count, a_hat, u_hat, gates, c_hat,
-                         tanh_c, mean_h, var_h, mean_x, var_x, mean_c, var_c):
+                         tanh_c, mean_h, var_h, mean_x, var_x, mean_c, var_c, counts, parts_h,
+                         parts_x, parts_c, sync, k, n, r0, r1):
     """gates may be U itself (bn_lstm_forward passes it so): step t reads U[t] only before it
-    writes gates[t]; keep it that way. Whp is common.pack_panels(Wh)."""
+    writes gates[t]; keep it that way. Whp is common.pack_panels(Wh).
+
+    Thread k of n (threads.run_meeting) runs rows r0 .. r1-1 of every step: their product and
+    every pass over them. Each step's batch statistics come in two halves: each thread sums
+    its own rows into its part (norms.batchnorm_block_stats into parts_h[k], parts_x[k],
+    parts_c[k], its counts in counts[:, k]), the threads meet (barrier.meet), and each joins
+    all the parts (norms.batchnorm_join_stats) into the statistics; thread 0 into the cache's.
+    Two meetings a step, and no thread reads another's rows. With n = 1 (one thread, the whole
+    batch, no meeting) the statistics are the two-pass sums to the bit; with more blocks they
+    differ by roundings. In inference the statistics are given and no thread meets."""
     T, B, G = U.shape
     H = G // 4
-    a = np.empty((B, G), U.dtype)
-    c_new = np.empty((B, H), U.dtype)
-    c_norm = np.empty((B, H), U.dtype)
-    work = product_workspace(B, H, Whp)
+    a = np.empty((r1 - r0, G), U.dtype)
+    c_new = np.empty((r1 - r0, H), U.dtype)
+    c_norm = np.empty((r1 - r0, H), U.dtype)
+    own_h, own_x, own_c = (np.empty((2, G), U.dtype), np.empty((2, G), U.dtype),
+                           np.empty((2, H), U.dtype))   # the statistics of threads k > 0
+    work = product_workspace(r1 - r0, H, Whp)
     for t in range(T):
-        m = stat_mask[t]                                   # rows of step t's statistics, s_t
-        packed_matmul(h[t], Whp, a, work)                  # a = h_prev @ p["Wh"]  (BN-LSTM 1)
+        m = stat_mask[t, r0:r1]                            # rows of step t's statistics, s_t
+        packed_matmul(h[t, r0:r1], Whp, a, work)           # a = h_prev @ p["Wh"]  (BN-LSTM 1)
+        mh, vh, mx, vx, mc, vc = mean_h[t], var_h[t], mean_x[t], var_x[t], mean_c[t], var_c[t]
         if training:                                       # batchnorm_forward(a, s_t, ...)
-            count[t] = batchnorm_stats(a, m, mean_h[t], var_h[t])
-            batchnorm_stats(U[t], m, mean_x[t], var_x[t])
+            if k > 0:
+                mh, vh, mx, vx, mc, vc = own_h[0], own_h[1], own_x[0], own_x[1], own_c[0], own_c[1]
+            counts[0, k] = batchnorm_block_stats(a, m, parts_h[k])
+            batchnorm_block_stats(U[t, r0:r1], m, parts_x[k])
+            meet(sync, n)                                  # every block's sums of a_t and u_t
+            n_t = batchnorm_join_stats(counts[0], parts_h, mh, vh)
+            batchnorm_join_stats(counts[0], parts_x, mx, vx)
         else:
-            count[t] = m.sum()
-        batchnorm_normalize(a, m, mean_h[t], var_h[t], eps, a_hat[t])
-        batchnorm_normalize(U[t], m, mean_x[t], var_x[t], eps, u_hat[t])
-        normalized_gates_forward(a_hat[t], u_hat[t], gamma_h, gamma_x, b, c[t], gates[t],
+            n_t = stat_mask[t].sum()
+        if k == 0:
+            count[t] = n_t
+        batchnorm_normalize(a, m, mh, vh, eps, a_hat[t, r0:r1])
+        batchnorm_normalize(U[t, r0:r1], m, mx, vx, eps, u_hat[t, r0:r1])
+        normalized_gates_forward(a_hat[t, r0:r1], u_hat[t, r0:r1], gamma_h, gamma_x, b,
+                                 c[t, r0:r1], gates[t, r0:r1],
                                  c_new)                            # (BN-LSTM 2), (BN-LSTM 3)
         if training:
-            batchnorm_stats(c_new, m, mean_c[t], var_c[t])
-        batchnorm_normalize(c_new, m, mean_c[t], var_c[t], eps, c_hat[t])       # (BN-LSTM 4)
-        cell_output_forward(c_hat[t], gamma_c, beta_c, gates[t], c_new, c_norm, normalized_carry,
-                            mask[t], h[t], c[t], h[t + 1], c[t + 1], hs[t],
-                            tanh_c[t])                          # (BN-LSTM 4), (VAR 3)
+            counts[1, k] = batchnorm_block_stats(c_new, m, parts_c[k])
+            meet(sync, n)                                  # every block's sums of c̃_t
+            batchnorm_join_stats(counts[1], parts_c, mc, vc)
+        batchnorm_normalize(c_new, m, mc, vc, eps, c_hat[t, r0:r1])        # (BN-LSTM 4)
+        cell_output_forward(c_hat[t, r0:r1], gamma_c, beta_c, gates[t, r0:r1], c_new, c_norm,
+                            normalized_carry, mask[t, r0:r1], h[t, r0:r1], c[t, r0:r1],
+                            h[t + 1, r0:r1], c[t + 1, r0:r1], hs[t, r0:r1],
+                            tanh_c[t, r0:r1])                      # (BN-LSTM 4), (VAR 3)
 
 
 @njit(**JIT)
 def bn_lstm_backward_loop(t0, t1, dhs, mask, stat_mask, c, a_hat, u_hat, gates, c_hat,
                           tanh_c, var_h, var_x, var_c, gamma_x, gamma_h, gamma_c, WhTp, eps, training,
                           normalized_carry, dA, dU, db, dgamma_x, dgamma_h, dgamma_c, dbeta_c,
-                          dH, dC, dh, dc):
+                          dH, dC, dh, dc, counts, parts_c, parts_h, parts_x, sync, k, n, r0, r1):
     """BPTT over t = t1-1 .. t0 (common.backward_in_chunks), dH, dC (B, H) carried in place
     from dL/dh_{t1}, dL/dc_{t1} to dL/dh_{t0}, dL/dc_{t0}: fills dA[t - t0] = da_t and
     dU[t - t0] = du_t, adds to the gain and bias gradients; fills dh, dc
     (common.backward_buffers) with dL/dh̃_t and the gradient of the carried cell (dc̃_t, or
-    dĉ_t with normalized_carry). WhTp is common.pack_panels(Wh.T)."""
+    dĉ_t with normalized_carry). WhTp is common.pack_panels(Wh.T).
+
+    Threads as in the forward loop: rows r0 .. r1-1 each, and each batch norm backward's sums
+    over the batch in two halves (norms.batchnorm_block_grad_sums into the parts, meet,
+    norms.batchnorm_join_grad_sums); thread k adds its share of the columns
+    (barrier.column_block) of the joined sums to the gains', β_c's and b's gradients."""
     T, B, H = dhs.shape
     G = 4 * H
-    dz = np.empty((B, G), dhs.dtype)
-    dc_bn = np.empty((B, H), dhs.dtype)
-    dc_norm = np.empty((B, H), dhs.dtype)
-    dc_new = np.empty((B, H), dhs.dtype)
-    dh_rec = np.empty((B, H), dhs.dtype)
-    no_beta = np.empty(0, dhs.dtype)
-    work = product_workspace(B, G, WhTp)
+    R = r1 - r0
+    g0, g1 = column_block(G, k, n)                 # this thread's columns of db, dγ_h, dγ_x
+    j0, j1 = column_block(H, k, n)                 # and of dγ_c, dβ_c
+    dz = np.empty((R, G), dhs.dtype)
+    dc_bn, dc_norm, dc_new, dh_rec = (np.empty((R, H), dhs.dtype), np.empty((R, H), dhs.dtype),
+                                      np.empty((R, H), dhs.dtype), np.empty((R, H), dhs.dtype))
+    terms_c, terms_h, terms_x = (np.empty((5, H), dhs.dtype), np.empty((5, G), dhs.dtype),
+                                 np.empty((5, G), dhs.dtype))
+    work = product_workspace(R, G, WhTp)
     for t in range(t1 - 1, t0 - 1, -1):
-        k = t if dh.shape[0] == T else 0   # step t's row of dh, dc, or the one reused row
+        kt = t if dh.shape[0] == T else 0  # step t's row of dh, dc, or the one reused row
         q = t - t0                         # step t's row of dA, dU
-        m = mask[t]
-        s = stat_mask[t]
-        normalized_output_backward(dhs[t], dH, m, gates[t], tanh_c[t], dh[k], dz,
+        m = mask[t, r0:r1]
+        s = stat_mask[t, r0:r1]
+        normalized_output_backward(dhs[t, r0:r1], dH[r0:r1], m, gates[t, r0:r1],
+                                   tanh_c[t, r0:r1], dh[kt, r0:r1], dz,
                                    dc_bn)                          # (BPTT 4), (BN-LSTM 6)
+        dy_c = dc_bn                               # what the cell's batch norm backward reads
         if normalized_carry:
-            normalized_carry_backward(dC, m, dc_bn, dc[k])         # (BPTT 5), (VAR 4)
-            batchnorm_backward(dc[k], c_hat[t], var_c[t], s, gamma_c, eps, training, dc_norm,
-                               dgamma_c, dbeta_c)                    # (VAR 4)
-            normalized_gates_backward(dC, dc_norm, m, gates[t], c[t], True, dc_new, dz,
-                                      db)                          # (VAR 4), (BN-LSTM 8)
+            normalized_carry_backward(dC[r0:r1], m, dc_bn, dc[kt, r0:r1])          # (VAR 4)
+            dy_c = dc[kt, r0:r1]
+        counts[0, k] = batchnorm_block_grad_sums(dy_c, c_hat[t, r0:r1], s, parts_c[k])
+        meet(sync, n)                              # every block's sums for the cell's BN
+        batchnorm_join_grad_sums(counts[0], parts_c, var_c[t], gamma_c, eps, training,
+                                 terms_c)                          # (BN-LSTM 7), (VAR 4)
+        for j in range(j0, j1):
+            dgamma_c[j] += terms_c[3, j]                           # (dy * zhat).sum(axis=0)
+            dbeta_c[j] += terms_c[4, j]                            # dy.sum(axis=0)
+        batchnorm_backward_rows(dy_c, c_hat[t, r0:r1], s, gamma_c, terms_c, dc_norm)
+        if normalized_carry:
+            normalized_gates_backward(dC[r0:r1], dc_norm, m, gates[t, r0:r1], c[t, r0:r1],
+                                      True, dc_new, dz, terms_c[0, :0])   # (VAR 4), (BN-LSTM 8)
         else:
-            batchnorm_backward(dc_bn, c_hat[t], var_c[t], s, gamma_c, eps, training, dc_norm,
-                               dgamma_c, dbeta_c)                    # (BN-LSTM 7)
-            normalized_gates_backward(dC, dc_norm, m, gates[t], c[t], False, dc[k], dz,
-                                      db)                          # (BN-LSTM 7), (BN-LSTM 8)
-        batchnorm_backward(dz, a_hat[t], var_h[t], s, gamma_h, eps, training, dA[q],
-                           dgamma_h, no_beta)                        # (BN-LSTM 9)
-        batchnorm_backward(dz, u_hat[t], var_x[t], s, gamma_x, eps, training, dU[q],
-                           dgamma_x, no_beta)                        # (BN-LSTM 9)
-        packed_matmul(dA[q], WhTp, dh_rec, work)                     # da @ p["Wh"].T
-        recurrent_state_backward(dH, m, dh_rec)                     # (BN-LSTM 10)
+            normalized_gates_backward(dC[r0:r1], dc_norm, m, gates[t, r0:r1], c[t, r0:r1],
+                                      False, dc[kt, r0:r1], dz,
+                                      terms_c[0, :0])              # (BN-LSTM 7), (BN-LSTM 8)
+        counts[1, k] = batchnorm_block_grad_sums(dz, a_hat[t, r0:r1], s, parts_h[k])
+        batchnorm_block_grad_sums(dz, u_hat[t, r0:r1], s, parts_x[k])
+        meet(sync, n)                              # every block's sums for a_t's and u_t's BN
+        batchnorm_join_grad_sums(counts[1], parts_h, var_h[t], gamma_h, eps, training,
+                                 terms_h)                          # (BN-LSTM 9)
+        batchnorm_join_grad_sums(counts[1], parts_x, var_x[t], gamma_x, eps, training,
+                                 terms_x)                          # (BN-LSTM 9)
+        for j in range(g0, g1):
+            db[j] += terms_h[4, j]                                 # dz.sum(axis=0) (BN-LSTM 8)
+            dgamma_h[j] += terms_h[3, j]
+            dgamma_x[j] += terms_x[3, j]
+        batchnorm_backward_rows(dz, a_hat[t, r0:r1], s, gamma_h, terms_h, dA[q, r0:r1])
+        batchnorm_backward_rows(dz, u_hat[t, r0:r1], s, gamma_x, terms_x, dU[q, r0:r1])
+        packed_matmul(dA[q, r0:r1], WhTp, dh_rec, work)            # da @ p["Wh"].T
+        recurrent_state_backward(dH[r0:r1], m, dh_rec)             # (BN-LSTM 10)
 
 
 def bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None, pad_stats="exclude",
@@ -132,12 +184,19 @@ def bn_lstm_forward(x, h0, c0, mask, params, *, training, eps, pop=None, pad_sta
            "a_hat": np.empty((T, B, G), dt), "u_hat": np.empty((T, B, G), dt),
            "gates": U, "c_hat": np.empty((T, B, H), dt),
            "tanh_c": np.empty((T, B, H), dt)}
-    bn_lstm_forward_loop(U, mask, stat_mask, pack_panels(p["Wh"]), p["b"],
-                         p["gamma_x"], p["gamma_h"], p["gamma_c"], p["beta_c"], dt.type(eps),
-                         training, carry == "normalized", h, c, out["hs"], out["count"],
-                         out["a_hat"], out["u_hat"], out["gates"], out["c_hat"], out["tanh_c"],
-                         stats["mean_h"], stats["var_h"], stats["mean_x"], stats["var_x"],
-                         stats["mean_c"], stats["var_c"])
+    Whp = pack_panels(p["Wh"])
+    blocks = loop_blocks("bn_lstm", dt, B, H)
+    n = len(blocks)                                    # each block's sums for the statistics
+    counts, parts_h, parts_x, parts_c = (np.empty((2, n)), np.empty((n, 3, G), dt),
+                                         np.empty((n, 3, G), dt), np.empty((n, 3, H), dt))
+    if n > 1:                           # the arrays the loop writes first (not h[0], c[0], U)
+        touch_pages(h[1:], c[1:], *(out[k] for k in ("hs", "a_hat", "u_hat", "c_hat", "tanh_c")))
+    run_meeting(lambda sync, k, n, r0, r1: bn_lstm_forward_loop(
+        U, mask, stat_mask, Whp, p["b"], p["gamma_x"], p["gamma_h"], p["gamma_c"], p["beta_c"],
+        dt.type(eps), training, carry == "normalized", h, c, out["hs"], out["count"],
+        out["a_hat"], out["u_hat"], out["gates"], out["c_hat"], out["tanh_c"], stats["mean_h"],
+        stats["var_h"], stats["mean_x"], stats["var_x"], stats["mean_c"], stats["var_c"],
+        counts, parts_h, parts_x, parts_c, sync, k, n, r0, r1), blocks)
     hs = out.pop("hs")
     cache = BNLSTMCache(x=x, mask=mask, stat_mask=stat_mask, params=params, training=training,
                         eps=eps, carry=carry, h=h, c=c, **out, **stats)
@@ -149,15 +208,22 @@ def bn_lstm_backward(dhs, dhT, dcT, cache, state_grads=False):
     p = cache.params
     g = normalized_gain_grads(cache)
     WhTp = pack_panels(p["Wh"].T)
+    B, H = dhs.shape[1:]
+    dt = dhs.dtype
+    blocks = loop_blocks("bn_lstm", dt, B, H)                 # before any scratch() (planner)
+    n = len(blocks)                                # each block's sums for the batch norms
+    counts, parts_c, parts_h, parts_x = (np.empty((2, n)), np.empty((n, 3, H), dt),
+                                         np.empty((n, 3, 4 * H), dt), np.empty((n, 3, 4 * H), dt))
 
     def loop(t0, t1, gate_grads, dH, dC, dh, dc):
         dA, dU = gate_grads
-        bn_lstm_backward_loop(
+        run_meeting(lambda sync, k, n, r0, r1: bn_lstm_backward_loop(
             t0, t1, dhs, cache.mask, cache.stat_mask, cache.c, cache.a_hat, cache.u_hat,
             cache.gates, cache.c_hat, cache.tanh_c, cache.var_h, cache.var_x, cache.var_c,
-            p["gamma_x"], p["gamma_h"], p["gamma_c"], WhTp, dhs.dtype.type(cache.eps),
+            p["gamma_x"], p["gamma_h"], p["gamma_c"], WhTp, dt.type(cache.eps),
             cache.training, cache.carry == "normalized", dA, dU, g["b"], g["gamma_x"],
-            g["gamma_h"], g["gamma_c"], g["beta_c"], dH, dC, dh, dc)
+            g["gamma_h"], g["gamma_c"], g["beta_c"], dH, dC, dh, dc, counts, parts_c, parts_h,
+            parts_x, sync, k, n, r0, r1), blocks)
 
     # dWx, dx (BN-LSTM 11) and dWh = Σ_t h_{t-1}ᵀ da_t (BN-LSTM 10), chunk by chunk
     return backward_in_chunks(dhs, dhT, dcT, cache, 2, state_grads, loop, g)

@@ -292,7 +292,7 @@ def normalized_carry_backward(dC, m, dc_norm_in, dc_state):
 def normalized_gates_backward(dC, dc_norm, m, gates, c_prev, normalized_carry, dc, dz, db):
     """dc̃ = m ⊙ dC + (norm backward) (BPTT 5), or the norm backward alone when dC already
     entered it (normalized_carry, (VAR 4)); di, df, dg (LSTM 7) into dz (LSTM 8); the carry of
-    dC to step t−1 (BPTT 6); db += Σ_b dz (BN-LSTM 8), (LN-LSTM 7)."""
+    dC to step t−1 (BPTT 6); db += Σ_b dz (BN-LSTM 8), (LN-LSTM 7), unless db is empty."""
     one = dz.dtype.type(1)  # a literal 1 would turn float32 into float64
     B, G = dz.shape
     H = G // 4
@@ -316,8 +316,9 @@ def normalized_gates_backward(dC, dc_norm, m, gates, c_prev, normalized_carry, d
             dz4[r, G_, j] = dc[r, j] * g4[r, I, j] * (one - g * g)   # dg = dc_new * i
         for j in range(H):   # dc_prev = (1 - valid) * dC + dc_new * f
             dC[r, j] = (one - valid) * dC[r, j] + dc[r, j] * g4[r, F, j]
-        for k in range(G):
-            db[k] += dz[r, k]                              # dz.sum(axis=0)
+        if db.size:                                        # (BN-LSTM sums its columns apart)
+            for k in range(G):
+                db[k] += dz[r, k]                          # dz.sum(axis=0)
 
 
 @njit(**JIT)

@@ -64,24 +64,62 @@ def inverse_root(v, eps):
 @njit(**JIT)
 def batchnorm_stats(z, m, mean, var):
     """(BN 1)-(BN 3) over the rows of z (N, F) with m = 1, into mean, var (F,). Returns n."""
+    counts = np.empty(1)
+    parts = np.empty((1, 3, z.shape[1]), z.dtype)
+    counts[0] = batchnorm_block_stats(z, m, parts[0])       # all rows, one block   (BN 16)
+    batchnorm_join_stats(counts, parts, mean, var)          # mean, var             (BN 2), (BN 3)
+    return counts[0]
+
+
+@njit(**JIT)
+def batchnorm_block_stats(z, m, part):
+    """One block of rows' share of (BN 1)-(BN 3) (all the rows, or one thread's: barrier.py):
+    part[0] = Σ z and part[2] = Σ (z − part[1])² over its rows with m = 1, part[1] = part[0] / n_b
+    its own mean, two passes. Returns n_b = Σ m over its rows."""
     N, F = z.shape
     n = 0.0
     for r in range(N):
         n += m[r]                                          # n = m.sum()
     nn = max(n, 1.0)
-    mean[:] = 0.0
+    total, mean, m2 = part[0], part[1], part[2]
+    total[:] = 0.0
     for r in range(N):
         if m[r] > 0:
             for k in range(F):
-                mean[k] += z[r, k]
+                total[k] += z[r, k]                        # (w * z).sum(axis=0)
     for k in range(F):
-        mean[k] /= nn                                      # mean = (w * z).sum(axis=0) / n
-    var[:] = 0.0
+        mean[k] = total[k] / nn                            # mean = (w * z).sum(axis=0) / n
+    m2[:] = 0.0
     for r in range(N):
         if m[r] > 0:
             for k in range(F):
                 d = z[r, k] - mean[k]
-                var[k] += d * d
+                m2[k] += d * d                             # (w * (z - mean) ** 2).sum(0)
+    return n
+
+
+@njit(**JIT)
+def batchnorm_join_stats(counts, parts, mean, var):
+    """mean, var (BN 2), (BN 3) of all the blocks' rows from each block's count and part
+    (batchnorm_block_stats), in block order (BN 16): mean = Σ_b Σz_b / n, var = Σ_b (M2_b +
+    n_b (z̄_b − mean)²) / n. With one block z̄_b is mean itself, and mean, var are
+    batchnorm_block_stats' two passes to the bit."""
+    n = 0.0
+    for b in range(counts.shape[0]):
+        n += counts[b]
+    nn = max(n, 1.0)
+    F = mean.shape[0]
+    mean[:] = 0.0
+    for b in range(counts.shape[0]):
+        for k in range(F):
+            mean[k] += parts[b, 0, k]
+    for k in range(F):
+        mean[k] /= nn                                      # mean = (w * z).sum(axis=0) / n
+    var[:] = 0.0
+    for b in range(counts.shape[0]):
+        for k in range(F):
+            d = parts[b, 1, k] - mean[k]
+            var[k] += parts[b, 2, k] + counts[b] * d * d
     for k in range(F):
         var[k] /= nn                                       # var = (w * (z - mean) ** 2).sum(0) / n
     return n
@@ -107,38 +145,88 @@ def batchnorm_backward(dy, zhat, var, m, gamma, eps, training, dz, dgamma, dbeta
     γ is one number per feature, so the two means of (BN 10) are γ ⊙ mean(m dy) and
     γ ⊙ mean(m dy ⊙ ẑ); and m_r ẑ_r = ẑ_r, as the forward left ẑ = 0 on the rows outside the
     statistics (BN 5), so Σ m dy ⊙ ẑ is dgamma's own sum. One pass over the rows accumulates
-    both sums, a second writes dz.
+    the sums (batchnorm_block_grad_sums), a second writes dz (batchnorm_backward_rows).
 
     dz may be dy itself (seq_bn_lstm_backward turns dV into dU in place), or must not overlap
-    it. In place, the second pass copies each row of dy before writing that row of dz: a loop
-    writing the array it reads fails LLVM's run-time overlap check and runs scalar (on (1600,
-    256) the naive in-place pass took 1.5x its time in float64, 3.6x in float32)."""
+    it."""
+    F = dy.shape[1]
+    counts = np.empty(1)
+    parts = np.empty((1, 3, F), dy.dtype)
+    terms = np.empty((5, F), dy.dtype)
+    counts[0] = batchnorm_block_grad_sums(dy, zhat, m, parts[0])
+    batchnorm_join_grad_sums(counts, parts, var, gamma, eps, training, terms)
+    for k in range(F):
+        dgamma[k] += terms[3, k]                           # dgamma = (dy * zhat).sum(axis=0)
+    if dbeta.size:
+        for k in range(F):
+            dbeta[k] += terms[4, k]                        # dbeta = dy.sum(axis=0)
+    batchnorm_backward_rows(dy, zhat, m, gamma, terms, dz)
+
+
+@njit(**JIT)
+def batchnorm_block_grad_sums(dy, zhat, m, part):
+    """One block of rows' sums for (BN 9)-(BN 11) (all the rows, or one thread's): part[0] =
+    Σ m dy, part[1] = Σ dy ⊙ ẑ, part[2] = Σ dy over its rows. Returns n_b = Σ m."""
     N, F = dy.shape
     n = 0.0
     for r in range(N):
         n += m[r]
-    nn = max(n, 1.0)
-    sum_dy = np.zeros(F, dy.dtype)
-    sum_dy_zhat = np.zeros(F, dy.dtype)
+    sum_dy, sum_dy_zhat, sum_all = part[0], part[1], part[2]
+    part[:] = 0.0
     for r in range(N):
         w = m[r]
         for k in range(F):
             sum_dy[k] += w * dy[r, k]                      # (w * dy).sum(axis=0)
             sum_dy_zhat[k] += dy[r, k] * zhat[r, k]        # (dy * zhat).sum(axis=0)
-    if dbeta.size:
-        for r in range(N):
-            for k in range(F):
-                dbeta[k] += dy[r, k]                       # dbeta = dy.sum(axis=0)
-    inv_s = np.empty(F, dy.dtype)
-    mean_dzhat = np.zeros(F, dy.dtype)                     # stay 0 in inference: dz = w * dzhat / s
-    mean_dzhat_zhat = np.zeros(F, dy.dtype)
+    for r in range(N):
+        for k in range(F):
+            sum_all[k] += dy[r, k]                         # dy.sum(axis=0)
+    return n
+
+
+@njit(**JIT)
+def batchnorm_join_grad_sums(counts, parts, var, gamma, eps, training, terms):
+    """From the blocks' counts and sums (batchnorm_block_grad_sums), added in block order (BN 16):
+    terms[0] = 1 / s, terms[1] = mean(m dẑ) and terms[2] = mean(m dẑ ⊙ ẑ) (both 0 in
+    inference), which batchnorm_backward_rows reads; terms[3] = Σ dy ⊙ ẑ (dgamma's sum) and
+    terms[4] = Σ dy (dbeta's)."""
+    n = 0.0
+    for b in range(counts.shape[0]):
+        n += counts[b]
+    nn = max(n, 1.0)
+    F = var.shape[0]
+    inv_s, mean_dzhat, mean_dzhat_zhat = terms[0], terms[1], terms[2]
+    sum_dy_zhat, sum_all = terms[3], terms[4]
+    sum_dy = np.zeros(F, terms.dtype)
+    sum_dy_zhat[:] = 0.0
+    sum_all[:] = 0.0
+    for b in range(counts.shape[0]):
+        for k in range(F):
+            sum_dy[k] += parts[b, 0, k]
+        for k in range(F):
+            sum_dy_zhat[k] += parts[b, 1, k]
+        for k in range(F):
+            sum_all[k] += parts[b, 2, k]
     for k in range(F):
-        dgamma[k] += sum_dy_zhat[k]                        # dgamma = (dy * zhat).sum(axis=0)
         inv_s[k] = inverse_root(var[k], eps)               # s = root(var, eps)  (BN 15)
+        mean_dzhat[k] = 0.0                                # stay 0 in inference: dz = w * dzhat / s
+        mean_dzhat_zhat[k] = 0.0
     if training:
         for k in range(F):
             mean_dzhat[k] = gamma[k] * sum_dy[k] / nn      # (w * dzhat).sum(axis=0) / n
             mean_dzhat_zhat[k] = gamma[k] * sum_dy_zhat[k] / nn  # (w * dzhat * zhat).sum(0) / n
+
+
+@njit(**JIT)
+def batchnorm_backward_rows(dy, zhat, m, gamma, terms, dz):
+    """dz = m / s ⊙ (dẑ − mean(dẑ) − ẑ ⊙ mean(dẑ ⊙ ẑ)) (BN 10) on the rows given (all, or one
+    thread's block: views of dy, zhat, m, dz), from batchnorm_join_grad_sums' terms.
+
+    In place (dz is dy), each row of dy is copied before that row of dz is written: a loop
+    writing the array it reads fails LLVM's run-time overlap check and runs scalar (on (1600,
+    256) the naive in-place pass took 1.5x its time in float64, 3.6x in float32)."""
+    N, F = dy.shape
+    inv_s, mean_dzhat, mean_dzhat_zhat = terms[0], terms[1], terms[2]
     in_place = dz.ctypes.data == dy.ctypes.data
     row = np.empty(F if in_place else 0, dy.dtype)
     for r in range(N):
