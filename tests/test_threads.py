@@ -113,6 +113,23 @@ def test_batch_norm_blocks_meet_and_give_the_one_thread_results(stem, options, t
         np.testing.assert_allclose(g2[k], g1[k], rtol=0, atol=1e-13 * scale, err_msg=k)
 
 
+@pytest.mark.parametrize("stem", CELLS_MEETING)
+def test_batch_norm_loop_that_cannot_meet_runs_as_one_block(stem, two_threads, monkeypatch):
+    """Planned on two blocks while another call holds the meeting threads: the loop runs as
+    one block, and gives one block's results to the bit (the shared sums arrays were made for
+    two blocks; joining both would read the unwritten one)."""
+    hs1, final1, g1 = run_bn(stem, "one", monkeypatch)
+    assert threads._meeting.acquire(blocking=False)
+    try:
+        hs2, final2, g2 = run_bn(stem, "split", monkeypatch)
+    finally:
+        threads._meeting.release()
+    assert two_threads                    # the plan was two blocks
+    np.testing.assert_array_equal(hs2, hs1)
+    for k in g1:
+        np.testing.assert_array_equal(g2[k], g1[k], err_msg=k)
+
+
 @pytest.mark.parametrize("stem", sorted({"bn_lstm", "bn_gru", "bn_rnn"} - set(CELLS_MEETING)))
 def test_per_step_batch_norm_loops_not_split_keep_one_block(stem, two_threads, monkeypatch):
     run(stem, "split", monkeypatch)

@@ -49,7 +49,8 @@ def bn_lstm_forward_loop(U, mask, stat_mask, Whp, b, gamma_x, gamma_h, gamma_c, 
     every pass over them. Each step's batch statistics come in two halves: each thread sums
     its own rows into its part (norms.batchnorm_block_stats into parts_h[k], parts_x[k],
     parts_c[k], its counts in counts[:, k]), the threads meet (barrier.meet), and each joins
-    all the parts (norms.batchnorm_join_stats) into the statistics; thread 0 into the cache's.
+    the n parts (norms.batchnorm_join_stats) into the statistics; thread 0 into the cache's.
+    The arrays may hold more blocks than n (run_meeting runs one block where it cannot meet).
     Two meetings a step, and no thread reads another's rows. With n = 1 (one thread, the whole
     batch, no meeting) the statistics are the two-pass sums to the bit; with more blocks they
     differ by roundings. In inference the statistics are given and no thread meets."""
@@ -71,8 +72,8 @@ def bn_lstm_forward_loop(U, mask, stat_mask, Whp, b, gamma_x, gamma_h, gamma_c, 
             counts[0, k] = batchnorm_block_stats(a, m, parts_h[k])
             batchnorm_block_stats(U[t, r0:r1], m, parts_x[k])
             meet(sync, n)                                  # every block's sums of a_t and u_t
-            n_t = batchnorm_join_stats(counts[0], parts_h, mh, vh)
-            batchnorm_join_stats(counts[0], parts_x, mx, vx)
+            n_t = batchnorm_join_stats(counts[0, :n], parts_h[:n], mh, vh)
+            batchnorm_join_stats(counts[0, :n], parts_x[:n], mx, vx)
         else:
             n_t = stat_mask[t].sum()
         if k == 0:
@@ -85,7 +86,7 @@ def bn_lstm_forward_loop(U, mask, stat_mask, Whp, b, gamma_x, gamma_h, gamma_c, 
         if training:
             counts[1, k] = batchnorm_block_stats(c_new, m, parts_c[k])
             meet(sync, n)                                  # every block's sums of c̃_t
-            batchnorm_join_stats(counts[1], parts_c, mc, vc)
+            batchnorm_join_stats(counts[1, :n], parts_c[:n], mc, vc)
         batchnorm_normalize(c_new, m, mc, vc, eps, c_hat[t, r0:r1])        # (BN-LSTM 4)
         cell_output_forward(c_hat[t, r0:r1], gamma_c, beta_c, gates[t, r0:r1], c_new, c_norm,
                             normalized_carry, mask[t, r0:r1], h[t, r0:r1], c[t, r0:r1],
@@ -133,7 +134,7 @@ def bn_lstm_backward_loop(t0, t1, dhs, mask, stat_mask, c, a_hat, u_hat, gates, 
             dy_c = dc[kt, r0:r1]
         counts[0, k] = batchnorm_block_grad_sums(dy_c, c_hat[t, r0:r1], s, parts_c[k])
         meet(sync, n)                              # every block's sums for the cell's BN
-        batchnorm_join_grad_sums(counts[0], parts_c, var_c[t], gamma_c, eps, training,
+        batchnorm_join_grad_sums(counts[0, :n], parts_c[:n], var_c[t], gamma_c, eps, training,
                                  terms_c)                          # (BN-LSTM 7), (VAR 4)
         for j in range(j0, j1):
             dgamma_c[j] += terms_c[3, j]                           # (dy * zhat).sum(axis=0)
@@ -149,9 +150,9 @@ def bn_lstm_backward_loop(t0, t1, dhs, mask, stat_mask, c, a_hat, u_hat, gates, 
         counts[1, k] = batchnorm_block_grad_sums(dz, a_hat[t, r0:r1], s, parts_h[k])
         batchnorm_block_grad_sums(dz, u_hat[t, r0:r1], s, parts_x[k])
         meet(sync, n)                              # every block's sums for a_t's and u_t's BN
-        batchnorm_join_grad_sums(counts[1], parts_h, var_h[t], gamma_h, eps, training,
+        batchnorm_join_grad_sums(counts[1, :n], parts_h[:n], var_h[t], gamma_h, eps, training,
                                  terms_h)                          # (BN-LSTM 9)
-        batchnorm_join_grad_sums(counts[1], parts_x, var_x[t], gamma_x, eps, training,
+        batchnorm_join_grad_sums(counts[1, :n], parts_x[:n], var_x[t], gamma_x, eps, training,
                                  terms_x)                          # (BN-LSTM 9)
         for j in range(g0, g1):
             db[j] += terms_h[4, j]                                 # dz.sum(axis=0) (BN-LSTM 8)
