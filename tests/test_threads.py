@@ -69,7 +69,7 @@ def test_split_rows_give_the_one_thread_results(stem, two_threads, monkeypatch):
         np.testing.assert_allclose(g2[k], g1[k], rtol=0, atol=1e-13 * scale, err_msg=k)
 
 
-CELLS_MEETING = ("bn_lstm",)          # per-step batch norm: the blocks meet at every step
+CELLS_MEETING = ("bn_lstm", "bn_gru", "bn_rnn")   # per-step batch norm: the blocks meet each step
 
 
 def run_bn(stem, plan, monkeypatch, training=True, B=10, T=7, H=5, D=3, dtype="float64", **kw):
@@ -92,7 +92,10 @@ def run_bn(stem, plan, monkeypatch, training=True, B=10, T=7, H=5, D=3, dtype="f
 @pytest.mark.parametrize("training", (True, False), ids=("training", "inference"))
 @pytest.mark.parametrize("stem, options", [(s, {}) for s in CELLS_MEETING]
                          + [("bn_lstm", {"carry": "normalized"}),
-                            ("bn_lstm", {"pad_stats": "include"})])
+                            ("bn_lstm", {"pad_stats": "include"}),
+                            ("bn_rnn", {"terms": "summed"}),
+                            ("bn_rnn", {"nonlinearity": "relu"}),
+                            ("bn_gru", {"pad_stats": "include"})])
 def test_batch_norm_blocks_meet_and_give_the_one_thread_results(stem, options, training,
                                                                 two_threads, monkeypatch):
     """B = 10 in blocks of 4 and 6 rows, padded steps: each step's statistics are the blocks'
@@ -128,12 +131,6 @@ def test_batch_norm_loop_that_cannot_meet_runs_as_one_block(stem, two_threads, m
     np.testing.assert_array_equal(hs2, hs1)
     for k in g1:
         np.testing.assert_array_equal(g2[k], g1[k], err_msg=k)
-
-
-@pytest.mark.parametrize("stem", sorted({"bn_lstm", "bn_gru", "bn_rnn"} - set(CELLS_MEETING)))
-def test_per_step_batch_norm_loops_not_split_keep_one_block(stem, two_threads, monkeypatch):
-    run(stem, "split", monkeypatch)
-    assert two_threads == []            # no step loop through run_rows or run_meeting
 
 
 def test_blocks_meet_at_every_meeting():

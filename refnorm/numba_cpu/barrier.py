@@ -129,3 +129,14 @@ def meet(sync, n):
 def column_block(F, k, n):
     """(f0, f1): thread k's share of F columns for the statistics, k of n, as equal as can be."""
     return F * k // n, F * (k + 1) // n
+
+
+@njit(**JIT)
+def add_columns(total, sums, j0, j1):
+    """total[j0:j1] += sums[j0:j1]: thread k's share (column_block) of a gradient summed over
+    the batch, from the joined sums of norms.batchnorm_join_grad_sums, so two threads never add
+    into one element. On views from column 0: a loop from j0 kept Numba's negative-index
+    wraparound test (j0 may be negative for all it knows) and stayed scalar."""
+    own, part = total[j0:j1], sums[j0:j1]
+    for j in range(own.shape[0]):
+        own[j] += part[j]                                  # total += sums, columns j0 .. j1-1

@@ -30,7 +30,7 @@ from .common import (
     normalized_output_backward,
     recurrent_state_backward,
 )
-from .barrier import column_block, meet
+from .barrier import add_columns, column_block, meet
 from .lstm import states
 from .norms import (batchnorm_backward_rows, batchnorm_block_grad_sums, batchnorm_block_stats,
                     batchnorm_join_grad_sums, batchnorm_join_stats, batchnorm_normalize)
@@ -136,9 +136,8 @@ def bn_lstm_backward_loop(t0, t1, dhs, mask, stat_mask, c, a_hat, u_hat, gates, 
         meet(sync, n)                              # every block's sums for the cell's BN
         batchnorm_join_grad_sums(counts[0, :n], parts_c[:n], var_c[t], gamma_c, eps, training,
                                  terms_c)                          # (BN-LSTM 7), (VAR 4)
-        for j in range(j0, j1):
-            dgamma_c[j] += terms_c[3, j]                           # (dy * zhat).sum(axis=0)
-            dbeta_c[j] += terms_c[4, j]                            # dy.sum(axis=0)
+        add_columns(dgamma_c, terms_c[3], j0, j1)                  # (dy * zhat).sum(axis=0)
+        add_columns(dbeta_c, terms_c[4], j0, j1)                   # dy.sum(axis=0)
         batchnorm_backward_rows(dy_c, c_hat[t, r0:r1], s, gamma_c, terms_c, dc_norm)
         if normalized_carry:
             normalized_gates_backward(dC[r0:r1], dc_norm, m, gates[t, r0:r1], c[t, r0:r1],
@@ -154,10 +153,9 @@ def bn_lstm_backward_loop(t0, t1, dhs, mask, stat_mask, c, a_hat, u_hat, gates, 
                                  terms_h)                          # (BN-LSTM 9)
         batchnorm_join_grad_sums(counts[1, :n], parts_x[:n], var_x[t], gamma_x, eps, training,
                                  terms_x)                          # (BN-LSTM 9)
-        for j in range(g0, g1):
-            db[j] += terms_h[4, j]                                 # dz.sum(axis=0) (BN-LSTM 8)
-            dgamma_h[j] += terms_h[3, j]
-            dgamma_x[j] += terms_x[3, j]
+        add_columns(db, terms_h[4], g0, g1)                        # dz.sum(axis=0) (BN-LSTM 8)
+        add_columns(dgamma_h, terms_h[3], g0, g1)                  # (dz * a_hat).sum(axis=0)
+        add_columns(dgamma_x, terms_x[3], g0, g1)                  # (dz * u_hat).sum(axis=0)
         batchnorm_backward_rows(dz, a_hat[t, r0:r1], s, gamma_h, terms_h, dA[q, r0:r1])
         batchnorm_backward_rows(dz, u_hat[t, r0:r1], s, gamma_x, terms_x, dU[q, r0:r1])
         packed_matmul(dA[q, r0:r1], WhTp, dh_rec, work)            # da @ p["Wh"].T

@@ -147,7 +147,7 @@ def update_backward(dy, dH, m, gates, h_prev, dh, dv):
 def reset_after_backward(gates, hn, dv, dw, db_hn):
     """Reset after, dv's n and z blocks given: dr = du^n ⊙ q_t, du^r = dr ⊙ r (1 − r) into dv's
     r block (GRU 8), (GRU 10); dw = [du^r | du^z | dq_t], dq_t = du^n ⊙ r, the gradient of the
-    recurrent side (GRU 10), (GRU 8); db_hn += Σ_b dq_t (GRU 8)."""
+    recurrent side (GRU 10), (GRU 8); db_hn += Σ_b dq_t (GRU 8), unless db_hn is empty."""
     one = dv.dtype.type(1)
     B, H = hn.shape
     g3 = gates.reshape((B, 3, H))
@@ -160,25 +160,28 @@ def reset_after_backward(gates, hn, dv, dw, db_hn):
             dw[row, k] = dv[row, k]                        # dw[:, :2H] = [dv_r, dv_z]  (GRU 10)
         for j in range(H):
             dw3[row, N, j] = dv3[row, N, j] * g3[row, R, j]   # dq = dv_n * r  (GRU 8)
-    for row in range(B):
-        for j in range(H):
-            db_hn[j] += dw3[row, N, j]                     # db_hn = dw[:, 2H:].sum(axis=0)
+    if db_hn.size:                                         # (BN-GRU sums its columns apart)
+        for row in range(B):
+            for j in range(H):
+                db_hn[j] += dw3[row, N, j]                 # db_hn = dw[:, 2H:].sum(axis=0)
 
 
 @njit(**JIT)
 def add_bias_grad(dv, db):
-    """db += Σ_b dv, the input side's bias (GRU 13), (BN-GRU 4), (LN-GRU 4), (SEQBN-GRU 3)."""
+    """db += Σ_b dv, the input side's bias (GRU 13), (BN-GRU 4), (LN-GRU 4), (SEQBN-GRU 3),
+    unless db is empty."""
     B, G = dv.shape
-    for row in range(B):
-        for k in range(G):
-            db[k] += dv[row, k]                            # db = dv.sum(axis=0)
+    if db.size:                                            # (BN-GRU sums its columns apart)
+        for row in range(B):
+            for k in range(G):
+                db[k] += dv[row, k]                        # db = dv.sum(axis=0)
 
 
 @njit(**JIT)
 def gru_gates_backward(dy, dH, m, gates, hn, h_prev, dh, dv, dw, db, db_hn):
     """(BPTT 4) into dh, then the book's gru_gates_backward: dv, dw (B, 3H), the gradients of the
     input and the recurrent side (GRU 6)-(GRU 10), (BN-GRU 4), (LN-GRU 4); with the bias sums
-    db += Σ_b dv, db_hn += Σ_b dw^n."""
+    db += Σ_b dv, db_hn += Σ_b dw^n (each skipped when its array is empty)."""
     update_backward(dy, dH, m, gates, h_prev, dh, dv)      # dh_new; dv_n, dv_z  (GRU 6), (GRU 7)
     reset_after_backward(gates, hn, dv, dw, db_hn)         # dv_r, dw = [dv_r, dv_z, dq]  (GRU 8)
     add_bias_grad(dv, db)                                  # db = dv.sum(axis=0)
@@ -276,12 +279,13 @@ def gru_reset_before_forward_loop(mask, Whp_rz, Whp_n, h, hs, gates, rh, r0, r1)
     a_rz = np.empty((r1 - r0, 2 * H), gates.dtype)
     an = np.empty((r1 - r0, H), gates.dtype)
     h_new = np.empty((r1 - r0, H), gates.dtype)
-    work = product_workspace(r1 - r0, H, Whp_rz)           # both products have depth H
+    work = product_workspace(r1 - r0, H, Whp_rz)
+    work_n = product_workspace(r1 - r0, H, Whp_n)          # its panels may be another width
     for t in range(T):
         packed_matmul(h[t, r0:r1], Whp_rz, a_rz, work)     # a_rz = h_prev @ Wh[:, :2 * H]  (GRU 1)
         reset_update_forward(gates[t, r0:r1], a_rz)        # r, z  (GRU 2)
         reset_state_forward(gates[t, r0:r1], h[t, r0:r1], rh[t, r0:r1])  # rh = r * h_prev  (GRU 4)
-        packed_matmul(rh[t, r0:r1], Whp_n, an, work)       # rh @ Wh[:, 2 * H:]  (GRU 4)
+        packed_matmul(rh[t, r0:r1], Whp_n, an, work_n)       # rh @ Wh[:, 2 * H:]  (GRU 4)
         candidate_before_forward(gates[t, r0:r1], an)      # n  (GRU 4)
         interpolate_forward(gates[t, r0:r1], h[t, r0:r1], h_new)         # (GRU 5)
         state_output_forward(h_new, mask[t, r0:r1], h[t, r0:r1], h[t + 1, r0:r1],

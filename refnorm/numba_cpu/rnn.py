@@ -88,7 +88,8 @@ def add_terms(u, a):
 @njit(**JIT)
 def activation_backward(dy, dH, m, h_new, relu, dh, dz, db):
     """dh̃ = m ⊙ (dy + dH) (BPTT 4) into dh; dz = dh̃ ⊙ φ'(z) (RNN 4), with φ' read from
-    h̃ (RNN 3), into dz; db += Σ_b dz (RNN 5), (BN-RNN 4), (LN-RNN 4). All (B, H)."""
+    h̃ (RNN 3), into dz; db += Σ_b dz (RNN 5), (BN-RNN 4), (LN-RNN 4), unless db is empty.
+    All (B, H)."""
     one, zero = dh.dtype.type(1), dh.dtype.type(0)  # literals would turn float32 into float64
     B, H = dh.shape
     for r in range(B):
@@ -101,8 +102,9 @@ def activation_backward(dy, dH, m, h_new, relu, dh, dz, db):
         else:
             for j in range(H):                             # dz = dh_new * (1 - h_new ** 2)
                 dz[r, j] = dh[r, j] * (one - h_new[r, j] * h_new[r, j])   # (RNN 3), (RNN 4)
-        for j in range(H):
-            db[j] += dz[r, j]                              # db = dz.sum(axis=0)  (RNN 5)
+        if db.size:                                        # (BN-RNN sums its columns apart)
+            for j in range(H):
+                db[j] += dz[r, j]                          # db = dz.sum(axis=0)  (RNN 5)
 
 
 @njit(**JIT)
