@@ -38,10 +38,10 @@ def two_threads(monkeypatch):
     return seen
 
 
-def run(stem, plan, monkeypatch, B=10, T=7, H=5, D=3, dtype="float64"):
+def run(stem, plan, monkeypatch, B=10, T=7, H=5, D=3, dtype="float64", **options):
     monkeypatch.setenv("REFNORM_PLAN", plan)
     cell = randomize(
-        refnorm.CELLS[stem](D, H, seed=0, dtype=dtype, backend="numba"), seed=1)
+        refnorm.CELLS[stem](D, H, seed=0, dtype=dtype, backend="numba", **options), seed=1)
     rng = np.random.default_rng(2)
     x = rng.standard_normal((T, B, D)).astype(dtype)
     lengths = rng.integers(1, T + 1, B)
@@ -358,6 +358,36 @@ def test_either_kernel_width_gives_the_same_cell(stem, monkeypatch):
     for k in g1:
         scale = max(1.0, float(np.max(np.abs(g1[k]))))
         np.testing.assert_allclose(g2[k], g1[k], rtol=0, atol=1e-13 * scale, err_msg=k)
+
+
+def test_gru_reset_before_with_two_kernel_widths(monkeypatch):
+    """The planner chooses the width per weight shape: GRU reset="before" packs Wh's r, z
+    columns (H, 2H) and its n columns (H, H) apart, and each product needs a workspace for its
+    own panels (one shared workspace, sized for the 64-byte panels of the first, raised on the
+    second's 32-byte ones). Both ways round give the book's numbers."""
+    monkeypatch.delenv("REFNORM_KERNEL", raising=False)
+    monkeypatch.setattr(planner, "_cpu", lambda: "a CPU|avx2")      # unplanned shapes: 32
+    H = 150
+    book = run_book_gru_before(H)
+    for first, second in ((64, 32), (32, 64)):
+        monkeypatch.setattr(planner, "_widths", {(np.dtype("float64"), H, 2 * H): first,
+                                                 (np.dtype("float64"), H, H): second})
+        hs, _, g = run("gru", "one", monkeypatch, B=6, T=4, H=H, D=7, reset="before")
+        np.testing.assert_allclose(hs, book[0], rtol=0, atol=1e-12)
+        for k in g:
+            scale = max(1.0, float(np.max(np.abs(book[2][k]))))
+            np.testing.assert_allclose(g[k], book[2][k], rtol=0, atol=1e-12 * scale, err_msg=k)
+
+
+def run_book_gru_before(H):
+    """run()'s GRU reset="before" on the NumPy book, same seeds."""
+    cell = randomize(refnorm.CELLS["gru"](7, H, seed=0, backend="numpy", reset="before"), seed=1)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((4, 6, 7))
+    lengths = rng.integers(1, 5, 6)
+    lengths[0] = 4
+    hs, final, cache = cell.forward(x, lengths=lengths)
+    return hs, final, cell.backward(rng.standard_normal(hs.shape), cache)
 
 
 def test_planner_picks_the_kernel_width_per_machine(tmp_path, monkeypatch):
