@@ -570,22 +570,25 @@ def plan_text(stem, dtype, B, H, n):
 FAMILIES_OF = {stem: family for family, stems in FAMILIES.items() for stem in (family,) + stems}
 
 
-def table_norm_threads(shapes, T, repeats, out, counts=THREAD_COUNTS):
-    """The LSTM family's normalised cells against refnorm's LSTM at each thread count (the
-    target: <= 1.3x at (32, 128) and above), the two interleaved per count."""
+def table_norm_threads(shapes, T, repeats, out, counts=THREAD_COUNTS, family="lstm"):
+    """A family's normalised cells against refnorm's own cell of that family (the LSTM's
+    target: <= 1.3x at (32, 128) and above) at each thread count, the two interleaved per
+    count."""
     threads = Threads()
-    print(f"\n## Normalised LSTMs vs refnorm's LSTM on {' and '.join(map(str, counts))} threads "
-          f"(T={T}, fwd+bwd, ms, median of {repeats}; target <= {NORM_TARGET}x)\n", file=out)
+    name = NAMES[family]
+    target = f"; target <= {NORM_TARGET}x" if family == "lstm" else ""
+    print(f"\n## Normalised {name}s vs refnorm's {name} on {' and '.join(map(str, counts))} "
+          f"threads (T={T}, fwd+bwd, ms, median of {repeats}{target})\n", file=out)
     head = ["dtype", "B", "H", "cell"]
     for n in counts:
-        head += [f"cell {n}t", f"vs LSTM {n}t"]
+        head += [f"cell {n}t", f"vs {name} {n}t"]
     head.append("plan")
     print(row(head), file=out)
     print(row(["---"] * len(head)), file=out)
     for dtype in ("float64", "float32"):
         for B, H in shapes:
-            base = refnorm_case("lstm", T, B, H, dtype)[1]
-            for stem in FAMILIES["lstm"]:
+            base = refnorm_case(family, T, B, H, dtype)[1]
+            for stem in FAMILIES[family]:
                 mine = refnorm_case(stem, T, B, H, dtype)[1]
                 for n in counts:              # the planner measures now
                     threads.on(n, mine)()
@@ -1156,8 +1159,9 @@ def main(argv=None):
                         help="repeats per measurement (default 7, --quick 3)")
     parser.add_argument("--threads-table", action="store_true",
                         help="only the LSTM on 1 and 2 threads vs torch.nn.LSTM on as many, "
-                             "and the normalised LSTMs vs refnorm's LSTM on each (issue 25's "
-                             "targets); every other table runs on --threads")
+                             "and each family's normalised cells vs refnorm's own cell of the "
+                             "family on each (issue 25's targets, the LSTM's); with --family, "
+                             "that family's tables alone; every other table runs on --threads")
     parser.add_argument("--family", choices=tuple(FAMILIES) + ("stack",), default=None,
                         help="one family's tables alone: lstm, every table but the RNN and "
                              "GRU families' three and the stack's; rnn, the RNN vs "
@@ -1187,8 +1191,12 @@ def main(argv=None):
           f".\n\n{kernels_description()}. {load_average()} at the start.", file=out)
     small = shapes[:2] if not args.quick else shapes[:1]
     if args.threads_table:
-        table_threads(shapes, T_DEFAULT, repeats, out)
-        table_norm_threads(shapes[1:] if not args.quick else shapes, T_DEFAULT, repeats, out)
+        if args.family in (None, "lstm"):
+            table_threads(shapes, T_DEFAULT, repeats, out)
+        for family in FAMILIES:
+            if args.family in (None, family):
+                table_norm_threads(shapes[1:] if not args.quick else shapes, T_DEFAULT,
+                                   repeats, out, family=family)
         print(f"\n{load_average()} at the end.", file=out)
         return
     for family in FAMILIES:
