@@ -198,8 +198,8 @@ def run_meeting(loop, blocks):
     own thread, as one block. The pool's threads stay alive between calls: a thread started
     for the call was put on the calling thread's core and stayed there (measured, BN-LSTM
     forward at (32, 128) on 2 cores: both blocks on CPU 0 for the whole loop, 43 ms against
-    22 ms on one thread). A block that fails marks sync aborted, so the others raise at their
-    next meeting instead of waiting; the first failure is raised here once all have ended."""
+    22 ms on one thread). A block that fails marks sync aborted, so the others stop at their
+    next meeting instead of waiting; its error is raised here once all have ended (run_rows)."""
     from .barrier import ABORTED
     sync = np.zeros(3, np.int64)
     if len(blocks) > 1 and not _meeting.acquire(blocking=False):
@@ -208,24 +208,20 @@ def run_meeting(loop, blocks):
         loop(sync, 0, 1, *blocks[0])
         return
     n = len(blocks)
-    errors = [None] * n
+    index = {r0: k for k, (r0, _) in enumerate(blocks)}
 
-    def block(k):
+    def block(r0, r1):
         try:
-            loop(sync, k, n, *blocks[k])
-        except BaseException as e:      # noqa: BLE001 -- re-raised below
-            errors[k] = e
+            loop(sync, index[r0], n, r0, r1)
+        except BaseException as e:
+            if _stopped_for_another(e):     # the block that failed raises its own error
+                return
             sync[ABORTED] = 1
+            raise
     try:
-        futures = [_executor(n - 1).submit(block, k) for k in range(1, n)]
-        block(0)
-        for f in futures:
-            f.result()
+        run_rows(block, blocks)
     finally:
         _meeting.release()
-    failed = [e for e in errors if e is not None]
-    if failed:              # the block that failed first, not one that stopped for it
-        raise next((e for e in failed if not _stopped_for_another(e)), failed[0])
 
 
 def touch_pages(*arrays):
